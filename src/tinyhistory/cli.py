@@ -1,0 +1,117 @@
+"""Command-line interface: parse, load config, call the library. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_context(args: argparse.Namespace) -> int:
+    from tinyhistory.geometry import Rate, context_report, get_base
+
+    report = context_report(
+        get_base(args.base), args.height, args.width, args.fps, args.seconds, [Rate.parse(r) for r in args.rate]
+    )
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        d = report.as_dict()
+        width = max(len(k) for k in d)
+        for key, value in d.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from tinyhistory.config import load_config
+    from tinyhistory.train.trainer import train
+
+    overrides = list(args.set or [])
+    overrides.append(f'train.stage="{args.stage}"')
+    if args.method:
+        overrides.append(f'history.method="{args.method}"')
+    if args.rate:
+        overrides.append("history.rates=[" + ",".join(f'"{r}"' for r in args.rate) + "]")
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    cfg = load_config(args.preset, args.config, overrides)
+    dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.save_dtype]
+    summary = train(
+        cfg,
+        args.out,
+        init_from=args.init_from,
+        progress=not args.no_progress,
+        save_dtype=dtype,
+        stop_after=args.stop_after,
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from tinyhistory.demo import run_demo
+
+    run_demo(
+        Path(args.out), from_scratch=args.from_scratch, checkpoints=args.checkpoints, finetune_steps=args.finetune_steps
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinyhistory", description="Compressed long-video history for video DiTs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ctx = sub.add_parser("context", help="context-length arithmetic: full vs compressed history tokens")
+    ctx.add_argument("--base", default="wan2.1-14b", help="base model geometry (wan2.1-14b, hunyuanvideo, tiny, …)")
+    ctx.add_argument("--height", type=int, default=480)
+    ctx.add_argument("--width", type=int, default=832)
+    ctx.add_argument("--fps", type=float, default=16.0)
+    ctx.add_argument("--seconds", type=float, default=20.0)
+    ctx.add_argument("--rate", action="append", default=None, help="encoding rate HxWxT; repeat for several encoders")
+    ctx.add_argument("--json", action="store_true", help="print JSON")
+    ctx.set_defaults(func=_cmd_context)
+
+    tr = sub.add_parser("train", help="train a history encoder and DiT (stage I: frame query)")
+    tr.add_argument("--stage", default="frame-query", choices=["frame-query"])
+    tr.add_argument("--preset", default="tiny")
+    tr.add_argument("--config", default=None, help="TOML file overriding the preset")
+    tr.add_argument("--method", default=None, help="proposed | only_lr | without_lr | large_patchifier | no_history")
+    tr.add_argument("--rate", action="append", default=None, help="encoding rate HxWxT (repeat for several)")
+    tr.add_argument("--steps", type=int, default=None)
+    tr.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.batch_size=4"
+    )
+    tr.add_argument("--init-from", default=None, help="start from a checkpoint folder's weights")
+    tr.add_argument("--save-dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="dtype of final weights")
+    tr.add_argument("--out", required=True, help="run folder (re-running resumes from OUT/last)")
+    tr.add_argument("--stop-after", type=int, default=None, help="leave after N steps (checkpointed); rerun resumes")
+    tr.add_argument("--no-progress", action="store_true")
+    tr.set_defaults(func=_cmd_train)
+
+    demo = sub.add_parser("demo", help="the embedded tiny end-to-end demo")
+    demo.add_argument("--out", default="demo_out")
+    demo.add_argument("--checkpoints", default=None, help="folder with the committed stage-I checkpoints")
+    demo.add_argument("--finetune-steps", type=int, default=40, help="steps of the live fine-tune")
+    demo.add_argument("--from-scratch", action="store_true", help="retrain all three methods (hours on a CPU)")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "context" and not args.rate:
+        args.rate = ["4x4x2"]
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"tinyhistory: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

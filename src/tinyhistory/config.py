@@ -1,0 +1,250 @@
+"""Run configuration: dataclasses loaded from TOML, validated at load time.
+
+A preset (``presets/<name>.toml``) gives every value; a user TOML or CLI overrides replace single keys. Errors name
+the section, the key and what was expected. Every run writes its resolved config next to its outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tinyhistory.geometry import Rate, get_base
+
+HISTORY_METHODS = ("proposed", "only_lr", "without_lr", "large_patchifier", "no_history")
+
+
+@dataclass
+class CodecConfig:
+    kind: str = "pixel"
+    factor: int = 4
+
+    def validate(self) -> None:
+        _choice("codec.kind", self.kind, ("pixel",))
+
+
+@dataclass
+class TextConfig:
+    kind: str = "minilm"
+    caption: str = ""
+    max_tokens: int = 64
+
+    def validate(self) -> None:
+        _choice("text.kind", self.kind, ("minilm",))
+
+
+@dataclass
+class BackboneConfig:
+    family: str = "wan"
+    num_attention_heads: int = 4
+    attention_head_dim: int = 64
+    ffn_dim: int = 768
+    num_layers: int = 4
+    text_dim: int = 384
+    in_channels: int = 48
+    patch_size: list[int] = field(default_factory=lambda: [1, 2, 2])
+
+    def validate(self) -> None:
+        _choice("backbone.family", self.family, ("wan",))
+        width = self.num_attention_heads * self.attention_head_dim
+        patch_values = self.in_channels * self.patch_size[0] * self.patch_size[1] * self.patch_size[2]
+        if width < patch_values:
+            # Measured: a DiT narrower than one patch's values cannot carry the noise and stalls (DESIGN.md).
+            raise ValueError(
+                f"backbone width num_attention_heads*attention_head_dim = {width} is narrower than one patch "
+                f"({patch_values} values); use a width of at least {patch_values}"
+            )
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+
+@dataclass
+class HistoryConfig:
+    method: str = "proposed"
+    rates: list[str] = field(default_factory=lambda: ["4x4x2"])
+    channels: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    attention_blocks: int = 1
+    attention_heads: int = 8
+
+    def validate(self) -> None:
+        _choice("history.method", self.method, HISTORY_METHODS)
+        if not self.rates:
+            raise ValueError('history.rates must list at least one rate, e.g. ["4x4x2"]')
+        for r in self.rates:
+            try:
+                Rate.parse(r)
+            except ValueError as exc:
+                raise ValueError(f"history.rates: {exc}") from None
+
+
+@dataclass
+class DataConfig:
+    video: str = "assets/bbb_64px_8fps.mp4"
+    fps: float = 8.0
+    size: int = 64
+    heldout_fraction: float = 0.2
+
+    def validate(self) -> None:
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ValueError(f"data.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "frame-query"
+    steps: int = 1000
+    batch_size: int = 8
+    history_frames: int = 32
+    query_window: int = 3
+    learning_rate: float = 3e-4
+    encoder_learning_rate: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    timestep_shift: float = 1.0
+    mask_low: float = 0.2
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 500
+
+    def validate(self) -> None:
+        _choice("train.stage", self.stage, ("frame-query",))
+        for name in ("steps", "batch_size", "history_frames", "query_window", "log_every", "checkpoint_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.mask_low < 1.0:
+            raise ValueError(f"train.mask_low must be in [0, 1), got {self.mask_low}")
+
+
+@dataclass
+class RunConfig:
+    preset: str = "tiny"
+    base: str = "tiny"
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> RunConfig:
+        get_base(self.base)
+        for section in (self.codec, self.text, self.backbone, self.history, self.data, self.train):
+            section.validate()
+        for r in self.history.rates:
+            if self.train.history_frames % Rate.parse(r).t:
+                raise ValueError(
+                    f"train.history_frames={self.train.history_frames} is not a multiple of the temporal rate of {r}"
+                )
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key} = {value!r} is not allowed; expected one of {', '.join(allowed)}")
+
+
+def _build(cls, data: dict, where: str):
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ValueError(f"unknown key '{where}{key}'; allowed keys: {', '.join(known)}")
+        default = getattr(cls(), key)
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}{key} must be a table, got {type(value).__name__}")
+            kwargs[key] = _build(type(default), value, f"{where}{key}.")
+        else:
+            kwargs[key] = _coerce(value, default, f"{where}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ValueError(f"{key} must be a string, got {value!r}")
+        return value
+    if isinstance(default, list):
+        if not isinstance(value, list):
+            raise ValueError(f"{key} must be a list, got {value!r}")
+        return list(value)
+    return value
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """``"train.steps=200"`` → ``{"train": {"steps": 200}}`` (the value is parsed as TOML, else a string)."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} is not of the form section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("tinyhistory.presets").iterdir() if p.name.endswith(".toml"))
+
+
+def load_config(preset: str = "tiny", config_file: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Preset, then a user TOML file, then ``section.key=value`` overrides; validated."""
+    names = preset_names()
+    if preset not in names:
+        raise ValueError(f"unknown preset {preset!r}; available presets: {', '.join(names)}")
+    data = tomllib.loads(resources.files("tinyhistory.presets").joinpath(f"{preset}.toml").read_text())
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            data = _merge(data, tomllib.loads(path.read_text()))
+        except FileNotFoundError:
+            raise ValueError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: invalid TOML ({exc})") from None
+    for item in overrides:
+        data = _merge(data, parse_override(item))
+    return _build(RunConfig, data, "").validate()
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    return _build(RunConfig, data, "").validate()

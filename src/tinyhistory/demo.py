@@ -1,0 +1,203 @@
+"""The embedded end-to-end demo (``make demo`` → ``tinyhistory demo --out DIR``).
+
+1. Load the three committed stage-I checkpoints (proposed 4×4×2, Large Patchifier 4×4×2, no history), trained for
+   the same number of steps by ``scripts/train_demo_checkpoints.sh`` (``--from-scratch`` retrains them instead).
+2. Evaluate frame-query reconstruction on the held-out last 20 % of the demo clip (never trained on), beside
+   trivial references computed on the same frames.
+3. Run a short live stage-I fine-tune of the proposed model with a progress bar (the training path, working).
+
+Writes ``DIR/results.json``, ``DIR/results.md`` and ``DIR/frame_query.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from tinyhistory.config import load_config
+from tinyhistory.data.clip import WindowSampler, load_clip, resolve_video, to_uint8
+from tinyhistory.eval.frame_query import build_eval_set, evaluate_method, queried_pixels, reference_metrics
+from tinyhistory.geometry import Rate, context_report, get_base
+from tinyhistory.system import build_codec
+from tinyhistory.text import MiniLMTextEncoder
+from tinyhistory.train.checkpoint import load_model
+from tinyhistory.train.trainer import train
+
+METHODS = ("proposed", "large_patchifier", "no_history")
+LABELS = {"proposed": "Proposed 4x4x2", "large_patchifier": "Large Patchifier 4x4x2", "no_history": "No history"}
+PROJECT = Path(__file__).resolve().parents[2]
+DEFAULT_CHECKPOINTS = PROJECT / "checkpoints" / "tiny"
+EVAL_WINDOWS = 24
+EVAL_QUERIES = 2
+
+
+def _steps_of(folder: Path) -> int | None:
+    log = folder / "train_log.jsonl"
+    if not log.is_file():
+        return None
+    steps = [json.loads(line).get("step", 0) for line in log.read_text().splitlines() if line.strip()]
+    return max(steps) if steps else None
+
+
+def _context_tokens(cfg, method: str, history_frames: int) -> int:
+    """Context tokens the model sees for an evaluation history of ``history_frames`` frames."""
+    if method == "no_history":
+        return 0
+    report = context_report(
+        get_base(cfg.base),
+        cfg.data.size,
+        cfg.data.size,
+        cfg.data.fps,
+        history_frames / cfg.data.fps,
+        [Rate.parse(r) for r in cfg.history.rates],
+    )
+    return report.history_tokens
+
+
+def _grid_image(rows: list[tuple[str, np.ndarray]], path: Path, scale: int = 2) -> None:
+    """Rows of frames ``(N, H, W, 3)`` with a label column, like the paper's Fig. 5."""
+    label_w = 150
+    n, h, w, _ = rows[0][1].shape
+    sh, sw = h * scale, w * scale
+    canvas = Image.new("RGB", (label_w + n * (sw + 2), len(rows) * (sh + 2)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (label, frames) in enumerate(rows):
+        y = r * (sh + 2)
+        draw.text((4, y + sh // 2 - 6), label, fill="black")
+        for i, frame in enumerate(frames):
+            canvas.paste(Image.fromarray(frame).resize((sw, sh), Image.Resampling.NEAREST), (label_w + i * (sw + 2), y))
+    canvas.save(path)
+
+
+def _markdown(results: dict) -> str:
+    lines = [
+        "# Frame-query reconstruction on held-out frames (tiny preset)",
+        "",
+        f"{results['protocol']}",
+        "",
+        "| method | steps | context tokens | held-out loss ↓ | PSNR ↑ | SSIM ↑ | PSNR one-step ↑ |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method in METHODS:
+        m = results["methods"].get(method)
+        if m:
+            lines.append(
+                f"| {LABELS[method]} | {m['steps']} | {m['context_tokens']} | {m['heldout_loss']:.4f} | "
+                f"{m['psnr']:.2f} | {m['ssim']:.3f} | {m['psnr_one_step']:.2f} |"
+            )
+    lines += ["", "| reference (same frames) | PSNR | SSIM |", "|---|---|---|"]
+    for name, ref in results["references"].items():
+        lines.append(f"| {name} | {ref['psnr']:.2f} | {ref['ssim']:.3f} |")
+    if "finetune" in results:
+        f = results["finetune"]
+        lines += [
+            "",
+            f"Live fine-tune of the proposed model: {f['steps']} steps in {f['seconds']:.1f} s, "
+            f"held-out loss {f['heldout_loss_before']:.4f} → {f['heldout_loss_after']:.4f}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def run_demo(
+    out: Path, from_scratch: bool = False, checkpoints: str | Path | None = None, finetune_steps: int = 40
+) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    torch.manual_seed(0)
+    base_cfg = load_config("tiny")
+    ckpt_root = Path(checkpoints) if checkpoints else DEFAULT_CHECKPOINTS
+
+    folders: dict[str, Path] = {}
+    for method in METHODS:
+        if from_scratch:
+            cfg = load_config("tiny", overrides=[f'history.method="{method}"'])
+            print(f"[demo] training {method} from scratch for {cfg.train.steps} steps")
+            train(cfg, out / "train" / method)
+            folders[method] = out / "train" / method / "final"
+            (folders[method] / "train_log.jsonl").write_text((out / "train" / method / "train_log.jsonl").read_text())
+        else:
+            folders[method] = ckpt_root / method
+            if not (folders[method] / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"no committed checkpoint for {method!r} in {folders[method]}; "
+                    "run `tinyhistory demo --from-scratch` or scripts/train_demo_checkpoints.sh"
+                )
+
+    print("[demo] loading the held-out part of the demo clip and the text encoder")
+    clip = load_clip(
+        resolve_video(base_cfg.data.video), base_cfg.data.fps, base_cfg.data.size, base_cfg.data.heldout_fraction
+    )
+    codec = build_codec(base_cfg)
+    text = MiniLMTextEncoder(base_cfg.text.max_tokens).encode([base_cfg.text.caption])
+    rates = [Rate.parse(r) for r in base_cfg.history.rates]
+    sampler = WindowSampler(clip.heldout, base_cfg.train.history_frames, codec, rates, [True] * len(rates))
+    eval_set = build_eval_set(sampler, EVAL_WINDOWS, EVAL_QUERIES, base_cfg.train.mask_low, seed=0)
+
+    results: dict = {
+        "protocol": (
+            f"{EVAL_WINDOWS} evenly spaced held-out windows of {base_cfg.train.history_frames} frames "
+            f"({base_cfg.train.history_frames / base_cfg.data.fps:.0f} s at {base_cfg.data.fps:g} fps, 64x64) "
+            f"from the last {base_cfg.data.heldout_fraction:.0%} of the clip; {EVAL_QUERIES} fixed-seed query frames "
+            "per window; history masked as in training; PSNR/SSIM of frames sampled with 20 Euler steps; "
+            "one-step = x0 estimate from pure noise."
+        ),
+        "methods": {},
+    }
+    samples = {}
+    for method in METHODS:
+        model, cfg = load_model(folders[method])
+        print(f"[demo] evaluating {method}")
+        metrics, sampled = evaluate_method(model, eval_set, text, codec)
+        metrics["context_tokens"] = _context_tokens(cfg, method, base_cfg.train.history_frames)
+        metrics["steps"] = _steps_of(folders[method])
+        results["methods"][method] = metrics
+        samples[method] = sampled
+    results["references"] = reference_metrics(eval_set, clip.train)
+
+    # Fig. 5-style grid: the first query frame of 8 windows.
+    picks = list(range(0, EVAL_WINDOWS, EVAL_WINDOWS // 8))[:8]
+    truth = queried_pixels(eval_set)
+    rows = [("ground truth", np.stack([to_uint8(truth[i])[0] for i in picks]))]
+    rows += [(LABELS[m], np.stack([to_uint8(samples[m][i])[0] for i in picks])) for m in METHODS]
+    _grid_image(rows, out / "frame_query.png")
+
+    if finetune_steps > 0:
+        cfg = load_config(
+            "tiny",
+            overrides=[
+                'history.method="proposed"',
+                f"train.steps={finetune_steps}",
+                "train.warmup_steps=10",
+                f"train.checkpoint_every={finetune_steps}",
+                "train.learning_rate=5e-5",
+                "train.encoder_learning_rate=5e-5",
+            ],
+        )
+        print(f"[demo] live stage-I fine-tune of the proposed model ({finetune_steps} steps)")
+        t0 = time.time()
+        shutil.rmtree(out / "finetune", ignore_errors=True)  # a fresh fine-tune each run, never a resumed one
+        summary = train(cfg, out / "finetune", init_from=folders["proposed"])
+        before = results["methods"]["proposed"]
+        tuned, _ = load_model(out / "finetune" / "final")
+        after, _ = evaluate_method(tuned, eval_set, text, codec)
+        results["finetune"] = {
+            "steps": summary["steps"],
+            "seconds": time.time() - t0,
+            "heldout_loss_before": before["heldout_loss"],
+            "heldout_loss_after": after["heldout_loss"],
+        }
+    results["seconds"] = time.time() - started
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(_markdown(results))
+    print(_markdown(results))
+    print(
+        f"[demo] wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'frame_query.png'} "
+        f"in {results['seconds']:.0f} s"
+    )
+    return results

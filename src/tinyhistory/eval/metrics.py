@@ -1,0 +1,26 @@
+"""Image metrics on uint8 frames. PSNR by its definition; SSIM from scikit-image (Wang et al. 2004, 7×7 window)."""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.metrics import structural_similarity
+
+
+def psnr(reference: np.ndarray, test: np.ndarray) -> float:
+    """PSNR in dB of two uint8 images (or equal-shaped stacks), peak 255. Identical inputs give ``inf``."""
+    if reference.shape != test.shape:
+        raise ValueError(f"PSNR needs equal shapes, got {reference.shape} and {test.shape}")
+    mse = np.mean((reference.astype(np.float64) - test.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10.0 * np.log10(255.0**2 / mse))
+
+
+def ssim(reference: np.ndarray, test: np.ndarray) -> float:
+    """SSIM of two uint8 RGB images ``(H, W, 3)``, averaged over channels (scikit-image defaults)."""
+    if reference.shape != test.shape:
+        raise ValueError(f"SSIM needs equal shapes, got {reference.shape} and {test.shape}")
+    return float(structural_similarity(reference, test, channel_axis=-1, data_range=255))
+
+
+def mean_metric(fn, references: np.ndarray, tests: np.ndarray) -> float:
+    """Average ``fn`` over aligned stacks of frames ``(N, H, W, 3)``."""
+    return float(np.mean([fn(r, t) for r, t in zip(references, tests, strict=True)]))

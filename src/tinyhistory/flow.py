@@ -1,0 +1,84 @@
+"""Rectified flow: timestep sampling, noising, velocity target and an Euler sampler.
+
+Convention (SPEC §2): ``x_t = (1 - t) x0 + t ε`` with ``t ∈ (0, 1]``; the network predicts the velocity
+``ε - x0``. Wan-style DiTs embed timesteps on a 0–1000 scale, so ``t`` is multiplied by ``TIMESTEP_SCALE`` at the
+backbone boundary only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+TIMESTEP_SCALE = 1000.0
+
+
+def shift_timesteps(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3 / Wan time shift: ``t = shift·u / (1 + (shift − 1)·u)``; ``shift > 1`` moves mass to high noise."""
+    return shift * u / (1.0 + (shift - 1.0) * u)
+
+
+def sample_logit_normal(
+    shape: tuple[int, ...], shift: float = 1.0, generator: torch.Generator | None = None, device=None
+) -> torch.Tensor:
+    """Shifted logit-normal timesteps in (0, 1): ``u = sigmoid(N(0, 1))``, then the time shift."""
+    u = torch.sigmoid(torch.randn(shape, generator=generator, device=device))
+    return shift_timesteps(u, shift)
+
+
+def sample_mask_levels(
+    shape: tuple[int, ...], low: float = 0.2, shift: float = 1.0, generator: torch.Generator | None = None, device=None
+) -> torch.Tensor:
+    """Noise levels for masked history frames, ``L(low, 1)``: ``s = low + (1 − low)·u`` with u logit-normal.
+
+    Rescaling (rather than truncating) keeps the distribution's shape (SPEC §9).
+    """
+    return low + (1.0 - low) * sample_logit_normal(shape, shift, generator, device)
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``(1 − t)·x0 + t·ε`` with one level per sample: ``t`` is ``(B,)``."""
+    t = t.reshape(-1, *([1] * (x0.ndim - 1)))
+    return (1.0 - t) * x0 + t * noise
+
+
+def add_noise_per_frame(x0: torch.Tensor, noise: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Noise each frame of a ``(B, C, T, H, W)`` video at its own level; ``levels`` is ``(B, T)``."""
+    s = levels[:, None, :, None, None]
+    return (1.0 - s) * x0 + s * noise
+
+
+def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    return noise - x0
+
+
+def estimate_x0(x_t: torch.Tensor, velocity: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """One-step clean estimate ``x0 = x_t − t·v``."""
+    while t.ndim < x_t.ndim:
+        t = t.unsqueeze(-1)
+    return x_t - t * velocity
+
+
+def sampling_schedule(num_steps: int, shift: float = 1.0) -> torch.Tensor:
+    """Decreasing times ``1 → 0`` (``num_steps + 1`` values), shifted like the training distribution."""
+    return shift_timesteps(torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64), shift).float()
+
+
+@torch.no_grad()
+def euler_sample(
+    velocity_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    noise: torch.Tensor,
+    num_steps: int,
+    shift: float = 1.0,
+) -> torch.Tensor:
+    """Integrate ``dx/dt = v`` from ``t = 1`` (pure noise) to ``t = 0`` with Euler steps.
+
+    ``velocity_fn(x_t, t)`` receives ``t`` as a ``(B,)`` tensor in (0, 1].
+    """
+    times = sampling_schedule(num_steps, shift).to(noise.device)
+    x = noise
+    for i in range(num_steps):
+        t = times[i].expand(noise.shape[0])
+        x = x + (times[i + 1] - times[i]) * velocity_fn(x, t)
+    return x

@@ -1,0 +1,46 @@
+"""The history-producer seam: anything that turns history latents into :class:`ContextTokens`.
+
+Producers: :class:`~tinyhistory.history.encoder.HistoryEncoder` (the paper's method and its ablations) and
+:class:`~tinyhistory.history.patchifier.LargePatchifier` (the FramePack-equivalent baseline). Both give tokens on
+the same floor grid with the same block-centre positions, so comparisons between them are fair.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tinyhistory.backbones.base import ContextTokens, grid_positions
+from tinyhistory.codecs.base import Codec
+from tinyhistory.geometry import Rate
+
+
+def block_positions(
+    batch: int, grid: tuple[int, int, int], rate: Rate, frame_offset: int = 0, device=None
+) -> torch.Tensor:
+    """Exact block centres ``(B, T·H·W, 3)`` in DiT-token units for a history grid at ``rate``.
+
+    History token (i, j, k) covers DiT tokens ``[i·rT, (i+1)·rT) × [j·rH, …) × [k·rW, …)`` of a history that starts
+    at DiT frame ``frame_offset``; its position is the centre of that block (fractional, not FramePack's averaged
+    cos/sin).
+    """
+    t, h, w = grid
+    frames = frame_offset + torch.arange(t, dtype=torch.float64, device=device) * rate.t + (rate.t - 1) / 2
+    return grid_positions(frames.expand(batch, t), h, w, scale=(rate.t, rate.h, rate.w))
+
+
+def tokens_from_grid(grid: torch.Tensor, rate: Rate, frame_offset: int = 0) -> ContextTokens:
+    """``(B, D, T, H, W)`` feature grid → ContextTokens in (frame, row, column) order with block-centre positions."""
+    b, _, t, h, w = grid.shape
+    tokens = grid.flatten(2).transpose(1, 2)
+    return ContextTokens(tokens, block_positions(b, (t, h, w), rate, frame_offset, grid.device))
+
+
+def downsample_pixels(pixels: torch.Tensor, rate: Rate) -> torch.Tensor:
+    """Area-downsample ``(B, 3, T, H, W)`` pixels by ``(rT, rH, rW)`` (time averaged over each block, floor)."""
+    return F.avg_pool3d(pixels, kernel_size=(rate.t, rate.h, rate.w), stride=(rate.t, rate.h, rate.w))
+
+
+def lowres_latents(pixels: torch.Tensor, rate: Rate, codec: Codec) -> torch.Tensor:
+    """The LR branch's input (SPEC §3.2): the pixel video downsampled by the rate, through the base codec."""
+    return codec.encode(downsample_pixels(pixels, rate))

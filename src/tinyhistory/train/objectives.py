@@ -1,0 +1,96 @@
+"""Training objectives. Stage I: frame query (SPEC §4).
+
+For a history ``H`` of T latent frames:
+
+* Ω: ``k`` frames (k uniform in [1, query_window], one k per batch so tensors stay rectangular) drawn uniformly
+  without replacement from anywhere in the history, sorted;
+* ``mask(H, Ω)``: Ω frames stay clean; every other frame is noised at its own level ``s ~ L(mask_low, 1)``;
+  the LR latents get the same treatment per LR frame, at the lowest level among the frames the LR frame covers
+  (an LR frame holding an Ω frame stays clean);
+* targets: clean copies of ``H[Ω]`` at their original temporal positions, noised at ``t ~ L(0, 1)``;
+* loss: velocity MSE on target tokens only (context outputs are dropped inside the backbone).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from tinyhistory.backbones import ContextTokens
+from tinyhistory.flow import add_noise, add_noise_per_frame, sample_logit_normal, sample_mask_levels, velocity_target
+from tinyhistory.geometry import Rate
+
+
+@dataclass
+class FrameQueryBatch:
+    history: torch.Tensor  # (B, C, T, H, W) masked HR latents
+    history_lr: list[torch.Tensor | None]  # one (B, C, T/rT, h, w) masked LR latent per producer
+    omega: torch.Tensor  # (B, k) indices of the queried frames (also their temporal positions)
+    targets: torch.Tensor  # (B, C, k, H, W) clean H[Ω]
+    noise: torch.Tensor  # (B, C, k, H, W)
+    t: torch.Tensor  # (B,)
+    mask_levels: torch.Tensor  # (B, T) noise level of each history frame (0 on Ω)
+
+    @property
+    def noisy_targets(self) -> torch.Tensor:
+        return add_noise(self.targets, self.noise, self.t)
+
+
+def sample_omega(
+    batch: int, frames: int, window: int, generator: torch.Generator | None = None, k: int | None = None
+) -> torch.Tensor:
+    """``(B, k)`` sorted frame indices, uniform without replacement per sample.
+
+    k is drawn uniformly from [1, window] unless given.
+    """
+    if k is None:
+        k = int(torch.randint(1, min(window, frames) + 1, (1,), generator=generator))
+    if not 1 <= k <= frames:
+        raise ValueError(f"cannot query {k} frames from a history of {frames} frames")
+    order = torch.rand(batch, frames, generator=generator).argsort(dim=1)
+    return order[:, :k].sort(dim=1).values
+
+
+def make_frame_query_batch(
+    hr: torch.Tensor,
+    lr: list[torch.Tensor | None],
+    rates: list[Rate],
+    window: int,
+    mask_low: float = 0.2,
+    shift: float = 1.0,
+    generator: torch.Generator | None = None,
+    num_queries: int | None = None,
+) -> FrameQueryBatch:
+    """Draw Ω, mask the history (HR and every LR latent) and build the noisy targets. Shapes in the class.
+
+    ``num_queries`` fixes |Ω| (evaluation); by default it is drawn uniformly from [1, window] (training).
+    """
+    b, c, frames, h, w = hr.shape
+    omega = sample_omega(b, frames, window, generator, k=num_queries)
+    levels = sample_mask_levels((b, frames), low=mask_low, shift=shift, generator=generator)
+    levels.scatter_(1, omega, 0.0)
+    history = add_noise_per_frame(hr, torch.randn(hr.shape, generator=generator), levels)
+
+    masked_lr: list[torch.Tensor | None] = []
+    for rate, lr_latent in zip(rates, lr, strict=True):
+        if lr_latent is None:
+            masked_lr.append(None)
+            continue
+        n_lr = lr_latent.shape[2]
+        lr_levels = levels[:, : n_lr * rate.t].reshape(b, n_lr, rate.t).amin(dim=2)
+        masked_lr.append(add_noise_per_frame(lr_latent, torch.randn(lr_latent.shape, generator=generator), lr_levels))
+
+    index = omega[:, None, :, None, None].expand(b, c, omega.shape[1], h, w)
+    targets = hr.gather(2, index)
+    noise = torch.randn(targets.shape, generator=generator)
+    t = sample_logit_normal((b,), shift=shift, generator=generator)
+    return FrameQueryBatch(history, masked_lr, omega, targets, noise, t, levels)
+
+
+def frame_query_loss(model, batch: FrameQueryBatch, text: torch.Tensor) -> torch.Tensor:
+    """Velocity MSE on the queried frames, conditioned on the compressed masked history."""
+    context: ContextTokens | None = model.encode_history(batch.history, batch.history_lr)
+    prediction = model(batch.noisy_targets, batch.t, text, context, frame_positions=batch.omega)
+    return F.mse_loss(prediction.float(), velocity_target(batch.targets, batch.noise).float())

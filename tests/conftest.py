@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny diffusers models (diffusers' own test sizes) and a small run config."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# A run config small enough for CPU tests; same code path as the preset.
+SMALL_OVERRIDES = [
+    "backbone.num_attention_heads=2",
+    "backbone.attention_head_dim=96",
+    "backbone.ffn_dim=64",
+    "backbone.num_layers=1",
+    "history.channels=[8, 16, 32, 32]",
+    "history.attention_heads=2",
+    "train.batch_size=2",
+    "train.history_frames=8",
+    "train.warmup_steps=2",
+    "train.log_every=1",
+]
+
+
+@pytest.fixture
+def tiny_wan():
+    """diffusers' test-sized Wan transformer with Wan 2.2-5B-shaped 48 latent channels."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=48,
+        out_channels=48,
+        text_dim=16,
+        ffn_dim=32,
+        num_layers=2,
+        rope_max_seq_len=32,
+    ).eval()
+
+
+@pytest.fixture
+def small_config():
+    from tinyhistory.config import load_config
+
+    def make(*extra: str):
+        return load_config("tiny", overrides=SMALL_OVERRIDES + list(extra))
+
+    return make

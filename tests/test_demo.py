@@ -1,0 +1,52 @@
+"""The demo end to end on checkpoints made by the training command, and the committed checkpoints' integrity."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tinyhistory.demo import DEFAULT_CHECKPOINTS, METHODS, run_demo
+from tinyhistory.train.checkpoint import load_model
+from tinyhistory.train.trainer import train
+
+
+@pytest.mark.slow
+def test_demo_runs_on_freshly_trained_checkpoints(small_config, tmp_path):
+    for method in METHODS:
+        run = tmp_path / "runs" / method
+        train(small_config("train.steps=2", f'history.method="{method}"'), run, progress=False)
+        (run / "final" / "train_log.jsonl").write_text((run / "train_log.jsonl").read_text())
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    for method in METHODS:
+        (ckpts / method).symlink_to(tmp_path / "runs" / method / "final")
+    results = run_demo(tmp_path / "demo", checkpoints=ckpts, finetune_steps=2)
+    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert set(saved["methods"]) == set(METHODS)
+    for method in METHODS:
+        m = saved["methods"][method]
+        assert m["steps"] == 2 and m["heldout_loss"] > 0 and 0 < m["psnr"] < 60 and -1 <= m["ssim"] <= 1
+    assert saved["methods"]["no_history"]["context_tokens"] == 0
+    assert saved["methods"]["proposed"]["context_tokens"] == 64  # 32 frames → 16 × 2 × 2 tokens at 4x4x2
+    refs = saved["references"]
+    assert refs["thumbnail_16x16_upsampled"]["psnr"] > refs["thumbnail_8x8_upsampled"]["psnr"]
+    assert refs["thumbnail_8x8_upsampled"]["psnr"] > refs["average_training_frame"]["psnr"]
+    assert saved["finetune"]["steps"] == 2 and results["finetune"]["heldout_loss_after"] > 0
+    assert (tmp_path / "demo" / "frame_query.png").stat().st_size > 1000
+    assert "| Proposed 4x4x2 | 2 |" in (tmp_path / "demo" / "results.md").read_text()
+
+
+def test_missing_checkpoints_give_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no committed checkpoint for 'proposed'"):
+        run_demo(tmp_path / "demo", checkpoints=tmp_path / "nothing", finetune_steps=0)
+
+
+@pytest.mark.skipif(not (Path(DEFAULT_CHECKPOINTS) / "proposed" / "config.json").is_file(), reason="not committed yet")
+def test_committed_checkpoints_load_and_record_their_steps():
+    steps = set()
+    for method in METHODS:
+        model, cfg = load_model(DEFAULT_CHECKPOINTS / method)
+        assert cfg.history.method == method
+        log = (DEFAULT_CHECKPOINTS / method / "train_log.jsonl").read_text().splitlines()
+        steps.add(max(json.loads(line)["step"] for line in log))
+    assert len(steps) == 1  # the same number of steps for every method

@@ -1,0 +1,60 @@
+"""The training loop end to end on the demo clip: outputs, logs, held-out split and exact resume."""
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from tinyhistory.data.clip import load_clip, resolve_video
+from tinyhistory.train.checkpoint import load_model
+from tinyhistory.train.trainer import lr_lambda, train
+
+
+def _weights(folder):
+    model, _ = load_model(folder)
+    return model.state_dict()
+
+
+def test_train_writes_checkpoint_log_and_config(small_config, tmp_path):
+    cfg = small_config("train.steps=3", "train.checkpoint_every=2")
+    summary = train(cfg, tmp_path / "run", progress=False, save_dtype=torch.float16)
+    assert summary["steps"] == 3 and summary["heldout_loss"] > 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+    assert [r["step"] for r in records if "heldout_loss" in r] == [2, 3]
+    final = tmp_path / "run" / "final"
+    assert (final / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    enc = load_file(str(final / "history_encoder.safetensors"))
+    assert all(v.dtype == torch.float16 for v in enc.values())
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["steps"] == 3
+    model, cfg_back = load_model(final)  # fp16 on disk, fp32 in memory
+    assert cfg_back.history.method == "proposed" and next(model.parameters()).dtype == torch.float32
+
+
+def test_resume_is_exact(small_config, tmp_path):
+    """4 steps in one go == 2 steps, stop, then the same command again (resumes from OUT/last)."""
+    straight = small_config("train.steps=4", "train.checkpoint_every=2")
+    train(straight, tmp_path / "a", progress=False)
+    summary = train(straight, tmp_path / "b", progress=False, stop_after=2)
+    assert summary["final"] is None
+    assert json.loads((tmp_path / "b" / "last" / "state" / "trainer.json").read_text())["step"] == 2
+    train(straight, tmp_path / "b", progress=False)
+    a, b = _weights(tmp_path / "a" / "final"), _weights(tmp_path / "b" / "final")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=key)
+    log_b = (tmp_path / "b" / "train_log.jsonl").read_text()
+    assert '"step": 3' in log_b and '"step": 4' in log_b
+
+
+def test_heldout_part_is_the_last_fifth(small_config):
+    cfg = small_config()
+    clip = load_clip(resolve_video(cfg.data.video), cfg.data.fps, cfg.data.size, cfg.data.heldout_fraction)
+    total = clip.train.shape[1] + clip.heldout.shape[1]
+    assert total == 1920 and clip.heldout.shape[1] == 384
+    assert clip.train.shape[0] == 3 and clip.train.shape[2:] == (64, 64)
+
+
+def test_lr_schedule_warms_up_then_decays(small_config):
+    f = lr_lambda(small_config("train.steps=100", "train.warmup_steps=10", "train.min_lr_ratio=0.1"))
+    assert f(0) == 0.1 and f(9) == 1.0
+    assert abs(f(100) - 0.1) < 1e-9 and f(50) < f(20)
