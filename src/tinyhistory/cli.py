@@ -52,6 +52,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval_lpips(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from tinyhistory.eval.lpips import LPIPS, uint8_to_lpips_input
+
+    images = []
+    for path in (args.ref, args.dist):
+        try:
+            images.append(np.asarray(Image.open(path).convert("RGB")))
+        except (FileNotFoundError, OSError) as exc:
+            raise ValueError(f"{path}: cannot read image ({exc})") from None
+    if images[0].shape != images[1].shape:
+        raise ValueError(
+            f"{args.ref} is {images[0].shape[:2]} but {args.dist} is {images[1].shape[:2]}; sizes must match"
+        )
+    value = LPIPS(args.net)(uint8_to_lpips_input(images[0]), uint8_to_lpips_input(images[1])).item()
+    print(f"{value:.4f}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tinyhistory.demo import run_demo
 
@@ -91,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--stop-after", type=int, default=None, help="leave after N steps (checkpointed); rerun resumes")
     tr.add_argument("--no-progress", action="store_true")
     tr.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluation tools")
+    ev_sub = ev.add_subparsers(dest="eval_command", required=True)
+    lp = ev_sub.add_parser("lpips", help="LPIPS distance between two images (official v0.1 values)")
+    lp.add_argument("ref")
+    lp.add_argument("dist")
+    lp.add_argument("--net", default="alex", choices=["alex", "vgg"])
+    lp.set_defaults(func=_cmd_eval_lpips)
 
     demo = sub.add_parser("demo", help="the embedded tiny end-to-end demo")
     demo.add_argument("--out", default="demo_out")

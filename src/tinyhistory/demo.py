@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 from tinyhistory.config import load_config
 from tinyhistory.data.clip import WindowSampler, load_clip, resolve_video, to_uint8
 from tinyhistory.eval.frame_query import build_eval_set, evaluate_method, queried_pixels, reference_metrics
+from tinyhistory.eval.lpips import LPIPS
 from tinyhistory.geometry import Rate, context_report, get_base
 from tinyhistory.system import build_codec
 from tinyhistory.text import MiniLMTextEncoder
@@ -75,21 +76,25 @@ def _grid_image(rows: list[tuple[str, np.ndarray]], path: Path, scale: int = 2) 
     canvas.save(path)
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _markdown(results: dict) -> str:
     lines = [
         "# Frame-query reconstruction on held-out frames (tiny preset)",
         "",
         f"{results['protocol']}",
         "",
-        "| method | steps | context tokens | held-out loss ↓ | PSNR ↑ | SSIM ↑ | PSNR one-step ↑ |",
-        "|---|---|---|---|---|---|---|",
+        "| method | steps | context tokens | held-out loss ↓ | PSNR ↑ | SSIM ↑ | LPIPS ↓ | PSNR one-step ↑ |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for method in METHODS:
         m = results["methods"].get(method)
         if m:
             lines.append(
                 f"| {LABELS[method]} | {m['steps']} | {m['context_tokens']} | {m['heldout_loss']:.4f} | "
-                f"{m['psnr']:.2f} | {m['ssim']:.3f} | {m['psnr_one_step']:.2f} |"
+                f"{m['psnr']:.2f} | {m['ssim']:.3f} | {_fmt(m.get('lpips'))} | {m['psnr_one_step']:.2f} |"
             )
     lines += ["", "| reference (same frames) | PSNR | SSIM |", "|---|---|---|"]
     for name, ref in results["references"].items():
@@ -149,11 +154,16 @@ def run_demo(
         ),
         "methods": {},
     }
+    try:
+        lpips = LPIPS("alex")
+    except FileNotFoundError as exc:
+        print(f"[demo] LPIPS left out: {exc}")
+        lpips = None
     samples = {}
     for method in METHODS:
         model, cfg = load_model(folders[method])
         print(f"[demo] evaluating {method}")
-        metrics, sampled = evaluate_method(model, eval_set, text, codec)
+        metrics, sampled = evaluate_method(model, eval_set, text, codec, lpips=lpips)
         metrics["context_tokens"] = _context_tokens(cfg, method, base_cfg.train.history_frames)
         metrics["steps"] = _steps_of(folders[method])
         results["methods"][method] = metrics

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from tinyhistory.data.clip import WindowSampler, to_uint8
+from tinyhistory.eval.lpips import uint8_to_lpips_input
 from tinyhistory.eval.metrics import mean_metric, psnr, ssim
 from tinyhistory.flow import add_noise, euler_sample, velocity_target
 from tinyhistory.train.objectives import FrameQueryBatch, make_frame_query_batch
@@ -53,8 +54,13 @@ def _frames(pixels: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate_method(model, eval_set: FrameQuerySet, text: torch.Tensor, codec, sample_steps: int = 20, chunk: int = 8):
-    """Metrics of one model on the fixed set; returns (metrics dict, sampled pixels ``(B, 3, k, H, W)``)."""
+def evaluate_method(
+    model, eval_set: FrameQuerySet, text: torch.Tensor, codec, sample_steps: int = 20, chunk: int = 8, lpips=None
+):
+    """Metrics of one model on the fixed set; returns (metrics dict, sampled pixels ``(B, 3, k, H, W)``).
+
+    ``lpips``: an :class:`~tinyhistory.eval.lpips.LPIPS` model to add LPIPS of the sampled frames (optional).
+    """
     model.eval()
     batch = eval_set.batch
     losses, samples, one_steps = [], [], []
@@ -87,6 +93,8 @@ def evaluate_method(model, eval_set: FrameQuerySet, text: torch.Tensor, codec, s
         "psnr_one_step": mean_metric(psnr, true, one_step),
         "ssim_one_step": mean_metric(ssim, true, one_step),
     }
+    if lpips is not None:
+        metrics["lpips"] = float(lpips(uint8_to_lpips_input(true), uint8_to_lpips_input(sampled)).mean())
     return metrics, sampled_px
 
 
