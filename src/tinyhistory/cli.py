@@ -73,6 +73,18 @@ def _cmd_eval_lpips(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval_consistency(args: argparse.Namespace) -> int:
+    from tinyhistory.data.video import decode_video
+    from tinyhistory.eval.consistency import consistency_report, write_report
+
+    generated = decode_video(args.video, fps=args.fps, size=args.size)
+    history = decode_video(args.history, fps=args.fps, size=args.size)
+    report = consistency_report(generated, history)
+    write_report(report, args.out)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tinyhistory.demo import run_demo
 
@@ -120,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("dist")
     lp.add_argument("--net", default="alex", choices=["alex", "vgg"])
     lp.set_defaults(func=_cmd_eval_lpips)
+    co = ev_sub.add_parser("consistency", help="feature, identity and dynamics scores of a video against its history")
+    co.add_argument("--video", required=True, help="the generated continuation")
+    co.add_argument("--history", required=True, help="the history it continues")
+    co.add_argument("--out", required=True, help="folder for consistency.json and consistency.md")
+    co.add_argument("--fps", type=float, default=4.0, help="frames per second sampled from both videos")
+    co.add_argument("--size", type=int, default=None, help="square-crop and resize to SIZE (default: native frames)")
+    co.set_defaults(func=_cmd_eval_consistency)
 
     demo = sub.add_parser("demo", help="the embedded tiny end-to-end demo")
     demo.add_argument("--out", default="demo_out")

@@ -21,14 +21,15 @@ def _square_crop_resize(image: Image.Image, size: int) -> Image.Image:
 def decode_video(
     path: str | Path,
     fps: float,
-    size: int,
+    size: int | None,
     start: float = 0.0,
     duration: float | None = None,
 ) -> np.ndarray:
     """Decode ``path`` into ``(T, size, size, 3)`` uint8 frames at a constant ``fps``.
 
     Frames are picked by nearest presentation time (a variable-frame-rate source gives a constant-rate result),
-    centre-cropped to a square and area-resized. Raises ``ValueError`` naming the file if nothing decodes.
+    centre-cropped to a square and area-resized (``size=None`` keeps the native frame). Raises ``ValueError``
+    naming the file if nothing decodes.
     """
     path = Path(path)
     if not path.is_file():
@@ -61,7 +62,8 @@ def decode_video(
                     break
                 nearer_previous = previous is not None and abs(previous[0] - next_time) < abs(t - next_time)
                 chosen = previous[1] if nearer_previous else frame
-                frames.append(np.asarray(_square_crop_resize(chosen.to_image(), size)))
+                image = chosen.to_image()
+                frames.append(np.asarray(image if size is None else _square_crop_resize(image, size)))
                 next_time = start + len(frames) * step
             if done:
                 break
