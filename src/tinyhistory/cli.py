@@ -85,6 +85,14 @@ def _cmd_eval_consistency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval_frame_query(args: argparse.Namespace) -> int:
+    from tinyhistory.eval.frame_query import frame_query_report
+
+    report = frame_query_report(args.checkpoint, args.data, args.out, args.windows, args.queries, args.seed)
+    print(json.dumps({k: v for k, v in report.items() if k != "per_window"}, indent=2))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tinyhistory.demo import run_demo
 
@@ -139,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--fps", type=float, default=4.0, help="frames per second sampled from both videos")
     co.add_argument("--size", type=int, default=None, help="square-crop and resize to SIZE (default: native frames)")
     co.set_defaults(func=_cmd_eval_consistency)
+    fq = ev_sub.add_parser("frame-query", help="frame-query reconstruction (Table 1 protocol) on any video")
+    fq.add_argument("--checkpoint", required=True, help="a checkpoint folder (e.g. checkpoints/tiny/proposed)")
+    fq.add_argument("--data", required=True, help="a video file")
+    fq.add_argument("--out", required=True)
+    fq.add_argument("--windows", type=int, default=24)
+    fq.add_argument("--queries", type=int, default=2)
+    fq.add_argument("--seed", type=int, default=0)
+    fq.set_defaults(func=_cmd_eval_frame_query)
 
     demo = sub.add_parser("demo", help="the embedded tiny end-to-end demo")
     demo.add_argument("--out", default="demo_out")

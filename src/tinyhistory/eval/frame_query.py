@@ -13,7 +13,9 @@ thumbnails upsampled (ceilings a low-resolution memory could reach).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,13 +34,15 @@ class FrameQuerySet:
 
     batch: FrameQueryBatch
     pixels: torch.Tensor  # (B, 3, T, H, W) true pixels of the windows
+    starts: list[int]  # first frame of each window in the evaluated clip
 
 
 def build_eval_set(sampler: WindowSampler, windows: int, queries: int, mask_low: float, seed: int = 0) -> FrameQuerySet:
     generator = torch.Generator().manual_seed(seed)
-    px, hr, lr = sampler.window(sampler.fixed_starts(windows))
+    starts = sampler.fixed_starts(windows)
+    px, hr, lr = sampler.window(starts)
     batch = make_frame_query_batch(hr, lr, sampler.rates, queries, mask_low, 1.0, generator, num_queries=queries)
-    return FrameQuerySet(batch, px)
+    return FrameQuerySet(batch, px, starts.tolist())
 
 
 def queried_pixels(eval_set: FrameQuerySet) -> torch.Tensor:
@@ -53,48 +57,75 @@ def _frames(pixels: torch.Tensor) -> np.ndarray:
     return np.concatenate([to_uint8(p) for p in pixels])
 
 
+def loss_timesteps(count: int = 8) -> torch.Tensor:
+    """Quantiles of the (unshifted) logit-normal: a fixed grid whose mean loss estimates the training loss."""
+    q = (torch.arange(count, dtype=torch.float64) + 0.5) / count
+    return torch.sigmoid(torch.special.ndtri(q)).float()
+
+
 @torch.no_grad()
 def evaluate_method(
     model, eval_set: FrameQuerySet, text: torch.Tensor, codec, sample_steps: int = 20, chunk: int = 8, lpips=None
 ):
     """Metrics of one model on the fixed set; returns (metrics dict, sampled pixels ``(B, 3, k, H, W)``).
 
+    ``heldout_loss`` averages the flow loss over the fixed timestep grid of :func:`loss_timesteps` with fixed noise.
     ``lpips``: an :class:`~tinyhistory.eval.lpips.LPIPS` model to add LPIPS of the sampled frames (optional).
+    Per-window values are in ``metrics["per_window"]``.
     """
     model.eval()
     batch = eval_set.batch
+    grid = loss_timesteps()
     losses, samples, one_steps = [], [], []
     for i in range(0, batch.targets.shape[0], chunk):
         sl = slice(i, i + chunk)
         hist_lr = [x[sl] if x is not None else None for x in batch.history_lr]
         context = model.encode_history(batch.history[sl], hist_lr)
-        txt = text.expand(batch.targets[sl].shape[0], -1, -1)
-        omega = batch.omega[sl]
-        x_t = add_noise(batch.targets[sl], batch.noise[sl], batch.t[sl])
-        pred = model(x_t, batch.t[sl], txt, context, omega)
-        target = velocity_target(batch.targets[sl], batch.noise[sl])
-        losses.append(F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3, 4)))
-        noise = batch.noise[sl]
-        ones = torch.ones(noise.shape[0])
-        one_steps.append(noise - model(noise, ones, txt, context, omega))
+        targets, noise, omega = batch.targets[sl], batch.noise[sl], batch.omega[sl]
+        txt = text.expand(targets.shape[0], -1, -1)
+        target_v = velocity_target(targets, noise)
+        per_t = []
+        for t_value in grid:
+            t = t_value.expand(targets.shape[0])
+            pred = model(add_noise(targets, noise, t), t, txt, context, omega)
+            per_t.append(F.mse_loss(pred, target_v, reduction="none").mean(dim=(1, 2, 3, 4)))
+        losses.append(torch.stack(per_t).mean(0))
+        one_steps.append(noise - model(noise, torch.ones(noise.shape[0]), txt, context, omega))
 
         def velocity(x, t, context=context, txt=txt, omega=omega):
             return model(x, t, txt, context, omega)
 
         samples.append(euler_sample(velocity, noise, sample_steps))
+    windows, k = batch.omega.shape
     true = _frames(queried_pixels(eval_set))
     sampled_px = codec.decode(torch.cat(samples))
     sampled = _frames(sampled_px)
     one_step = _frames(codec.decode(torch.cat(one_steps)))
+    frame_psnr = np.array([psnr(a, b) for a, b in zip(true, sampled, strict=True)]).reshape(windows, k)
+    frame_ssim = np.array([ssim(a, b) for a, b in zip(true, sampled, strict=True)]).reshape(windows, k)
+    window_loss = torch.cat(losses)
     metrics = {
-        "heldout_loss": float(torch.cat(losses).mean()),
-        "psnr": mean_metric(psnr, true, sampled),
-        "ssim": mean_metric(ssim, true, sampled),
+        "heldout_loss": float(window_loss.mean()),
+        "psnr": float(frame_psnr.mean()),
+        "ssim": float(frame_ssim.mean()),
         "psnr_one_step": mean_metric(psnr, true, one_step),
         "ssim_one_step": mean_metric(ssim, true, one_step),
     }
+    frame_lpips = None
     if lpips is not None:
-        metrics["lpips"] = float(lpips(uint8_to_lpips_input(true), uint8_to_lpips_input(sampled)).mean())
+        frame_lpips = lpips(uint8_to_lpips_input(true), uint8_to_lpips_input(sampled)).numpy().reshape(windows, k)
+        metrics["lpips"] = float(frame_lpips.mean())
+    metrics["per_window"] = [
+        {
+            "start": eval_set.starts[w],
+            "queries": batch.omega[w].tolist(),
+            "heldout_loss": float(window_loss[w]),
+            "psnr": float(frame_psnr[w].mean()),
+            "ssim": float(frame_ssim[w].mean()),
+            **({"lpips": float(frame_lpips[w].mean())} if frame_lpips is not None else {}),
+        }
+        for w in range(windows)
+    ]
     return metrics, sampled_px
 
 
@@ -117,3 +148,49 @@ def reference_metrics(eval_set: FrameQuerySet, train_pixels: torch.Tensor) -> di
             "ssim": mean_metric(ssim, true, frames),
         }
     return out
+
+
+def frame_query_report(
+    checkpoint: str | Path, video: str | Path, out: str | Path, windows: int = 24, queries: int = 2, seed: int = 0
+) -> dict:
+    """The frame-query protocol on any video for one checkpoint: ``OUT/frame_query.json`` and ``.md``.
+
+    The video is decoded at the checkpoint's fps and size; ``windows`` evenly spaced windows of the checkpoint's
+    history length, ``queries`` fixed-seed query frames each.
+    """
+    from tinyhistory.data.clip import to_pixels
+    from tinyhistory.data.video import decode_video
+    from tinyhistory.eval.lpips import LPIPS
+    from tinyhistory.geometry import Rate
+    from tinyhistory.system import build_codec
+    from tinyhistory.text import MiniLMTextEncoder
+    from tinyhistory.train.checkpoint import load_model
+
+    model, cfg = load_model(checkpoint)
+    pixels = to_pixels(decode_video(video, fps=cfg.data.fps, size=cfg.data.size))
+    codec = build_codec(cfg)
+    rates = [Rate.parse(r) for r in cfg.history.rates]
+    sampler = WindowSampler(pixels, cfg.train.history_frames, codec, rates, [True] * len(rates))
+    eval_set = build_eval_set(sampler, windows, queries, cfg.train.mask_low, seed)
+    text = MiniLMTextEncoder(cfg.text.max_tokens).encode([cfg.text.caption])
+    metrics, _ = evaluate_method(model, eval_set, text, codec, lpips=LPIPS("alex"))
+    report = {"checkpoint": str(checkpoint), "video": str(video), "method": cfg.history.method, **metrics}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "frame_query.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        f"# Frame query: {cfg.history.method} on {Path(video).name}",
+        "",
+        f"Overall: held-out loss {metrics['heldout_loss']:.4f}, PSNR {metrics['psnr']:.2f}, "
+        f"SSIM {metrics['ssim']:.3f}, LPIPS {metrics['lpips']:.3f}",
+        "",
+        "| window start | queried frames | loss | PSNR | SSIM | LPIPS |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {w['start']} | {w['queries']} | {w['heldout_loss']:.4f} | {w['psnr']:.2f} | {w['ssim']:.3f} | "
+        f"{w['lpips']:.3f} |"
+        for w in metrics["per_window"]
+    ]
+    (out / "frame_query.md").write_text("\n".join(lines) + "\n")
+    return report
