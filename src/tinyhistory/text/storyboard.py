@@ -1,0 +1,104 @@
+"""Storyboards: timestamped prompts, validated, and the paper's nearest-timestamp rule.
+
+Format (JSON)::
+
+    {"shots": [{"start": 0.0, "end": 4.0, "prompt": "A rabbit wakes up in a meadow."},
+               {"start": 4.0, "end": 9.5, "prompt": "Three rodents watch from a tree."}],
+     "caption": "optional caption for the whole video"}
+
+Times are seconds from the start of the video; shots must not overlap (touching is fine) and need a non-empty
+prompt. The paper gives the model "only the prompt with the nearest timestamp" to the generated segment: here the
+shot whose time span is closest to the segment's midpoint (distance 0 inside a shot; ties go to the earlier shot).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Shot:
+    start: float
+    end: float
+    prompt: str
+
+    def distance(self, time: float) -> float:
+        """0 inside the shot, else the gap to its nearest edge."""
+        return max(self.start - time, 0.0, time - self.end)
+
+
+@dataclass(frozen=True)
+class Storyboard:
+    shots: tuple[Shot, ...]
+    caption: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "storyboard") -> Storyboard:
+        if not isinstance(data, dict) or not isinstance(data.get("shots"), list) or not data["shots"]:
+            raise ValueError(
+                f'{source}: expected {{"shots": [{{"start", "end", "prompt"}}, ...]}} with at least one shot'
+            )
+        shots = []
+        for i, raw in enumerate(data["shots"]):
+            where = f"{source}: shot {i}"
+            if not isinstance(raw, dict):
+                raise ValueError(f"{where}: expected an object with start, end and prompt")
+            for key in ("start", "end", "prompt"):
+                if key not in raw:
+                    raise ValueError(f"{where}: missing field {key!r}")
+            start, end, prompt = raw["start"], raw["end"], raw["prompt"]
+            for key, value in (("start", start), ("end", end)):
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ValueError(f"{where}: field {key!r} must be a number of seconds, got {value!r}")
+                if value < 0:
+                    raise ValueError(f"{where}: field {key!r} is negative ({value})")
+            if end <= start:
+                raise ValueError(f"{where}: end ({end}) must be after start ({start})")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"{where}: field 'prompt' must be a non-empty string")
+            shots.append(Shot(float(start), float(end), prompt.strip()))
+        shots.sort(key=lambda s: s.start)
+        for a, b in zip(shots, shots[1:], strict=False):
+            if b.start < a.end:
+                raise ValueError(
+                    f"{source}: shots overlap: [{a.start}, {a.end}] {a.prompt!r} and [{b.start}, {b.end}] {b.prompt!r}"
+                )
+        caption = data.get("caption", "")
+        if not isinstance(caption, str):
+            raise ValueError(f"{source}: field 'caption' must be a string")
+        return cls(tuple(shots), caption)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Storyboard:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"storyboard not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: invalid JSON ({exc})") from None
+        return cls.from_dict(data, str(path))
+
+    @classmethod
+    def from_caption(cls, caption: str, duration: float) -> Storyboard:
+        """A single shot spanning the whole video."""
+        return cls((Shot(0.0, float(duration), caption),), caption)
+
+    @property
+    def duration(self) -> float:
+        return self.shots[-1].end
+
+    def prompt_for(self, start: float, end: float) -> str:
+        """The prompt of the shot nearest to the segment ``[start, end)`` (by its midpoint)."""
+        if end < start:
+            raise ValueError(f"segment end ({end}) is before its start ({start})")
+        middle = (start + end) / 2
+        return min(self.shots, key=lambda s: (s.distance(middle), s.start)).prompt
+
+    def to_dict(self) -> dict:
+        data: dict = {"shots": [{"start": s.start, "end": s.end, "prompt": s.prompt} for s in self.shots]}
+        if self.caption:
+            data["caption"] = self.caption
+        return data
