@@ -58,3 +58,21 @@ def test_lr_schedule_warms_up_then_decays(small_config):
     f = lr_lambda(small_config("train.steps=100", "train.warmup_steps=10", "train.min_lr_ratio=0.1"))
     assert f(0) == 0.1 and f(9) == 1.0
     assert abs(f(100) - 0.1) < 1e-9 and f(50) < f(20)
+
+
+def test_fp16_export_halves_the_transformer_file(small_config, tmp_path):
+    from tinyhistory.system import HistoryDiT
+    from tinyhistory.train.checkpoint import save_weights
+
+    cfg = small_config()
+    model = HistoryDiT.from_config(cfg)
+    save_weights(model, cfg, tmp_path / "fp32")
+    save_weights(model, cfg, tmp_path / "fp16", dtype=torch.float16)
+    name = "transformer/diffusion_pytorch_model.safetensors"
+    assert all(v.dtype == torch.float16 for v in load_file(str(tmp_path / "fp16" / name)).values())
+    size32, size16 = ((tmp_path / d / name).stat().st_size for d in ("fp32", "fp16"))
+    assert size16 < 0.55 * size32
+    assert next(model.parameters()).dtype == torch.float32  # the live model is untouched
+    back, _ = load_model(tmp_path / "fp16")
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[key], value.half().float(), msg=key)

@@ -11,6 +11,7 @@ Layout of a checkpoint folder::
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -30,8 +31,10 @@ def save_weights(model: HistoryDiT, cfg: RunConfig, folder: str | Path, dtype: t
     folder.mkdir(parents=True, exist_ok=True)
     cfg.save(folder / "config.json")
     transformer = model.backbone.transformer
-    state = {k: (v.to(dtype) if dtype is not None else v).contiguous() for k, v in transformer.state_dict().items()}
-    transformer.save_pretrained(folder / "transformer", state_dict=state, safe_serialization=True)
+    if dtype is not None and dtype != next(transformer.parameters()).dtype:
+        # save_pretrained writes the module's own tensors, so cast a copy (the small models this is used for)
+        transformer = copy.deepcopy(transformer).to(dtype)
+    transformer.save_pretrained(folder / "transformer", safe_serialization=True)
     if len(model.producers):
         enc = {
             k: (v.to(dtype) if dtype is not None else v).contiguous() for k, v in model.producers.state_dict().items()
