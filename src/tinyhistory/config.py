@@ -22,10 +22,15 @@ HISTORY_METHODS = ("proposed", "only_lr", "without_lr", "large_patchifier", "no_
 @dataclass
 class CodecConfig:
     kind: str = "pixel"
-    factor: int = 4
+    factor: int = 4  # pixel codec only
+    path: str = ""  # wan: a local diffusers folder (a model repo with vae/, or the VAE folder)
+    tiling: bool = False
+    slicing: bool = False
 
     def validate(self) -> None:
-        _choice("codec.kind", self.kind, ("pixel",))
+        _choice("codec.kind", self.kind, ("pixel", "wan"))
+        if self.kind == "wan" and not self.path:
+            raise ValueError("codec.path must name a local diffusers folder when codec.kind = 'wan'")
 
 
 @dataclass

@@ -7,18 +7,25 @@ the LR branch, so no weight lives twice.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from diffusers import WanTransformer3DModel
 from torch import nn
 
 from tinyhistory.backbones import ContextTokens, WanBackbone
-from tinyhistory.codecs import PixelUnshuffleCodec
+from tinyhistory.codecs import PixelUnshuffleCodec, WanVAECodec
 from tinyhistory.config import RunConfig
 from tinyhistory.history import EncoderConfig, HistoryEncoder, LargePatchifier
 
 
 def build_codec(cfg: RunConfig):
-    return PixelUnshuffleCodec(factor=cfg.codec.factor)
+    c = cfg.codec
+    if c.kind == "wan":
+        path = Path(c.path)
+        subfolder = "vae" if (path / "vae").is_dir() else None
+        return WanVAECodec.from_pretrained(path, subfolder=subfolder, tiling=c.tiling, slicing=c.slicing)
+    return PixelUnshuffleCodec(factor=c.factor)
 
 
 def build_transformer(cfg: RunConfig) -> WanTransformer3DModel:

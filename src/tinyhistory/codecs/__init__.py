@@ -2,5 +2,6 @@
 
 from tinyhistory.codecs.base import Codec
 from tinyhistory.codecs.pixel import PixelUnshuffleCodec
+from tinyhistory.codecs.wan import WanVAECodec
 
-__all__ = ["Codec", "PixelUnshuffleCodec"]
+__all__ = ["Codec", "PixelUnshuffleCodec", "WanVAECodec"]
