@@ -76,3 +76,23 @@ def test_fp16_export_halves_the_transformer_file(small_config, tmp_path):
     back, _ = load_model(tmp_path / "fp16")
     for key, value in model.state_dict().items():
         torch.testing.assert_close(back.state_dict()[key], value.half().float(), msg=key)
+
+
+def test_window_sampler_never_crosses_clips_and_keeps_the_single_clip_stream():
+    from tinyhistory.codecs import PixelUnshuffleCodec
+    from tinyhistory.data.clip import WindowSampler
+
+    codec = PixelUnshuffleCodec(4)
+    a = torch.arange(10.0).view(1, 10, 1, 1).expand(3, 10, 4, 4)
+    b = 100 + torch.arange(6.0).view(1, 6, 1, 1).expand(3, 6, 4, 4)
+    tiny = torch.zeros(3, 2, 4, 4)  # shorter than a window: contributes no window
+    sampler = WindowSampler([a, tiny, b], 4, codec, [], [])
+    assert sampler.valid_starts.tolist() == list(range(7)) + list(range(12, 15))
+    px, _, _ = sampler.sample(64, torch.Generator().manual_seed(0))
+    firsts = px[:, 0, :, 0, 0]
+    assert all(((w[0] < 10) and (w[-1] < 10)) or ((w[0] >= 100) and (w[-1] >= 100)) for w in firsts.tolist())
+    # a single clip draws exactly the same windows as a plain randint over its starts (the committed runs' stream)
+    single = WindowSampler(a, 4, codec, [], [])
+    starts = torch.randint(0, 7, (5,), generator=torch.Generator().manual_seed(3))
+    px1, _, _ = single.sample(5, torch.Generator().manual_seed(3))
+    assert px1[:, 0, 0, 0, 0].tolist() == starts.float().tolist()

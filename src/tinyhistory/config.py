@@ -95,6 +95,8 @@ class DataConfig:
     fps: float = 8.0
     size: int = 64
     heldout_fraction: float = 0.2
+    # Whole videos added to the training part only (never evaluated on).
+    extra_train_videos: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if not 0.0 < self.heldout_fraction < 1.0:

@@ -40,6 +40,11 @@ def load_clip(path: str | Path, fps: float, size: int, heldout_fraction: float) 
     return ClipSplit(train=pixels[:, :cut], heldout=pixels[:, cut:], fps=fps)
 
 
+def load_extra_training(paths: list[str], fps: float, size: int) -> list[torch.Tensor]:
+    """Whole videos used for training only (``data.extra_train_videos``); none of their frames are held out."""
+    return [to_pixels(decode_video(resolve_video(p), fps=fps, size=size)) for p in paths]
+
+
 def resolve_video(path: str | Path) -> Path:
     """A relative ``data.video`` is looked up in the working directory, then in the project checkout."""
     p = Path(path)
@@ -50,12 +55,26 @@ def resolve_video(path: str | Path) -> Path:
 
 
 class WindowSampler:
-    """Random history windows ``(B, 3, T, H, W)`` from a pixel clip, with their HR and LR latents."""
+    """Random history windows ``(B, 3, T, H, W)`` from one or several pixel clips, with their HR and LR latents.
 
-    def __init__(self, pixels: torch.Tensor, frames: int, codec, rates: list[Rate], uses_lr: list[bool]):
-        if pixels.shape[1] < frames:
-            raise ValueError(f"clip has {pixels.shape[1]} frames, fewer than the window of {frames} frames")
-        self.pixels = pixels
+    Several clips are concatenated in time; windows never cross from one clip into the next. Starts are drawn
+    uniformly over all valid windows (so a longer clip is sampled more often).
+    """
+
+    def __init__(
+        self, pixels: torch.Tensor | list[torch.Tensor], frames: int, codec, rates: list[Rate], uses_lr: list[bool]
+    ):
+        clips = [pixels] if isinstance(pixels, torch.Tensor) else list(pixels)
+        starts, offset = [], 0
+        for clip in clips:
+            if clip.shape[1] >= frames:
+                starts.append(torch.arange(offset, offset + clip.shape[1] - frames + 1))
+            offset += clip.shape[1]
+        if not starts:
+            longest = max(c.shape[1] for c in clips)
+            raise ValueError(f"clip has {longest} frames, fewer than the window of {frames} frames")
+        self.pixels = torch.cat(clips, dim=1) if len(clips) > 1 else clips[0]
+        self.valid_starts = torch.cat(starts)  # (N,) first frames of windows inside a single clip
         self.frames = frames
         self.codec = codec
         self.rates = rates
@@ -71,10 +90,10 @@ class WindowSampler:
         return px, hr, lr
 
     def sample(self, batch: int, generator: torch.Generator | None = None):
-        starts = torch.randint(0, self.pixels.shape[1] - self.frames + 1, (batch,), generator=generator)
-        return self.window(starts)
+        index = torch.randint(0, len(self.valid_starts), (batch,), generator=generator)
+        return self.window(self.valid_starts[index])
 
     def fixed_starts(self, count: int) -> torch.Tensor:
         """``count`` evenly spaced window starts (for deterministic evaluation)."""
-        last = self.pixels.shape[1] - self.frames
-        return torch.linspace(0, last, count).round().long()
+        index = torch.linspace(0, len(self.valid_starts) - 1, count).round().long()
+        return self.valid_starts[index]

@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from tinyhistory.config import RunConfig
-from tinyhistory.data.clip import WindowSampler, load_clip, resolve_video
+from tinyhistory.data.clip import WindowSampler, load_clip, load_extra_training, resolve_video
 from tinyhistory.geometry import Rate
 from tinyhistory.system import HistoryDiT, build_codec
 from tinyhistory.text import MiniLMTextEncoder
@@ -48,8 +48,9 @@ def make_samplers(cfg: RunConfig, model: HistoryDiT) -> tuple[WindowSampler, Win
     rates = [Rate.parse(r) for r in cfg.history.rates] if len(model.producers) else []
     uses_lr = [bool(getattr(p, "uses_lr", False)) for p in model.producers]
     frames = cfg.train.history_frames
+    extra = load_extra_training(cfg.data.extra_train_videos, cfg.data.fps, cfg.data.size)
     return (
-        WindowSampler(clip.train, frames, codec, rates, uses_lr),
+        WindowSampler([clip.train, *extra], frames, codec, rates, uses_lr),
         WindowSampler(clip.heldout, frames, codec, rates, uses_lr),
     )
 
