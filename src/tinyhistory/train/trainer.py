@@ -115,8 +115,8 @@ def train(
 
     generator = torch.Generator().manual_seed(tc.seed)
     step = 0
-    last = out / "last"
-    if (last / "state" / "trainer.json").is_file():
+    last = _resumable_checkpoint(out)
+    if last is not None:
         unwrapped, _ = load_model(last)
         accelerator.unwrap_model(model).load_state_dict(unwrapped.state_dict())
         step = load_training_state(last, optimizer, scheduler, generator)
@@ -178,6 +178,14 @@ def train(
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _resumable_checkpoint(out: Path) -> Path | None:
+    """``OUT/last``, or ``OUT/last.old`` when a run died between the two renames of :func:`_atomic_checkpoint`."""
+    for candidate in (out / "last", out / "last.old"):
+        if (candidate / "state" / "trainer.json").is_file():
+            return candidate
+    return None
 
 
 def _atomic_checkpoint(out: Path, model, cfg, optimizer, scheduler, step, generator) -> None:
