@@ -45,6 +45,14 @@ def test_resume_is_exact(small_config, tmp_path):
     log_b = (tmp_path / "b" / "train_log.jsonl").read_text()
     assert '"step": 3' in log_b and '"step": 4' in log_b
 
+    # killed between the two renames of the atomic checkpoint: only last.old is complete, and it is used
+    train(straight, tmp_path / "c", progress=False, stop_after=2)
+    (tmp_path / "c" / "last").rename(tmp_path / "c" / "last.old")
+    train(straight, tmp_path / "c", progress=False)
+    c = _weights(tmp_path / "c" / "final")
+    for key in a:
+        torch.testing.assert_close(a[key], c[key], atol=0, rtol=0, msg=key)
+
 
 def test_heldout_part_is_the_last_fifth(small_config):
     cfg = small_config()
