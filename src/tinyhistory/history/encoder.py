@@ -18,7 +18,7 @@ give the same tokens as a full re-encode (see :mod:`tinyhistory.history.streamin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +40,8 @@ class EncoderConfig:
     channels: tuple[int, ...] = (64, 128, 256, 512)
     attention_blocks: int = 1
     attention_heads: int = 8
-    # "full": k=3 in every axis for the stem; lighter presets may use spatial-only kernels after the stem.
+    # The one conv at full latent resolution that mixes time (causal); later convs keep to one axis each.
     stem_kernel: tuple[int, int, int] = (3, 3, 3)
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
