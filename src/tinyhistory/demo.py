@@ -21,11 +21,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from tinyhistory.config import load_config
-from tinyhistory.data.clip import WindowSampler, load_clip, resolve_video, to_uint8
-from tinyhistory.eval.frame_query import build_eval_set, evaluate_method, queried_pixels, reference_metrics
+from tinyhistory.data.clip import load_clip, resolve_video, to_uint8
+from tinyhistory.eval.frame_query import eval_set_for_clip, evaluate_method, queried_pixels, reference_metrics
 from tinyhistory.eval.lpips import LPIPS
 from tinyhistory.geometry import Rate, context_report, get_base
-from tinyhistory.system import build_codec
 from tinyhistory.text import MiniLMTextEncoder
 from tinyhistory.train.checkpoint import load_model
 from tinyhistory.train.trainer import train
@@ -138,11 +137,8 @@ def run_demo(
     clip = load_clip(
         resolve_video(base_cfg.data.video), base_cfg.data.fps, base_cfg.data.size, base_cfg.data.heldout_fraction
     )
-    codec = build_codec(base_cfg)
     text = MiniLMTextEncoder(base_cfg.text.max_tokens).encode([base_cfg.text.caption])
-    rates = [Rate.parse(r) for r in base_cfg.history.rates]
-    sampler = WindowSampler(clip.heldout, base_cfg.train.history_frames, codec, rates, [True] * len(rates))
-    eval_set = build_eval_set(sampler, EVAL_WINDOWS, EVAL_QUERIES, base_cfg.train.mask_low, seed=0)
+    eval_set, codec = eval_set_for_clip(clip.heldout, base_cfg, EVAL_WINDOWS, EVAL_QUERIES, seed=0)
 
     results: dict = {
         "protocol": (

@@ -40,7 +40,7 @@ from tinyhistory.system import build_codec
 from tinyhistory.text.storyboard import Storyboard
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".gif"}
-EXIT_OK, EXIT_NOT_STARTED, EXIT_SKIPPED = 0, 2, 3
+EXIT_OK, EXIT_SKIPPED = 0, 3  # 2 (could not start) is what `tinyhistory` returns for any ValueError
 
 
 @dataclass

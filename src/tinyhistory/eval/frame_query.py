@@ -21,10 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tinyhistory.codecs.base import Codec
 from tinyhistory.data.clip import WindowSampler, to_uint8
 from tinyhistory.eval.lpips import uint8_to_lpips_input
-from tinyhistory.eval.metrics import mean_metric, psnr, ssim
+from tinyhistory.eval.metrics import mean_metric, per_frame, psnr, ssim
 from tinyhistory.flow import add_noise, euler_sample, velocity_target
+from tinyhistory.geometry import Rate
+from tinyhistory.system import build_codec
 from tinyhistory.train.objectives import FrameQueryBatch, make_frame_query_batch
 
 
@@ -43,6 +46,19 @@ def build_eval_set(sampler: WindowSampler, windows: int, queries: int, mask_low:
     px, hr, lr = sampler.window(starts)
     batch = make_frame_query_batch(hr, lr, sampler.rates, queries, mask_low, 1.0, generator, num_queries=queries)
     return FrameQuerySet(batch, px, starts.tolist())
+
+
+def eval_set_for_clip(
+    pixels: torch.Tensor, cfg, windows: int, queries: int, seed: int = 0
+) -> tuple[FrameQuerySet, Codec]:
+    """The fixed set for a ``(3, T, H, W)`` clip under ``cfg`` (history length, rates, codec); returns it and the codec.
+
+    LR latents are built for every rate whatever the method, so every method is scored on identical inputs.
+    """
+    codec = build_codec(cfg)
+    rates = [Rate.parse(r) for r in cfg.history.rates]
+    sampler = WindowSampler(pixels, cfg.train.history_frames, codec, rates, [True] * len(rates))
+    return build_eval_set(sampler, windows, queries, cfg.train.mask_low, seed), codec
 
 
 def queried_pixels(eval_set: FrameQuerySet) -> torch.Tensor:
@@ -101,8 +117,8 @@ def evaluate_method(
     sampled_px = codec.decode(torch.cat(samples))
     sampled = _frames(sampled_px)
     one_step = _frames(codec.decode(torch.cat(one_steps)))
-    frame_psnr = np.array([psnr(a, b) for a, b in zip(true, sampled, strict=True)]).reshape(windows, k)
-    frame_ssim = np.array([ssim(a, b) for a, b in zip(true, sampled, strict=True)]).reshape(windows, k)
+    frame_psnr = per_frame(psnr, true, sampled).reshape(windows, k)
+    frame_ssim = per_frame(ssim, true, sampled).reshape(windows, k)
     window_loss = torch.cat(losses)
     metrics = {
         "heldout_loss": float(window_loss.mean()),
@@ -161,17 +177,12 @@ def frame_query_report(
     from tinyhistory.data.clip import to_pixels
     from tinyhistory.data.video import decode_video
     from tinyhistory.eval.lpips import LPIPS
-    from tinyhistory.geometry import Rate
-    from tinyhistory.system import build_codec
     from tinyhistory.text import MiniLMTextEncoder
     from tinyhistory.train.checkpoint import load_model
 
     model, cfg = load_model(checkpoint)
     pixels = to_pixels(decode_video(video, fps=cfg.data.fps, size=cfg.data.size))
-    codec = build_codec(cfg)
-    rates = [Rate.parse(r) for r in cfg.history.rates]
-    sampler = WindowSampler(pixels, cfg.train.history_frames, codec, rates, [True] * len(rates))
-    eval_set = build_eval_set(sampler, windows, queries, cfg.train.mask_low, seed)
+    eval_set, codec = eval_set_for_clip(pixels, cfg, windows, queries, seed)
     text = MiniLMTextEncoder(cfg.text.max_tokens).encode([cfg.text.caption])
     metrics, _ = evaluate_method(model, eval_set, text, codec, lpips=LPIPS("alex"))
     report = {"checkpoint": str(checkpoint), "video": str(video), "method": cfg.history.method, **metrics}

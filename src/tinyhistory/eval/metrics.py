@@ -21,6 +21,11 @@ def ssim(reference: np.ndarray, test: np.ndarray) -> float:
     return float(structural_similarity(reference, test, channel_axis=-1, data_range=255))
 
 
+def per_frame(fn, references: np.ndarray, tests: np.ndarray) -> np.ndarray:
+    """``fn`` on each aligned pair of frames of two stacks ``(N, H, W, 3)`` → ``(N,)``."""
+    return np.array([fn(r, t) for r, t in zip(references, tests, strict=True)])
+
+
 def mean_metric(fn, references: np.ndarray, tests: np.ndarray) -> float:
     """Average ``fn`` over aligned stacks of frames ``(N, H, W, 3)``."""
-    return float(np.mean([fn(r, t) for r, t in zip(references, tests, strict=True)]))
+    return float(per_frame(fn, references, tests).mean())
