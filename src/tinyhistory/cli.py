@@ -101,6 +101,31 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
     return run_prepare(cfg, args.input, args.out, args.window_frames)
 
 
+def _cmd_reproduce_table1(args: argparse.Namespace) -> int:
+    from tinyhistory.reproduce.table1 import reproduce_table1
+
+    reproduce_table1(
+        args.out,
+        preset=args.preset,
+        steps=args.steps,
+        rows=args.rows.split(",") if args.rows else None,
+        overrides=list(args.set or []),
+        jobs=args.jobs,
+        windows=args.windows,
+    )
+    return 0
+
+
+def _cmd_data_frames(args: argparse.Namespace) -> int:
+    from tinyhistory.data.frames import save_frames
+    from tinyhistory.data.video import decode_video
+
+    frames = decode_video(args.video, fps=args.fps, size=args.size)
+    save_frames(args.out, frames, args.fps)
+    print(f"{args.out}: {frames.shape[0]} frames of {frames.shape[1]}x{frames.shape[2]} at {args.fps:g} fps")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tinyhistory.demo import run_demo
 
@@ -174,6 +199,25 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--out", required=True)
     dp.add_argument("--window-frames", type=int, default=None, help="frames per cached window (default: history)")
     dp.set_defaults(func=_cmd_data_prepare)
+
+    df = data_sub.add_parser("frames", help="decode a video once into a lossless frame archive (*.frames.xz)")
+    df.add_argument("video")
+    df.add_argument("--fps", type=float, required=True)
+    df.add_argument("--size", type=int, default=None, help="square-crop and resize to SIZE (default: native)")
+    df.add_argument("--out", required=True, help="archive path ending in .frames.xz")
+    df.set_defaults(func=_cmd_data_frames)
+
+    rep = sub.add_parser("reproduce", help="reproductions of the paper's tables at small scale")
+    rep_sub = rep.add_subparsers(dest="reproduce_command", required=True)
+    t1 = rep_sub.add_parser("table1", help="train and score every Table-1 row (frame-query reconstruction)")
+    t1.add_argument("--preset", default="tiny")
+    t1.add_argument("--out", required=True)
+    t1.add_argument("--steps", type=int, default=None, help="training steps per row (default: the preset's)")
+    t1.add_argument("--rows", default=None, help="comma-separated row keys (default: all seven)")
+    t1.add_argument("--jobs", type=int, default=1, help="rows trained at once (subprocesses)")
+    t1.add_argument("--windows", type=int, default=24, help="held-out evaluation windows")
+    t1.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every row")
+    t1.set_defaults(func=_cmd_reproduce_table1)
 
     demo = sub.add_parser("demo", help="the embedded tiny end-to-end demo")
     demo.add_argument("--out", default="demo_out")

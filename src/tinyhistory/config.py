@@ -38,6 +38,8 @@ class TextConfig:
     kind: str = "minilm"
     caption: str = ""
     max_tokens: int = 64
+    # A safetensors file of prompt embeddings (read first, missing prompts written back); "" = always encode.
+    cache: str = ""
 
     def validate(self) -> None:
         _choice("text.kind", self.kind, ("minilm",))

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 from tinyhistory.config import load_config
 from tinyhistory.data.clip import load_clip, resolve_video, to_uint8
+from tinyhistory.eval.figures import grid_image
 from tinyhistory.eval.frame_query import eval_set_for_clip, evaluate_method, queried_pixels, reference_metrics
 from tinyhistory.eval.lpips import LPIPS
 from tinyhistory.geometry import Rate, context_report, get_base
-from tinyhistory.text import MiniLMTextEncoder
+from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.checkpoint import load_model
 from tinyhistory.train.trainer import train
 
@@ -58,21 +58,6 @@ def _context_tokens(cfg, method: str, history_frames: int) -> int:
         [Rate.parse(r) for r in cfg.history.rates],
     )
     return report.history_tokens
-
-
-def _grid_image(rows: list[tuple[str, np.ndarray]], path: Path, scale: int = 2) -> None:
-    """Rows of frames ``(N, H, W, 3)`` with a label column, like the paper's Fig. 5."""
-    label_w = 150
-    n, h, w, _ = rows[0][1].shape
-    sh, sw = h * scale, w * scale
-    canvas = Image.new("RGB", (label_w + n * (sw + 2), len(rows) * (sh + 2)), "white")
-    draw = ImageDraw.Draw(canvas)
-    for r, (label, frames) in enumerate(rows):
-        y = r * (sh + 2)
-        draw.text((4, y + sh // 2 - 6), label, fill="black")
-        for i, frame in enumerate(frames):
-            canvas.paste(Image.fromarray(frame).resize((sw, sh), Image.Resampling.NEAREST), (label_w + i * (sw + 2), y))
-    canvas.save(path)
 
 
 def _fmt(value: float | None) -> str:
@@ -137,7 +122,7 @@ def run_demo(
     clip = load_clip(
         resolve_video(base_cfg.data.video), base_cfg.data.fps, base_cfg.data.size, base_cfg.data.heldout_fraction
     )
-    text = MiniLMTextEncoder(base_cfg.text.max_tokens).encode([base_cfg.text.caption])
+    text = encode_prompts(base_cfg.text, [base_cfg.text.caption])
     eval_set, codec = eval_set_for_clip(clip.heldout, base_cfg, EVAL_WINDOWS, EVAL_QUERIES, seed=0)
 
     results: dict = {
@@ -171,7 +156,7 @@ def run_demo(
     truth = queried_pixels(eval_set)
     rows = [("ground truth", np.stack([to_uint8(truth[i])[0] for i in picks]))]
     rows += [(LABELS[m], np.stack([to_uint8(samples[m][i])[0] for i in picks])) for m in METHODS]
-    _grid_image(rows, out / "frame_query.png")
+    grid_image(rows, out / "frame_query.png")
 
     if finetune_steps > 0:
         cfg = load_config(

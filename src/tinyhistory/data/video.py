@@ -5,9 +5,10 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
+
+from tinyhistory.data.frames import frames_from_archive, is_frame_archive
 
 
 def _square_crop_resize(image: Image.Image, size: int) -> Image.Image:
@@ -29,11 +30,19 @@ def decode_video(
 
     Frames are picked by nearest presentation time (a variable-frame-rate source gives a constant-rate result),
     centre-cropped to a square and area-resized (``size=None`` keeps the native frame). Raises ``ValueError``
-    naming the file if nothing decodes.
+    naming the file if nothing decodes. A frame archive (``*.frames.xz``, :mod:`tinyhistory.data.frames`) is read
+    instead of decoded; it must hold exactly the fps and size asked for.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"video file not found: {path}")
+    if is_frame_archive(path):
+        frames = frames_from_archive(path, fps, size)
+        first = int(round(start * fps))
+        last = None if duration is None else first + int(round(duration * fps))
+        return frames[first:last]
+    import av  # imported here so that frame archives work on machines without PyAV
+
     try:
         container = av.open(str(path))
     except av.FFmpegError as exc:
@@ -75,6 +84,8 @@ def decode_video(
 
 def write_video(frames: np.ndarray, path: str | Path, fps: float, crf: int = 18) -> None:
     """Write ``(T, H, W, 3)`` uint8 frames as an H.264 mp4 (yuv420p, playable everywhere)."""
+    import av
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as container:

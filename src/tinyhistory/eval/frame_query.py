@@ -90,28 +90,29 @@ def evaluate_method(
     Per-window values are in ``metrics["per_window"]``.
     """
     model.eval()
+    device = next(model.parameters()).device  # the set lives on the CPU; chunks visit the model's device
     batch = eval_set.batch
-    grid = loss_timesteps()
+    grid = loss_timesteps().to(device)
     losses, samples, one_steps = [], [], []
     for i in range(0, batch.targets.shape[0], chunk):
         sl = slice(i, i + chunk)
-        hist_lr = [x[sl] if x is not None else None for x in batch.history_lr]
-        context = model.encode_history(batch.history[sl], hist_lr)
-        targets, noise, omega = batch.targets[sl], batch.noise[sl], batch.omega[sl]
-        txt = text.expand(targets.shape[0], -1, -1)
+        hist_lr = [x[sl].to(device) if x is not None else None for x in batch.history_lr]
+        context = model.encode_history(batch.history[sl].to(device), hist_lr)
+        targets, noise, omega = (x[sl].to(device) for x in (batch.targets, batch.noise, batch.omega))
+        txt = text.to(device).expand(targets.shape[0], -1, -1)
         target_v = velocity_target(targets, noise)
         per_t = []
         for t_value in grid:
             t = t_value.expand(targets.shape[0])
             pred = model(add_noise(targets, noise, t), t, txt, context, omega)
             per_t.append(F.mse_loss(pred, target_v, reduction="none").mean(dim=(1, 2, 3, 4)))
-        losses.append(torch.stack(per_t).mean(0))
-        one_steps.append(noise - model(noise, torch.ones(noise.shape[0]), txt, context, omega))
+        losses.append(torch.stack(per_t).mean(0).cpu())
+        one_steps.append((noise - model(noise, torch.ones(noise.shape[0], device=device), txt, context, omega)).cpu())
 
         def velocity(x, t, context=context, txt=txt, omega=omega):
             return model(x, t, txt, context, omega)
 
-        samples.append(euler_sample(velocity, noise, sample_steps))
+        samples.append(euler_sample(velocity, noise, sample_steps).cpu())
     windows, k = batch.omega.shape
     true = _frames(queried_pixels(eval_set))
     sampled_px = codec.decode(torch.cat(samples))
@@ -177,13 +178,13 @@ def frame_query_report(
     from tinyhistory.data.clip import to_pixels
     from tinyhistory.data.video import decode_video
     from tinyhistory.eval.lpips import LPIPS
-    from tinyhistory.text import MiniLMTextEncoder
+    from tinyhistory.text.cache import encode_prompts
     from tinyhistory.train.checkpoint import load_model
 
     model, cfg = load_model(checkpoint)
     pixels = to_pixels(decode_video(video, fps=cfg.data.fps, size=cfg.data.size))
     eval_set, codec = eval_set_for_clip(pixels, cfg, windows, queries, seed)
-    text = MiniLMTextEncoder(cfg.text.max_tokens).encode([cfg.text.caption])
+    text = encode_prompts(cfg.text, [cfg.text.caption])
     metrics, _ = evaluate_method(model, eval_set, text, codec, lpips=LPIPS("alex"))
     report = {"checkpoint": str(checkpoint), "video": str(video), "method": cfg.history.method, **metrics}
     out = Path(out)

@@ -37,7 +37,8 @@ def save_weights(model: HistoryDiT, cfg: RunConfig, folder: str | Path, dtype: t
     transformer.save_pretrained(folder / "transformer", safe_serialization=True)
     if len(model.producers):
         enc = {
-            k: (v.to(dtype) if dtype is not None else v).contiguous() for k, v in model.producers.state_dict().items()
+            k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous()
+            for k, v in model.producers.state_dict().items()
         }
         save_file(
             enc,

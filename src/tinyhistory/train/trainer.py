@@ -24,7 +24,7 @@ from tinyhistory.config import RunConfig
 from tinyhistory.data.clip import WindowSampler, load_clip, load_extra_training, resolve_video
 from tinyhistory.geometry import Rate
 from tinyhistory.system import HistoryDiT, build_codec
-from tinyhistory.text import MiniLMTextEncoder
+from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.checkpoint import load_model, load_training_state, save_training_state, save_weights
 from tinyhistory.train.objectives import frame_query_loss, make_frame_query_batch
 
@@ -61,6 +61,7 @@ def heldout_loss(
 ) -> float:
     """Frame-query flow loss on fixed held-out windows with fixed Ω, masks, noise and timesteps."""
     model.eval()
+    device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(1234)
     losses = []
     for start in sampler.fixed_starts(windows).split(cfg.train.batch_size):
@@ -68,7 +69,9 @@ def heldout_loss(
         batch = make_frame_query_batch(
             hr, lr, sampler.rates, cfg.train.query_window, cfg.train.mask_low, cfg.train.timestep_shift, generator
         )
-        losses.append(frame_query_loss(model, batch, text.expand(len(start), -1, -1)).item() * len(start))
+        batch = _to(batch, device)
+        text_batch = text.to(device).expand(len(start), -1, -1)
+        losses.append(frame_query_loss(model, batch, text_batch).item() * len(start))
     model.train()
     return sum(losses) / windows
 
@@ -102,7 +105,7 @@ def train(
     else:
         model = HistoryDiT.from_config(cfg)
     train_sampler, heldout_sampler = make_samplers(cfg, model)
-    text = MiniLMTextEncoder(cfg.text.max_tokens).encode([cfg.text.caption])  # (1, L, 384)
+    text = encode_prompts(cfg.text, [cfg.text.caption])  # (1, L, 384)
 
     groups = [{"params": list(model.backbone.parameters()), "lr": tc.learning_rate}]
     if len(model.producers):

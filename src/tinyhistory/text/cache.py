@@ -1,0 +1,50 @@
+"""Prompt embeddings through an optional on-disk cache (``text.cache``), so a run need not load the text encoder.
+
+The cache is a safetensors file of ``(L, D)`` embeddings keyed by a hash of (encoder kind, max tokens, prompt):
+a change of encoder or length never returns a stale entry. Prompts missing from the cache are encoded with the
+configured encoder and written back (atomically). With ``text.cache`` empty, prompts are simply encoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tinyhistory.config import TextConfig
+
+
+def prompt_key(kind: str, max_tokens: int, prompt: str) -> str:
+    return hashlib.sha256(f"{kind}|{max_tokens}|{prompt}".encode()).hexdigest()[:32]
+
+
+def build_text_encoder(cfg: TextConfig):
+    from tinyhistory.text.minilm import MiniLMTextEncoder
+
+    return MiniLMTextEncoder(cfg.max_tokens)
+
+
+def encode_prompts(cfg: TextConfig, prompts: list[str]) -> torch.Tensor:
+    """``prompts`` → ``(B, max_tokens, D)`` float32, from ``cfg.cache`` where possible."""
+    if not cfg.cache:
+        return build_text_encoder(cfg).encode(prompts)
+    path = Path(cfg.cache)
+    cached: dict[str, torch.Tensor] = {}
+    if path.is_file():
+        try:
+            cached = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise ValueError(f"text.cache {path}: not a readable safetensors file ({exc})") from exc
+    keys = [prompt_key(cfg.kind, cfg.max_tokens, p) for p in prompts]
+    missing = sorted({p for p, k in zip(prompts, keys, strict=True) if k not in cached})
+    if missing:
+        fresh = build_text_encoder(cfg).encode(missing)
+        for prompt, embedding in zip(missing, fresh, strict=True):
+            cached[prompt_key(cfg.kind, cfg.max_tokens, prompt)] = embedding.contiguous()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(cached, str(tmp))
+        tmp.replace(path)
+    return torch.stack([cached[k] for k in keys]).float()
