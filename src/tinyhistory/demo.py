@@ -21,12 +21,14 @@ import torch
 
 from tinyhistory.config import load_config
 from tinyhistory.data.clip import load_clip, resolve_video, to_uint8
+from tinyhistory.demo_stage2 import markdown as stage2_markdown
+from tinyhistory.demo_stage2 import run_stage2, stage2_folders
 from tinyhistory.eval.figures import grid_image
 from tinyhistory.eval.frame_query import eval_set_for_clip, evaluate_method, queried_pixels, reference_metrics
 from tinyhistory.eval.lpips import LPIPS
 from tinyhistory.geometry import Rate, context_report, get_base
 from tinyhistory.text.cache import encode_prompts
-from tinyhistory.train.checkpoint import load_model
+from tinyhistory.train.checkpoint import load_model, trained_steps
 from tinyhistory.train.trainer import train
 
 METHODS = ("proposed", "large_patchifier", "no_history")
@@ -35,14 +37,6 @@ PROJECT = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINTS = PROJECT / "checkpoints" / "tiny"
 EVAL_WINDOWS = 24
 EVAL_QUERIES = 2
-
-
-def _steps_of(folder: Path) -> int | None:
-    log = folder / "train_log.jsonl"
-    if not log.is_file():
-        return None
-    steps = [json.loads(line).get("step", 0) for line in log.read_text().splitlines() if line.strip()]
-    return max(steps) if steps else None
 
 
 def _context_tokens(cfg, method: str, history_frames: int) -> int:
@@ -90,11 +84,17 @@ def _markdown(results: dict) -> str:
             f"Live fine-tune of the proposed model: {f['steps']} steps in {f['seconds']:.1f} s, "
             f"held-out loss {f['heldout_loss_before']:.4f} → {f['heldout_loss_after']:.4f}.",
         ]
+    if "stage2" in results:
+        lines += stage2_markdown(results["stage2"])
     return "\n".join(lines) + "\n"
 
 
 def run_demo(
-    out: Path, from_scratch: bool = False, checkpoints: str | Path | None = None, finetune_steps: int = 40
+    out: Path,
+    from_scratch: bool = False,
+    checkpoints: str | Path | None = None,
+    finetune_steps: int = 40,
+    stage2: bool = True,
 ) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -146,7 +146,7 @@ def run_demo(
         print(f"[demo] evaluating {method}")
         metrics, sampled = evaluate_method(model, eval_set, text, codec, lpips=lpips)
         metrics["context_tokens"] = _context_tokens(cfg, method, base_cfg.train.history_frames)
-        metrics["steps"] = _steps_of(folders[method])
+        metrics["steps"] = trained_steps(folders[method])
         results["methods"][method] = metrics
         samples[method] = sampled
     results["references"] = reference_metrics(eval_set, clip.train)
@@ -183,12 +183,17 @@ def run_demo(
             "heldout_loss_before": before["heldout_loss"],
             "heldout_loss_after": after["heldout_loss"],
         }
+    if stage2:
+        stage2_ckpts = stage2_folders(out, ckpt_root, folders, from_scratch)
+        results["stage2"] = run_stage2(out, clip.heldout, stage2_ckpts)
     results["seconds"] = time.time() - started
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(_markdown(results))
     print(_markdown(results))
     print(
-        f"[demo] wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'frame_query.png'} "
+        f"[demo] wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'frame_query.png'}"
+        + (f", {out / 'continuation.mp4'}, {out / 'continuation.png'}" if stage2 else "")
+        + " "
         f"in {results['seconds']:.0f} s"
     )
     return results

@@ -10,10 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
 from torch import nn
 
 from tinyhistory.backbones import ContextTokens, WanBackbone
+from tinyhistory.backbones.base import grid_positions
 from tinyhistory.codecs import PixelUnshuffleCodec, WanVAECodec
 from tinyhistory.config import RunConfig
 from tinyhistory.history import EncoderConfig, HistoryEncoder, LargePatchifier
@@ -65,34 +67,112 @@ def build_producers(cfg: RunConfig, backbone: WanBackbone) -> nn.ModuleList:
     return nn.ModuleList(producers)
 
 
-class HistoryDiT(nn.Module):
-    """Backbone + history producers: ``velocity = model(x_t, t, text, history, frame_positions)``."""
+class CrossAttentionEnhancer(nn.Module):
+    """IP-Adapter-like extra cross-attention from DiT tokens to encoder features (SPEC §3.4), one per DiT block.
 
-    def __init__(self, backbone: WanBackbone, producers: nn.ModuleList):
+    ``tokens + out(attention(norm(tokens), features))`` with ``out`` zero-initialised, so a fresh enhancer leaves the
+    DiT exactly as it was.
+    """
+
+    def __init__(self, dim: int, feature_dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.feature_norm = nn.LayerNorm(feature_dim)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(feature_dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """tokens ``(B, S, D)``, features ``(B, M, F)`` → ``(B, S, D)``."""
+        b, s, d = tokens.shape
+        q = self.q(self.norm(tokens)).reshape(b, s, self.heads, d // self.heads).transpose(1, 2)
+        k, v = self.kv(self.feature_norm(features)).reshape(b, -1, 2, self.heads, d // self.heads).unbind(2)
+        attended = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2))
+        return tokens + self.out(attended.transpose(1, 2).reshape(b, s, d))
+
+
+class HistoryDiT(nn.Module):
+    """Backbone + history producers: ``velocity = model(x_t, t, text, context, frame_positions)``.
+
+    ``history_context(hr, lr)`` builds what the DiT sees of a history: the producers' compressed tokens, then
+    (``sliding_window`` > 0) the last latent frames uncompressed at their true positions, and (``cross_attention``)
+    the encoder features that the per-block enhancers attend to.
+    """
+
+    def __init__(
+        self,
+        backbone: WanBackbone,
+        producers: nn.ModuleList,
+        sliding_window: int = 0,
+        enhancers: nn.ModuleList | None = None,
+    ):
         super().__init__()
         self.backbone = backbone
         self.producers = producers
+        self.sliding_window = sliding_window
+        self.enhancers = enhancers if enhancers is not None else nn.ModuleList()
 
     @classmethod
     def from_config(cls, cfg: RunConfig, transformer: WanTransformer3DModel | None = None) -> HistoryDiT:
         backbone = WanBackbone(transformer if transformer is not None else build_transformer(cfg))
-        return cls(backbone, build_producers(cfg, backbone))
+        producers = build_producers(cfg, backbone)
+        enhancers = nn.ModuleList()
+        if cfg.history.cross_attention:
+            feature_dim = cfg.history.channels[-1]
+            heads = backbone.transformer.config.num_attention_heads
+            blocks = len(backbone.transformer.blocks)
+            enhancers = nn.ModuleList(
+                CrossAttentionEnhancer(backbone.hidden_dim, feature_dim, heads) for _ in range(blocks)
+            )
+        return cls(backbone, producers, cfg.history.sliding_window, enhancers)
 
     @property
     def rates(self) -> list:
         return [p.rate for p in self.producers]
 
+    @property
+    def uses_history(self) -> bool:
+        return len(self.producers) > 0 or self.sliding_window > 0
+
     def encode_history(
         self, hr_latents: torch.Tensor, lr_latents: list[torch.Tensor | None], frame_offset: int = 0
     ) -> ContextTokens | None:
-        """History latents (and one LR latent per producer) → concatenated context tokens, or None."""
+        """History latents (and one LR latent per producer) → concatenated compressed tokens, or None."""
         if len(self.producers) == 0:
             return None
+        features = len(self.enhancers) > 0
         parts = [
-            producer(hr_latents, lr, self.backbone.patch_embed, frame_offset)
+            producer(hr_latents, lr, self.backbone.patch_embed, frame_offset, return_features=features)
             for producer, lr in zip(self.producers, lr_latents, strict=True)
         ]
         return ContextTokens.concat(parts)
+
+    def window_tokens(self, hr_latents: torch.Tensor, frame_offset: int = 0) -> ContextTokens | None:
+        """The last ``sliding_window`` latent frames through the DiT's own patch embedding, at their true positions."""
+        frames = hr_latents.shape[2]
+        n = min(self.sliding_window, frames)
+        if n == 0:
+            return None
+        grid = self.backbone.patch_embed(hr_latents[:, :, frames - n :])  # (B, D, n, H/ph, W/pw)
+        b, _, t, h, w = grid.shape
+        positions = frame_offset + frames - n + torch.arange(t, device=grid.device)
+        return ContextTokens(grid.flatten(2).transpose(1, 2), grid_positions(positions.expand(b, t), h, w))
+
+    def history_context(
+        self, hr_latents: torch.Tensor, lr_latents: list[torch.Tensor | None], frame_offset: int = 0
+    ) -> ContextTokens | None:
+        """Everything the DiT sees of a clean history ``(B, C, T, H, W)`` (T may be 0: no context)."""
+        if hr_latents.shape[2] == 0:
+            return None
+        parts = [
+            self.encode_history(hr_latents, lr_latents, frame_offset),
+            self.window_tokens(hr_latents, frame_offset),
+        ]
+        parts = [p for p in parts if p is not None]
+        return ContextTokens.concat(parts) if parts else None
 
     def forward(
         self,
@@ -102,4 +182,11 @@ class HistoryDiT(nn.Module):
         context: ContextTokens | None,
         frame_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.backbone(latents, t, text, context, frame_positions)
+        after_block = None
+        if len(self.enhancers) and context is not None and context.features is not None:
+            features = context.features
+
+            def after_block(i: int, tokens: torch.Tensor) -> torch.Tensor:
+                return self.enhancers[i](tokens, features.to(tokens.dtype))
+
+        return self.backbone(latents, t, text, context, frame_positions, after_block=after_block)

@@ -18,6 +18,8 @@ class ContextTokens:
 
     tokens: torch.Tensor
     positions: torch.Tensor
+    # Optional ``(B, K', F)`` encoder features for the cross-attention enhancement (SPEC §3.4); not DiT tokens.
+    features: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.tokens.ndim != 3 or self.positions.ndim != 3 or self.positions.shape[-1] != 3:
@@ -38,7 +40,17 @@ class ContextTokens:
     @staticmethod
     def concat(parts: list[ContextTokens]) -> ContextTokens:
         """Concatenate along the token axis (several encoders, or a sliding window beside an encoder)."""
-        return ContextTokens(torch.cat([p.tokens for p in parts], 1), torch.cat([p.positions for p in parts], 1))
+        features = [p.features for p in parts if p.features is not None]
+        return ContextTokens(
+            torch.cat([p.tokens for p in parts], 1),
+            torch.cat([p.positions for p in parts], 1),
+            torch.cat(features, 1) if features else None,
+        )
+
+    def narrow(self, start: int) -> ContextTokens:
+        """Tokens (and features, which come one per token) from index ``start`` on."""
+        features = self.features[:, start:] if self.features is not None else None
+        return ContextTokens(self.tokens[:, start:], self.positions[:, start:], features)
 
 
 class Backbone(Protocol):

@@ -13,6 +13,8 @@ stay diffusers-native:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from diffusers import WanTransformer3DModel
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
@@ -69,12 +71,14 @@ class WanBackbone(nn.Module):
         text: torch.Tensor,
         context: ContextTokens | None = None,
         frame_positions: torch.Tensor | None = None,
+        after_block: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Predict the velocity of the target latents.
 
         latents: ``(B, C, T, H, W)`` noisy targets; t: ``(B,)`` flow time in [0, 1]; text: ``(B, L, text_dim)``;
         context: optional history tokens; frame_positions: ``(B, T)`` temporal position of each target frame
-        (default ``0 … T−1``). Returns ``(B, C, T, H, W)``.
+        (default ``0 … T−1``); after_block: ``f(i, tokens) → tokens`` applied after DiT block ``i`` to the whole
+        ``(B, K + N, D)`` sequence (the cross-attention enhancement). Returns ``(B, C, T, H, W)``.
         """
         tr = self.transformer
         b, _, frames, height, width = latents.shape
@@ -106,12 +110,14 @@ class WanBackbone(nn.Module):
         )
         timestep_proj = timestep_proj.unflatten(2 if per_token else 1, (6, -1))
 
-        if torch.is_grad_enabled() and tr.gradient_checkpointing:
-            for block in tr.blocks:
+        checkpointing = torch.is_grad_enabled() and tr.gradient_checkpointing
+        for i, block in enumerate(tr.blocks):
+            if checkpointing:
                 tokens = tr._gradient_checkpointing_func(block, tokens, text_states, timestep_proj, rotary_emb)
-        else:
-            for block in tr.blocks:
+            else:
                 tokens = block(tokens, text_states, timestep_proj, rotary_emb)
+            if after_block is not None:
+                tokens = after_block(i, tokens)
 
         # Drop the context outputs before the output head: only target tokens are predicted.
         tokens = tokens[:, k:]

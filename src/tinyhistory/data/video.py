@@ -11,7 +11,7 @@ from PIL import Image
 from tinyhistory.data.frames import frames_from_archive, is_frame_archive
 
 
-def _square_crop_resize(image: Image.Image, size: int) -> Image.Image:
+def square_crop_resize(image: Image.Image, size: int) -> Image.Image:
     """Centre-crop to a square, then area-resize to ``size × size``."""
     w, h = image.size
     side = min(w, h)
@@ -72,7 +72,7 @@ def decode_video(
                 nearer_previous = previous is not None and abs(previous[0] - next_time) < abs(t - next_time)
                 chosen = previous[1] if nearer_previous else frame
                 image = chosen.to_image()
-                frames.append(np.asarray(image if size is None else _square_crop_resize(image, size)))
+                frames.append(np.asarray(image if size is None else square_crop_resize(image, size)))
                 next_time = start + len(frames) * step
             if done:
                 break

@@ -29,11 +29,17 @@ def block_positions(
     return grid_positions(frames.expand(batch, t), h, w, scale=(rate.t, rate.h, rate.w))
 
 
-def tokens_from_grid(grid: torch.Tensor, rate: Rate, frame_offset: int = 0) -> ContextTokens:
-    """``(B, D, T, H, W)`` feature grid → ContextTokens in (frame, row, column) order with block-centre positions."""
+def tokens_from_grid(
+    grid: torch.Tensor, rate: Rate, frame_offset: int = 0, features: torch.Tensor | None = None
+) -> ContextTokens:
+    """``(B, D, T, H, W)`` grid → ContextTokens in (frame, row, column) order with block-centre positions.
+
+    ``features``: an optional ``(B, F, T, H, W)`` grid on the same cells, flattened the same way.
+    """
     b, _, t, h, w = grid.shape
     tokens = grid.flatten(2).transpose(1, 2)
-    return ContextTokens(tokens, block_positions(b, (t, h, w), rate, frame_offset, grid.device))
+    flat_features = features.flatten(2).transpose(1, 2) if features is not None else None
+    return ContextTokens(tokens, block_positions(b, (t, h, w), rate, frame_offset, grid.device), flat_features)
 
 
 def downsample_pixels(pixels: torch.Tensor, rate: Rate) -> torch.Tensor:

@@ -179,15 +179,20 @@ class HistoryEncoder(nn.Module):
         lr_latents: torch.Tensor | None,
         patch_embed,
         frame_offset: int = 0,
+        return_features: bool = False,
     ) -> ContextTokens:
-        """hr_latents ``(B, C, T, H, W)``; lr_latents ``(B, C, T/rT, H/rH, W/rW)``; → ``(B, K, D)`` tokens."""
+        """hr_latents ``(B, C, T, H, W)``; lr_latents ``(B, C, T/rT, H/rH, W/rW)``; → ``(B, K, D)`` tokens.
+
+        ``return_features``: also return the HR branch's penultimate features, one per token (cross-attention).
+        """
         gt, gh, gw = self.grid_shape(hr_latents.shape)
-        grid = None
+        grid = features = None
         if self.uses_lr:
             if lr_latents is None:
                 raise ValueError(f"encoder variant {self.cfg.variant!r} needs low-resolution latents (lr_latents)")
             grid = patch_embed(lr_latents)[:, :, :gt, :gh, :gw]
         if self.hr is not None:
-            residual = self.hr(hr_latents)[:, :, :gt, :gh, :gw]
+            features = self.hr.features(hr_latents)[:, :, :gt, :gh, :gw]
+            residual = self.hr.proj(features)
             grid = residual if grid is None else grid + residual
-        return tokens_from_grid(grid, self.rate, frame_offset)
+        return tokens_from_grid(grid, self.rate, frame_offset, features if return_features else None)

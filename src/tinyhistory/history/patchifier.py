@@ -31,6 +31,11 @@ class LargePatchifier(nn.Module):
             self.conv.bias.copy_(patch_embedding.bias)
 
     def forward(
-        self, hr_latents: torch.Tensor, lr_latents=None, patch_embed=None, frame_offset: int = 0
+        self,
+        hr_latents: torch.Tensor,
+        lr_latents=None,
+        patch_embed=None,
+        frame_offset: int = 0,
+        return_features: bool = False,
     ) -> ContextTokens:
         return tokens_from_grid(self.conv(hr_latents), self.rate, frame_offset)

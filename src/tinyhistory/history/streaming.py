@@ -17,9 +17,10 @@ from tinyhistory.backbones.base import ContextTokens
 class IncrementalHistory:
     """A growing cache of history tokens for one producer (encoder or patchifier)."""
 
-    def __init__(self, producer, patch_embed=None):
+    def __init__(self, producer, patch_embed=None, with_features: bool = False):
         self.producer = producer
         self.patch_embed = patch_embed
+        self.with_features = with_features  # keep the HR features too (cross-attention enhancement)
         self.block = producer.rate.t
         # Carried-over latent frames, rounded up to whole temporal blocks so kept outputs align.
         self.carry = math.ceil(producer.receptive_field / self.block) * self.block
@@ -44,9 +45,11 @@ class IncrementalHistory:
             pad = lr_new[:, :, :1].expand(-1, -1, skip_blocks, -1, -1) if skip_blocks else lr_new[:, :, :0]
             lr_input = torch.cat([pad, lr_new], dim=2)
         offset = self.frames_encoded - prefix.shape[2]
-        tokens = self.producer(hr_input, lr_input, self.patch_embed, frame_offset=offset)
+        tokens = self.producer(
+            hr_input, lr_input, self.patch_embed, frame_offset=offset, return_features=self.with_features
+        )
         per_block = tokens.num_tokens // (hr_input.shape[2] // self.block)
-        new = ContextTokens(tokens.tokens[:, skip_blocks * per_block :], tokens.positions[:, skip_blocks * per_block :])
+        new = tokens.narrow(skip_blocks * per_block)
         self._parts.append(new)
         self.frames_encoded += n
         self._tail = hr_input[:, :, hr_input.shape[2] - min(self.carry, hr_input.shape[2]) :] if self.carry else None
@@ -56,4 +59,25 @@ class IncrementalHistory:
     def context(self) -> ContextTokens:
         if not self._parts:
             raise ValueError("no history has been appended yet")
-        return ContextTokens.concat(self._parts)
+        if len(self._parts) > 1:  # keep one tensor, so that reading the context stays cheap as history grows
+            self._parts = [ContextTokens.concat(self._parts)]
+        return self._parts[0]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything needed to continue exactly: the tokens so far, the carried frames and the frame count."""
+        state = {"frames_encoded": torch.tensor(self.frames_encoded)}
+        if self._parts:
+            ctx = self.context
+            state["tokens"], state["positions"] = ctx.tokens, ctx.positions
+            if ctx.features is not None:
+                state["features"] = ctx.features
+        if self._tail is not None:
+            state["tail"] = self._tail
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.frames_encoded = int(state["frames_encoded"])
+        self._parts = (
+            [ContextTokens(state["tokens"], state["positions"], state.get("features"))] if "tokens" in state else []
+        )
+        self._tail = state.get("tail")

@@ -3,8 +3,10 @@
 Layout of a checkpoint folder::
 
     config.json                       resolved run config
-    transformer/                      diffusers ``save_pretrained`` of the (tiny, fully trained) DiT
+    transformer/                      diffusers ``save_pretrained`` of the (tiny, fully trained) DiT, or
+    lora.safetensors                  a LoRA on the base DiT named by ``backbone.base_transformer`` (stage II)
     history_encoder.safetensors       every history producer's weights (absent for no-history)
+    cross_attention.safetensors       the cross-attention enhancers (only with ``history.cross_attention``)
     state/optimizer.pt                optimizer + scheduler state (tensors and numbers only)
     state/trainer.json                step, RNG states (as lists of bytes), data position
 """
@@ -21,8 +23,11 @@ from safetensors.torch import load_file, save_file
 
 from tinyhistory.config import RunConfig, config_from_dict
 from tinyhistory.system import HistoryDiT
+from tinyhistory.train.lora import load_lora, merge_lora, save_lora
 
 ENCODER_FILE = "history_encoder.safetensors"
+CROSS_ATTENTION_FILE = "cross_attention.safetensors"
+LORA_FILE = "lora.safetensors"
 
 
 def save_weights(model: HistoryDiT, cfg: RunConfig, folder: str | Path, dtype: torch.dtype | None = None) -> None:
@@ -31,37 +36,81 @@ def save_weights(model: HistoryDiT, cfg: RunConfig, folder: str | Path, dtype: t
     folder.mkdir(parents=True, exist_ok=True)
     cfg.save(folder / "config.json")
     transformer = model.backbone.transformer
-    if dtype is not None and dtype != next(transformer.parameters()).dtype:
-        # save_pretrained writes the module's own tensors, so cast a copy (the small models this is used for)
-        transformer = copy.deepcopy(transformer).to(dtype)
-    transformer.save_pretrained(folder / "transformer", safe_serialization=True)
-    if len(model.producers):
-        enc = {
-            k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous()
-            for k, v in model.producers.state_dict().items()
-        }
-        save_file(
-            enc,
-            str(folder / ENCODER_FILE),
-            metadata={"methods": cfg.history.method, "rates": ",".join(cfg.history.rates)},
-        )
+    if cfg.train.lora_rank > 0:
+        save_lora(transformer, folder / LORA_FILE, cfg.train.lora_rank, dtype)
+    else:
+        if dtype is not None and dtype != next(transformer.parameters()).dtype:
+            # save_pretrained writes the module's own tensors, so cast a copy (the small models this is used for)
+            transformer = copy.deepcopy(transformer).to(dtype)
+        transformer.save_pretrained(folder / "transformer", safe_serialization=True)
+    metadata = {"methods": cfg.history.method, "rates": ",".join(cfg.history.rates)}
+    for modules, name in ((model.producers, ENCODER_FILE), (model.enhancers, CROSS_ATTENTION_FILE)):
+        if len(modules):
+            state = {k: _cast(v, dtype) for k, v in modules.state_dict().items()}
+            save_file(state, str(folder / name), metadata=metadata)
 
 
-def load_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> tuple[HistoryDiT, RunConfig]:
-    """Load a checkpoint folder written by :func:`save_weights` (always as ``dtype``, fp32 by default)."""
+def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return (tensor.to(dtype) if dtype is not None else tensor).detach().cpu().contiguous()
+
+
+def resolve_base_transformer(path: str) -> Path:
+    """``backbone.base_transformer``: absolute, relative to the working directory, or to the project root."""
+    p = Path(path)
+    if p.is_absolute() or p.is_dir():
+        return p
+    project = Path(__file__).resolve().parents[3] / p
+    return project if project.is_dir() else p
+
+
+def base_transformer_reference(folder: str | Path) -> str:
+    """How a LoRA checkpoint names its base: relative to the project root when inside it, else absolute."""
+    folder = Path(folder).resolve()
+    project = Path(__file__).resolve().parents[3]
+    return str(folder.relative_to(project)) if folder.is_relative_to(project) else str(folder)
+
+
+def load_model(
+    folder: str | Path, dtype: torch.dtype = torch.float32, merge: bool = False
+) -> tuple[HistoryDiT, RunConfig]:
+    """Load a checkpoint folder written by :func:`save_weights` (always as ``dtype``, fp32 by default).
+
+    ``merge``: fold a LoRA into the DiT's weights (inference only; the model can no longer be trained as a LoRA).
+    """
     folder = Path(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder}: not a tinyhistory checkpoint (no config.json)")
     cfg = config_from_dict(json.loads(config_path.read_text()))
-    transformer = WanTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=dtype)
+    if (folder / LORA_FILE).is_file():
+        base = resolve_base_transformer(cfg.backbone.base_transformer)
+        if not (base / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{folder}: the LoRA's base transformer {cfg.backbone.base_transformer!r} was not found ({base})"
+            )
+        transformer = WanTransformer3DModel.from_pretrained(base, torch_dtype=dtype)
+        load_lora(transformer, folder / LORA_FILE, cfg.train.lora_rank)
+        if merge:
+            merge_lora(transformer)
+    else:
+        transformer = WanTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=dtype)
     model = HistoryDiT.from_config(cfg, transformer=transformer)
-    if len(model.producers):
-        path = folder / ENCODER_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{folder}: method {cfg.history.method!r} needs {ENCODER_FILE}")
-        model.producers.load_state_dict({k: v.to(dtype) for k, v in load_file(str(path)).items()})
+    for modules, name in ((model.producers, ENCODER_FILE), (model.enhancers, CROSS_ATTENTION_FILE)):
+        if len(modules):
+            path = folder / name
+            if not path.is_file():
+                raise FileNotFoundError(f"{folder}: this model ({cfg.history.method!r}) needs {name}")
+            modules.load_state_dict({k: v.to(dtype) for k, v in load_file(str(path)).items()})
     return model.to(dtype), cfg
+
+
+def trained_steps(folder: str | Path) -> int | None:
+    """The last step in a checkpoint folder's ``train_log.jsonl`` (committed checkpoints carry their log)."""
+    log = Path(folder) / "train_log.jsonl"
+    if not log.is_file():
+        return None
+    steps = [json.loads(line).get("step", 0) for line in log.read_text().splitlines() if line.strip()]
+    return max(steps) if steps else None
 
 
 def save_training_state(folder: str | Path, optimizer, scheduler, step: int, generator: torch.Generator) -> None:

@@ -1,4 +1,4 @@
-"""Training objectives. Stage I: frame query (SPEC §4).
+"""Training objectives. Stage I: frame query (SPEC §4); stage II: next segment (SPEC §5, at the end).
 
 For a history ``H`` of T latent frames:
 
@@ -13,6 +13,7 @@ For a history ``H`` of T latent frames:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -93,4 +94,66 @@ def frame_query_loss(model, batch: FrameQueryBatch, text: torch.Tensor) -> torch
     """Velocity MSE on the queried frames, conditioned on the compressed masked history."""
     context: ContextTokens | None = model.encode_history(batch.history, batch.history_lr)
     prediction = model(batch.noisy_targets, batch.t, text, context, frame_positions=batch.omega)
+    return F.mse_loss(prediction.float(), velocity_target(batch.targets, batch.noise).float())
+
+
+# -- Stage II: autoregressive next-segment prediction (SPEC §5) ------------------------------------------------
+
+
+@dataclass
+class NextSegmentBatch:
+    """A window split at one block boundary ``s`` (the same for the batch): clean history, then the target segment."""
+
+    history: torch.Tensor  # (B, C, s, H, W) clean history latents (s may be 0: no history)
+    history_lr: list[torch.Tensor | None]  # per producer (B, C, s/rT, h, w) clean LR latents
+    targets: torch.Tensor  # (B, C, n, H, W) the next n latent frames
+    positions: torch.Tensor  # (B, n) their temporal positions s … s+n−1
+    noise: torch.Tensor  # (B, C, n, H, W)
+    t: torch.Tensor  # (B,)
+
+    @property
+    def noisy_targets(self) -> torch.Tensor:
+        return add_noise(self.targets, self.noise, self.t)
+
+
+def split_points(frames: int, segment: int, block: int) -> list[int]:
+    """History lengths a window of ``frames`` can be split at: block multiples leaving room for the segment."""
+    return list(range(0, frames - segment + 1, block))
+
+
+def make_next_segment_batch(
+    hr: torch.Tensor,
+    lr: list[torch.Tensor | None],
+    rates: list[Rate],
+    segment: int,
+    shift: float = 1.0,
+    generator: torch.Generator | None = None,
+    split: int | None = None,
+) -> NextSegmentBatch:
+    """Split the window at a random block boundary (or at ``split``) into history and the next ``segment`` frames.
+
+    The history is clean and complete (no Ω, no mask); LR latents are cut at the same point. A split of 0 trains
+    generation from nothing (text only).
+    """
+    b, c, frames, h, w = hr.shape
+    block = math.lcm(*[r.t for r in rates]) if rates else 1
+    points = split_points(frames, segment, block)
+    if not points:
+        raise ValueError(f"a window of {frames} frames cannot hold a {segment}-frame target segment")
+    if split is None:
+        split = points[int(torch.randint(0, len(points), (1,), generator=generator))]
+    elif split not in points:
+        raise ValueError(f"split {split} is not one of the valid history lengths {points}")
+    history_lr = [x[:, :, : split // r.t] if x is not None else None for r, x in zip(rates, lr, strict=True)]
+    targets = hr[:, :, split : split + segment]
+    positions = torch.arange(split, split + segment).expand(b, segment)
+    noise = torch.randn(targets.shape, generator=generator)
+    t = sample_logit_normal((b,), shift=shift, generator=generator)
+    return NextSegmentBatch(hr[:, :, :split], history_lr, targets, positions, noise, t)
+
+
+def next_segment_loss(model, batch: NextSegmentBatch, text: torch.Tensor) -> torch.Tensor:
+    """Velocity MSE on the target segment, conditioned on everything the model sees of the clean history."""
+    context = model.history_context(batch.history, batch.history_lr)
+    prediction = model(batch.noisy_targets, batch.t, text, context, frame_positions=batch.positions)
     return F.mse_loss(prediction.float(), velocity_target(batch.targets, batch.noise).float())

@@ -25,8 +25,20 @@ from tinyhistory.data.clip import WindowSampler, load_clip, load_extra_training,
 from tinyhistory.geometry import Rate
 from tinyhistory.system import HistoryDiT, build_codec
 from tinyhistory.text.cache import encode_prompts
-from tinyhistory.train.checkpoint import load_model, load_training_state, save_training_state, save_weights
-from tinyhistory.train.objectives import frame_query_loss, make_frame_query_batch
+from tinyhistory.train.checkpoint import (
+    base_transformer_reference,
+    load_model,
+    load_training_state,
+    save_training_state,
+    save_weights,
+)
+from tinyhistory.train.lora import add_lora
+from tinyhistory.train.objectives import (
+    frame_query_loss,
+    make_frame_query_batch,
+    make_next_segment_batch,
+    next_segment_loss,
+)
 
 
 def lr_lambda(cfg: RunConfig):
@@ -55,25 +67,66 @@ def make_samplers(cfg: RunConfig, model: HistoryDiT) -> tuple[WindowSampler, Win
     )
 
 
+def make_batch(cfg: RunConfig, hr, lr, rates, generator):
+    """One training batch of the run's stage (frame query or next segment)."""
+    tc = cfg.train
+    if tc.stage == "ar":
+        return make_next_segment_batch(hr, lr, rates, tc.segment_frames, tc.timestep_shift, generator)
+    return make_frame_query_batch(hr, lr, rates, tc.query_window, tc.mask_low, tc.timestep_shift, generator)
+
+
+def batch_loss(cfg: RunConfig, model, batch, text: torch.Tensor) -> torch.Tensor:
+    return next_segment_loss(model, batch, text) if cfg.train.stage == "ar" else frame_query_loss(model, batch, text)
+
+
 @torch.no_grad()
 def heldout_loss(
     model: HistoryDiT, cfg: RunConfig, sampler: WindowSampler, text: torch.Tensor, windows: int = 16
 ) -> float:
-    """Frame-query flow loss on fixed held-out windows with fixed Ω, masks, noise and timesteps."""
+    """The stage's flow loss on fixed held-out windows with fixed Ω / splits, masks, noise and timesteps."""
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(1234)
     losses = []
     for start in sampler.fixed_starts(windows).split(cfg.train.batch_size):
         _, hr, lr = sampler.window(start)
-        batch = make_frame_query_batch(
-            hr, lr, sampler.rates, cfg.train.query_window, cfg.train.mask_low, cfg.train.timestep_shift, generator
-        )
-        batch = _to(batch, device)
+        batch = _to(make_batch(cfg, hr, lr, sampler.rates, generator), device)
         text_batch = text.to(device).expand(len(start), -1, -1)
-        losses.append(frame_query_loss(model, batch, text_batch).item() * len(start))
+        losses.append(batch_loss(cfg, model, batch, text_batch).item() * len(start))
     model.train()
     return sum(losses) / windows
+
+
+def prepare_model(cfg: RunConfig, init_from: str | Path | None) -> tuple[HistoryDiT, RunConfig]:
+    """A fresh model, or one started from a checkpoint, with the stage-II switches of this run applied.
+
+    From a checkpoint the architecture (backbone, encoders) is the checkpoint's; this run adds a sliding window,
+    cross-attention enhancers (zero-initialised) and a fresh LoRA when it asks for them.
+    """
+    if init_from is None:
+        return HistoryDiT.from_config(cfg), cfg
+    model, init_cfg = load_model(init_from)
+    history = dataclasses.replace(
+        init_cfg.history, sliding_window=cfg.history.sliding_window, cross_attention=cfg.history.cross_attention
+    )
+    backbone = init_cfg.backbone
+    if cfg.train.lora_rank > 0 and init_cfg.train.lora_rank == 0:
+        backbone = dataclasses.replace(
+            backbone, base_transformer=base_transformer_reference(Path(init_from) / "transformer")
+        )
+        add_lora(model.backbone.transformer, cfg.train.lora_rank)
+    elif cfg.train.lora_rank != init_cfg.train.lora_rank:
+        raise ValueError(
+            f"{init_from} carries a LoRA of rank {init_cfg.train.lora_rank}; this run asks for train.lora_rank="
+            f"{cfg.train.lora_rank} (start a new LoRA from a checkpoint without one)"
+        )
+    cfg = dataclasses.replace(cfg, base=init_cfg.base, codec=init_cfg.codec, backbone=backbone, history=history)
+    cfg.validate()
+    fresh = HistoryDiT.from_config(cfg, transformer=model.backbone.transformer)
+    if len(fresh.enhancers) and len(model.enhancers):
+        fresh.enhancers.load_state_dict(model.enhancers.state_dict())
+    fresh.producers = model.producers
+    return fresh, cfg
 
 
 def train(
@@ -84,7 +137,10 @@ def train(
     save_dtype: torch.dtype | None = None,
     stop_after: int | None = None,
 ) -> dict:
-    """Run (or resume) stage-I frame-query training; returns a summary dict (also in ``OUT/summary.json``).
+    """Run (or resume) training of the config's stage; returns a summary dict (also in ``OUT/summary.json``).
+
+    Stage I (``frame-query``) pretrains the encoder with the DiT; stage II (``ar``) finetunes for next-segment
+    prediction, usually from a stage-I checkpoint (``init_from``) with a fresh LoRA on the DiT.
 
     ``stop_after``: leave after this many steps *in this invocation* (time-boxed jobs), with a checkpoint in
     ``OUT/last``; running again resumes exactly. The schedule always follows ``train.steps``.
@@ -95,21 +151,17 @@ def train(
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(tc.seed)
 
-    if init_from is not None:
-        # The architecture is the checkpoint's; the rest of the config (data, schedule) is this run's.
-        model, init_cfg = load_model(init_from)
-        cfg = dataclasses.replace(
-            cfg, base=init_cfg.base, codec=init_cfg.codec, backbone=init_cfg.backbone, history=init_cfg.history
-        )
-        tc = cfg.train
-    else:
-        model = HistoryDiT.from_config(cfg)
+    # From a checkpoint the architecture is the checkpoint's; the rest of the config (data, schedule) is this run's.
+    model, cfg = prepare_model(cfg, init_from)
     train_sampler, heldout_sampler = make_samplers(cfg, model)
     text = encode_prompts(cfg.text, [cfg.text.caption])  # (1, L, 384)
 
-    groups = [{"params": list(model.backbone.parameters()), "lr": tc.learning_rate}]
-    if len(model.producers):
-        groups.append({"params": list(model.producers.parameters()), "lr": tc.encoder_learning_rate})
+    if tc.freeze_encoder:
+        model.producers.requires_grad_(False)
+    groups = [{"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": tc.learning_rate}]
+    encoder_params = [p for p in [*model.producers.parameters(), *model.enhancers.parameters()] if p.requires_grad]
+    if encoder_params:
+        groups.append({"params": encoder_params, "lr": tc.encoder_learning_rate})
     optimizer = torch.optim.AdamW(groups, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -130,15 +182,22 @@ def train(
     log = open(log_path, "a")
     model.train()
     start_time, start_step = time.time(), step
-    bar = tqdm(total=tc.steps, initial=step, disable=not progress or not accelerator.is_main_process, desc="stage I")
+    bar = tqdm(
+        total=tc.steps,
+        initial=step,
+        disable=not progress or not accelerator.is_main_process,
+        desc="stage II" if tc.stage == "ar" else "stage I",
+    )
     end = tc.steps if stop_after is None else min(tc.steps, step + stop_after)
     while step < end:
         _, hr, lr = train_sampler.sample(tc.batch_size, generator)
-        batch = make_frame_query_batch(
-            hr, lr, train_sampler.rates, tc.query_window, tc.mask_low, tc.timestep_shift, generator
-        )
-        batch = _to(batch, device)
-        loss = frame_query_loss(model, batch, text.expand(tc.batch_size, -1, -1))
+        batch = _to(make_batch(cfg, hr, lr, train_sampler.rates, generator), device)
+        text_batch = text.expand(tc.batch_size, -1, -1)
+        if tc.stage == "ar" and tc.text_dropout > 0:
+            # Classifier-free guidance: some samples see the empty (all-zero) prompt.
+            keep = torch.rand(tc.batch_size, generator=generator) >= tc.text_dropout
+            text_batch = text_batch * keep.to(device=device, dtype=text.dtype)[:, None, None]
+        loss = batch_loss(cfg, model, batch, text_batch)
         accelerator.backward(loss)
         if tc.grad_clip > 0:
             accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -173,8 +232,10 @@ def train(
     if accelerator.is_main_process:
         save_weights(accelerator.unwrap_model(model), cfg, final, dtype=save_dtype)
     summary = {
+        "stage": cfg.train.stage,
         "method": cfg.history.method,
         "rates": cfg.history.rates,
+        "sliding_window": cfg.history.sliding_window,
         "steps": step,
         "heldout_loss": heldout_loss(accelerator.unwrap_model(model), cfg, heldout_sampler, text),
         "final": str(final),
@@ -209,7 +270,9 @@ def _atomic_checkpoint(out: Path, model, cfg, optimizer, scheduler, step, genera
 def _to(batch, device):
     if device.type == "cpu":
         return batch
-    for name in ("history", "omega", "targets", "noise", "t", "mask_levels"):
-        setattr(batch, name, getattr(batch, name).to(device))
+    names = ("history", "targets", "noise", "t", "omega", "mask_levels", "positions")
+    for name in names:
+        if hasattr(batch, name):
+            setattr(batch, name, getattr(batch, name).to(device))
     batch.history_lr = [x.to(device) if x is not None else None for x in batch.history_lr]
     return batch

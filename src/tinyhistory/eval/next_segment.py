@@ -1,0 +1,103 @@
+"""Teacher-forced next-segment prediction: does the history help the stage-II model predict what comes next?
+
+For evenly spaced held-out windows, the model sees the *true* history (``history_frames`` frames) and generates the
+next ``segment`` frames from fixed noise (the same noise for every model); the result is compared with the true
+segment:
+
+* ``psnr`` / ``ssim``: pixel agreement with the true segment (mean over frames and windows);
+* ``feature_to_truth``: cosine of ImageNet MobileNetV2 features of each generated frame and its true frame;
+* ``feature_to_history``: the ``to_history_mean`` score of :func:`~tinyhistory.eval.features.feature_consistency`
+  (generated frames against the window's history frames);
+* ``lpips`` (AlexNet) when its weights are installed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tinyhistory.data.clip import to_uint8
+from tinyhistory.eval.metrics import per_frame, psnr, ssim
+from tinyhistory.generate.session import SamplingSettings, sample_segment
+from tinyhistory.history import lowres_latents
+
+
+@dataclass
+class NextSegmentSet:
+    pixels: torch.Tensor  # (B, 3, history + segment, H, W) true windows
+    starts: list[int]
+    history_frames: int
+    segment: int
+    noise: torch.Tensor  # (B, C, segment, h, w) fixed initial noise
+
+    def reference_features(self, features) -> tuple[torch.Tensor, torch.Tensor]:
+        """MobileNetV2 features of the true segments ``(B·segment, F)`` and mean history feature per window
+        ``(B, F)``, computed once per feature model and kept (every model is scored against the same ones)."""
+        cached = getattr(self, "_features", None)
+        if cached is None or cached[0] is not features:
+            b, h = self.pixels.shape[0], self.history_frames
+            history = features(np.concatenate([to_uint8(p[:, :h]) for p in self.pixels]))
+            cached = (features, features(self.truth), history.reshape(b, h, -1).mean(1))
+            self._features = cached
+        return cached[1], cached[2]
+
+    @property
+    def truth(self) -> np.ndarray:
+        """``(B·segment, H, W, 3)`` uint8 true segment frames."""
+        return np.concatenate([to_uint8(p[:, self.history_frames :]) for p in self.pixels])
+
+
+def next_segment_set(
+    pixels: torch.Tensor, codec, history_frames: int, segment: int, windows: int, seed: int = 0
+) -> NextSegmentSet:
+    """Evenly spaced windows of a ``(3, T, H, W)`` clip, each ``history_frames`` + ``segment`` frames long."""
+    length = history_frames + segment
+    if pixels.shape[1] < length:
+        raise ValueError(f"clip has {pixels.shape[1]} frames, fewer than history + segment = {length}")
+    starts = torch.linspace(0, pixels.shape[1] - length, windows).round().long().tolist()
+    windows_px = torch.stack([pixels[:, s : s + length] for s in starts])
+    latent = codec.encode(windows_px[:1, :, :segment])
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn((windows, *latent.shape[1:]), generator=generator)
+    return NextSegmentSet(windows_px, starts, history_frames, segment, noise)
+
+
+@torch.no_grad()
+def evaluate_next_segment(
+    model, eval_set: NextSegmentSet, text: torch.Tensor, codec, settings: SamplingSettings, features=None, lpips=None
+) -> tuple[dict, np.ndarray]:
+    """Metrics of one model; returns (metrics, generated frames ``(B·segment, H, W, 3)`` uint8)."""
+    model.eval()
+    device = next(model.parameters()).device
+    h = eval_set.history_frames
+    history_px = eval_set.pixels[:, :, :h]
+    hr = codec.encode(history_px).to(device)
+    lr = [lowres_latents(history_px, p.rate, codec).to(device) if p.uses_lr else None for p in model.producers]
+    context = model.history_context(hr, lr)
+    b = eval_set.noise.shape[0]
+    positions = torch.arange(h, h + eval_set.segment, device=device).expand(b, -1)
+    latents = sample_segment(
+        model, eval_set.noise.to(device), text.to(device).expand(b, -1, -1), context, positions, settings
+    )
+    generated_px = codec.decode(latents.float().cpu())
+    generated = np.concatenate([to_uint8(p) for p in generated_px])
+    truth = eval_set.truth
+    metrics = {
+        "psnr": float(per_frame(psnr, truth, generated).mean()),
+        "ssim": float(per_frame(ssim, truth, generated).mean()),
+        "context_tokens": context.num_tokens if context is not None else 0,
+    }
+    if features is not None:
+        true_f, history_f = eval_set.reference_features(features)
+        gen_f = features(generated)
+        metrics["feature_to_truth"] = float(F.cosine_similarity(gen_f, true_f, dim=1).mean())
+        gen_w = F.normalize(gen_f.reshape(b, eval_set.segment, -1), dim=2)  # (B, segment, F)
+        metrics["feature_to_history"] = float((gen_w @ F.normalize(history_f, dim=1)[:, :, None]).mean())
+    if lpips is not None:
+        from tinyhistory.eval.lpips import uint8_to_lpips_input
+
+        metrics["lpips"] = float(lpips(uint8_to_lpips_input(truth), uint8_to_lpips_input(generated)).mean())
+    return metrics, generated

@@ -1,0 +1,144 @@
+"""Stage II: next-segment batches, sliding window, several encoders, cross-attention, LoRA checkpoints, training."""
+
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+
+from tinyhistory.config import load_config
+from tinyhistory.geometry import Rate
+from tinyhistory.system import HistoryDiT
+from tinyhistory.train.checkpoint import load_model, save_weights
+from tinyhistory.train.objectives import make_next_segment_batch, split_points
+from tinyhistory.train.trainer import train
+
+AR = ['train.stage="ar"', "train.history_frames=8", "train.segment_frames=2", "train.checkpoint_every=2"]
+
+
+def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
+    """Give zero-initialised layers (HR projection, enhancer outputs) random weights so that they matter."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.abs().sum() == 0:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def test_stage2_defaults_apply_only_to_stage_ar():
+    stage1 = load_config("tiny")
+    stage2 = load_config("tiny", overrides=['train.stage="ar"'])
+    assert (stage1.train.history_frames, stage1.train.lora_rank) == (32, 0)
+    assert (stage2.train.history_frames, stage2.train.segment_frames, stage2.train.lora_rank) == (96, 8, 16)
+    with pytest.raises(ValueError, match="segment_frames=8 must be shorter than train.history_frames=8"):
+        load_config("tiny", overrides=['train.stage="ar"', "train.history_frames=8"])
+    with pytest.raises(ValueError, match="cross_attention needs the HR branch"):
+        load_config("tiny", overrides=['history.method="only_lr"', "history.cross_attention=true"])
+
+
+def test_next_segment_batch_splits_at_block_boundaries():
+    hr = torch.randn(2, 48, 12, 16, 16)
+    lr = [torch.randn(2, 48, 6, 4, 4), None]
+    rates = [Rate.parse("4x4x2"), Rate.parse("2x2x4")]
+    assert split_points(12, 4, 4) == [0, 4, 8]
+    batch = make_next_segment_batch(hr, lr, rates, segment=4, split=4)
+    assert torch.equal(batch.history, hr[:, :, :4]) and torch.equal(batch.targets, hr[:, :, 4:8])
+    assert batch.history_lr[0].shape[2] == 2 and batch.history_lr[1] is None
+    assert batch.positions.tolist() == [[4, 5, 6, 7]] * 2
+    g = torch.Generator().manual_seed(0)
+    seen = {make_next_segment_batch(hr, lr, rates, 4, generator=g).history.shape[2] for _ in range(40)}
+    assert seen == {0, 4, 8}  # lcm of the temporal rates 2 and 4; 0 = generation from nothing
+    with pytest.raises(ValueError, match="split 2 is not one of the valid history lengths"):
+        make_next_segment_batch(hr, lr, rates, segment=4, split=2)
+
+
+def test_sliding_window_tokens_are_the_last_frames_at_their_true_positions(small_config):
+    model = HistoryDiT.from_config(small_config('history.method="no_history"', "history.sliding_window=3"))
+    hr = torch.randn(1, 48, 10, 16, 16)
+    ctx = model.history_context(hr, [])
+    expected = model.backbone.patch_embed(hr[:, :, 7:]).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(ctx.tokens, expected)
+    assert ctx.positions[0, :, 0].unique().tolist() == [7.0, 8.0, 9.0]
+    assert ctx.positions[0, 0].tolist() == [7.0, 0.0, 0.0] and ctx.num_tokens == 3 * 8 * 8
+    assert model.history_context(hr[:, :, :0], []) is None
+
+
+def test_several_encoders_concatenate_their_tokens(small_config):
+    model = HistoryDiT.from_config(small_config('history.rates=["4x4x2", "2x2x8"]'))
+    from tinyhistory.codecs import PixelUnshuffleCodec
+    from tinyhistory.history import lowres_latents
+
+    pixels = torch.rand(1, 3, 16, 64, 64) * 2 - 1
+    codec = PixelUnshuffleCodec(4)
+    lr = [lowres_latents(pixels, Rate.parse(r), codec) for r in ("4x4x2", "2x2x8")]
+    ctx = model.history_context(codec.encode(pixels), lr)
+    assert ctx.num_tokens == 8 * 2 * 2 + 2 * 4 * 4  # 4x4x2: 8 blocks of 2x2; 2x2x8: 2 blocks of 4x4
+
+
+def test_cross_attention_enhancement_starts_identical_and_round_trips(small_config, tmp_path):
+    plain = HistoryDiT.from_config(small_config())
+    _randomise(plain.producers)
+    enhanced = HistoryDiT(plain.backbone, plain.producers, enhancers=None)
+    cfg = small_config("history.cross_attention=true")
+    enhanced = HistoryDiT.from_config(cfg, transformer=plain.backbone.transformer)
+    enhanced.producers = plain.producers
+    assert len(enhanced.enhancers) == 1  # one per DiT block
+    hr, x = torch.randn(1, 48, 8, 16, 16), torch.randn(1, 48, 2, 16, 16)
+    lr = [torch.randn(1, 48, 4, 4, 4)]
+    text, t = torch.randn(1, 64, 384), torch.tensor([0.5])
+    with torch.no_grad():
+        ctx_plain, ctx_enh = plain.history_context(hr, lr), enhanced.history_context(hr, lr)
+        assert ctx_plain.features is None and ctx_enh.features.shape == (1, ctx_enh.num_tokens, 32)
+        torch.testing.assert_close(enhanced(x, t, text, ctx_enh), plain(x, t, text, ctx_plain), rtol=0, atol=0)
+        _randomise(enhanced.enhancers, seed=1)
+        changed = enhanced(x, t, text, ctx_enh)
+        assert (changed - plain(x, t, text, ctx_plain)).abs().max() > 1e-4
+    save_weights(enhanced, cfg, tmp_path / "ckpt")
+    loaded, _ = load_model(tmp_path / "ckpt")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t, text, loaded.history_context(hr, lr)), changed)
+
+
+def test_stage2_trains_a_lora_from_a_stage1_checkpoint(small_config, tmp_path):
+    stage1 = tmp_path / "stage1"
+    train(small_config("train.steps=2"), stage1, progress=False)
+    switches = ("train.lora_rank=4", "history.sliding_window=2", "train.freeze_encoder=true")
+    cfg = small_config(*AR, "train.steps=2", *switches)
+    summary = train(cfg, tmp_path / "stage2", init_from=stage1 / "final", progress=False)
+    final = tmp_path / "stage2" / "final"
+    assert summary["stage"] == "ar" and summary["sliding_window"] == 2 and summary["heldout_loss"] > 0
+    assert (final / "lora.safetensors").is_file() and not (final / "transformer").exists()
+
+    model, loaded_cfg = load_model(final)
+    base, _ = load_model(stage1 / "final")
+    assert loaded_cfg.backbone.base_transformer.endswith("stage1/final/transformer")
+    assert model.sliding_window == 2 and loaded_cfg.train.lora_rank == 4
+    # the encoder was frozen: identical to stage I; the LoRA moved (B is no longer zero)
+    for (k, a), (_, b) in zip(model.producers.state_dict().items(), base.producers.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    lora_b = [p for n, p in model.backbone.transformer.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)
+
+    # the LoRA file is a diffusers LoRA: the stock loader reads it into the stage-I transformer, same outputs
+    stock = WanTransformer3DModel.from_pretrained(stage1 / "final" / "transformer")
+    stock.load_lora_adapter(str(final / "lora.safetensors"), prefix="transformer")
+    x, t, text = torch.randn(1, 48, 2, 16, 16), torch.tensor([0.3]), torch.randn(1, 64, 384)
+    with torch.no_grad():
+        ours = model.backbone(x, t, text)
+        theirs = HistoryDiT.from_config(loaded_cfg, transformer=stock).backbone(x, t, text)
+    torch.testing.assert_close(ours, theirs)
+
+    # resume: running the finished command again changes nothing and keeps the step count
+    again = train(cfg, tmp_path / "stage2", init_from=stage1 / "final", progress=False)
+    assert again["steps"] == 2
+
+
+def test_full_dit_stage2_keeps_training_the_encoder(small_config, tmp_path):
+    stage1 = tmp_path / "stage1"
+    train(small_config("train.steps=2"), stage1, progress=False)
+    whole_dit = small_config(*AR, "train.steps=2", "train.lora_rank=0")
+    train(whole_dit, tmp_path / "stage2", init_from=stage1 / "final", progress=False)
+    final = tmp_path / "stage2" / "final"
+    assert (final / "transformer").is_dir() and not (final / "lora.safetensors").exists()
+    a, _ = load_model(final)
+    b, _ = load_model(stage1 / "final")
+    changed = [not torch.equal(x, y) for x, y in zip(a.producers.parameters(), b.producers.parameters(), strict=True)]
+    assert any(changed)
