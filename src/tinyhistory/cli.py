@@ -76,10 +76,12 @@ def _cmd_eval_lpips(args: argparse.Namespace) -> int:
 def _cmd_eval_consistency(args: argparse.Namespace) -> int:
     from tinyhistory.data.video import decode_video
     from tinyhistory.eval.consistency import consistency_report, write_report
+    from tinyhistory.eval.optional import optional_report
 
     generated = decode_video(args.video, fps=args.fps, size=args.size)
     history = decode_video(args.history, fps=args.fps, size=args.size)
     report = consistency_report(generated, history)
+    report["optional"] = optional_report(generated, args.raft_weights, args.aesthetic_clip, args.aesthetic_head)
     write_report(report, args.out)
     print(json.dumps(report, indent=2))
     return 0
@@ -212,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--out", required=True, help="folder for consistency.json and consistency.md")
     co.add_argument("--fps", type=float, default=4.0, help="frames per second sampled from both videos")
     co.add_argument("--size", type=int, default=None, help="square-crop and resize to SIZE (default: native frames)")
+    co.add_argument("--raft-weights", default=None, help="optional: torchvision RAFT state dict (dynamic degree)")
+    co.add_argument("--aesthetic-clip", default=None, help="optional: local CLIP ViT-L/14 folder (LAION aesthetic)")
+    co.add_argument("--aesthetic-head", default=None, help="optional: LAION aesthetic MLP head (.pth state dict)")
     co.set_defaults(func=_cmd_eval_consistency)
     fq = ev_sub.add_parser("frame-query", help="frame-query reconstruction (Table 1 protocol) on any video")
     fq.add_argument("--checkpoint", required=True, help="a checkpoint folder (e.g. checkpoints/tiny/proposed)")

@@ -47,4 +47,13 @@ def write_report(report: dict, out: str | Path) -> None:
         f"| dynamic (Farneback, VBench-like) | {d['dynamic']} ({d['moving_pairs']}/{d['required_pairs']} pairs) |"
     )
     lines.append(f"| mean top-5 % flow (px) | {d['mean_top5_flow']:.2f} |")
+    for name, value in report.get("optional", {}).items():
+        if "missing" in value:
+            lines.append(f"| {name} | not computed: {value['missing']} |")
+        elif "mean" in value:
+            lines.append(f"| {name} | {value['mean']:.3f} |")
+        else:
+            lines.append(
+                f"| {name} | dynamic {value['dynamic']} ({value['moving_pairs']}/{value['required_pairs']} pairs) |"
+            )
     (out / "consistency.md").write_text("\n".join(lines) + "\n")

@@ -29,8 +29,12 @@ def dynamic_degree(frames: np.ndarray) -> dict:
     """``{"dynamic": bool, "mean_top5_flow": float, "moving_pairs": int, "required_pairs": int}``."""
     if len(frames) < 2:
         raise ValueError(f"dynamic degree needs at least 2 frames, got {len(frames)}")
-    scores = flow_magnitudes(frames)
-    threshold = 6.0 * min(frames.shape[1:3]) / 256.0
+    return degree_from_scores(flow_magnitudes(frames), frames.shape[1:3])
+
+
+def degree_from_scores(scores: np.ndarray, frame_size: tuple[int, int]) -> dict:
+    """VBench's decision from per-pair top-5 % flow magnitudes (any flow estimator: Farneback here, or RAFT)."""
+    threshold = 6.0 * min(frame_size) / 256.0
     required = max(1, round(4 * len(scores) / 16))
     moving = int((scores > threshold).sum())
     return {
