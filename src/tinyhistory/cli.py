@@ -164,6 +164,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         checkpoints=args.checkpoints,
         finetune_steps=args.finetune_steps,
         stage2=not args.no_stage2,
+        sample_steps=args.sample_steps,
     )
     return 0
 
@@ -281,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--finetune-steps", type=int, default=40, help="steps of the live fine-tune")
     demo.add_argument("--from-scratch", action="store_true", help="retrain every model (hours on a CPU)")
     demo.add_argument("--no-stage2", action="store_true", help="stop after the stage-I half")
+    demo.add_argument("--sample-steps", type=int, default=20, help="Euler steps per generated segment (stage II)")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

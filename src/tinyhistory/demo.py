@@ -95,6 +95,7 @@ def run_demo(
     checkpoints: str | Path | None = None,
     finetune_steps: int = 40,
     stage2: bool = True,
+    sample_steps: int = 20,
 ) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -185,7 +186,7 @@ def run_demo(
         }
     if stage2:
         stage2_ckpts = stage2_folders(out, ckpt_root, folders, from_scratch)
-        results["stage2"] = run_stage2(out, clip.heldout, stage2_ckpts)
+        results["stage2"] = run_stage2(out, clip.heldout, stage2_ckpts, sample_steps)
     results["seconds"] = time.time() - started
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(_markdown(results))

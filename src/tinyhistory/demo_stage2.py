@@ -32,6 +32,8 @@ LABELS = {
     "proposed": "Proposed 4x4x2 encoder",
     "window": "Sliding window (last 3 frames)",
     "none": "No history",
+    "proposed_history_removed": "Proposed model, history removed",
+    "proposed_history_foreign": "Proposed model, another window's history",
 }
 # stage-II model → (stage-I starting point, extra overrides); the same as scripts/train_stage2_checkpoints.sh
 RECIPES = {
@@ -100,7 +102,14 @@ def run_stage2(out: Path, heldout: torch.Tensor, folders: dict[str, Path], sampl
         metrics["steps"] = trained_steps(folders[name])
         results["models"][name] = metrics
 
+    # Does the proposed model itself use its history? The same model with the history removed, or another window's.
     model, cfg = load_model(folders["proposed"], merge=True)
+    for mode in ("removed", "foreign"):
+        print(f"[demo] stage II: proposed model with its history {mode}")
+        metrics, _ = evaluate_next_segment(model, eval_set, text, codec, settings, features=features, history=mode)
+        metrics["steps"] = results["models"]["proposed"]["steps"]
+        results["models"][f"proposed_history_{mode}"] = metrics
+
     story = Storyboard.load(STORYBOARD)
     history = to_uint8(heldout[:, :CONTINUATION_HISTORY])
     session = GenerationSession(model, cfg, codec, lambda p: encode_prompts(cfg.text, p), settings)
@@ -135,7 +144,7 @@ def markdown(section: dict) -> list[str]:
         "| model | steps | context tokens | PSNR ↑ | SSIM ↑ | feature cos. to truth ↑ | feature cos. to history ↑ |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name in MODELS:
+    for name in (*MODELS, "proposed_history_removed", "proposed_history_foreign"):
         m = section["models"][name]
         lines.append(
             f"| {LABELS[name]} | {m['steps']} | {m['context_tokens']} | {m['psnr']:.2f} | {m['ssim']:.3f} | "

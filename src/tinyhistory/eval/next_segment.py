@@ -65,18 +65,36 @@ def next_segment_set(
     return NextSegmentSet(windows_px, starts, history_frames, segment, noise)
 
 
+HISTORY_MODES = ("true", "removed", "foreign")
+
+
 @torch.no_grad()
 def evaluate_next_segment(
-    model, eval_set: NextSegmentSet, text: torch.Tensor, codec, settings: SamplingSettings, features=None, lpips=None
+    model,
+    eval_set: NextSegmentSet,
+    text: torch.Tensor,
+    codec,
+    settings: SamplingSettings,
+    features=None,
+    lpips=None,
+    history: str = "true",
 ) -> tuple[dict, np.ndarray]:
-    """Metrics of one model; returns (metrics, generated frames ``(B·segment, H, W, 3)`` uint8)."""
+    """Metrics of one model; returns (metrics, generated frames ``(B·segment, H, W, 3)`` uint8).
+
+    ``history``: ``true`` (the window's own history), ``removed`` (no context at all) or ``foreign`` (the next
+    window's history: same statistics, wrong content) — the last two ask whether *this* model uses its history.
+    """
+    if history not in HISTORY_MODES:
+        raise ValueError(f"history mode {history!r} is not one of {HISTORY_MODES}")
     model.eval()
     device = next(model.parameters()).device
     h = eval_set.history_frames
     history_px = eval_set.pixels[:, :, :h]
+    if history == "foreign":
+        history_px = history_px.roll(1, dims=0)
     hr = codec.encode(history_px).to(device)
     lr = [lowres_latents(history_px, p.rate, codec).to(device) if p.uses_lr else None for p in model.producers]
-    context = model.history_context(hr, lr)
+    context = model.history_context(hr, lr) if history != "removed" else None
     b = eval_set.noise.shape[0]
     positions = torch.arange(h, h + eval_set.segment, device=device).expand(b, -1)
     latents = sample_segment(
