@@ -24,9 +24,14 @@ from tinyhistory.data.clip import load_clip, resolve_video, to_uint8
 from tinyhistory.demo_stage2 import markdown as stage2_markdown
 from tinyhistory.demo_stage2 import run_stage2, stage2_folders
 from tinyhistory.eval.figures import grid_image
-from tinyhistory.eval.frame_query import eval_set_for_clip, evaluate_method, queried_pixels, reference_metrics
+from tinyhistory.eval.frame_query import (
+    context_size,
+    eval_set_for_clip,
+    evaluate_method,
+    queried_pixels,
+    reference_metrics,
+)
 from tinyhistory.eval.lpips import LPIPS
-from tinyhistory.geometry import Rate, context_report, get_base
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.checkpoint import load_model, trained_steps
 from tinyhistory.train.trainer import train
@@ -37,21 +42,6 @@ PROJECT = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINTS = PROJECT / "checkpoints" / "tiny"
 EVAL_WINDOWS = 24
 EVAL_QUERIES = 2
-
-
-def _context_tokens(cfg, method: str, history_frames: int) -> int:
-    """Context tokens the model sees for an evaluation history of ``history_frames`` frames."""
-    if method == "no_history":
-        return 0
-    report = context_report(
-        get_base(cfg.base),
-        cfg.data.size,
-        cfg.data.size,
-        cfg.data.fps,
-        history_frames / cfg.data.fps,
-        [Rate.parse(r) for r in cfg.history.rates],
-    )
-    return report.history_tokens
 
 
 def _fmt(value: float | None) -> str:
@@ -146,7 +136,7 @@ def run_demo(
         model, cfg = load_model(folders[method])
         print(f"[demo] evaluating {method}")
         metrics, sampled = evaluate_method(model, eval_set, text, codec, lpips=lpips)
-        metrics["context_tokens"] = _context_tokens(cfg, method, base_cfg.train.history_frames)
+        metrics["context_tokens"], _ = context_size(cfg, cfg.history.rates, method, base_cfg.train.history_frames)
         metrics["steps"] = trained_steps(folders[method])
         results["methods"][method] = metrics
         samples[method] = sampled

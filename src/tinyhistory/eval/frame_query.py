@@ -26,7 +26,7 @@ from tinyhistory.data.clip import WindowSampler, to_uint8
 from tinyhistory.eval.lpips import uint8_to_lpips_input
 from tinyhistory.eval.metrics import mean_metric, per_frame, psnr, ssim
 from tinyhistory.flow import add_noise, euler_sample, velocity_target
-from tinyhistory.geometry import Rate
+from tinyhistory.geometry import Rate, context_report, get_base
 from tinyhistory.system import build_codec
 from tinyhistory.train.objectives import FrameQueryBatch, make_frame_query_batch
 
@@ -59,6 +59,21 @@ def eval_set_for_clip(
     rates = [Rate.parse(r) for r in cfg.history.rates]
     sampler = WindowSampler(pixels, cfg.train.history_frames, codec, rates, [True] * len(rates))
     return build_eval_set(sampler, windows, queries, cfg.train.mask_low, seed), codec
+
+
+def context_size(cfg, rates: list[str], method: str, frames: int) -> tuple[int, float]:
+    """(context tokens for a history of ``frames`` frames, nominal tokens per second) of a model under ``cfg``."""
+    if method == "no_history":
+        return 0, 0.0
+    report = context_report(
+        get_base(cfg.base),
+        cfg.data.size,
+        cfg.data.size,
+        cfg.data.fps,
+        frames / cfg.data.fps,
+        [Rate.parse(r) for r in rates],
+    )
+    return report.history_tokens, report.history_tokens_per_second
 
 
 def queried_pixels(eval_set: FrameQuerySet) -> torch.Tensor:

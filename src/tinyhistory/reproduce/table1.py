@@ -32,12 +32,12 @@ from tinyhistory.data.clip import load_clip, resolve_video, to_uint8
 from tinyhistory.eval.figures import grid_image
 from tinyhistory.eval.frame_query import (
     FrameQuerySet,
+    context_size,
     eval_set_for_clip,
     evaluate_method,
     queried_pixels,
     reference_metrics,
 )
-from tinyhistory.geometry import Rate, context_report, get_base
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.checkpoint import load_model
 
@@ -150,21 +150,6 @@ def kendall_tau(ours: list[float], paper: list[float]) -> float | None:
     return float(kendalltau(ours, paper).statistic)
 
 
-def _context(cfg, rates: tuple[str, ...], method: str, frames: int) -> tuple[int, float]:
-    """(tokens for an evaluation history of ``frames`` frames, nominal tokens per second) of the tiny model."""
-    if method == "no_history":
-        return 0, 0.0
-    rep = context_report(
-        get_base(cfg.base),
-        cfg.data.size,
-        cfg.data.size,
-        cfg.data.fps,
-        frames / cfg.data.fps,
-        [Rate.parse(r) for r in rates],
-    )
-    return rep.history_tokens, rep.history_tokens_per_second
-
-
 def reproduce_table1(
     out: str | Path,
     preset: str = "tiny",
@@ -227,7 +212,7 @@ def reproduce_table1(
                 "ctx_per_s": row.paper_ctx_per_s,
             },
         }
-        tokens, per_second = _context(base_cfg, row.rates, row.method, base_cfg.train.history_frames)
+        tokens, per_second = context_size(base_cfg, list(row.rates), row.method, base_cfg.train.history_frames)
         entry["context_tokens"], entry["context_tokens_per_s"] = tokens, per_second
         if status[row.key] == "ok":
             model, _ = load_model(out / "runs" / row.key / "final")
