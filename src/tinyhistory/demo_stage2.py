@@ -44,7 +44,7 @@ RECIPES = {
 PROJECT = Path(__file__).resolve().parents[2]
 STORYBOARD = PROJECT / "assets" / "demo_storyboard.json"
 HISTORY_FRAMES = 88  # 11 s: the proposed encoder's 176 tokens ≈ the window's 192
-WINDOWS = 8
+WINDOWS = 16
 CONTINUATION_HISTORY = 96  # the first 12 s of the held-out part
 
 
