@@ -76,7 +76,6 @@ def test_several_encoders_concatenate_their_tokens(small_config):
 def test_cross_attention_enhancement_starts_identical_and_round_trips(small_config, tmp_path):
     plain = HistoryDiT.from_config(small_config())
     _randomise(plain.producers)
-    enhanced = HistoryDiT(plain.backbone, plain.producers, enhancers=None)
     cfg = small_config("history.cross_attention=true")
     enhanced = HistoryDiT.from_config(cfg, transformer=plain.backbone.transformer)
     enhanced.producers = plain.producers
