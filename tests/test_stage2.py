@@ -141,3 +141,13 @@ def test_full_dit_stage2_keeps_training_the_encoder(small_config, tmp_path):
     b, _ = load_model(stage1 / "final")
     changed = [not torch.equal(x, y) for x, y in zip(a.producers.parameters(), b.producers.parameters(), strict=True)]
     assert any(changed)
+
+
+def test_baselines_can_start_from_the_proposed_models_dit(small_config, tmp_path):
+    stage1 = tmp_path / "stage1"
+    train(small_config("train.steps=1"), stage1, progress=False)
+    cfg = small_config(*AR, "train.steps=1", 'history.method="no_history"', "history.sliding_window=2")
+    train(cfg, tmp_path / "window", init_from=stage1 / "final", progress=False)
+    model, loaded = load_model(tmp_path / "window" / "final")
+    assert loaded.history.method == "no_history" and len(model.producers) == 0 and model.sliding_window == 2
+    assert loaded.backbone.base_transformer.endswith("stage1/final/transformer")

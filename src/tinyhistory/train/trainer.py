@@ -101,7 +101,8 @@ def prepare_model(cfg: RunConfig, init_from: str | Path | None) -> tuple[History
     """A fresh model, or one started from a checkpoint, with the stage-II switches of this run applied.
 
     From a checkpoint the architecture (backbone, encoders) is the checkpoint's; this run adds a sliding window,
-    cross-attention enhancers (zero-initialised) and a fresh LoRA when it asks for them.
+    cross-attention enhancers (zero-initialised) and a fresh LoRA when it asks for them. ``history.method =
+    "no_history"`` drops the checkpoint's encoders (baselines on the same DiT as the proposed model).
     """
     if init_from is None:
         return HistoryDiT.from_config(cfg), cfg
@@ -109,6 +110,8 @@ def prepare_model(cfg: RunConfig, init_from: str | Path | None) -> tuple[History
     history = dataclasses.replace(
         init_cfg.history, sliding_window=cfg.history.sliding_window, cross_attention=cfg.history.cross_attention
     )
+    if cfg.history.method == "no_history":
+        history = dataclasses.replace(history, method="no_history", cross_attention=False)
     backbone = init_cfg.backbone
     if cfg.train.lora_rank > 0 and init_cfg.train.lora_rank == 0:
         backbone = dataclasses.replace(
@@ -125,7 +128,8 @@ def prepare_model(cfg: RunConfig, init_from: str | Path | None) -> tuple[History
     fresh = HistoryDiT.from_config(cfg, transformer=model.backbone.transformer)
     if len(fresh.enhancers) and len(model.enhancers):
         fresh.enhancers.load_state_dict(model.enhancers.state_dict())
-    fresh.producers = model.producers
+    if len(fresh.producers):
+        fresh.producers = model.producers
     return fresh, cfg
 
 
