@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tinyhistory.config import load_config
-from tinyhistory.data.clip import WindowSampler, load_clip, resolve_video
+from tinyhistory.data.clip import WindowSampler, clip_from_config
 from tinyhistory.eval.frame_query import loss_timesteps
 from tinyhistory.flow import add_noise, velocity_target
 from tinyhistory.geometry import Rate
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=16)
     args = parser.parse_args()
     cfg = load_config("tiny", overrides=['train.stage="ar"'])
-    clip = load_clip(resolve_video(cfg.data.video), cfg.data.fps, cfg.data.size, cfg.data.heldout_fraction)
+    clip = clip_from_config(cfg.data)
     codec = build_codec(cfg)
     sampler = WindowSampler(clip.heldout, cfg.train.history_frames, codec, [Rate.parse("4x4x2")], [True])
     text = encode_prompts(cfg.text, [cfg.text.caption])

@@ -5,7 +5,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from tinyhistory.data.clip import load_clip, resolve_video
+from tinyhistory.data.clip import clip_from_config
 from tinyhistory.train.checkpoint import load_model
 from tinyhistory.train.trainer import lr_lambda, train
 
@@ -56,7 +56,7 @@ def test_resume_is_exact(small_config, tmp_path):
 
 def test_heldout_part_is_the_last_fifth(small_config):
     cfg = small_config()
-    clip = load_clip(resolve_video(cfg.data.video), cfg.data.fps, cfg.data.size, cfg.data.heldout_fraction)
+    clip = clip_from_config(cfg.data)
     total = clip.train.shape[1] + clip.heldout.shape[1]
     assert total == 1920 and clip.heldout.shape[1] == 384
     assert clip.train.shape[0] == 3 and clip.train.shape[2:] == (64, 64)

@@ -6,11 +6,11 @@ import av
 import numpy as np
 import pytest
 
-from tinyhistory.data.clip import resolve_video
 from tinyhistory.data.video import decode_video, write_video
 from tinyhistory.eval.metrics import psnr
+from tinyhistory.paths import resolve_path
 
-DEMO = resolve_video("assets/bbb_64px_8fps.mp4")
+DEMO = resolve_path("assets/bbb_64px_8fps.mp4")
 
 
 def test_demo_clip_decodes_to_four_minutes_at_8fps():

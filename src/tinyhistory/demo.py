@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from tinyhistory.config import load_config
-from tinyhistory.data.clip import load_clip, resolve_video, to_uint8
+from tinyhistory.data.clip import clip_from_config, to_uint8
 from tinyhistory.demo_stage2 import markdown as stage2_markdown
 from tinyhistory.demo_stage2 import run_stage2, stage2_folders
 from tinyhistory.eval.figures import grid_image
@@ -32,14 +32,14 @@ from tinyhistory.eval.frame_query import (
     reference_metrics,
 )
 from tinyhistory.eval.lpips import LPIPS
+from tinyhistory.paths import PROJECT_ROOT
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.checkpoint import load_model, trained_steps
 from tinyhistory.train.trainer import train
 
 METHODS = ("proposed", "large_patchifier", "no_history")
 LABELS = {"proposed": "Proposed 4x4x2", "large_patchifier": "Large Patchifier 4x4x2", "no_history": "No history"}
-PROJECT = Path(__file__).resolve().parents[2]
-DEFAULT_CHECKPOINTS = PROJECT / "checkpoints" / "tiny"
+DEFAULT_CHECKPOINTS = PROJECT_ROOT / "checkpoints" / "tiny"
 EVAL_WINDOWS = 24
 EVAL_QUERIES = 2
 
@@ -110,9 +110,7 @@ def run_demo(
                 )
 
     print("[demo] loading the held-out part of the demo clip and the text encoder")
-    clip = load_clip(
-        resolve_video(base_cfg.data.video), base_cfg.data.fps, base_cfg.data.size, base_cfg.data.heldout_fraction
-    )
+    clip = clip_from_config(base_cfg.data)
     text = encode_prompts(base_cfg.text, [base_cfg.text.caption])
     eval_set, codec = eval_set_for_clip(clip.heldout, base_cfg, EVAL_WINDOWS, EVAL_QUERIES, seed=0)
 

@@ -22,6 +22,7 @@ from tinyhistory.data.video import write_video
 from tinyhistory.eval.next_segment import evaluate_next_segment, next_segment_set
 from tinyhistory.generate.run import contact_sheet
 from tinyhistory.generate.session import GenerationSession, SamplingSettings
+from tinyhistory.paths import PROJECT_ROOT
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.text.storyboard import Storyboard
 from tinyhistory.train.checkpoint import load_model, trained_steps
@@ -41,8 +42,7 @@ RECIPES = {
     "window": ("no_history", ["history.sliding_window=3"]),
     "none": ("no_history", []),
 }
-PROJECT = Path(__file__).resolve().parents[2]
-STORYBOARD = PROJECT / "assets" / "demo_storyboard.json"
+STORYBOARD = PROJECT_ROOT / "assets" / "demo_storyboard.json"
 HISTORY_FRAMES = 88  # 11 s: the proposed encoder's 176 tokens ≈ the window's 192
 WINDOWS = 16
 CONTINUATION_HISTORY = 96  # the first 12 s of the held-out part

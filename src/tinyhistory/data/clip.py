@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tinyhistory.config import DataConfig
 from tinyhistory.data.video import decode_video
 from tinyhistory.geometry import Rate
 from tinyhistory.history import lowres_latents
+from tinyhistory.paths import resolve_path
 
 
 def to_pixels(frames: np.ndarray) -> torch.Tensor:
@@ -42,16 +44,12 @@ def load_clip(path: str | Path, fps: float, size: int, heldout_fraction: float) 
 
 def load_extra_training(paths: list[str], fps: float, size: int) -> list[torch.Tensor]:
     """Whole videos used for training only (``data.extra_train_videos``); none of their frames are held out."""
-    return [to_pixels(decode_video(resolve_video(p), fps=fps, size=size)) for p in paths]
+    return [to_pixels(decode_video(resolve_path(p), fps=fps, size=size)) for p in paths]
 
 
-def resolve_video(path: str | Path) -> Path:
-    """A relative ``data.video`` is looked up in the working directory, then in the project checkout."""
-    p = Path(path)
-    if p.is_file() or p.is_absolute():
-        return p
-    project = Path(__file__).resolve().parents[3] / p
-    return project if project.is_file() else p
+def clip_from_config(data: DataConfig) -> ClipSplit:
+    """The run's ``data.video`` (found by :func:`~tinyhistory.paths.resolve_path`), decoded and split."""
+    return load_clip(resolve_path(data.video), data.fps, data.size, data.heldout_fraction)
 
 
 class WindowSampler:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from tinyhistory.config import load_config
-from tinyhistory.data.clip import load_clip, resolve_video, to_uint8
+from tinyhistory.data.clip import clip_from_config, to_uint8
 from tinyhistory.eval.figures import grid_image
 from tinyhistory.eval.frame_query import (
     FrameQuerySet,
@@ -169,9 +169,7 @@ def reproduce_table1(
     status = train_rows(selected, preset, steps, out, list(overrides), jobs)
 
     print("[table1] evaluating on the held-out part of the clip")
-    clip = load_clip(
-        resolve_video(base_cfg.data.video), base_cfg.data.fps, base_cfg.data.size, base_cfg.data.heldout_fraction
-    )
+    clip = clip_from_config(base_cfg.data)
     all_rates = sorted({r for row in selected for r in row.rates})
     eval_cfg = dataclasses.replace(base_cfg, history=dataclasses.replace(base_cfg.history, rates=all_rates))
     eval_set, codec = eval_set_for_clip(clip.heldout, eval_cfg, windows, queries, seed=0)

@@ -22,6 +22,7 @@ from diffusers import WanTransformer3DModel
 from safetensors.torch import load_file, save_file
 
 from tinyhistory.config import RunConfig, config_from_dict
+from tinyhistory.paths import PROJECT_ROOT, resolve_path
 from tinyhistory.system import HistoryDiT
 from tinyhistory.train.lora import load_lora, merge_lora, save_lora
 
@@ -54,20 +55,10 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     return (tensor.to(dtype) if dtype is not None else tensor).detach().cpu().contiguous()
 
 
-def resolve_base_transformer(path: str) -> Path:
-    """``backbone.base_transformer``: absolute, relative to the working directory, or to the project root."""
-    p = Path(path)
-    if p.is_absolute() or p.is_dir():
-        return p
-    project = Path(__file__).resolve().parents[3] / p
-    return project if project.is_dir() else p
-
-
 def base_transformer_reference(folder: str | Path) -> str:
     """How a LoRA checkpoint names its base: relative to the project root when inside it, else absolute."""
     folder = Path(folder).resolve()
-    project = Path(__file__).resolve().parents[3]
-    return str(folder.relative_to(project)) if folder.is_relative_to(project) else str(folder)
+    return str(folder.relative_to(PROJECT_ROOT)) if folder.is_relative_to(PROJECT_ROOT) else str(folder)
 
 
 def load_model(
@@ -83,7 +74,7 @@ def load_model(
         raise FileNotFoundError(f"{folder}: not a tinyhistory checkpoint (no config.json)")
     cfg = config_from_dict(json.loads(config_path.read_text()))
     if (folder / LORA_FILE).is_file():
-        base = resolve_base_transformer(cfg.backbone.base_transformer)
+        base = resolve_path(cfg.backbone.base_transformer)
         if not (base / "config.json").is_file():
             raise FileNotFoundError(
                 f"{folder}: the LoRA's base transformer {cfg.backbone.base_transformer!r} was not found ({base})"

@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from tinyhistory.config import RunConfig
-from tinyhistory.data.clip import WindowSampler, load_clip, load_extra_training, resolve_video
+from tinyhistory.data.clip import WindowSampler, clip_from_config, load_extra_training
 from tinyhistory.geometry import Rate
 from tinyhistory.system import HistoryDiT, build_codec
 from tinyhistory.text.cache import encode_prompts
@@ -55,7 +55,7 @@ def lr_lambda(cfg: RunConfig):
 
 
 def make_samplers(cfg: RunConfig, model: HistoryDiT) -> tuple[WindowSampler, WindowSampler]:
-    clip = load_clip(resolve_video(cfg.data.video), cfg.data.fps, cfg.data.size, cfg.data.heldout_fraction)
+    clip = clip_from_config(cfg.data)
     codec = build_codec(cfg)
     rates = [Rate.parse(r) for r in cfg.history.rates] if len(model.producers) else []
     uses_lr = [bool(getattr(p, "uses_lr", False)) for p in model.producers]
