@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from tinyhistory.config import RunConfig, config_from_dict
 from tinyhistory.paths import PROJECT_ROOT, resolve_path
 from tinyhistory.system import HistoryDiT
-from tinyhistory.train.lora import load_lora, merge_lora, save_lora
+from tinyhistory.train.lora import load_lora, lora_state_dict, merge_lora
 
 ENCODER_FILE = "history_encoder.safetensors"
 CROSS_ATTENTION_FILE = "cross_attention.safetensors"
@@ -38,7 +38,8 @@ def save_weights(model: HistoryDiT, cfg: RunConfig, folder: str | Path, dtype: t
     cfg.save(folder / "config.json")
     transformer = model.backbone.transformer
     if cfg.train.lora_rank > 0:
-        save_lora(transformer, folder / LORA_FILE, cfg.train.lora_rank, dtype)
+        state = {k: _cast(v, dtype) for k, v in lora_state_dict(transformer).items()}
+        save_file(state, str(folder / LORA_FILE), metadata={"format": "pt", "lora_rank": str(cfg.train.lora_rank)})
     else:
         if dtype is not None and dtype != next(transformer.parameters()).dtype:
             # save_pretrained writes the module's own tensors, so cast a copy (the small models this is used for)

@@ -14,7 +14,7 @@ import torch
 from diffusers import WanTransformer3DModel
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0", "net.0.proj", "net.2"]
 PREFIX = "transformer."
@@ -26,18 +26,13 @@ def add_lora(transformer: WanTransformer3DModel, rank: int) -> None:
     transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGET_MODULES, init_lora_weights=True))
 
 
-def save_lora(
-    transformer: WanTransformer3DModel, path: str | Path, rank: int, dtype: torch.dtype | None = None
-) -> None:
-    state = get_peft_model_state_dict(transformer)
-    state = {
-        PREFIX + k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous() for k, v in state.items()
-    }
-    save_file(state, str(path), metadata={"format": "pt", "lora_rank": str(rank)})
+def lora_state_dict(transformer: WanTransformer3DModel) -> dict[str, torch.Tensor]:
+    """The adapter's weights under diffusers' LoRA keys (``transformer.<module>.lora_A/B.weight``)."""
+    return {PREFIX + k: v for k, v in get_peft_model_state_dict(transformer).items()}
 
 
 def load_lora(transformer: WanTransformer3DModel, path: str | Path, rank: int) -> None:
-    """Attach a LoRA of ``rank`` and load its weights from a file written by :func:`save_lora`."""
+    """Attach a LoRA of ``rank`` and load its weights from a file of :func:`lora_state_dict` tensors."""
     path = Path(path)
     state = load_file(str(path))
     if not state or not all(k.startswith(PREFIX) for k in state):
