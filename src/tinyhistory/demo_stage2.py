@@ -115,11 +115,10 @@ def run_stage2(out: Path, heldout: torch.Tensor, folders: dict[str, Path], sampl
     session = GenerationSession(model, cfg, codec, lambda p: encode_prompts(cfg.text, p), settings)
     session.start_from_video(history)
     fps = cfg.data.fps
-    segments = int(np.ceil(story.duration * fps / segment))
+    segments = session.storyboard_segments(story, CONTINUATION_HISTORY)
     print(f"[demo] stage II: streaming a {story.duration:g}-s continuation of the held-out clip ({segments} segments)")
-    for k in range(segments):
-        start = k * segment / fps
-        session.generate_segment(story.prompt_for(start, start + segment / fps))
+    for _ in session.follow_storyboard(story, CONTINUATION_HISTORY):
+        pass
     generated = session.frames[CONTINUATION_HISTORY:]
     write_video(generated, out / "continuation.mp4", fps)
     contact_sheet(np.concatenate([history[-1:], generated]), fps, out / "continuation.png")

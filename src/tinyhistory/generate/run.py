@@ -92,19 +92,17 @@ def generate(
         elif image is not None:
             session.start_from_image(decode_image(image, cfg.data.size))
     origin = session.records[0].start_frame if session.records else session.history_frames
-    fps, seg = cfg.data.fps, session.settings.segment_frames
-    done = session.history_frames - origin  # frames generated so far (a resumed session continues)
-    segments = math.ceil(story.duration * fps / seg) - done // seg
+    fps = cfg.data.fps
+    segments = session.storyboard_segments(story, origin)  # a resumed session continues where it stopped
     if segments <= 0:
         raise ValueError(f"the storyboard ({story.duration:g} s) is no longer than what was generated already")
 
     log_path = out.with_name(out.name + ".segments.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
-        for _ in tqdm(range(segments), desc="segments", unit="seg", disable=not progress):
-            start = (session.history_frames - origin) / fps
-            session.generate_segment(story.prompt_for(start, start + seg / fps))
-            record = vars(session.records[-1]) | {"start_s": round(start, 3)}
+        steps = session.follow_storyboard(story, origin)
+        for segment in tqdm(steps, total=segments, desc="segments", unit="seg", disable=not progress):
+            record = vars(segment) | {"start_s": round((segment.start_frame - origin) / fps, 3)}
             log.write(json.dumps(record) + "\n")
             log.flush()
             print(

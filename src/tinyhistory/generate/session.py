@@ -149,10 +149,10 @@ class GenerationSession:
     def context(self) -> ContextTokens | None:
         """What the DiT sees of the history now: cached encoder tokens, then the uncompressed sliding window."""
         parts = [c.context for c in self.caches if c.frames_encoded > 0]
-        if self.latents is not None:
-            window = self.model.window_tokens(self.latents.to(self.device))
-            if window is not None:
-                parts.append(window)
+        if self.latents is not None and self.model.sliding_window > 0:
+            # Only the window's frames visit the device, not the whole history.
+            recent = self.latents[:, :, -self.model.sliding_window :].to(self.device)
+            parts.append(self.model.window_tokens(recent, frame_offset=self.history_frames - recent.shape[2]))
         return ContextTokens.concat(parts) if parts else None
 
     # -- generation -----------------------------------------------------------------------------------------
@@ -188,6 +188,20 @@ class GenerationSession:
         record.latency_s = round(time.perf_counter() - started, 4)
         self.records.append(record)
         return segment
+
+    def storyboard_segments(self, story, origin: int) -> int:
+        """Segments still to generate for ``story``, whose shot times count from history frame ``origin``."""
+        seg = self.settings.segment_frames
+        total = math.ceil(story.duration * self.cfg.data.fps / seg)
+        return total - (self.history_frames - origin) // seg
+
+    def follow_storyboard(self, story, origin: int):
+        """Generate the storyboard's remaining segments, each with the prompt nearest to it; yields each record."""
+        fps, seg = self.cfg.data.fps, self.settings.segment_frames
+        for _ in range(self.storyboard_segments(story, origin)):
+            start = (self.history_frames - origin) / fps
+            self.generate_segment(story.prompt_for(start, start + seg / fps))
+            yield self.records[-1]
 
     def extend(self, prompt: str, seconds: float) -> np.ndarray:
         """Generate ``seconds`` of video (whole segments) with one prompt; returns the new frames."""
