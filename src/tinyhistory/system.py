@@ -133,10 +133,6 @@ class HistoryDiT(nn.Module):
     def rates(self) -> list:
         return [p.rate for p in self.producers]
 
-    @property
-    def uses_history(self) -> bool:
-        return len(self.producers) > 0 or self.sliding_window > 0
-
     def encode_history(
         self, hr_latents: torch.Tensor, lr_latents: list[torch.Tensor | None], frame_offset: int = 0
     ) -> ContextTokens | None:

@@ -13,7 +13,7 @@ segment:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -32,11 +32,12 @@ class NextSegmentSet:
     history_frames: int
     segment: int
     noise: torch.Tensor  # (B, C, segment, h, w) fixed initial noise
+    _features: tuple | None = field(default=None, init=False, repr=False)  # (model, truth, history) features
 
     def reference_features(self, features) -> tuple[torch.Tensor, torch.Tensor]:
         """MobileNetV2 features of the true segments ``(B·segment, F)`` and mean history feature per window
         ``(B, F)``, computed once per feature model and kept (every model is scored against the same ones)."""
-        cached = getattr(self, "_features", None)
+        cached = self._features
         if cached is None or cached[0] is not features:
             b, h = self.pixels.shape[0], self.history_frames
             history = features(np.concatenate([to_uint8(p[:, :h]) for p in self.pixels]))

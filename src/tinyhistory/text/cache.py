@@ -37,14 +37,14 @@ def encode_prompts(cfg: TextConfig, prompts: list[str]) -> torch.Tensor:
             cached = load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types
             raise ValueError(f"text.cache {path}: not a readable safetensors file ({exc})") from exc
-    keys = [prompt_key(cfg.kind, cfg.max_tokens, p) for p in prompts]
-    missing = sorted({p for p, k in zip(prompts, keys, strict=True) if k not in cached})
+    key = {p: prompt_key(cfg.kind, cfg.max_tokens, p) for p in prompts}
+    missing = sorted(p for p in key if key[p] not in cached)
     if missing:
         fresh = build_text_encoder(cfg).encode(missing)
         for prompt, embedding in zip(missing, fresh, strict=True):
-            cached[prompt_key(cfg.kind, cfg.max_tokens, prompt)] = embedding.contiguous()
+            cached[key[prompt]] = embedding.contiguous()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         save_file(cached, str(tmp))
         tmp.replace(path)
-    return torch.stack([cached[k] for k in keys]).float()
+    return torch.stack([cached[key[p]] for p in prompts]).float()
