@@ -107,12 +107,19 @@ class DataConfig:
     fps: float = 8.0
     size: int = 64
     heldout_fraction: float = 0.2
+    # A `tinyhistory data prepare` output folder: training reads its latents and prompts instead of decoding
+    # ``video`` ("" = decode ``video`` and encode on the fly). The last heldout_fraction of every video is held out.
+    cache: str = ""
+    # Frames per cached window (`data prepare`); 0 = train.history_frames. The stage-II window (history + target).
+    window_frames: int = 0
     # Whole videos added to the training part only (never evaluated on).
     extra_train_videos: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ValueError(f"data.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        if self.window_frames < 0:
+            raise ValueError(f"data.window_frames must be >= 0 (0 = train.history_frames), got {self.window_frames}")
 
 
 @dataclass

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 class PixelUnshuffleCodec:
     temporal_factor = 1
+    framewise = True  # each latent frame depends on its own pixel frame only: cached windows may be concatenated
 
     def __init__(self, factor: int = 4, channels: int = 3):
         self.spatial_factor = factor

@@ -17,6 +17,8 @@ from diffusers import AutoencoderKLWan
 
 
 class WanVAECodec:
+    framewise = False  # causal in time: a window's latents depend on where the window starts
+
     def __init__(self, vae: AutoencoderKLWan, tiling: bool = False, slicing: bool = False):
         self.vae = vae.eval()
         cfg = vae.config

@@ -87,9 +87,17 @@ class WindowSampler:
         ]
         return px, hr, lr
 
-    def sample(self, batch: int, generator: torch.Generator | None = None):
+    def pick(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``batch`` window starts ``(B,)`` drawn uniformly over all valid windows."""
         index = torch.randint(0, len(self.valid_starts), (batch,), generator=generator)
-        return self.window(self.valid_starts[index])
+        return self.valid_starts[index]
+
+    def sample(self, batch: int, generator: torch.Generator | None = None):
+        return self.window(self.pick(batch, generator))
+
+    def text_for(self, starts: torch.Tensor, first: int, last: int) -> None:
+        """A decoded clip has no storyboard: the run's caption applies (same interface as the cache sampler)."""
+        return None
 
     def fixed_starts(self, count: int) -> torch.Tensor:
         """``count`` evenly spaced window starts (for deterministic evaluation)."""

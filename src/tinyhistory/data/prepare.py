@@ -118,7 +118,7 @@ def output_config(cfg: RunConfig, window_frames: int) -> dict:
         "rates": list(cfg.history.rates),
         "window_frames": window_frames,
         "dtype": "float16",
-        "version": 1,
+        "version": 2,
     }
 
 
@@ -143,10 +143,14 @@ def prepare(
     """Cache every item (this rank's share: items ``rank::world_size``); returns the report."""
     out = Path(out)
     (out / "shards").mkdir(parents=True, exist_ok=True)
-    window = window_frames or cfg.train.history_frames
+    window = window_frames or cfg.data.window_frames or cfg.train.history_frames
     config = output_config(cfg, window)
     codec = build_codec(cfg)
     rates = [Rate.parse(r) for r in cfg.history.rates]
+    framewise = bool(getattr(codec, "framewise", False))
+    for rate in rates:
+        if codec.temporal_factor == 1 and window % rate.t:
+            raise ValueError(f"window of {window} frames is not a multiple of the temporal rate of {rate}")
     report = Report()
     mine = items[rank::world_size]
     bar = tqdm(mine, desc="data prepare", unit="video", disable=not progress)
@@ -188,10 +192,14 @@ def prepare(
                     tensors[f"text.{j}.{_shape(emb)}.float16"] = emb
             report.encode_seconds += time.time() - t0
             report.encoded_frames += len(starts) * window
+            bar.set_postfix(frames=report.decoded_frames, latent_frames=report.latent_frames)
             metadata = {
                 "source": str(item.video),
                 "source_sha256": source_hash,
                 "fps": str(cfg.data.fps),
+                "frames": str(len(frames)),
+                "temporal_factor": str(codec.temporal_factor),
+                "framewise": "true" if framewise else "false",
                 "window_frames": str(window),
                 "window_starts": json.dumps(starts),
                 "storyboard": json.dumps(board.to_dict()),
@@ -238,7 +246,7 @@ def run_prepare(cfg: RunConfig, source: str | Path, out: str | Path, window_fram
     """The command: split items over Accelerate ranks, cache, then merge reports and rebuild the manifest."""
     from accelerate import PartialState
 
-    from tinyhistory.text import MiniLMTextEncoder
+    from tinyhistory.text.cache import build_text_encoder
 
     state = PartialState()
     out = Path(out)
@@ -251,7 +259,7 @@ def run_prepare(cfg: RunConfig, source: str | Path, out: str | Path, window_fram
         items,
         out,
         window_frames,
-        MiniLMTextEncoder(cfg.text.max_tokens),
+        build_text_encoder(cfg.text),
         state.process_index,
         state.num_processes,
         progress=state.is_main_process,

@@ -92,10 +92,14 @@ class Storyboard:
 
     def prompt_for(self, start: float, end: float) -> str:
         """The prompt of the shot nearest to the segment ``[start, end)`` (by its midpoint)."""
+        return self.shots[self.shot_index_for(start, end)].prompt
+
+    def shot_index_for(self, start: float, end: float) -> int:
+        """The index of the shot nearest to the segment ``[start, end)`` (cached text embeddings are per shot)."""
         if end < start:
             raise ValueError(f"segment end ({end}) is before its start ({start})")
         middle = (start + end) / 2
-        return min(self.shots, key=lambda s: (s.distance(middle), s.start)).prompt
+        return min(range(len(self.shots)), key=lambda i: (self.shots[i].distance(middle), self.shots[i].start))
 
     def to_dict(self) -> dict:
         data: dict = {"shots": [{"start": s.start, "end": s.end, "prompt": s.prompt} for s in self.shots]}

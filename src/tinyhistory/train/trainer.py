@@ -21,8 +21,10 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from tinyhistory.config import RunConfig
+from tinyhistory.data.cache import CacheSampler
 from tinyhistory.data.clip import WindowSampler, clip_from_config, load_extra_training
 from tinyhistory.geometry import Rate
+from tinyhistory.paths import resolve_path
 from tinyhistory.system import HistoryDiT, build_codec
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.checkpoint import (
@@ -54,17 +56,45 @@ def lr_lambda(cfg: RunConfig):
     return factor
 
 
-def make_samplers(cfg: RunConfig, model: HistoryDiT) -> tuple[WindowSampler, WindowSampler]:
-    clip = clip_from_config(cfg.data)
-    codec = build_codec(cfg)
+Sampler = WindowSampler | CacheSampler
+
+
+def make_samplers(cfg: RunConfig, model: HistoryDiT) -> tuple[Sampler, Sampler]:
+    """Training and held-out windows: from a ``data prepare`` cache (``data.cache``), else from the decoded clip."""
     rates = [Rate.parse(r) for r in cfg.history.rates] if len(model.producers) else []
     uses_lr = [bool(getattr(p, "uses_lr", False)) for p in model.producers]
     frames = cfg.train.history_frames
+    if cfg.data.cache:
+        cache = resolve_path(cfg.data.cache)
+        frames = latent_frames(frames, build_codec(cfg).temporal_factor)
+        return (
+            CacheSampler(cache, frames, rates, uses_lr, cfg.data.heldout_fraction, "train", cfg),
+            CacheSampler(cache, frames, rates, uses_lr, cfg.data.heldout_fraction, "heldout", cfg),
+        )
+    clip = clip_from_config(cfg.data)
+    codec = build_codec(cfg)
     extra = load_extra_training(cfg.data.extra_train_videos, cfg.data.fps, cfg.data.size)
     return (
         WindowSampler([clip.train, *extra], frames, codec, rates, uses_lr),
         WindowSampler(clip.heldout, frames, codec, rates, uses_lr),
     )
+
+
+def latent_frames(frames: int, temporal_factor: int) -> int:
+    """Latent frames of ``frames`` pixel frames: all of them, or ``1 + (frames - 1) / f`` for a causal VAE."""
+    return frames if temporal_factor == 1 else 1 + (frames - 1) // temporal_factor
+
+
+def sample_text(cfg: RunConfig, sampler: Sampler, picks: torch.Tensor, batch, caption) -> torch.Tensor:
+    """Each sample's prompt ``(B, L, D)``: the storyboard shot nearest to the target segment (stage II, the paper's
+    rule) or to the whole window (stage I) when the data has storyboards; else the run's caption."""
+    if cfg.train.stage == "ar":
+        first = batch.history.shape[2]
+        last = first + batch.targets.shape[2]
+    else:
+        first, last = 0, sampler.frames
+    text = sampler.text_for(picks, first, last)
+    return caption().expand(len(picks), -1, -1) if text is None else text
 
 
 def make_batch(cfg: RunConfig, hr, lr, rates, generator):
@@ -80,19 +110,18 @@ def batch_loss(cfg: RunConfig, model, batch, text: torch.Tensor) -> torch.Tensor
 
 
 @torch.no_grad()
-def heldout_loss(
-    model: HistoryDiT, cfg: RunConfig, sampler: WindowSampler, text: torch.Tensor, windows: int = 16
-) -> float:
+def heldout_loss(model: HistoryDiT, cfg: RunConfig, sampler: Sampler, caption, windows: int = 16) -> float:
     """The stage's flow loss on fixed held-out windows with fixed Ω / splits, masks, noise and timesteps."""
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(1234)
     losses = []
-    for start in sampler.fixed_starts(windows).split(cfg.train.batch_size):
-        _, hr, lr = sampler.window(start)
-        batch = _to(make_batch(cfg, hr, lr, sampler.rates, generator), device)
-        text_batch = text.to(device).expand(len(start), -1, -1)
-        losses.append(batch_loss(cfg, model, batch, text_batch).item() * len(start))
+    for picks in sampler.fixed_starts(windows).split(cfg.train.batch_size):
+        _, hr, lr = sampler.window(picks)
+        batch = make_batch(cfg, hr, lr, sampler.rates, generator)
+        text_batch = sample_text(cfg, sampler, picks, batch, caption).to(device)
+        batch = _to(batch, device)
+        losses.append(batch_loss(cfg, model, batch, text_batch).item() * len(picks))
     model.train()
     return sum(losses) / windows
 
@@ -158,7 +187,7 @@ def train(
     # From a checkpoint the architecture is the checkpoint's; the rest of the config (data, schedule) is this run's.
     model, cfg = prepare_model(cfg, init_from)
     train_sampler, heldout_sampler = make_samplers(cfg, model)
-    text = encode_prompts(cfg.text, [cfg.text.caption])  # (1, L, 384)
+    caption = CaptionEmbedding(cfg)  # encoded only if some sample has no storyboard prompt
 
     if tc.freeze_encoder:
         model.producers.requires_grad_(False)
@@ -170,7 +199,6 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     device = accelerator.device
-    text = text.to(device)
 
     generator = torch.Generator().manual_seed(tc.seed)
     step = 0
@@ -194,13 +222,15 @@ def train(
     )
     end = tc.steps if stop_after is None else min(tc.steps, step + stop_after)
     while step < end:
-        _, hr, lr = train_sampler.sample(tc.batch_size, generator)
-        batch = _to(make_batch(cfg, hr, lr, train_sampler.rates, generator), device)
-        text_batch = text.expand(tc.batch_size, -1, -1)
+        picks = train_sampler.pick(tc.batch_size, generator)
+        _, hr, lr = train_sampler.window(picks)
+        batch = make_batch(cfg, hr, lr, train_sampler.rates, generator)
+        text_batch = sample_text(cfg, train_sampler, picks, batch, caption).to(device)
+        batch = _to(batch, device)
         if tc.stage == "ar" and tc.text_dropout > 0:
             # Classifier-free guidance: some samples see the empty (all-zero) prompt.
             keep = torch.rand(tc.batch_size, generator=generator) >= tc.text_dropout
-            text_batch = text_batch * keep.to(device=device, dtype=text.dtype)[:, None, None]
+            text_batch = text_batch * keep.to(device=device, dtype=text_batch.dtype)[:, None, None]
         loss = batch_loss(cfg, model, batch, text_batch)
         accelerator.backward(loss)
         if tc.grad_clip > 0:
@@ -221,7 +251,7 @@ def train(
             log.write(json.dumps(record) + "\n")
             log.flush()
         if step % tc.checkpoint_every == 0 or step == end:
-            h = heldout_loss(accelerator.unwrap_model(model), cfg, heldout_sampler, text)
+            h = heldout_loss(accelerator.unwrap_model(model), cfg, heldout_sampler, caption)
             log.write(json.dumps({"step": step, "heldout_loss": round(h, 6)}) + "\n")
             log.flush()
             if accelerator.is_main_process:
@@ -241,11 +271,25 @@ def train(
         "rates": cfg.history.rates,
         "sliding_window": cfg.history.sliding_window,
         "steps": step,
-        "heldout_loss": heldout_loss(accelerator.unwrap_model(model), cfg, heldout_sampler, text),
+        "heldout_loss": heldout_loss(accelerator.unwrap_model(model), cfg, heldout_sampler, caption),
         "final": str(final),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+class CaptionEmbedding:
+    """The run's ``text.caption`` embedded on first use ``(1, L, D)`` (a cache with storyboards never needs it, so the
+    text encoder is not loaded)."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.embedding: torch.Tensor | None = None
+
+    def __call__(self) -> torch.Tensor:
+        if self.embedding is None:
+            self.embedding = encode_prompts(self.cfg.text, [self.cfg.text.caption])
+        return self.embedding
 
 
 def _resumable_checkpoint(out: Path) -> Path | None:

