@@ -23,14 +23,14 @@ HISTORY_METHODS = ("proposed", "only_lr", "without_lr", "large_patchifier", "no_
 class CodecConfig:
     kind: str = "pixel"
     factor: int = 4  # pixel codec only
-    path: str = ""  # wan: a local diffusers folder (a model repo with vae/, or the VAE folder)
+    path: str = ""  # wan, hunyuan: a local diffusers folder (a model repo with vae/, or the VAE folder)
     tiling: bool = False
     slicing: bool = False
 
     def validate(self) -> None:
-        _choice("codec.kind", self.kind, ("pixel", "wan"))
-        if self.kind == "wan" and not self.path:
-            raise ValueError("codec.path must name a local diffusers folder when codec.kind = 'wan'")
+        _choice("codec.kind", self.kind, ("pixel", "wan", "hunyuan"))
+        if self.kind in ("wan", "hunyuan") and not self.path:
+            raise ValueError(f"codec.path must name a local diffusers folder when codec.kind = {self.kind!r}")
 
 
 @dataclass
@@ -40,9 +40,14 @@ class TextConfig:
     max_tokens: int = 64
     # A safetensors file of prompt embeddings (read first, missing prompts written back); "" = always encode.
     cache: str = ""
+    # umt5: a Wan diffusers repo (text_encoder/ + tokenizer/) or one folder with both; hunyuan: a HunyuanVideo
+    # diffusers repo (text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/). minilm: "" = the packaged model.
+    path: str = ""
 
     def validate(self) -> None:
-        _choice("text.kind", self.kind, ("minilm",))
+        _choice("text.kind", self.kind, ("minilm", "umt5", "hunyuan"))
+        if self.kind in ("umt5", "hunyuan") and not self.path:
+            raise ValueError(f"text.path must name a local model folder when text.kind = {self.kind!r}")
 
 
 @dataclass

@@ -16,7 +16,7 @@ from torch import nn
 
 from tinyhistory.backbones import ContextTokens, WanBackbone
 from tinyhistory.backbones.base import grid_positions
-from tinyhistory.codecs import PixelUnshuffleCodec, WanVAECodec
+from tinyhistory.codecs import HunyuanVAECodec, PixelUnshuffleCodec, WanVAECodec
 from tinyhistory.config import RunConfig
 from tinyhistory.history import EncoderConfig, HistoryEncoder, LargePatchifier
 
@@ -27,6 +27,10 @@ def build_codec(cfg: RunConfig):
         path = Path(c.path)
         subfolder = "vae" if (path / "vae").is_dir() else None
         return WanVAECodec.from_pretrained(path, subfolder=subfolder, tiling=c.tiling, slicing=c.slicing)
+    if c.kind == "hunyuan":
+        path = Path(c.path)
+        subfolder = "vae" if (path / "vae").is_dir() else None
+        return HunyuanVAECodec.from_pretrained(path, subfolder=subfolder, tiling=c.tiling, slicing=c.slicing)
     return PixelUnshuffleCodec(factor=c.factor)
 
 

@@ -1,8 +1,9 @@
 """Prompt embeddings through an optional on-disk cache (``text.cache``), so a run need not load the text encoder.
 
-The cache is a safetensors file of ``(L, D)`` embeddings keyed by a hash of (encoder kind, max tokens, prompt):
-a change of encoder or length never returns a stale entry. Prompts missing from the cache are encoded with the
-configured encoder and written back (atomically). With ``text.cache`` empty, prompts are simply encoded.
+The cache is a safetensors file of ``(L, D)`` embeddings keyed by a hash of (encoder kind, max tokens, model folder,
+prompt): a change of encoder, length or weights folder never returns a stale entry. Prompts missing from the cache
+are encoded with the configured encoder and written back (atomically). With ``text.cache`` empty, prompts are simply
+encoded.
 """
 
 from __future__ import annotations
@@ -16,14 +17,29 @@ from safetensors.torch import load_file, save_file
 from tinyhistory.config import TextConfig
 
 
-def prompt_key(kind: str, max_tokens: int, prompt: str) -> str:
-    return hashlib.sha256(f"{kind}|{max_tokens}|{prompt}".encode()).hexdigest()[:32]
+def prompt_key(kind: str, max_tokens: int, prompt: str, path: str = "") -> str:
+    """The cache key of one prompt's embedding.
+
+    ``path`` (the model folder, ``text.path``) enters the key as an absolute path, so two different UMT5 folders
+    never share entries; with no path the key is the one earlier versions wrote, so existing MiniLM caches stay valid.
+    """
+    folder = f"{Path(path).resolve()}|" if path else ""
+    return hashlib.sha256(f"{kind}|{max_tokens}|{folder}{prompt}".encode()).hexdigest()[:32]
 
 
 def build_text_encoder(cfg: TextConfig):
+    """The encoder ``text.kind`` names, loaded from ``text.path`` (MiniLM: the packaged model when empty)."""
+    if cfg.kind == "umt5":
+        from tinyhistory.text.umt5 import UMT5TextEncoder
+
+        return UMT5TextEncoder(cfg.path, cfg.max_tokens)
+    if cfg.kind == "hunyuan":
+        from tinyhistory.text.hunyuan import HunyuanTextEncoder
+
+        return HunyuanTextEncoder(cfg.path, cfg.max_tokens)
     from tinyhistory.text.minilm import MiniLMTextEncoder
 
-    return MiniLMTextEncoder(cfg.max_tokens)
+    return MiniLMTextEncoder(cfg.max_tokens, path=cfg.path or None)
 
 
 def encode_prompts(cfg: TextConfig, prompts: list[str]) -> torch.Tensor:
@@ -37,7 +53,7 @@ def encode_prompts(cfg: TextConfig, prompts: list[str]) -> torch.Tensor:
             cached = load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types
             raise ValueError(f"text.cache {path}: not a readable safetensors file ({exc})") from exc
-    key = {p: prompt_key(cfg.kind, cfg.max_tokens, p) for p in prompts}
+    key = {p: prompt_key(cfg.kind, cfg.max_tokens, p, cfg.path) for p in prompts}
     missing = sorted(p for p in key if key[p] not in cached)
     if missing:
         fresh = build_text_encoder(cfg).encode(missing)

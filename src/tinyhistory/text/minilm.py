@@ -22,6 +22,7 @@ def minilm_path() -> Path:
 
 class MiniLMTextEncoder:
     text_dim = 384
+    pooled_dim = 0  # no pooled vector: the Wan-shaped tiny DiT only cross-attends to the per-token states
 
     def __init__(self, max_tokens: int = 64, path: str | Path | None = None):
         from transformers import AutoModel, AutoTokenizer

@@ -1,0 +1,87 @@
+"""UMT5 (``google/umt5-xxl``) as the Wan 2.1 / 2.2 text encoder, exactly as diffusers' ``WanPipeline`` encodes.
+
+The Wan DiTs were trained on what ``WanPipeline._get_t5_prompt_embeds`` produces, so this module repeats it step by
+step rather than approximating it: the pipeline's own prompt cleaning (``prompt_clean``: ftfy when installed, HTML
+unescape, whitespace collapse), the tokenizer with ``padding="max_length"``, truncation and special tokens, the
+``UMT5EncoderModel``'s ``last_hidden_state`` under the attention mask, and then the states beyond each prompt's
+length replaced by zeros (the pipeline trims each prompt to its length and pads back with zeros). A golden test checks
+equality with the pipeline itself.
+
+Weights load with ``from_pretrained`` from a local folder only (safetensors, nothing downloaded): either a Wan
+diffusers model repo (``text_encoder/`` and ``tokenizer/`` subfolders) or one folder holding both the model and the
+tokenizer files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def _component_folders(path: Path, model: str, tokenizer: str, what: str) -> tuple[Path, Path]:
+    """``(model folder, tokenizer folder)`` inside ``path``: its subfolders if present, else ``path`` itself."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} folder not found: {path}")
+    if (path / model).is_dir() or (path / tokenizer).is_dir():
+        folders = (path / model, path / tokenizer)
+        for folder in folders:
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{what}: {path} has no {folder.name}/ subfolder")
+        return folders
+    return path, path
+
+
+class UMT5TextEncoder:
+    """Wan's text encoder: ``encode(prompts)`` → ``(B, max_tokens, d_model)`` float32, zero beyond each prompt.
+
+    ``max_tokens`` is the pipeline's ``max_sequence_length`` (``WanPipeline.__call__`` uses 512). ``dtype`` is the
+    encoder's compute dtype (UMT5-XXL is ~5.7B parameters: bfloat16 on a GPU; the output is float32 either way).
+    """
+
+    pooled_dim = 0  # Wan has no pooled text vector
+
+    def __init__(
+        self,
+        path: str | Path,
+        max_tokens: int = 512,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
+        model_dir, tokenizer_dir = _component_folders(Path(path), "text_encoder", "tokenizer", "UMT5 text encoder")
+        if max_tokens <= 0:
+            raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        self.model = UMT5EncoderModel.from_pretrained(
+            model_dir, dtype=dtype, local_files_only=True, use_safetensors=True
+        ).eval()
+        self.model.to(device)
+        self.max_tokens = max_tokens
+        self.text_dim: int = self.model.config.d_model
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """``prompts`` → ``(B, max_tokens, text_dim)`` float32; rows past each prompt's tokens are exactly zero."""
+        # The pipeline's own cleaning, imported rather than copied so a diffusers fix reaches us too.
+        from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+        cleaned = [prompt_clean(p) for p in prompts]
+        inputs = self.tokenizer(
+            cleaned,
+            padding="max_length",
+            max_length=self.max_tokens,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        ids, mask = inputs.input_ids, inputs.attention_mask
+        seq_lens = mask.gt(0).sum(dim=1).long()
+        device = self.model.device
+        states = self.model(ids.to(device), mask.to(device)).last_hidden_state.float().cpu()
+        # Trim to each prompt's length and pad back with zeros, as WanPipeline does (not `* mask`, so a
+        # left-padding tokenizer would give what the pipeline gives too).
+        rows = [u[:n] for u, n in zip(states, seq_lens, strict=True)]
+        return torch.stack([torch.cat([u, u.new_zeros(self.max_tokens - u.size(0), u.size(1))]) for u in rows])
