@@ -111,3 +111,29 @@ def test_cache_mismatch_and_missing_cache_are_named(cache, small_config, tmp_pat
         CacheSampler(tmp_path, 8, RATES, [True], 0.2, "train", small_config())
     with pytest.raises(ValueError, match="no train window of 200 latent frames"):
         CacheSampler(cache / "out", 200, RATES, [True], 0.2, "train", small_config())
+
+
+def test_aspect_ratio_buckets_never_mix_in_a_batch(tmp_path, small_config):
+    """bikes (2.35:1) lands in the 32×80 bucket, carphone (1.22:1) in 64×64; batches hold one shape; training runs."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    shutil.copy(os.path.join(DATA, "carphone_pristine.mp4"), folder / "carphone.mp4")
+    shutil.copy(os.path.join(DATA, "bikes.mp4"), folder / "bikes.mp4")
+    buckets = ["--set", "data.buckets=[[64, 64], [32, 80]]", "--set", 'data.resize="pad"']
+    out = tmp_path / "out"
+    assert main(["data", "prepare", "--input", str(folder), "--out", str(out), "--window-frames", "16", *buckets]) == 0
+    cfg = small_config(f'data.cache="{out}"', "data.buckets=[[64, 64], [32, 80]]", 'data.resize="pad"')
+    sampler = CacheSampler(out, 8, RATES, [True], 0.2, "train", cfg)
+    shapes = {
+        sampler.videos[run.video].source.rsplit("/", 1)[1]: sampler._shape(i) for i, run in enumerate(sampler.runs)
+    }
+    assert shapes == {"bikes.mp4": "8x20", "carphone.mp4": "16x16"}
+    generator = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(20):
+        _, hr, lr = sampler.window(sampler.pick(4, generator))
+        seen.add(tuple(hr.shape[-2:]))
+        assert lr[0].shape[-2:] == (hr.shape[-2] // 4, hr.shape[-1] // 4)
+    assert seen == {(8, 20), (16, 16)}
+    summary = train(small_config(f'data.cache="{out}"', "train.steps=2"), tmp_path / "run", progress=False)
+    assert summary["steps"] == 2 and summary["heldout_loss"] > 0

@@ -119,10 +119,25 @@ class DataConfig:
     window_frames: int = 0
     # Whole videos added to the training part only (never evaluated on).
     extra_train_videos: list[str] = field(default_factory=list)
+    # How a frame meets its target shape: "crop" (cover, then centre-crop) or "pad" (fit inside, black bars).
+    resize: str = "crop"
+    # Aspect-ratio buckets as [height, width] (multiples of 16); each video goes to the nearest in aspect ratio.
+    # Empty means every video is fitted to a square ``size``.
+    buckets: list[list[int]] = field(default_factory=list)
 
     def validate(self) -> None:
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ValueError(f"data.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        _choice("data.resize", self.resize, ("crop", "pad"))
+        for i, bucket in enumerate(self.buckets):
+            if (
+                not isinstance(bucket, list)
+                or len(bucket) != 2
+                or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 and n % 16 == 0 for n in bucket)
+            ):
+                raise ValueError(
+                    f"data.buckets[{i}] = {bucket!r} must be [height, width], positive multiples of 16, e.g. [64, 112]"
+                )
         if self.window_frames < 0:
             raise ValueError(f"data.window_frames must be >= 0 (0 = train.history_frames), got {self.window_frames}")
 

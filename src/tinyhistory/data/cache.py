@@ -120,12 +120,14 @@ def check_compatible(cfg: RunConfig, shard_config: dict, shard: Path) -> None:
         "codec": {k: v for k, v in vars(cfg.codec).items() if k not in ("tiling", "slicing")},
         "text.kind": cfg.text.kind,
         "text.max_tokens": cfg.text.max_tokens,
+        "text.path": cfg.text.path,
         "fps": cfg.data.fps,
     }
     found = {
         "codec": {k: v for k, v in shard_config["codec"].items() if k not in ("tiling", "slicing")},
         "text.kind": shard_config["text"]["kind"],
         "text.max_tokens": shard_config["text"]["max_tokens"],
+        "text.path": shard_config["text"]["path"],
         "fps": shard_config["fps"],
     }
     for key, value in wanted.items():

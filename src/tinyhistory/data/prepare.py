@@ -1,11 +1,13 @@
 """``tinyhistory data prepare``: videos → training-ready latent caches (safetensors shards + manifest).
 
-For each video: decode with PyAV at the preset's fps and size, cut into windows of ``window_frames``, encode the
+For each video: decode with PyAV at the preset's fps and size (or the nearest aspect-ratio bucket of
+``data.buckets``, cropped or padded by ``data.resize``), cut into windows of ``window_frames``, encode the
 HR latents and, for every configured rate, the LR latents the encoder's LR branch needs (pixels downsampled by the
 rate, then the codec), and embed every storyboard prompt. One shard per video:
 
     OUT/shards/<key>.safetensors   tensors "w{i}.hr_latents.{C}x{T}x{H}x{W}.{dtype}",
                                    "w{i}.lr_latents.{rate}.{shape}.{dtype}", "text.{j}.{L}x{D}.{dtype}"
+                                   (HunyuanVideo: also "text_pooled.{j}.{D}.{dtype}")
                                    metadata: source path and hash, fps, window starts, prompts (JSON)
     OUT/manifest.jsonl             one line per shard, rebuilt from the shards' metadata at the end of a run
     OUT/report.json                done / skipped (with reasons) / throughput / latent frames
@@ -33,7 +35,7 @@ from tqdm.auto import tqdm
 
 from tinyhistory.config import RunConfig
 from tinyhistory.data.clip import to_pixels
-from tinyhistory.data.video import decode_video
+from tinyhistory.data.video import choose_bucket, decode_video, probe_video
 from tinyhistory.geometry import Rate
 from tinyhistory.history import lowres_latents
 from tinyhistory.system import build_codec
@@ -73,8 +75,11 @@ class Report:
 
 
 def collect_items(source: str | Path) -> list[Item]:
-    """A folder (searched recursively for video files) or a JSONL file of ``{"video", "storyboard", "caption"}``."""
+    """A folder (searched recursively for video files), a JSONL file of ``{"video", "storyboard", "caption"}``, or
+    one video file."""
     source = Path(source)
+    if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
+        return [Item(source)]
     if source.is_dir():
         return [Item(p) for p in sorted(source.rglob("*")) if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
     if source.is_file() and source.suffix == ".jsonl":
@@ -96,7 +101,7 @@ def collect_items(source: str | Path) -> list[Item]:
                 board = Storyboard.from_dict(board, f"{source}:{n} storyboard")
             items.append(Item(video, board, row.get("caption", "")))
         return items
-    raise ValueError(f"--input {source}: expected a folder of videos or a .jsonl file")
+    raise ValueError(f"--input {source}: expected a folder of videos, a .jsonl file or a video file")
 
 
 def file_hash(path: Path) -> str:
@@ -112,9 +117,11 @@ def output_config(cfg: RunConfig, window_frames: int) -> dict:
     return {
         "base": cfg.base,
         "codec": vars(cfg.codec),
-        "text": {"kind": cfg.text.kind, "max_tokens": cfg.text.max_tokens},
+        "text": {"kind": cfg.text.kind, "max_tokens": cfg.text.max_tokens, "path": cfg.text.path},
         "fps": cfg.data.fps,
         "size": cfg.data.size,
+        "buckets": cfg.data.buckets,
+        "resize": cfg.data.resize,
         "rates": list(cfg.history.rates),
         "window_frames": window_frames,
         "dtype": "float16",
@@ -165,7 +172,13 @@ def prepare(
                 report.reused.append(str(item.video))
                 continue
             t0 = time.time()
-            frames = decode_video(item.video, fps=cfg.data.fps, size=cfg.data.size)
+            bucket = None
+            if cfg.data.buckets:  # aspect-ratio buckets: the one nearest the video's displayed shape
+                info = probe_video(item.video)
+                bucket = choose_bucket(info.width, info.height, cfg.data.buckets)
+            frames = decode_video(
+                item.video, fps=cfg.data.fps, size=cfg.data.size, bucket=bucket, resize_mode=cfg.data.resize
+            )
             report.decode_seconds += time.time() - t0
             report.decoded_frames += len(frames)
             if len(frames) < window:
@@ -190,6 +203,10 @@ def prepare(
                 for j, emb in enumerate(text_encoder.encode(prompts)):
                     emb = emb.to(torch.float16).contiguous()
                     tensors[f"text.{j}.{_shape(emb)}.float16"] = emb
+                if getattr(text_encoder, "pooled_dim", 0):  # HunyuanVideo's CLIP vector, one per shot
+                    for j, pooled in enumerate(text_encoder.encode_pooled(prompts)):
+                        pooled = pooled.to(torch.float16).contiguous()
+                        tensors[f"text_pooled.{j}.{_shape(pooled)}.float16"] = pooled
             report.encode_seconds += time.time() - t0
             report.encoded_frames += len(starts) * window
             bar.set_postfix(frames=report.decoded_frames, latent_frames=report.latent_frames)
