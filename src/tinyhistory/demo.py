@@ -1,5 +1,7 @@
 """The embedded end-to-end demo (``make demo`` → ``tinyhistory demo --out DIR``).
 
+0. ``data prepare`` the demo clip into ``DIR/cache`` (latent windows + text embeddings); every training below reads
+   that cache, as a user's run does.
 1. Load the three committed stage-I checkpoints (proposed 4×4×2, Large Patchifier 4×4×2, no history), trained for
    the same number of steps by ``scripts/train_demo_checkpoints.sh`` (``--from-scratch`` retrains them instead).
 2. Evaluate frame-query reconstruction on the held-out last 20 % of the demo clip (never trained on), beside
@@ -19,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tinyhistory.config import load_config
+from tinyhistory.config import RunConfig, load_config
 from tinyhistory.data.clip import clip_from_config, to_uint8
+from tinyhistory.data.prepare import run_prepare
 from tinyhistory.demo_stage2 import markdown as stage2_markdown
 from tinyhistory.demo_stage2 import run_stage2, stage2_folders
 from tinyhistory.eval.figures import grid_image
@@ -32,7 +35,7 @@ from tinyhistory.eval.frame_query import (
     reference_metrics,
 )
 from tinyhistory.eval.lpips import LPIPS
-from tinyhistory.paths import PROJECT_ROOT
+from tinyhistory.paths import PROJECT_ROOT, resolve_path
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.checkpoint import load_model, trained_steps
 from tinyhistory.train.trainer import train
@@ -79,6 +82,17 @@ def _markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def prepare_demo_cache(cfg: RunConfig, cache: Path) -> Path:
+    """`tinyhistory data prepare` on the demo clip: the demo trains from latent caches, as a user's run does.
+
+    A second run finds the shard already made (keyed by the clip's hash and the config) and only rebuilds the manifest.
+    """
+    print(f"[demo] data prepare: caching the demo clip's latents in {cache}")
+    if run_prepare(cfg, resolve_path(cfg.data.video), cache) != 0:
+        raise RuntimeError(f"data prepare could not cache the demo clip; see {cache / 'report.json'}")
+    return cache
+
+
 def run_demo(
     out: Path,
     from_scratch: bool = False,
@@ -93,10 +107,11 @@ def run_demo(
     base_cfg = load_config("tiny")
     ckpt_root = Path(checkpoints) if checkpoints else DEFAULT_CHECKPOINTS
 
+    cache = prepare_demo_cache(base_cfg, out / "cache")
     folders: dict[str, Path] = {}
     for method in METHODS:
         if from_scratch:
-            cfg = load_config("tiny", overrides=[f'history.method="{method}"'])
+            cfg = load_config("tiny", overrides=[f'history.method="{method}"', f'data.cache="{cache}"'])
             print(f"[demo] training {method} from scratch for {cfg.train.steps} steps")
             train(cfg, out / "train" / method)
             folders[method] = out / "train" / method / "final"
@@ -152,6 +167,7 @@ def run_demo(
             "tiny",
             overrides=[
                 'history.method="proposed"',
+                f'data.cache="{cache}"',
                 f"train.steps={finetune_steps}",
                 "train.warmup_steps=10",
                 f"train.checkpoint_every={finetune_steps}",
@@ -173,7 +189,7 @@ def run_demo(
             "heldout_loss_after": after["heldout_loss"],
         }
     if stage2:
-        stage2_ckpts = stage2_folders(out, ckpt_root, folders, from_scratch)
+        stage2_ckpts = stage2_folders(out, ckpt_root, folders, from_scratch, cache)
         results["stage2"] = run_stage2(out, clip.heldout, stage2_ckpts, sample_steps)
     results["seconds"] = time.time() - started
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

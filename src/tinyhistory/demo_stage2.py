@@ -48,12 +48,15 @@ WINDOWS = 16
 CONTINUATION_HISTORY = 96  # the first 12 s of the held-out part
 
 
-def stage2_folders(out: Path, ckpt_root: Path, stage1: dict[str, Path], from_scratch: bool) -> dict[str, Path]:
+def stage2_folders(
+    out: Path, ckpt_root: Path, stage1: dict[str, Path], from_scratch: bool, cache: Path
+) -> dict[str, Path]:
+    """The committed stage-II checkpoints, or (``from_scratch``) the same recipes trained from the demo's cache."""
     folders = {}
     for name in MODELS:
         if from_scratch:
             start, overrides = RECIPES[name]
-            cfg = load_config("tiny", overrides=['train.stage="ar"', *overrides])
+            cfg = load_config("tiny", overrides=['train.stage="ar"', f'data.cache="{cache}"', *overrides])
             print(f"[demo] stage II: training {name} from the stage-I {start} model for {cfg.train.steps} steps")
             run = out / "train_stage2" / name
             train(cfg, run, init_from=stage1[start])
