@@ -50,11 +50,11 @@ def test_demo_runs_on_freshly_trained_checkpoints(small_config, tmp_path):
     assert refs["thumbnail_16x16_upsampled"]["psnr"] > refs["thumbnail_8x8_upsampled"]["psnr"]
     assert refs["thumbnail_8x8_upsampled"]["psnr"] > refs["average_training_frame"]["psnr"]
     assert saved["finetune"]["steps"] == 2 and results["finetune"]["heldout_loss_after"] > 0
-    # the fine-tune trained from the demo's own `data prepare` cache: 240 s at 8 fps in 20 windows of 96 frames
+    # the fine-tune trained from the demo's own `data prepare` cache: 240 s at 8 fps in 60 windows of 32 frames
     finetune_cfg = json.loads((tmp_path / "demo" / "finetune" / "config.json").read_text())
     assert finetune_cfg["data"]["cache"] == str(tmp_path / "demo" / "cache")
     manifest = json.loads((tmp_path / "demo" / "cache" / "manifest.jsonl").read_text())
-    assert manifest["windows"] == 20 and manifest["window_frames"] == 96
+    assert manifest["windows"] == 60 and manifest["window_frames"] == 32
     assert (tmp_path / "demo" / "frame_query.png").stat().st_size > 1000
     assert "| Proposed 4x4x2 | 2 |" in (tmp_path / "demo" / "results.md").read_text()
     assert len(saved["methods"]["proposed"]["per_window"]) == 24
