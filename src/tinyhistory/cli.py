@@ -234,9 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--preset", default="tiny")
     dp.add_argument("--config", default=None, help="TOML file overriding the preset")
     dp.add_argument("--set", action="append", metavar="KEY=VALUE")
-    dp.add_argument("--input", required=True, help="a folder of videos (recursive) or a JSONL file")
+    dp.add_argument("--input", required=True, help="a folder of videos (recursive), a JSONL file or one video")
     dp.add_argument("--out", required=True)
-    dp.add_argument("--window-frames", type=int, default=None, help="frames per cached window (default: history)")
+    dp.add_argument(
+        "--window-frames", type=int, default=None, help="frames per cached window (default: data.window_frames)"
+    )
     dp.set_defaults(func=_cmd_data_prepare)
 
     df = data_sub.add_parser("frames", help="decode a video once into a lossless frame archive (*.frames.xz)")

@@ -74,7 +74,8 @@ def _markdown(results: dict) -> str:
         f = results["finetune"]
         lines += [
             "",
-            f"Live fine-tune of the proposed model: {f['steps']} steps in {f['seconds']:.1f} s, "
+            "Live fine-tune of the proposed model (from the demo clip's `data prepare` cache): "
+            f"{f['steps']} steps in {f['seconds']:.1f} s, "
             f"held-out loss {f['heldout_loss_before']:.4f} → {f['heldout_loss_after']:.4f}.",
         ]
     if "stage2" in results:
