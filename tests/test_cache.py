@@ -137,3 +137,26 @@ def test_aspect_ratio_buckets_never_mix_in_a_batch(tmp_path, small_config):
     assert seen == {(8, 20), (16, 16)}
     summary = train(small_config(f'data.cache="{out}"', "train.steps=2"), tmp_path / "run", progress=False)
     assert summary["steps"] == 2 and summary["heldout_loss"] > 0
+
+
+def test_the_tail_after_the_last_full_window_is_kept(tmp_path, small_config):
+    """bikes (80 frames) in windows of 24: three full windows and an 8-frame tail, all joined into one run."""
+    from tinyhistory.data.prepare import window_spans
+
+    assert window_spans(80, 24, True, RATES) == [(0, 24), (24, 24), (48, 24), (72, 8)]
+    assert window_spans(79, 24, True, RATES) == [(0, 24), (24, 24), (48, 24), (72, 6)]  # cut to the rate's t = 2
+    assert window_spans(80, 24, False, RATES) == [(0, 24), (24, 24), (48, 24)]  # a causal VAE: full windows only
+    out = tmp_path / "out"
+    bikes = os.path.join(DATA, "bikes.mp4")
+    assert main(["data", "prepare", "--input", bikes, "--out", str(out), "--window-frames", "24"]) == 0
+    cfg = small_config()
+    heldout = CacheSampler(out, 16, RATES, [True], 0.2, "heldout", cfg)
+    assert [length for length in heldout.videos[0].window_latents] == [24, 24, 24, 8]
+    assert heldout.valid_picks[:, 1].tolist() == [64]  # held-out frames 64..80 reach into the tail
+    clip = load_clip(bikes, cfg.data.fps, cfg.data.size, 0.2)
+    _, hr, lr = heldout.window(heldout.valid_picks)
+    torch.testing.assert_close(hr[0], codec_latents(clip.heldout, cfg), atol=1e-3, rtol=0)
+
+
+def codec_latents(pixels, cfg):
+    return build_codec(cfg).encode(pixels[None])[0]

@@ -50,7 +50,7 @@ class CachedVideo:
     hr_keys: list[str]  # per window, "w{i}.hr_latents.{shape}.{dtype}"
     lr_keys: dict[str, list[str]]  # rate → per window
     text_keys: list[str]  # per shot
-    window_latents: int  # latent frames per window
+    window_latents: list[int]  # latent frames of each window (a framewise cache may end in a shorter one)
 
     @classmethod
     def open(cls, shard: Path) -> CachedVideo:
@@ -75,7 +75,7 @@ class CachedVideo:
         for rate, names in lr_keys.items():
             lr_keys[rate] = sorted(names, key=lambda k: int(k.split(".")[0][1:]))
         text_keys = sorted((k for k in keys if k.startswith("text.")), key=lambda k: int(k.split(".")[1]))
-        window_latents = int(hr_keys[0].split(".")[2].split("x")[1]) if hr_keys else 0
+        window_latents = [int(key.split(".")[2].split("x")[1]) for key in hr_keys]
         return cls(
             shard=shard,
             source=meta["source"],
@@ -100,7 +100,7 @@ class Run:
     windows: tuple[int, ...]
 
     def latents(self, video: CachedVideo) -> int:
-        return len(self.windows) * video.window_latents
+        return sum(video.window_latents[i] for i in self.windows)
 
 
 def read_manifest(cache: str | Path) -> list[dict]:
@@ -174,9 +174,9 @@ class CacheSampler:
 
         runs, picks = [], []
         for v, video in enumerate(self.videos):
-            if frames > video.window_latents and not video.framewise:
+            if frames > max(video.window_latents) and not video.framewise:
                 raise ValueError(
-                    f"{video.shard}: windows of {video.window_latents} latent frames cannot hold {frames} "
+                    f"{video.shard}: windows of {max(video.window_latents)} latent frames cannot hold {frames} "
                     "(prepare the cache with longer data.window_frames)"
                 )
             for run in _runs(v, video):
@@ -189,7 +189,8 @@ class CacheSampler:
         if not picks:
             raise ValueError(
                 f"data.cache {cache}: no {part} window of {frames} latent frames fits in any video "
-                f"({len(self.videos)} cached; heldout_fraction={heldout_fraction})"
+                f"({len(self.videos)} cached; heldout_fraction={heldout_fraction}): cache longer videos, or give the "
+                "held-out part more of each video with data.heldout_fraction"
             )
         self.runs = runs
         self.valid_picks = torch.cat(picks)  # (N, 2): run index, latent offset inside the run
@@ -255,14 +256,13 @@ class CacheSampler:
 
     def _slice(self, video: CachedVideo, run: Run, keys: list[str], start: int, length: int, per: int):
         """Latent frames ``[start, start + length)`` of the run (``per``: latent frames per entry), across windows."""
-        per_window = video.window_latents // per
-        pieces, position = [], start
-        while length > 0:
-            window, inner = divmod(position, per_window)
-            take = min(length, per_window - inner)
-            tensor = self._handle(video.shard).get_slice(keys[run.windows[window]])
-            pieces.append(tensor[:, inner : inner + take])
-            position, length = position + take, length - take
+        pieces, first = [], 0  # ``first``: the run's latent entry where the current window begins
+        for window in run.windows:
+            size = video.window_latents[window] // per
+            lo, hi = max(start, first), min(start + length, first + size)
+            if lo < hi:
+                pieces.append(self._handle(video.shard).get_slice(keys[window])[:, lo - first : hi - first])
+            first += size
         return torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]
 
     def _handle(self, shard: Path):
@@ -278,9 +278,12 @@ def _runs(video_index: int, video: CachedVideo) -> list[Run]:
     if not video.framewise:
         return [Run(video_index, (i,)) for i in range(len(video.window_starts))]
     runs: list[list[int]] = []
-    span = video.window_latents * video.temporal_factor
     for i, start in enumerate(video.window_starts):
-        if runs and video.window_starts[runs[-1][-1]] + span == start:
+        previous = runs[-1][-1] if runs else None
+        if (
+            previous is not None
+            and video.window_starts[previous] + video.window_latents[previous] * video.temporal_factor == start
+        ):
             runs[-1].append(i)
         else:
             runs.append([i])

@@ -1,9 +1,10 @@
 """``tinyhistory data prepare``: videos → training-ready latent caches (safetensors shards + manifest).
 
 For each video: decode with PyAV at the preset's fps and size (or the nearest aspect-ratio bucket of
-``data.buckets``, cropped or padded by ``data.resize``), cut into windows of ``window_frames``, encode the
-HR latents and, for every configured rate, the LR latents the encoder's LR branch needs (pixels downsampled by the
-rate, then the codec), and embed every storyboard prompt. One shard per video:
+``data.buckets``, cropped or padded by ``data.resize``), cut into windows of ``window_frames`` (with a framewise
+codec the remainder becomes one shorter last window), encode the HR latents and, for every configured rate, the LR
+latents the encoder's LR branch needs (pixels downsampled by the rate, then the codec), and embed every storyboard
+prompt. One shard per video:
 
     OUT/shards/<key>.safetensors   tensors "w{i}.hr_latents.{C}x{T}x{H}x{W}.{dtype}",
                                    "w{i}.lr_latents.{rate}.{shape}.{dtype}", "text.{j}.{L}x{D}.{dtype}"
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -125,8 +127,23 @@ def output_config(cfg: RunConfig, window_frames: int) -> dict:
         "rates": list(cfg.history.rates),
         "window_frames": window_frames,
         "dtype": "float16",
-        "version": 2,
+        "version": 3,
     }
+
+
+def window_spans(frames: int, window: int, framewise: bool, rates: list[Rate]) -> list[tuple[int, int]]:
+    """``(start, length)`` of each cached window: back to back from frame 0, full length.
+
+    With a framewise codec the frames after the last full window become one shorter window (cut to a multiple of
+    the rates' temporal factors), so no footage is lost: the windows join into one run when training.
+    """
+    spans = [(start, window) for start in range(0, frames - window + 1, window)]
+    block = math.lcm(*[r.t for r in rates]) if rates else 1
+    tail_start = len(spans) * window
+    tail = (frames - tail_start) // block * block
+    if framewise and spans and tail > 0:
+        spans.append((tail_start, tail))
+    return spans
 
 
 def _key(source_hash: str, config: dict) -> str:
@@ -186,8 +203,8 @@ def prepare(
             t0 = time.time()
             tensors, starts = {}, []
             pixels = to_pixels(frames)
-            for i, start in enumerate(range(0, len(frames) - window + 1, window)):
-                px = pixels[None, :, start : start + window]
+            for i, (start, length) in enumerate(window_spans(len(frames), window, framewise, rates)):
+                px = pixels[None, :, start : start + length]
                 hr = codec.encode(px)[0].to(torch.float16).contiguous()
                 tensors[f"w{i}.hr_latents.{_shape(hr)}.float16"] = hr
                 for rate in rates:
@@ -208,7 +225,7 @@ def prepare(
                         pooled = pooled.to(torch.float16).contiguous()
                         tensors[f"text_pooled.{j}.{_shape(pooled)}.float16"] = pooled
             report.encode_seconds += time.time() - t0
-            report.encoded_frames += len(starts) * window
+            report.encoded_frames += sum(length for _, length in window_spans(len(frames), window, framewise, rates))
             bar.set_postfix(frames=report.decoded_frames, latent_frames=report.latent_frames)
             metadata = {
                 "source": str(item.video),
