@@ -90,6 +90,13 @@ def test_jsonl_input_with_storyboards(tmp_path):
         }
         assert sum(k.startswith("text.") for k in f.keys()) == 2
 
+    # the same folder with another setting: new shards, and the manifest lists only this config's shards
+    assert main(["data", "prepare", "--input", str(jl), "--out", str(out), *ARGS, "--set", "data.size=64"]) == 0
+    manifest = (out / "manifest.jsonl").read_text().splitlines()
+    report = json.loads((out / "report.json").read_text())
+    assert len(manifest) == 1 and json.loads(manifest[0])["shard"] != entry["shard"]
+    assert report["stale_shards_not_in_manifest"] == [entry["shard"]] and (out / entry["shard"]).is_file()
+
 
 def test_bad_input_argument_cannot_start(tmp_path, capsys):
     assert main(["data", "prepare", "--input", str(tmp_path / "nothing.csv"), "--out", str(tmp_path / "o")]) == 2

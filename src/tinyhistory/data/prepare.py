@@ -114,6 +114,11 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+def resolve_window(cfg: RunConfig, window_frames: int | None) -> int:
+    """Frames per cached window: ``--window-frames``, else ``data.window_frames``, else ``train.history_frames``."""
+    return window_frames or cfg.data.window_frames or cfg.train.history_frames
+
+
 def output_config(cfg: RunConfig, window_frames: int) -> dict:
     """Every config value that changes a shard's content (part of the cache key)."""
     return {
@@ -167,7 +172,7 @@ def prepare(
     """Cache every item (this rank's share: items ``rank::world_size``); returns the report."""
     out = Path(out)
     (out / "shards").mkdir(parents=True, exist_ok=True)
-    window = window_frames or cfg.data.window_frames or cfg.train.history_frames
+    window = resolve_window(cfg, window_frames)
     config = output_config(cfg, window)
     codec = build_codec(cfg)
     rates = [Rate.parse(r) for r in cfg.history.rates]
@@ -248,16 +253,24 @@ def prepare(
     return report
 
 
-def write_manifest(out: str | Path) -> list[dict]:
-    """Rebuild ``OUT/manifest.jsonl`` from the finished shards' metadata (sorted by source, atomic)."""
+def write_manifest(out: str | Path, config: dict | None = None) -> tuple[list[dict], list[str]]:
+    """Rebuild ``OUT/manifest.jsonl`` from the finished shards' metadata (sorted by source, atomic).
+
+    With ``config``, shards made with another output config (an earlier run with other settings into the same
+    folder) are left out of the manifest and returned as stale, so training never mixes two configs.
+    """
     from safetensors import safe_open
 
     out = Path(out)
-    rows = []
+    rows, stale = [], []
+    wanted = None if config is None else json.dumps(config, sort_keys=True)
     for shard in sorted((out / "shards").glob("*.safetensors")):
         with safe_open(str(shard), framework="pt") as f:
             meta = f.metadata()
             windows = sorted({k.split(".")[0] for k in f.keys() if k.startswith("w")})
+        if wanted is not None and meta.get("config") != wanted:
+            stale.append(f"shards/{shard.name}")
+            continue
         rows.append(
             {
                 "shard": f"shards/{shard.name}",
@@ -273,7 +286,7 @@ def write_manifest(out: str | Path) -> list[dict]:
     tmp = out / "manifest.jsonl.tmp"
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.replace(tmp, out / "manifest.jsonl")
-    return rows
+    return rows, stale
 
 
 def run_prepare(cfg: RunConfig, source: str | Path, out: str | Path, window_frames: int | None = None) -> int:
@@ -313,7 +326,10 @@ def run_prepare(cfg: RunConfig, source: str | Path, out: str | Path, window_fram
             {"decode_frames_per_s": part["decode_frames_per_s"], "encode_frames_per_s": part["encode_frames_per_s"]}
         )
         part_path.unlink()
-    merged["manifest_entries"] = len(write_manifest(out))
+    rows, stale = write_manifest(out, output_config(cfg, resolve_window(cfg, window_frames)))
+    merged["manifest_entries"] = len(rows)
+    # Shards of another config stay on disk (nothing is deleted) but are not in the manifest.
+    merged["stale_shards_not_in_manifest"] = stale
     (out / "report.json").write_text(json.dumps(merged, indent=2) + "\n")
     print(
         f"data prepare: {len(merged['done'])} cached, {len(merged['reused'])} already cached, "
