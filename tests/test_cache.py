@@ -160,3 +160,42 @@ def test_the_tail_after_the_last_full_window_is_kept(tmp_path, small_config):
 
 def codec_latents(pixels, cfg):
     return build_codec(cfg).encode(pixels[None])[0]
+
+
+def test_a_causal_vae_cache_trains(tmp_path, small_config):
+    """A Wan 2.2-shaped tiny VAE (saved, loaded from its folder): windows of 1 + 4k frames, each its own run."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    AutoencoderKLWan(
+        base_dim=3,
+        z_dim=48,
+        in_channels=12,
+        out_channels=12,
+        is_residual=True,
+        patch_size=2,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        scale_factor_spatial=16,
+        scale_factor_temporal=4,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 48,
+        latents_std=[1.0] * 48,
+    ).save_pretrained(tmp_path / "vae")
+    wan = ['codec.kind="wan"', f'codec.path="{tmp_path / "vae"}"', "data.size=128", "data.heldout_fraction=0.4"]
+    sets = [x for item in wan for x in ("--set", item)]
+    bikes = os.path.join(DATA, "bikes.mp4")
+    out = tmp_path / "out"
+    assert main(["data", "prepare", "--input", bikes, "--out", str(out), "--window-frames", "16", *sets]) == 2
+    assert main(["data", "prepare", "--input", bikes, "--out", str(out), "--window-frames", "17", *sets]) == 0
+    cfg = small_config(*wan, f'data.cache="{out}"', "train.history_frames=17", "train.steps=2")
+    sampler = CacheSampler(out, 5, RATES, [True], 0.4, "train", cfg)
+    video = sampler.videos[0]
+    assert video.window_starts == [0, 17, 34, 51] and video.window_latents == [5, 5, 5, 5] and not video.framewise
+    assert [run.windows for run in sampler.runs] == [(0,), (1,)]  # window 2 straddles the cut at 48: in no part
+    _, hr, lr = sampler.window(torch.tensor([[1, 0]]))
+    clip = load_clip(bikes, cfg.data.fps, cfg.data.size, 0.4)
+    torch.testing.assert_close(hr[0], codec_latents(clip.train[:, 17:34], cfg), atol=2e-3, rtol=1e-3)
+    assert hr.shape == (1, 48, 5, 8, 8) and lr[0].shape == (1, 48, 2, 2, 2)
+    summary = train(cfg, tmp_path / "run", progress=False)
+    assert summary["steps"] == 2 and summary["heldout_loss"] > 0

@@ -201,7 +201,9 @@ class RunConfig:
         for section in (self.codec, self.text, self.backbone, self.history, self.data, self.train):
             section.validate()
         for r in self.history.rates:
-            if self.train.history_frames % Rate.parse(r).t:
+            # Pixel frames are latent frames only for the pixel codec; a causal VAE's 1 + 4k frames are checked by
+            # the trainer, which knows the VAE's temporal factor.
+            if self.codec.kind == "pixel" and self.train.history_frames % Rate.parse(r).t:
                 raise ValueError(
                     f"train.history_frames={self.train.history_frames} is not a multiple of the temporal rate of {r}"
                 )

@@ -180,6 +180,12 @@ def prepare(
     for rate in rates:
         if codec.temporal_factor == 1 and window % rate.t:
             raise ValueError(f"window of {window} frames is not a multiple of the temporal rate of {rate}")
+    tf = codec.temporal_factor
+    if tf > 1 and (window - 1) % tf:
+        raise ValueError(
+            f"data.window_frames = {window}: a causal VAE with temporal factor {tf} encodes 1 + {tf}k frames "
+            f"(e.g. {1 + tf * max(1, (window - 1) // tf)}); other frame counts lose frames at the end"
+        )
     report = Report()
     mine = items[rank::world_size]
     bar = tqdm(mine, desc="data prepare", unit="video", disable=not progress)

@@ -82,6 +82,11 @@ def make_samplers(cfg: RunConfig, model: HistoryDiT) -> tuple[Sampler, Sampler]:
 
 def latent_frames(frames: int, temporal_factor: int) -> int:
     """Latent frames of ``frames`` pixel frames: all of them, or ``1 + (frames - 1) / f`` for a causal VAE."""
+    if temporal_factor > 1 and (frames - 1) % temporal_factor:
+        raise ValueError(
+            f"train.history_frames = {frames}: a causal VAE with temporal factor {temporal_factor} encodes "
+            f"1 + {temporal_factor}k frames (e.g. {1 + temporal_factor * max(1, (frames - 1) // temporal_factor)})"
+        )
     return frames if temporal_factor == 1 else 1 + (frames - 1) // temporal_factor
 
 
