@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+from tiny_vaes import wan22_tiny_vae
 
 from tinyhistory.cli import main
 from tinyhistory.data.cache import CacheSampler
@@ -164,24 +165,7 @@ def codec_latents(pixels, cfg):
 
 def test_a_causal_vae_cache_trains(tmp_path, small_config):
     """A Wan 2.2-shaped tiny VAE (saved, loaded from its folder): windows of 1 + 4k frames, each its own run."""
-    from diffusers import AutoencoderKLWan
-
-    torch.manual_seed(0)
-    AutoencoderKLWan(
-        base_dim=3,
-        z_dim=48,
-        in_channels=12,
-        out_channels=12,
-        is_residual=True,
-        patch_size=2,
-        dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
-        scale_factor_spatial=16,
-        scale_factor_temporal=4,
-        temperal_downsample=[False, True, True],
-        latents_mean=[0.0] * 48,
-        latents_std=[1.0] * 48,
-    ).save_pretrained(tmp_path / "vae")
+    wan22_tiny_vae().save_pretrained(tmp_path / "vae")
     wan = ['codec.kind="wan"', f'codec.path="{tmp_path / "vae"}"', "data.size=128", "data.heldout_fraction=0.4"]
     sets = [x for item in wan for x in ("--set", item)]
     bikes = os.path.join(DATA, "bikes.mp4")

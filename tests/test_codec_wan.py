@@ -3,34 +3,16 @@
 import pytest
 import torch
 from diffusers import AutoencoderKLWan
+from tiny_vaes import wan22_tiny_vae
 
 from tinyhistory.codecs import Codec, WanVAECodec
 from tinyhistory.config import load_config
 from tinyhistory.system import build_codec
 
 
-def _wan22_tiny(mean=0.0, std=1.0):
-    torch.manual_seed(0)
-    return AutoencoderKLWan(
-        base_dim=3,
-        z_dim=48,
-        in_channels=12,
-        out_channels=12,
-        is_residual=True,
-        patch_size=2,
-        dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
-        scale_factor_spatial=16,
-        scale_factor_temporal=4,
-        temperal_downsample=[False, True, True],
-        latents_mean=[mean] * 48,
-        latents_std=[std] * 48,
-    ).eval()
-
-
 def test_wan22_shapes_and_normalisation():
     pixels = torch.rand(1, 3, 5, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    plain, shifted = WanVAECodec(_wan22_tiny()), WanVAECodec(_wan22_tiny(mean=0.5, std=2.0))
+    plain, shifted = WanVAECodec(wan22_tiny_vae()), WanVAECodec(wan22_tiny_vae(mean=0.5, std=2.0))
     assert isinstance(plain, Codec)
     assert (plain.latent_channels, plain.spatial_factor, plain.temporal_factor) == (48, 16, 4)
     z = plain.encode(pixels)
@@ -51,7 +33,7 @@ def test_wan21_tiny_is_8x_spatial():
 
 
 def test_from_pretrained_round_trip_through_the_config(tmp_path):
-    vae = _wan22_tiny()
+    vae = wan22_tiny_vae()
     vae.save_pretrained(tmp_path / "model" / "vae")
     cfg = load_config("tiny", overrides=['codec.kind="wan"', f'codec.path="{tmp_path / "model"}"'])
     codec = build_codec(cfg)

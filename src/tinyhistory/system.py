@@ -7,8 +7,6 @@ the LR branch, so no weight lives twice.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
@@ -24,13 +22,9 @@ from tinyhistory.history import EncoderConfig, HistoryEncoder, LargePatchifier
 def build_codec(cfg: RunConfig):
     c = cfg.codec
     if c.kind == "wan":
-        path = Path(c.path)
-        subfolder = "vae" if (path / "vae").is_dir() else None
-        return WanVAECodec.from_pretrained(path, subfolder=subfolder, tiling=c.tiling, slicing=c.slicing)
+        return WanVAECodec.from_pretrained(c.path, tiling=c.tiling, slicing=c.slicing)
     if c.kind == "hunyuan":
-        path = Path(c.path)
-        subfolder = "vae" if (path / "vae").is_dir() else None
-        return HunyuanVAECodec.from_pretrained(path, subfolder=subfolder, tiling=c.tiling, slicing=c.slicing)
+        return HunyuanVAECodec.from_pretrained(c.path, tiling=c.tiling, slicing=c.slicing)
     return PixelUnshuffleCodec(factor=c.factor)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -16,3 +17,14 @@ class Codec(Protocol):
     def encode(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+
+def load_vae(model_class, path: str | Path, dtype: torch.dtype, what: str):
+    """A diffusers VAE from a local folder (never downloaded): a model repo's ``vae/`` subfolder, or the VAE folder."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} folder not found: {path}")
+    subfolder = "vae" if (path / "vae").is_dir() else None
+    return model_class.from_pretrained(
+        path, subfolder=subfolder, torch_dtype=dtype, local_files_only=True, use_safetensors=True
+    )

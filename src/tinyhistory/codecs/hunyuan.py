@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLHunyuanVideo
 
+from tinyhistory.codecs.base import load_vae
+
 
 class HunyuanVAECodec:
     framewise = False  # causal in time: a window's latents depend on where the window starts
@@ -34,17 +36,9 @@ class HunyuanVAECodec:
             vae.enable_slicing()
 
     @classmethod
-    def from_pretrained(
-        cls, path: str | Path, subfolder: str | None = None, dtype: torch.dtype = torch.float32, **options
-    ) -> HunyuanVAECodec:
-        """Load from a local diffusers folder (a model repo with ``subfolder="vae"``, or the VAE folder itself)."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"HunyuanVideo VAE folder not found: {path}")
-        vae = AutoencoderKLHunyuanVideo.from_pretrained(
-            path, subfolder=subfolder, torch_dtype=dtype, local_files_only=True, use_safetensors=True
-        )
-        return cls(vae, **options)
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, **options) -> HunyuanVAECodec:
+        """Load from a local diffusers folder (a model repo with ``vae/``, or the VAE folder itself)."""
+        return cls(load_vae(AutoencoderKLHunyuanVideo, path, dtype, "HunyuanVideo VAE"), **options)
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLWan
 
+from tinyhistory.codecs.base import load_vae
+
 
 class WanVAECodec:
     framewise = False  # causal in time: a window's latents depend on where the window starts
@@ -33,15 +35,9 @@ class WanVAECodec:
             vae.enable_slicing()
 
     @classmethod
-    def from_pretrained(
-        cls, path: str | Path, subfolder: str | None = None, dtype: torch.dtype = torch.float32, **options
-    ) -> WanVAECodec:
-        """Load from a local diffusers folder (a model repo with ``subfolder="vae"``, or the VAE folder itself)."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"Wan VAE folder not found: {path}")
-        vae = AutoencoderKLWan.from_pretrained(path, subfolder=subfolder, torch_dtype=dtype, local_files_only=True)
-        return cls(vae, **options)
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, **options) -> WanVAECodec:
+        """Load from a local diffusers folder (a model repo with ``vae/``, or the VAE folder itself)."""
+        return cls(load_vae(AutoencoderKLWan, path, dtype, "Wan VAE"), **options)
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
