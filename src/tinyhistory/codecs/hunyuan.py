@@ -40,6 +40,11 @@ class HunyuanVAECodec:
         """Load from a local diffusers folder (a model repo with ``vae/``, or the VAE folder itself)."""
         return cls(load_vae(AutoencoderKLHunyuanVideo, path, dtype, "HunyuanVideo VAE"), **options)
 
+    def to(self, device: str | torch.device):
+        """Run the VAE on ``device`` (a GPU for `data prepare`); tensors in and out stay where the caller has them."""
+        self.vae.to(device)
+        return self
+
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """``(B, 3, 1 + 4k, H, W)`` in [-1, 1] → scaled latents ``(B, C, 1 + k, H/s, W/s)`` (the mode)."""
@@ -54,8 +59,8 @@ class HunyuanVAECodec:
             raise ValueError(
                 f"pixel size {h}x{w} is not divisible by the HunyuanVideo VAE's factor {self.spatial_factor}"
             )
-        dtype = next(self.vae.parameters()).dtype
-        latents = self.vae.encode(pixels.to(dtype)).latent_dist.mode().float()
+        weight = next(self.vae.parameters())
+        latents = self.vae.encode(pixels.to(weight.device, weight.dtype)).latent_dist.mode().float().to(pixels.device)
         return latents * self.scaling_factor
 
     @torch.no_grad()
@@ -66,6 +71,6 @@ class HunyuanVAECodec:
                 f"expected latents (B, {self.latent_channels}, T, H, W) for the HunyuanVideo VAE, "
                 f"got {tuple(latents.shape)}"
             )
-        dtype = next(self.vae.parameters()).dtype
+        weight = next(self.vae.parameters())
         z = latents.float() / self.scaling_factor
-        return self.vae.decode(z.to(dtype)).sample.float().clamp(-1, 1)
+        return self.vae.decode(z.to(weight.device, weight.dtype)).sample.float().clamp(-1, 1).to(latents.device)

@@ -19,6 +19,10 @@ class PixelUnshuffleCodec:
         self.spatial_factor = factor
         self.latent_channels = channels * factor * factor
 
+    def to(self, device: str | torch.device):
+        """No weights: runs wherever its input is."""
+        return self
+
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """``(B, 3, T, H, W)`` → ``(B, 3·f², T, H/f, W/f)``."""
         b, c, t, h, w = pixels.shape

@@ -39,6 +39,11 @@ class WanVAECodec:
         """Load from a local diffusers folder (a model repo with ``vae/``, or the VAE folder itself)."""
         return cls(load_vae(AutoencoderKLWan, path, dtype, "Wan VAE"), **options)
 
+    def to(self, device: str | torch.device):
+        """Run the VAE on ``device`` (a GPU for `data prepare`); tensors in and out stay where the caller has them."""
+        self.vae.to(device)
+        return self
+
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """``(B, 3, 1 + 4k, H, W)`` in [-1, 1] → normalised latents ``(B, C, 1 + k, H/s, W/s)`` (the mode)."""
@@ -47,13 +52,13 @@ class WanVAECodec:
             raise ValueError(f"expected RGB pixels (B, 3, T, H, W), got {tuple(pixels.shape)}")
         if h % self.spatial_factor or w % self.spatial_factor:
             raise ValueError(f"pixel size {h}x{w} is not divisible by the Wan VAE's factor {self.spatial_factor}")
-        dtype = next(self.vae.parameters()).dtype
-        latents = self.vae.encode(pixels.to(dtype)).latent_dist.mode().float()
+        weight = next(self.vae.parameters())
+        latents = self.vae.encode(pixels.to(weight.device, weight.dtype)).latent_dist.mode().float().to(pixels.device)
         return (latents - self._mean.to(latents.device)) / self._std.to(latents.device)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents → pixels in [-1, 1] (clamped)."""
-        dtype = next(self.vae.parameters()).dtype
+        weight = next(self.vae.parameters())
         z = latents.float() * self._std.to(latents.device) + self._mean.to(latents.device)
-        return self.vae.decode(z.to(dtype)).sample.float().clamp(-1, 1)
+        return self.vae.decode(z.to(weight.device, weight.dtype)).sample.float().clamp(-1, 1).to(latents.device)

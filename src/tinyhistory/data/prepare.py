@@ -168,13 +168,17 @@ def prepare(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> Report:
-    """Cache every item (this rank's share: items ``rank::world_size``); returns the report."""
+    """Cache every item (this rank's share: items ``rank::world_size``); returns the report.
+
+    The codec runs on ``device`` (each rank's GPU under ``accelerate launch``); decoding and the shards stay on the CPU.
+    """
     out = Path(out)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     window = resolve_window(cfg, window_frames)
     config = output_config(cfg, window)
-    codec = build_codec(cfg)
+    codec = build_codec(cfg).to(device)
     rates = [Rate.parse(r) for r in cfg.history.rates]
     framewise = bool(getattr(codec, "framewise", False))
     for rate in rates:
@@ -215,11 +219,11 @@ def prepare(
             tensors, starts = {}, []
             pixels = to_pixels(frames)
             for i, (start, length) in enumerate(window_spans(len(frames), window, framewise, rates)):
-                px = pixels[None, :, start : start + length]
-                hr = codec.encode(px)[0].to(torch.float16).contiguous()
+                px = pixels[None, :, start : start + length].to(device)
+                hr = codec.encode(px)[0].to("cpu", torch.float16).contiguous()
                 tensors[f"w{i}.hr_latents.{_shape(hr)}.float16"] = hr
                 for rate in rates:
-                    lr = lowres_latents(px, rate, codec)[0].to(torch.float16).contiguous()
+                    lr = lowres_latents(px, rate, codec)[0].to("cpu", torch.float16).contiguous()
                     tensors[f"w{i}.lr_latents.{rate}.{_shape(lr)}.float16"] = lr
                 starts.append(start)
                 report.latent_frames += hr.shape[1]
@@ -229,11 +233,11 @@ def prepare(
             prompts = [s.prompt for s in board.shots]
             if text_encoder is not None:
                 for j, emb in enumerate(text_encoder.encode(prompts)):
-                    emb = emb.to(torch.float16).contiguous()
+                    emb = emb.to("cpu", torch.float16).contiguous()
                     tensors[f"text.{j}.{_shape(emb)}.float16"] = emb
                 if getattr(text_encoder, "pooled_dim", 0):  # HunyuanVideo's CLIP vector, one per shot
                     for j, pooled in enumerate(text_encoder.encode_pooled(prompts)):
-                        pooled = pooled.to(torch.float16).contiguous()
+                        pooled = pooled.to("cpu", torch.float16).contiguous()
                         tensors[f"text_pooled.{j}.{_shape(pooled)}.float16"] = pooled
             report.encode_seconds += time.time() - t0
             report.encoded_frames += sum(length for _, length in window_spans(len(frames), window, framewise, rates))
@@ -312,10 +316,11 @@ def run_prepare(cfg: RunConfig, source: str | Path, out: str | Path, window_fram
         items,
         out,
         window_frames,
-        build_text_encoder(cfg.text),
+        build_text_encoder(cfg.text, state.device),
         state.process_index,
         state.num_processes,
         progress=state.is_main_process,
+        device=state.device,
     )
     (out / f"report.rank{state.process_index}.json").write_text(json.dumps(report.as_dict(), indent=2))
     state.wait_for_everyone()

@@ -27,16 +27,21 @@ def prompt_key(kind: str, max_tokens: int, prompt: str, path: str = "") -> str:
     return hashlib.sha256(f"{kind}|{max_tokens}|{folder}{prompt}".encode()).hexdigest()[:32]
 
 
-def build_text_encoder(cfg: TextConfig):
-    """The encoder ``text.kind`` names, loaded from ``text.path`` (MiniLM: the packaged model when empty)."""
+def build_text_encoder(cfg: TextConfig, device: str | torch.device = "cpu"):
+    """The encoder ``text.kind`` names, loaded from ``text.path`` (MiniLM: the packaged model when empty).
+
+    The large encoders run on ``device``, in bfloat16 on a GPU (UMT5-XXL is 5.7B parameters, Llama-3-8B 8B; the
+    pipelines run them in bfloat16 too) and float32 on the CPU. MiniLM stays on the CPU.
+    """
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     if cfg.kind == "umt5":
         from tinyhistory.text.umt5 import UMT5TextEncoder
 
-        return UMT5TextEncoder(cfg.path, cfg.max_tokens)
+        return UMT5TextEncoder(cfg.path, cfg.max_tokens, dtype=dtype, device=device)
     if cfg.kind == "hunyuan":
         from tinyhistory.text.hunyuan import HunyuanTextEncoder
 
-        return HunyuanTextEncoder(cfg.path, cfg.max_tokens)
+        return HunyuanTextEncoder(cfg.path, cfg.max_tokens, dtype=dtype, device=device)
     from tinyhistory.text.minilm import MiniLMTextEncoder
 
     return MiniLMTextEncoder(cfg.max_tokens, path=cfg.path or None)
