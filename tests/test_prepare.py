@@ -68,6 +68,7 @@ def test_mixed_folder_reports_bad_files_and_resumes(mixed_folder, tmp_path, caps
     assert len(manifest) == len(report["done"])
     entry = next(m for m in manifest if m["source"].endswith("bikes.mp4"))
     assert entry["window_frames"] == 8 and entry["windows"] == len(entry["window_starts"]) == 10  # 10 s at 8 fps
+    assert entry["frames"] == 80 and entry["window_latents"] == [8] * 10 and entry["latent_shape"] == [48, 8, 8]
     with safe_open(str(out / entry["shard"]), framework="pt") as f:
         keys = set(f.keys())
         hr = f.get_tensor("w0.hr_latents.48x8x8x8.float16")

@@ -30,6 +30,7 @@ from safetensors import safe_open
 
 from tinyhistory.config import RunConfig
 from tinyhistory.geometry import Rate
+from tinyhistory.paths import resolve_path
 from tinyhistory.text.storyboard import Storyboard
 
 MAX_OPEN_SHARDS = 64
@@ -195,6 +196,14 @@ class CacheSampler:
         self.runs = runs
         self.valid_picks = torch.cat(picks)  # (N, 2): run index, latent offset inside the run
 
+    @classmethod
+    def for_run(cls, cfg: RunConfig, part: str, rates: list[Rate], uses_lr: list[bool]) -> CacheSampler:
+        """The run's ``data.cache``, windows of ``train.history_frames`` pixel frames (as latent frames)."""
+        cache = resolve_path(cfg.data.cache)
+        first = CachedVideo.open(cache / read_manifest(cache)[0]["shard"])
+        frames = latent_frames(cfg.train.history_frames, first.temporal_factor)
+        return cls(cache, frames, rates, uses_lr, cfg.data.heldout_fraction, part, cfg)
+
     def __len__(self) -> int:
         return len(self.valid_picks)
 
@@ -271,6 +280,16 @@ class CacheSampler:
                 self._handles.pop(next(iter(self._handles)))
             self._handles[shard] = safe_open(str(shard), framework="pt")
         return self._handles[shard]
+
+
+def latent_frames(frames: int, temporal_factor: int) -> int:
+    """Latent frames of ``frames`` pixel frames: all of them, or ``1 + (frames - 1) / f`` for a causal VAE."""
+    if temporal_factor > 1 and (frames - 1) % temporal_factor:
+        raise ValueError(
+            f"train.history_frames = {frames}: a causal VAE with temporal factor {temporal_factor} encodes "
+            f"1 + {temporal_factor}k frames (e.g. {1 + temporal_factor * max(1, (frames - 1) // temporal_factor)})"
+        )
+    return frames if temporal_factor == 1 else 1 + (frames - 1) // temporal_factor
 
 
 def _runs(video_index: int, video: CachedVideo) -> list[Run]:

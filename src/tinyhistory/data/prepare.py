@@ -277,7 +277,7 @@ def write_manifest(out: str | Path, config: dict | None = None) -> tuple[list[di
     for shard in sorted((out / "shards").glob("*.safetensors")):
         with safe_open(str(shard), framework="pt") as f:
             meta = f.metadata()
-            windows = sorted({k.split(".")[0] for k in f.keys() if k.startswith("w")})
+            hr_shapes = {int(k.split(".")[0][1:]): k.split(".")[2] for k in f.keys() if ".hr_latents." in k}
         if wanted is not None and meta.get("config") != wanted:
             stale.append(f"shards/{shard.name}")
             continue
@@ -289,7 +289,11 @@ def write_manifest(out: str | Path, config: dict | None = None) -> tuple[list[di
                 "fps": float(meta["fps"]),
                 "window_frames": int(meta["window_frames"]),
                 "window_starts": json.loads(meta["window_starts"]),
-                "windows": len(windows),
+                "windows": len(hr_shapes),
+                "frames": int(meta["frames"]),
+                # latent frames per window, and the latent (channels, height, width)
+                "window_latents": [int(hr_shapes[i].split("x")[1]) for i in sorted(hr_shapes)],
+                "latent_shape": [int(n) for n in hr_shapes[0].split("x")[:1] + hr_shapes[0].split("x")[2:]],
             }
         )
     rows.sort(key=lambda r: (r["source"], r["shard"]))

@@ -24,7 +24,6 @@ from tinyhistory.config import RunConfig
 from tinyhistory.data.cache import CacheSampler
 from tinyhistory.data.clip import WindowSampler, clip_from_config, load_extra_training
 from tinyhistory.geometry import Rate
-from tinyhistory.paths import resolve_path
 from tinyhistory.system import HistoryDiT, build_codec
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.checkpoint import (
@@ -65,12 +64,7 @@ def make_samplers(cfg: RunConfig, model: HistoryDiT) -> tuple[Sampler, Sampler]:
     uses_lr = [bool(getattr(p, "uses_lr", False)) for p in model.producers]
     frames = cfg.train.history_frames
     if cfg.data.cache:
-        cache = resolve_path(cfg.data.cache)
-        frames = latent_frames(frames, build_codec(cfg).temporal_factor)
-        return (
-            CacheSampler(cache, frames, rates, uses_lr, cfg.data.heldout_fraction, "train", cfg),
-            CacheSampler(cache, frames, rates, uses_lr, cfg.data.heldout_fraction, "heldout", cfg),
-        )
+        return CacheSampler.for_run(cfg, "train", rates, uses_lr), CacheSampler.for_run(cfg, "heldout", rates, uses_lr)
     clip = clip_from_config(cfg.data)
     codec = build_codec(cfg)
     extra = load_extra_training(cfg.data.extra_train_videos, cfg.data.fps, cfg.data.size)
@@ -78,16 +72,6 @@ def make_samplers(cfg: RunConfig, model: HistoryDiT) -> tuple[Sampler, Sampler]:
         WindowSampler([clip.train, *extra], frames, codec, rates, uses_lr),
         WindowSampler(clip.heldout, frames, codec, rates, uses_lr),
     )
-
-
-def latent_frames(frames: int, temporal_factor: int) -> int:
-    """Latent frames of ``frames`` pixel frames: all of them, or ``1 + (frames - 1) / f`` for a causal VAE."""
-    if temporal_factor > 1 and (frames - 1) % temporal_factor:
-        raise ValueError(
-            f"train.history_frames = {frames}: a causal VAE with temporal factor {temporal_factor} encodes "
-            f"1 + {temporal_factor}k frames (e.g. {1 + temporal_factor * max(1, (frames - 1) // temporal_factor)})"
-        )
-    return frames if temporal_factor == 1 else 1 + (frames - 1) // temporal_factor
 
 
 def sample_text(cfg: RunConfig, sampler: Sampler, picks: torch.Tensor, batch, caption) -> torch.Tensor:
@@ -100,6 +84,18 @@ def sample_text(cfg: RunConfig, sampler: Sampler, picks: torch.Tensor, batch, ca
         first, last = 0, sampler.frames
     text = sampler.text_for(picks, first, last)
     return caption().expand(len(picks), -1, -1) if text is None else text
+
+
+def batch_for(cfg: RunConfig, sampler: Sampler, picks: torch.Tensor, generator, caption):
+    """The stage's batch for the picked windows and each sample's prompt ``(B, L, D)``.
+
+    Stage I: Ω, the masked history and the queried frames (``FrameQueryBatch``); stage II: a random history/future
+    split (``NextSegmentBatch``) and the prompt nearest to the future segment. The one API both training and
+    evaluation use, over a decoded clip or a ``data prepare`` cache alike.
+    """
+    _, hr, lr = sampler.window(picks)
+    batch = make_batch(cfg, hr, lr, sampler.rates, generator)
+    return batch, sample_text(cfg, sampler, picks, batch, caption)
 
 
 def make_batch(cfg: RunConfig, hr, lr, rates, generator):
@@ -122,9 +118,8 @@ def heldout_loss(model: HistoryDiT, cfg: RunConfig, sampler: Sampler, caption, w
     generator = torch.Generator().manual_seed(1234)
     losses = []
     for picks in sampler.fixed_starts(windows).split(cfg.train.batch_size):
-        _, hr, lr = sampler.window(picks)
-        batch = make_batch(cfg, hr, lr, sampler.rates, generator)
-        text_batch = sample_text(cfg, sampler, picks, batch, caption).to(device)
+        batch, text_batch = batch_for(cfg, sampler, picks, generator, caption)
+        text_batch = text_batch.to(device)
         batch = _to(batch, device)
         losses.append(batch_loss(cfg, model, batch, text_batch).item() * len(picks))
     model.train()
@@ -228,9 +223,8 @@ def train(
     end = tc.steps if stop_after is None else min(tc.steps, step + stop_after)
     while step < end:
         picks = train_sampler.pick(tc.batch_size, generator)
-        _, hr, lr = train_sampler.window(picks)
-        batch = make_batch(cfg, hr, lr, train_sampler.rates, generator)
-        text_batch = sample_text(cfg, train_sampler, picks, batch, caption).to(device)
+        batch, text_batch = batch_for(cfg, train_sampler, picks, generator, caption)
+        text_batch = text_batch.to(device)
         batch = _to(batch, device)
         if tc.stage == "ar" and tc.text_dropout > 0:
             # Classifier-free guidance: some samples see the empty (all-zero) prompt.
