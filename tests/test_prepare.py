@@ -185,3 +185,35 @@ def test_two_processes_equal_one(tmp_path):
     for name in shards:
         a, b = load_file(str(one / "shards" / name)), load_file(str(two / "shards" / name))
         assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_repeating_work(tmp_path):
+    """SIGKILL `data prepare` once the first shard lands; the rerun reuses every finished shard and does the rest."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    bikes = open(os.path.join(DATA, "bikes.mp4"), "rb").read()
+    for i in range(6):  # six different files (distinct hashes), each a full 10-s decode
+        (folder / f"bikes{i}.mp4").write_bytes(bikes + bytes([i]) * 16)
+    out = tmp_path / "cache"
+    argv = ["data", "prepare", "--input", str(folder), "--out", str(out), *ARGS]
+    cmd = [sys.executable, "-m", "tinyhistory.cli", *argv]
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shards = out / "shards"
+    deadline = time.time() + 300
+    while not (shards.is_dir() and any(shards.glob("*.safetensors"))) and time.time() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = len(list(shards.glob("*.safetensors")))
+    assert 1 <= finished < 6 and not (out / "report.json").exists()
+
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["reused"]) == finished and len(report["done"]) == 6 - finished
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 6
