@@ -125,10 +125,11 @@ def test_aspect_ratio_buckets_never_mix_in_a_batch(tmp_path, small_config):
     assert main(["data", "prepare", "--input", str(folder), "--out", str(out), "--window-frames", "16", *buckets]) == 0
     cfg = small_config(f'data.cache="{out}"', "data.buckets=[[64, 64], [32, 80]]", 'data.resize="pad"')
     sampler = CacheSampler(out, 8, RATES, [True], 0.2, "train", cfg)
-    shapes = {
-        sampler.videos[run.video].source.rsplit("/", 1)[1]: sampler._shape(i) for i, run in enumerate(sampler.runs)
+    shapes = {os.path.basename(video.source): video.hr_keys[0] for video in sampler.videos}
+    assert shapes == {
+        "bikes.mp4": "w0.hr_latents.48x16x8x20.float16",
+        "carphone.mp4": "w0.hr_latents.48x16x16x16.float16",
     }
-    assert shapes == {"bikes.mp4": "8x20", "carphone.mp4": "16x16"}
     generator = torch.Generator().manual_seed(0)
     seen = set()
     for _ in range(20):

@@ -195,6 +195,13 @@ class CacheSampler:
             )
         self.runs = runs
         self.valid_picks = torch.cat(picks)  # (N, 2): run index, latent offset inside the run
+        # Picks grouped by spatial shape (aspect-ratio buckets): a batch is drawn from one group.
+        run_shapes = [self.videos[run.video].hr_keys[0].split(".")[2].split("x", 2)[2] for run in runs]
+        shape_of_pick = [run_shapes[r] for r in self.valid_picks[:, 0].tolist()]
+        self._pools = {
+            shape: torch.tensor([i for i, s in enumerate(shape_of_pick) if s == shape]) for shape in set(run_shapes)
+        }
+        self._shape_of_pick = shape_of_pick
 
     @classmethod
     def for_run(cls, cfg: RunConfig, part: str, rates: list[Rate], uses_lr: list[bool]) -> CacheSampler:
@@ -214,14 +221,11 @@ class CacheSampler:
         the others are drawn among windows of that shape.
         """
         index = torch.randint(0, len(self.valid_picks), (batch,), generator=generator)
-        picks = self.valid_picks[index]
-        shapes = [self._shape(int(r)) for r in picks[:, 0]]
-        if len(set(shapes)) > 1:
-            same = torch.tensor([self._shape(int(r)) == shapes[0] for r in self.valid_picks[:, 0]])
-            pool = self.valid_picks[same]
-            rest = torch.randint(0, len(pool), (batch - 1,), generator=generator)
-            picks = torch.cat([picks[:1], pool[rest]])
-        return picks
+        if len(self._pools) > 1:
+            pool = self._pools[self._shape_of_pick[int(index[0])]]
+            rest = pool[torch.randint(0, len(pool), (batch - 1,), generator=generator)]
+            index = torch.cat([index[:1], rest])
+        return self.valid_picks[index]
 
     def fixed_starts(self, count: int) -> torch.Tensor:
         """``count`` evenly spaced picks (deterministic evaluation), as ``(count, 2)``."""
@@ -258,10 +262,6 @@ class CacheSampler:
             shot = video.storyboard.shot_index_for(start_frame / video.fps, end_frame / video.fps)
             out.append(self._handle(video.shard).get_tensor(video.text_keys[shot]))
         return torch.stack(out).float()
-
-    def _shape(self, run_index: int) -> str:
-        video = self.videos[self.runs[run_index].video]
-        return video.hr_keys[0].split(".")[2].split("x", 2)[2]
 
     def _slice(self, video: CachedVideo, run: Run, keys: list[str], start: int, length: int, per: int):
         """Latent frames ``[start, start + length)`` of the run (``per``: latent frames per entry), across windows."""
@@ -316,8 +316,8 @@ def _part_bounds(video: CachedVideo, run: Run, heldout_fraction: float, part: st
     length = run.latents(video)
     if video.framewise:
         cut = min(max((cut_frame - run_start) // video.temporal_factor, 0), length)
-    else:  # a causal window is indivisible: it belongs to the part it lies in entirely
-        end_frame = run_start + length * video.temporal_factor
+    else:  # a causal window (1 + f·k frames → 1 + k latents) is indivisible: it belongs to the part it lies in
+        end_frame = run_start + 1 + (length - 1) * video.temporal_factor
         cut = length if end_frame <= cut_frame else (0 if run_start >= cut_frame else -1)
         if cut == -1:
             return (0, 0)
