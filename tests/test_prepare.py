@@ -119,12 +119,25 @@ def test_jsonl_input_with_storyboards(tmp_path):
         }
         assert sum(k.startswith("text.") for k in f.keys()) == 2
 
+    # a changed storyboard is encoded again (the prompts are part of the cache key)
+    board["shots"][1]["prompt"] = "the car turns left"
+    jl.write_text(json.dumps({"video": rows[0]["video"], "storyboard": board}) + "\n")
+    assert main(["data", "prepare", "--input", str(jl), "--out", str(out), *ARGS]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["done"]) == 1 and report["stale_shards_not_in_manifest"] == [entry["shard"]]
+    assert len(list((out / "shards").glob("*.safetensors"))) == 2
+    manifest = (out / "manifest.jsonl").read_text().splitlines()
+    assert len(manifest) == 1  # only the new storyboard's shard: never two storyboards of one video
+    entry = json.loads(manifest[0])
+    with safe_open(str(out / entry["shard"]), framework="pt") as f:
+        assert json.loads(f.metadata()["storyboard"])["shots"][1]["prompt"] == "the car turns left"
+
     # the same folder with another setting: new shards, and the manifest lists only this config's shards
     assert main(["data", "prepare", "--input", str(jl), "--out", str(out), *ARGS, "--set", "data.size=64"]) == 0
     manifest = (out / "manifest.jsonl").read_text().splitlines()
     report = json.loads((out / "report.json").read_text())
     assert len(manifest) == 1 and json.loads(manifest[0])["shard"] != entry["shard"]
-    assert report["stale_shards_not_in_manifest"] == [entry["shard"]] and (out / entry["shard"]).is_file()
+    assert entry["shard"] in report["stale_shards_not_in_manifest"] and (out / entry["shard"]).is_file()
 
 
 def test_bad_input_argument_cannot_start(tmp_path, capsys):

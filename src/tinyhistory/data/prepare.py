@@ -10,13 +10,14 @@ prompt. One shard per video:
                                    "w{i}.lr_latents.{rate}.{shape}.{dtype}", "text.{j}.{L}x{D}.{dtype}"
                                    (HunyuanVideo: also "text_pooled.{j}.{D}.{dtype}")
                                    metadata: source path and hash, fps, window starts, prompts (JSON)
-    OUT/manifest.jsonl             one line per shard, rebuilt from the shards' metadata at the end of a run
-    OUT/report.json                done / skipped (with reasons) / throughput / latent frames
+    OUT/manifest.jsonl             one line per cached video of this run, rebuilt from its shards' metadata at the end
+    OUT/report.json                done / reused / skipped (with reasons) / throughput / latent frames / stale shards
 
-``<key>`` hashes the source bytes together with every config value that affects the output, so a rerun skips what
-is finished and recomputes what changed. Shards are written to a temporary name and renamed, so a killed run never
-leaves a half shard that reads as valid; the manifest is derived from the finished shards, never appended to. Bad
-inputs are reported with the file and the reason and the batch goes on.
+``<key>`` hashes the source bytes together with every config value that affects the output and the video's prompts
+(storyboard or caption), so a rerun skips what is finished and recomputes what changed. Shards are written to a
+temporary name and renamed, so a killed run never leaves a half shard that reads as valid; the manifest is derived
+from this run's finished shards, never appended to (shards of earlier settings stay on disk, listed as stale in the
+report, outside the manifest). Bad inputs are reported with the file and the reason and the batch goes on.
 
 Exit status: 0 everything cached, 3 some items skipped, 2 the run could not start.
 """
@@ -59,6 +60,7 @@ class Report:
     done: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
+    shards: list[str] = field(default_factory=list)  # this run's shards (done and reused), for the manifest
     decoded_frames: int = 0
     decode_seconds: float = 0.0
     encoded_frames: int = 0
@@ -70,6 +72,7 @@ class Report:
             "done": self.done,
             "reused": self.reused,
             "skipped": self.skipped,
+            "shards": self.shards,
             "decode_frames_per_s": self.decoded_frames / self.decode_seconds if self.decode_seconds else None,
             "encode_frames_per_s": self.encoded_frames / self.encode_seconds if self.encode_seconds else None,
             "total_latent_frames": self.latent_frames,
@@ -151,12 +154,56 @@ def window_spans(frames: int, window: int, framewise: bool, rates: list[Rate]) -
     return spans
 
 
-def _key(source_hash: str, config: dict) -> str:
-    return hashlib.sha256((source_hash + json.dumps(config, sort_keys=True)).encode()).hexdigest()[:24]
+def _key(source_hash: str, config: dict, prompts: dict) -> str:
+    """The shard's name: the source's bytes, every output-affecting setting, and the prompts it was given."""
+    text = source_hash + json.dumps(config, sort_keys=True) + json.dumps(prompts, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def _shape(t: torch.Tensor) -> str:
     return "x".join(str(s) for s in t.shape)
+
+
+def check_window(codec, window: int, rates: list[Rate]) -> None:
+    """A window must hold whole LR blocks (pixel codec) or ``1 + f·k`` frames (a causal VAE); name the fix."""
+    tf = codec.temporal_factor
+    for rate in rates:
+        if tf == 1 and window % rate.t:
+            raise ValueError(f"data.window_frames = {window} is not a multiple of the temporal rate of {rate}")
+    if tf > 1 and (window - 1) % tf:
+        raise ValueError(
+            f"data.window_frames = {window}: a causal VAE with temporal factor {tf} encodes 1 + {tf}k frames "
+            f"(e.g. {1 + tf * max(1, (window - 1) // tf)}); other frame counts lose frames at the end"
+        )
+
+
+def encode_windows(
+    pixels: torch.Tensor, codec, rates: list[Rate], spans: list[tuple[int, int]], device
+) -> dict[str, torch.Tensor]:
+    """HR latents and the LR latents of every rate for each window of ``pixels`` ``(3, T, H, W)``, float16 on CPU."""
+    tensors = {}
+    for i, (start, length) in enumerate(spans):
+        px = pixels[None, :, start : start + length].to(device)
+        hr = codec.encode(px)[0].to("cpu", torch.float16).contiguous()
+        tensors[f"w{i}.hr_latents.{_shape(hr)}.float16"] = hr
+        for rate in rates:
+            lr = lowres_latents(px, rate, codec)[0].to("cpu", torch.float16).contiguous()
+            tensors[f"w{i}.lr_latents.{rate}.{_shape(lr)}.float16"] = lr
+    return tensors
+
+
+def encode_prompts_of(board: Storyboard, text_encoder) -> dict[str, torch.Tensor]:
+    """One embedding per shot (and HunyuanVideo's pooled CLIP vector per shot), float16 on CPU."""
+    prompts = [shot.prompt for shot in board.shots]
+    tensors = {}
+    for j, emb in enumerate(text_encoder.encode(prompts)):
+        emb = emb.to("cpu", torch.float16).contiguous()
+        tensors[f"text.{j}.{_shape(emb)}.float16"] = emb
+    if getattr(text_encoder, "pooled_dim", 0):
+        for j, pooled in enumerate(text_encoder.encode_pooled(prompts)):
+            pooled = pooled.to("cpu", torch.float16).contiguous()
+            tensors[f"text_pooled.{j}.{_shape(pooled)}.float16"] = pooled
+    return tensors
 
 
 def prepare(
@@ -181,28 +228,23 @@ def prepare(
     codec = build_codec(cfg).to(device)
     rates = [Rate.parse(r) for r in cfg.history.rates]
     framewise = bool(getattr(codec, "framewise", False))
-    for rate in rates:
-        if codec.temporal_factor == 1 and window % rate.t:
-            raise ValueError(f"window of {window} frames is not a multiple of the temporal rate of {rate}")
-    tf = codec.temporal_factor
-    if tf > 1 and (window - 1) % tf:
-        raise ValueError(
-            f"data.window_frames = {window}: a causal VAE with temporal factor {tf} encodes 1 + {tf}k frames "
-            f"(e.g. {1 + tf * max(1, (window - 1) // tf)}); other frame counts lose frames at the end"
-        )
+    check_window(codec, window, rates)
     report = Report()
-    mine = items[rank::world_size]
-    bar = tqdm(mine, desc="data prepare", unit="video", disable=not progress)
+    bar = tqdm(items[rank::world_size], desc="data prepare", unit="video", disable=not progress)
     for item in bar:
         try:
             if not item.video.is_file():
                 raise ValueError("file not found")
             source_hash = file_hash(item.video)
-            key = _key(source_hash, config)
-            shard = out / "shards" / f"{key}.safetensors"
+            caption = item.caption or cfg.text.caption
+            # The prompts are part of the key: a changed storyboard or caption is encoded again.
+            prompts = item.storyboard.to_dict() if item.storyboard else {"caption": caption}
+            shard = out / "shards" / f"{_key(source_hash, config, prompts)}.safetensors"
             if shard.is_file():
                 report.reused.append(str(item.video))
+                report.shards.append(f"shards/{shard.name}")
                 continue
+
             t0 = time.time()
             bucket = None
             if cfg.data.buckets:  # aspect-ratio buckets: the one nearest the video's displayed shape
@@ -215,33 +257,18 @@ def prepare(
             report.decoded_frames += len(frames)
             if len(frames) < window:
                 raise ValueError(f"shorter than the minimum window ({len(frames)} frames < {window})")
+
             t0 = time.time()
-            tensors, starts = {}, []
-            pixels = to_pixels(frames)
-            for i, (start, length) in enumerate(window_spans(len(frames), window, framewise, rates)):
-                px = pixels[None, :, start : start + length].to(device)
-                hr = codec.encode(px)[0].to("cpu", torch.float16).contiguous()
-                tensors[f"w{i}.hr_latents.{_shape(hr)}.float16"] = hr
-                for rate in rates:
-                    lr = lowres_latents(px, rate, codec)[0].to("cpu", torch.float16).contiguous()
-                    tensors[f"w{i}.lr_latents.{rate}.{_shape(lr)}.float16"] = lr
-                starts.append(start)
-                report.latent_frames += hr.shape[1]
-            board = item.storyboard or Storyboard.from_caption(
-                item.caption or cfg.text.caption, len(frames) / cfg.data.fps
-            )
-            prompts = [s.prompt for s in board.shots]
+            spans = window_spans(len(frames), window, framewise, rates)
+            tensors = encode_windows(to_pixels(frames), codec, rates, spans, device)
+            board = item.storyboard or Storyboard.from_caption(caption, len(frames) / cfg.data.fps)
             if text_encoder is not None:
-                for j, emb in enumerate(text_encoder.encode(prompts)):
-                    emb = emb.to("cpu", torch.float16).contiguous()
-                    tensors[f"text.{j}.{_shape(emb)}.float16"] = emb
-                if getattr(text_encoder, "pooled_dim", 0):  # HunyuanVideo's CLIP vector, one per shot
-                    for j, pooled in enumerate(text_encoder.encode_pooled(prompts)):
-                        pooled = pooled.to("cpu", torch.float16).contiguous()
-                        tensors[f"text_pooled.{j}.{_shape(pooled)}.float16"] = pooled
+                tensors.update(encode_prompts_of(board, text_encoder))
             report.encode_seconds += time.time() - t0
-            report.encoded_frames += sum(length for _, length in window_spans(len(frames), window, framewise, rates))
+            report.encoded_frames += sum(length for _, length in spans)
+            report.latent_frames += sum(t.shape[1] for k, t in tensors.items() if ".hr_latents." in k)
             bar.set_postfix(frames=report.decoded_frames, latent_frames=report.latent_frames)
+
             metadata = {
                 "source": str(item.video),
                 "source_sha256": source_hash,
@@ -250,7 +277,7 @@ def prepare(
                 "temporal_factor": str(codec.temporal_factor),
                 "framewise": "true" if framewise else "false",
                 "window_frames": str(window),
-                "window_starts": json.dumps(starts),
+                "window_starts": json.dumps([start for start, _ in spans]),
                 "storyboard": json.dumps(board.to_dict()),
                 "config": json.dumps(config, sort_keys=True),
             }
@@ -258,29 +285,31 @@ def prepare(
             save_file(tensors, str(tmp), metadata=metadata)
             os.replace(tmp, shard)
             report.done.append(str(item.video))
+            report.shards.append(f"shards/{shard.name}")
         except Exception as exc:  # a bad item is reported, never fatal to the batch
             report.skipped.append({"video": str(item.video), "reason": f"{type(exc).__name__}: {exc}"})
     return report
 
 
-def write_manifest(out: str | Path, config: dict | None = None) -> tuple[list[dict], list[str]]:
-    """Rebuild ``OUT/manifest.jsonl`` from the finished shards' metadata (sorted by source, atomic).
+def write_manifest(out: str | Path, shards: list[str]) -> tuple[list[dict], list[str]]:
+    """Rebuild ``OUT/manifest.jsonl`` from the metadata of this run's ``shards`` (sorted by source, atomic).
 
-    With ``config``, shards made with another output config (an earlier run with other settings into the same
-    folder) are left out of the manifest and returned as stale, so training never mixes two configs.
+    Other shards in the folder (an earlier run with other settings, prompts or videos) stay on disk but are left out
+    of the manifest and returned as stale, so training never mixes two configs or two storyboards of one video.
     """
     from safetensors import safe_open
 
     out = Path(out)
-    rows, stale = [], []
-    wanted = None if config is None else json.dumps(config, sort_keys=True)
-    for shard in sorted((out / "shards").glob("*.safetensors")):
+    rows = []
+    wanted = set(shards)
+    stale = sorted(
+        f"shards/{p.name}" for p in (out / "shards").glob("*.safetensors") if f"shards/{p.name}" not in wanted
+    )
+    for name in sorted(wanted):
+        shard = out / name
         with safe_open(str(shard), framework="pt") as f:
             meta = f.metadata()
             hr_shapes = {int(k.split(".")[0][1:]): k.split(".")[2] for k in f.keys() if ".hr_latents." in k}
-        if wanted is not None and meta.get("config") != wanted:
-            stale.append(f"shards/{shard.name}")
-            continue
         rows.append(
             {
                 "shard": f"shards/{shard.name}",
@@ -330,18 +359,18 @@ def run_prepare(cfg: RunConfig, source: str | Path, out: str | Path, window_fram
     state.wait_for_everyone()
     if not state.is_main_process:
         return EXIT_OK
-    merged: dict = {"done": [], "reused": [], "skipped": [], "total_latent_frames": 0, "per_rank": []}
+    merged: dict = {"done": [], "reused": [], "skipped": [], "shards": [], "total_latent_frames": 0, "per_rank": []}
     for rank in range(state.num_processes):
         part_path = out / f"report.rank{rank}.json"
         part = json.loads(part_path.read_text())
-        for key in ("done", "reused", "skipped"):
+        for key in ("done", "reused", "skipped", "shards"):
             merged[key] += part[key]
         merged["total_latent_frames"] += part["total_latent_frames"]
         merged["per_rank"].append(
             {"decode_frames_per_s": part["decode_frames_per_s"], "encode_frames_per_s": part["encode_frames_per_s"]}
         )
         part_path.unlink()
-    rows, stale = write_manifest(out, output_config(cfg, resolve_window(cfg, window_frames)))
+    rows, stale = write_manifest(out, merged["shards"])
     merged["manifest_entries"] = len(rows)
     # Shards of another config stay on disk (nothing is deleted) but are not in the manifest.
     merged["stale_shards_not_in_manifest"] = stale
