@@ -165,6 +165,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         finetune_steps=args.finetune_steps,
         stage2=not args.no_stage2,
         sample_steps=args.sample_steps,
+        cache=args.cache,
     )
     return 0
 
@@ -285,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--from-scratch", action="store_true", help="retrain every model (hours on a CPU)")
     demo.add_argument("--no-stage2", action="store_true", help="stop after the stage-I half")
     demo.add_argument("--sample-steps", type=int, default=20, help="Euler steps per generated segment (stage II)")
+    demo.add_argument(
+        "--cache", default=None, help="train from this `data prepare` cache instead of caching the demo clip"
+    )
     demo.set_defaults(func=_cmd_demo)
     return parser
 
