@@ -88,8 +88,13 @@ def test_text_for_follows_the_storyboard(cache, small_config):
     torch.testing.assert_close(text[1], b, atol=2e-3, rtol=0)
 
 
-def test_trainer_reads_the_cache(cache, small_config, tmp_path):
-    """Stage I and stage II from the cache; the caption's text encoder is never needed (storyboard prompts)."""
+def test_trainer_reads_the_cache(cache, small_config, tmp_path, monkeypatch):
+    """Stage I and stage II from the cache; the text encoder is never loaded (every video has cached prompts)."""
+
+    def no_text_encoder(*args, **kwargs):
+        raise AssertionError("training from a cache with prompts must not load the text encoder")
+
+    monkeypatch.setattr("tinyhistory.text.cache.build_text_encoder", no_text_encoder)
     for stage in ("frame-query", "ar"):
         cfg = small_config(
             f'data.cache="{cache / "out"}"',
