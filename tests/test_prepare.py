@@ -146,7 +146,33 @@ def test_bad_input_argument_cannot_start(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"caption": "no video"}\n')
     assert main(["data", "prepare", "--input", str(bad), "--out", str(tmp_path / "o")]) == 2
-    assert "bad.jsonl:1: missing field 'video'" in capsys.readouterr().err
+    assert "bad.jsonl:1: expected an object with a string field 'video'" in capsys.readouterr().err
+
+
+def test_bad_storyboards_skip_their_video_only(tmp_path):
+    """A malformed storyboard names its line, shot and field in the report; the other videos are cached."""
+    phone = os.path.join(DATA, "carphone_pristine.mp4")
+    (tmp_path / "missing_prompt.json").write_text('{"shots": [{"start": 0, "end": 2}]}')
+    rows = [
+        {
+            "video": phone,
+            "storyboard": {"shots": [{"start": 0, "end": 3, "prompt": "a"}, {"start": 2, "end": 4, "prompt": "b"}]},
+        },
+        {"video": phone, "storyboard": "missing_prompt.json"},
+        {"video": phone, "storyboard": "no_such_file.json"},
+        {"video": phone, "caption": 7},
+        {"video": phone, "caption": "a man talks on a phone"},
+    ]
+    jl = tmp_path / "items.jsonl"
+    jl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["data", "prepare", "--input", str(jl), "--out", str(tmp_path / "cache"), *ARGS]) == 3
+    report = json.loads((tmp_path / "cache" / "report.json").read_text())
+    reasons = [s["reason"] for s in report["skipped"]]
+    assert len(report["done"]) == 1 and len(reasons) == 4
+    assert "items.jsonl:1 storyboard" in reasons[0] and "overlap" in reasons[0]
+    assert "missing_prompt.json" in reasons[1] and "prompt" in reasons[1]
+    assert "storyboard not found" in reasons[2] and "no_such_file.json" in reasons[2]
+    assert "items.jsonl:4: 'caption' must be a string, got 7" in reasons[3]
 
 
 @pytest.mark.slow

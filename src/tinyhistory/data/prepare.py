@@ -53,6 +53,7 @@ class Item:
     video: Path
     storyboard: Storyboard | None = None
     caption: str = ""
+    problem: str = ""  # what is wrong with this item's line (a bad storyboard): it is skipped and reported
 
 
 @dataclass
@@ -81,7 +82,8 @@ class Report:
 
 def collect_items(source: str | Path) -> list[Item]:
     """A folder (searched recursively for video files), a JSONL file of ``{"video", "storyboard", "caption"}``, or
-    one video file."""
+    one video file. A JSONL line that is not an object with a ``video`` stops the run (the list itself is broken);
+    a bad storyboard or caption only marks its item, which is skipped and reported."""
     source = Path(source)
     if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
         return [Item(source)]
@@ -96,17 +98,30 @@ def collect_items(source: str | Path) -> list[Item]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{source}:{n}: invalid JSON ({exc})") from None
-            if "video" not in row:
-                raise ValueError(f"{source}:{n}: missing field 'video'")
+            if not isinstance(row, dict) or not isinstance(row.get("video"), str):
+                raise ValueError(f"{source}:{n}: expected an object with a string field 'video'")
             video = (source.parent / row["video"]) if not Path(row["video"]).is_absolute() else Path(row["video"])
-            board = row.get("storyboard")
-            if isinstance(board, str):
-                board = Storyboard.load(source.parent / board)
-            elif isinstance(board, dict):
-                board = Storyboard.from_dict(board, f"{source}:{n} storyboard")
-            items.append(Item(video, board, row.get("caption", "")))
+            items.append(_item_from_row(row, video, f"{source}:{n}", source.parent))
         return items
     raise ValueError(f"--input {source}: expected a folder of videos, a .jsonl file or a video file")
+
+
+def _item_from_row(row: dict, video: Path, where: str, folder: Path) -> Item:
+    """One JSONL line's item; a bad storyboard or caption makes an item to skip and report, not a failed run."""
+    caption = row.get("caption", "")
+    if not isinstance(caption, str):
+        return Item(video, problem=f"{where}: 'caption' must be a string, got {caption!r}")
+    board = row.get("storyboard")
+    try:
+        if isinstance(board, str):
+            board = Storyboard.load(folder / board)
+        elif isinstance(board, dict):
+            board = Storyboard.from_dict(board, f"{where} storyboard")
+        elif board is not None:
+            raise ValueError(f"{where}: 'storyboard' must be a file path or an object, got {board!r}")
+    except (ValueError, FileNotFoundError) as exc:
+        return Item(video, caption=caption, problem=str(exc))
+    return Item(video, board, caption)
 
 
 def file_hash(path: Path) -> str:
@@ -233,6 +248,8 @@ def prepare(
     bar = tqdm(items[rank::world_size], desc="data prepare", unit="video", disable=not progress)
     for item in bar:
         try:
+            if item.problem:
+                raise ValueError(item.problem)
             if not item.video.is_file():
                 raise ValueError("file not found")
             source_hash = file_hash(item.video)
