@@ -256,3 +256,34 @@ def test_killed_run_resumes_without_repeating_work(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert len(report["reused"]) == finished and len(report["done"]) == 6 - finished
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 6
+
+
+def test_sidecar_storyboards_and_captions_and_a_config_file(tmp_path, capsys):
+    """`<stem>.json` / `<stem>.txt` beside a video are its storyboard / caption; a TOML holds the inputs."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    shutil.copy(os.path.join(DATA, "carphone_pristine.mp4"), folder / "carphone.mp4")
+    shutil.copy(os.path.join(DATA, "bikes.mp4"), folder / "bikes.mp4")
+    board = {"shots": [{"start": 0, "end": 2, "prompt": "a man talks"}, {"start": 2, "end": 4, "prompt": "he laughs"}]}
+    (folder / "carphone.json").write_text(json.dumps(board))
+    (folder / "bikes.txt").write_text("people cycle through a city\n")
+    config = tmp_path / "prepare.toml"
+    config.write_text(
+        f'[prepare]\ninput = "{folder}"\nout = "{tmp_path / "from_toml"}"\n[data]\nwindow_frames = 8\nsize = 32\n'
+    )
+    assert main(["data", "prepare", "--config", str(config)]) == 0
+    assert main(["data", "prepare", "--config", str(config), "--out", str(tmp_path / "from_flag")]) == 0
+    for out in ("from_toml", "from_flag"):
+        rows = [json.loads(line) for line in (tmp_path / out / "manifest.jsonl").read_text().splitlines()]
+        boards = {}
+        for row in rows:
+            with safe_open(str(tmp_path / out / row["shard"]), framework="pt") as f:
+                boards[os.path.basename(row["source"])] = json.loads(f.metadata()["storyboard"])
+                assert sum(k.startswith("text.") for k in f.keys()) == len(
+                    boards[os.path.basename(row["source"])]["shots"]
+                )
+        assert [s["prompt"] for s in boards["carphone.mp4"]["shots"]] == ["a man talks", "he laughs"]
+        assert [s["prompt"] for s in boards["bikes.mp4"]["shots"]] == ["people cycle through a city"]
+    config.write_text("[data]\nwindow_frames = 8\n")
+    assert main(["data", "prepare", "--config", str(config)]) == 2
+    assert "needs --input and --out" in capsys.readouterr().err

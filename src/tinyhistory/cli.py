@@ -100,7 +100,10 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
     from tinyhistory.data.prepare import run_prepare
 
     cfg = load_config(args.preset, args.config, list(args.set or []))
-    return run_prepare(cfg, args.input, args.out, args.window_frames)
+    source, out = args.input or cfg.prepare.input, args.out or cfg.prepare.out
+    if not source or not out:
+        raise ValueError("data prepare needs --input and --out (or prepare.input / prepare.out in the --config TOML)")
+    return run_prepare(cfg, source, out, args.window_frames)
 
 
 def _cmd_reproduce_table1(args: argparse.Namespace) -> int:
@@ -233,10 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True)
     dp = data_sub.add_parser("prepare", help="cache latents and text embeddings for training (exit 3: some skipped)")
     dp.add_argument("--preset", default="tiny")
-    dp.add_argument("--config", default=None, help="TOML file overriding the preset")
+    dp.add_argument("--config", default=None, help="TOML file overriding the preset (may hold a [prepare] table)")
     dp.add_argument("--set", action="append", metavar="KEY=VALUE")
-    dp.add_argument("--input", required=True, help="a folder of videos (recursive), a JSONL file or one video")
-    dp.add_argument("--out", required=True)
+    dp.add_argument("--input", help="a folder of videos (recursive), a JSONL file or one video (or prepare.input)")
+    dp.add_argument("--out", help="the cache folder (or prepare.out)")
     dp.add_argument(
         "--window-frames", type=int, default=None, help="frames per cached window (default: data.window_frames)"
     )

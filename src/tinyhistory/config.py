@@ -186,6 +186,14 @@ class TrainConfig:
 
 
 @dataclass
+class PrepareConfig:
+    """`tinyhistory data prepare` inputs, so a TOML given with ``--config`` can hold them (CLI flags override)."""
+
+    input: str = ""  # a folder of videos, a JSONL file or one video
+    out: str = ""  # the cache folder
+
+
+@dataclass
 class RunConfig:
     preset: str = "tiny"
     base: str = "tiny"
@@ -195,6 +203,7 @@ class RunConfig:
     history: HistoryConfig = field(default_factory=HistoryConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
 
     def validate(self) -> RunConfig:
         get_base(self.base)

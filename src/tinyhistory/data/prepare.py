@@ -82,13 +82,15 @@ class Report:
 
 def collect_items(source: str | Path) -> list[Item]:
     """A folder (searched recursively for video files), a JSONL file of ``{"video", "storyboard", "caption"}``, or
-    one video file. A JSONL line that is not an object with a ``video`` stops the run (the list itself is broken);
+    one video file; a video found on disk takes its storyboard from ``<stem>.json`` and its caption from ``<stem>.txt``
+    beside it. A JSONL line that is not an object with a ``video`` stops the run (the list itself is broken);
     a bad storyboard or caption only marks its item, which is skipped and reported."""
     source = Path(source)
     if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
-        return [Item(source)]
+        return [_item_with_sidecars(source)]
     if source.is_dir():
-        return [Item(p) for p in sorted(source.rglob("*")) if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
+        videos = [p for p in sorted(source.rglob("*")) if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
+        return [_item_with_sidecars(p) for p in videos]
     if source.is_file() and source.suffix == ".jsonl":
         items = []
         for n, line in enumerate(source.read_text().splitlines(), 1):
@@ -104,6 +106,17 @@ def collect_items(source: str | Path) -> list[Item]:
             items.append(_item_from_row(row, video, f"{source}:{n}", source.parent))
         return items
     raise ValueError(f"--input {source}: expected a folder of videos, a .jsonl file or a video file")
+
+
+def _item_with_sidecars(video: Path) -> Item:
+    """A video found on disk, with its storyboard ``<stem>.json`` and caption ``<stem>.txt`` when they sit beside it
+    (the sidecar convention of musubi-tuner and diffusers' training scripts)."""
+    row: dict = {}
+    if video.with_suffix(".txt").is_file():
+        row["caption"] = video.with_suffix(".txt").read_text().strip()
+    if video.with_suffix(".json").is_file():
+        row["storyboard"] = video.with_suffix(".json").name
+    return _item_from_row(row, video, str(video), video.parent)
 
 
 def _item_from_row(row: dict, video: Path, where: str, folder: Path) -> Item:
