@@ -7,6 +7,7 @@ import shutil
 import av
 import numpy as np
 import pytest
+from launch import accelerate_launch
 from safetensors import safe_open
 from video_files import red_quadrant, red_top_left, write_test_video, write_video_without_frames
 
@@ -179,7 +180,6 @@ def test_bad_storyboards_skip_their_video_only(tmp_path):
 def test_two_processes_equal_one(tmp_path):
     """`accelerate launch` with 2 CPU processes writes the same shards and manifest as one process."""
     import subprocess
-    import sys
 
     from safetensors.torch import load_file
 
@@ -191,22 +191,7 @@ def test_two_processes_equal_one(tmp_path):
     assert main(["data", "prepare", "--input", str(folder), "--out", str(one), *ARGS]) == 0
     two = tmp_path / "two"
     cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--cpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29517",
-        "-m",
-        "tinyhistory.cli",
+        *accelerate_launch(2, 29517),
         "data",
         "prepare",
         "--input",
@@ -218,6 +203,7 @@ def test_two_processes_equal_one(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert len(json.loads((two / "report.json").read_text())["per_rank"]) == 2  # two ranks really ran
     assert (one / "manifest.jsonl").read_text() == (two / "manifest.jsonl").read_text()
     shards = sorted(p.name for p in (one / "shards").iterdir())
     assert shards == sorted(p.name for p in (two / "shards").iterdir()) and len(shards) == 3

@@ -368,7 +368,7 @@ def run_prepare(cfg: RunConfig, source: str | Path, out: str | Path, window_fram
 
     from tinyhistory.text.cache import build_text_encoder
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True, CPU ranks all think they are alone
     out = Path(out)
     items = collect_items(source)
     if not items:
