@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -104,3 +105,43 @@ def test_window_sampler_never_crosses_clips_and_keeps_the_single_clip_stream():
     starts = torch.randint(0, 7, (5,), generator=torch.Generator().manual_seed(3))
     px1, _, _ = single.sample(5, torch.Generator().manual_seed(3))
     assert px1[:, 0, 0, 0, 0].tolist() == starts.float().tolist()
+
+
+@pytest.mark.slow
+def test_two_processes_draw_their_own_windows_and_resume(tmp_path, capsys):
+    """`accelerate launch` with 2 CPU processes: each rank samples its own windows (its own RNG, saved per rank),
+    one log line per step, an exact-count resume; a single process refuses to resume a 2-process run."""
+    import os
+    import subprocess
+
+    from conftest import SMALL_OVERRIDES
+    from launch import accelerate_launch
+
+    from tinyhistory.cli import main
+
+    out = tmp_path / "run"
+    sets = [x for item in [*SMALL_OVERRIDES, "train.checkpoint_every=2"] for x in ("--set", item)]
+    train_args = ["train", "--stage", "frame-query", "--steps", "4", "--out", str(out), "--no-progress", *sets]
+    launch = accelerate_launch(2, 29518)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(*extra: str) -> None:
+        result = subprocess.run([*launch, *train_args, *extra], capture_output=True, text=True, env=env, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    run("--stop-after", "2")
+    state = json.loads((out / "last" / "state" / "trainer.json").read_text())
+    assert state["step"] == 2 and len(state["data_rng_per_process"]) == 2
+    assert state["data_rng_per_process"][0] != state["data_rng_per_process"][1]
+    assert main(train_args) == 2  # one process cannot take over two processes' sampling state
+    assert "written by 2 training process(es)" in capsys.readouterr().err
+    run()
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]  # the main process alone writes the log
+    assert (out / "final" / "history_encoder.safetensors").is_file()
+    # stage II from that checkpoint in 2 processes: a LoRA on the DiT, the encoder keeps training
+    ar = ["train", "--stage", "ar", "--init-from", str(out / "final"), "--out", str(tmp_path / "ar"), "--no-progress"]
+    ar += ["--steps", "2", *sets, "--set", "train.segment_frames=2", "--set", "train.lora_rank=4"]
+    result = subprocess.run([*launch, *ar], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "ar" / "final" / "lora.safetensors").is_file()

@@ -105,7 +105,8 @@ def trained_steps(folder: str | Path) -> int | None:
     return max(steps) if steps else None
 
 
-def save_training_state(folder: str | Path, optimizer, scheduler, step: int, generator: torch.Generator) -> None:
+def save_training_state(folder: str | Path, optimizer, scheduler, step: int, data_rng: list[torch.Tensor]) -> None:
+    """Optimizer, scheduler, step, and the window-sampling RNG of every process (``data_rng[rank]``)."""
     folder = Path(folder) / "state"
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "optimizer.pt.tmp"
@@ -113,7 +114,8 @@ def save_training_state(folder: str | Path, optimizer, scheduler, step: int, gen
     tmp.replace(folder / "optimizer.pt")
     trainer = {
         "step": step,
-        "data_rng": generator.get_state().tolist(),
+        "data_rng": data_rng[0].tolist(),
+        "data_rng_per_process": [state.tolist() for state in data_rng],
         "torch_rng": torch.get_rng_state().tolist(),
     }
     tmp = folder / "trainer.json.tmp"
@@ -121,12 +123,21 @@ def save_training_state(folder: str | Path, optimizer, scheduler, step: int, gen
     tmp.replace(folder / "trainer.json")
 
 
-def load_training_state(folder: str | Path, optimizer, scheduler, generator: torch.Generator) -> int:
+def load_training_state(
+    folder: str | Path, optimizer, scheduler, generator: torch.Generator, rank: int = 0, processes: int = 1
+) -> int:
+    """Restore what :func:`save_training_state` wrote; each process takes back its own sampling RNG."""
     folder = Path(folder) / "state"
     blob = torch.load(folder / "optimizer.pt", weights_only=True)
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     trainer = json.loads((folder / "trainer.json").read_text())
-    generator.set_state(torch.tensor(trainer["data_rng"], dtype=torch.uint8))
+    per_process = trainer.get("data_rng_per_process", [trainer["data_rng"]])
+    if len(per_process) != processes:
+        raise ValueError(
+            f"{folder.parent} was written by {len(per_process)} training process(es); resume it with the same "
+            f"number (this run has {processes}), or start a new run folder"
+        )
+    generator.set_state(torch.tensor(per_process[rank], dtype=torch.uint8))
     torch.set_rng_state(torch.tensor(trainer["torch_rng"], dtype=torch.uint8))
     return int(trainer["step"])

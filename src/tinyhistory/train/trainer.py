@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, gather_object
+from torch import nn
 from tqdm.auto import tqdm
 
 from tinyhistory.config import RunConfig
@@ -181,7 +183,9 @@ def train(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tc = cfg.train
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # Unused parameters are allowed: not every stage and method touches every trainable weight in each step.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
     torch.manual_seed(tc.seed)
 
     # From a checkpoint the architecture is the checkpoint's; the rest of the config (data, schedule) is this run's.
@@ -197,22 +201,25 @@ def train(
         groups.append({"params": encoder_params, "lr": tc.encoder_learning_rate})
     optimizer = torch.optim.AdamW(groups, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # ``model`` stays the plain HistoryDiT (saved, evaluated); ``stage_loss`` is what trains (DDP-wrapped when several).
+    stage_loss, optimizer, scheduler = accelerator.prepare(StageLoss(cfg, model), optimizer, scheduler)
     device = accelerator.device
 
-    generator = torch.Generator().manual_seed(tc.seed)
+    # Each process draws its own windows (with one shared seed every rank would train on the same batch).
+    generator = torch.Generator().manual_seed(tc.seed + accelerator.process_index)
     step = 0
     last = _resumable_checkpoint(out)
     if last is not None:
         unwrapped, _ = load_model(last)
-        accelerator.unwrap_model(model).load_state_dict(unwrapped.state_dict())
-        step = load_training_state(last, optimizer, scheduler, generator)
+        model.load_state_dict(unwrapped.state_dict())
+        rank, processes = accelerator.process_index, accelerator.num_processes
+        step = load_training_state(last, optimizer, scheduler, generator, rank, processes)
         accelerator.print(f"resumed from {last} at step {step}")
-    cfg.save(out / "config.json")
-
-    log_path = out / "train_log.jsonl"
-    log = open(log_path, "a")
-    model.train()
+    main = accelerator.is_main_process
+    if main:
+        cfg.save(out / "config.json")
+    log = TrainLog(out / "train_log.jsonl" if main else None)
+    stage_loss.train()
     start_time, start_step = time.time(), step
     bar = tqdm(
         total=tc.steps,
@@ -230,10 +237,10 @@ def train(
             # Classifier-free guidance: some samples see the empty (all-zero) prompt.
             keep = torch.rand(tc.batch_size, generator=generator) >= tc.text_dropout
             text_batch = text_batch * keep.to(device=device, dtype=text_batch.dtype)[:, None, None]
-        loss = batch_loss(cfg, model, batch, text_batch)
+        loss = stage_loss(batch, text_batch)
         accelerator.backward(loss)
         if tc.grad_clip > 0:
-            accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            accelerator.clip_grad_norm_(stage_loss.parameters(), tc.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -242,19 +249,19 @@ def train(
         if step % tc.log_every == 0 or step == tc.steps:
             record = {
                 "step": step,
-                "loss": round(loss.item(), 6),
+                "loss": round(accelerator.reduce(loss.detach(), "mean").item(), 6),  # over all processes
                 "lr": scheduler.get_last_lr()[0],
                 "steps_per_s": round((step - start_step) / (time.time() - start_time), 3),
             }
             bar.set_postfix(loss=f"{record['loss']:.4f}")
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            log.write(record)
         if step % tc.checkpoint_every == 0 or step == end:
-            h = heldout_loss(accelerator.unwrap_model(model), cfg, heldout_sampler, caption)
-            log.write(json.dumps({"step": step, "heldout_loss": round(h, 6)}) + "\n")
-            log.flush()
-            if accelerator.is_main_process:
-                _atomic_checkpoint(out, accelerator.unwrap_model(model), cfg, optimizer, scheduler, step, generator)
+            h = heldout_loss(model, cfg, heldout_sampler, caption)
+            log.write({"step": step, "heldout_loss": round(h, 6)})
+            data_rng = gather_object([generator.get_state()])  # every process's sampling RNG, for an exact resume
+            if main:
+                _atomic_checkpoint(out, model, cfg, optimizer, scheduler, step, data_rng)
+            accelerator.wait_for_everyone()
     bar.close()
     log.close()
     if step < tc.steps:
@@ -262,19 +269,52 @@ def train(
         return {"method": cfg.history.method, "rates": cfg.history.rates, "steps": step, "final": None}
 
     final = out / "final"
-    if accelerator.is_main_process:
-        save_weights(accelerator.unwrap_model(model), cfg, final, dtype=save_dtype)
+    if main:
+        save_weights(model, cfg, final, dtype=save_dtype)
     summary = {
         "stage": cfg.train.stage,
         "method": cfg.history.method,
         "rates": cfg.history.rates,
         "sliding_window": cfg.history.sliding_window,
         "steps": step,
-        "heldout_loss": heldout_loss(accelerator.unwrap_model(model), cfg, heldout_sampler, caption),
+        "heldout_loss": heldout_loss(model, cfg, heldout_sampler, caption),
         "final": str(final),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+class StageLoss(nn.Module):
+    """The stage's flow loss as one module call.
+
+    Under several processes DDP syncs the gradients of what runs inside its wrapped module's forward; the losses
+    reach the encoder and the DiT through several HistoryDiT methods, so the whole loss is that forward.
+    """
+
+    def __init__(self, cfg: RunConfig, model: HistoryDiT):
+        super().__init__()
+        self.cfg = cfg
+        self.model = model
+
+    def forward(self, batch, text: torch.Tensor) -> torch.Tensor:
+        return batch_loss(self.cfg, self.model, batch, text)
+
+
+class TrainLog:
+    """``OUT/train_log.jsonl``, appended and flushed line by line by the main process only (``path=None``: others)."""
+
+    def __init__(self, path: Path | None):
+        self.file = open(path, "a") if path is not None else None
+
+    def write(self, record: dict) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
 class CaptionEmbedding:
@@ -299,12 +339,12 @@ def _resumable_checkpoint(out: Path) -> Path | None:
     return None
 
 
-def _atomic_checkpoint(out: Path, model, cfg, optimizer, scheduler, step, generator) -> None:
+def _atomic_checkpoint(out: Path, model, cfg, optimizer, scheduler, step, data_rng: list[torch.Tensor]) -> None:
     """Write ``last.tmp`` completely, then swap it in, so an interrupted write never leaves a half checkpoint."""
     tmp = out / "last.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     save_weights(model, cfg, tmp)
-    save_training_state(tmp, optimizer, scheduler, step, generator)
+    save_training_state(tmp, optimizer, scheduler, step, data_rng)
     last = out / "last"
     old = out / "last.old"
     shutil.rmtree(old, ignore_errors=True)
