@@ -189,3 +189,9 @@ def test_a_causal_vae_cache_trains(tmp_path, small_config):
     assert hr.shape == (1, 48, 5, 8, 8) and lr[0].shape == (1, 48, 2, 2, 2)
     summary = train(cfg, tmp_path / "run", progress=False)
     assert summary["steps"] == 2 and summary["heldout_loss"] > 0
+    # overlapping windows (a stride of 8 frames): more distinct samples, each window still its own run
+    slide = ["--window-frames", "17", "--set", "data.window_stride=8"]
+    assert main(["data", "prepare", "--input", bikes, "--out", str(tmp_path / "slide"), *slide, *sets]) == 0
+    sampler = CacheSampler(tmp_path / "slide", 5, RATES, [True], 0.4, "train", cfg)
+    assert sampler.videos[0].window_starts == [0, 8, 16, 24, 32, 40, 48, 56]
+    assert [run.windows for run in sampler.runs] == [(0,), (1,), (2,), (3,)]  # windows ending by the cut at 48

@@ -117,6 +117,9 @@ class DataConfig:
     cache: str = ""
     # Frames per cached window (`data prepare`); 0 = train.history_frames. The stage-II window (history + target).
     window_frames: int = 0
+    # Frames between cached window starts; 0 = window_frames (back to back). A smaller stride overlaps the windows:
+    # more distinct samples where each window is one sample (a causal VAE; musubi-tuner's "slide" extraction).
+    window_stride: int = 0
     # Whole videos added to the training part only (never evaluated on).
     extra_train_videos: list[str] = field(default_factory=list)
     # How a frame meets its target shape: "crop" (cover, then centre-crop) or "pad" (fit inside, black bars).
@@ -140,6 +143,8 @@ class DataConfig:
                 )
         if self.window_frames < 0:
             raise ValueError(f"data.window_frames must be >= 0 (0 = train.history_frames), got {self.window_frames}")
+        if self.window_stride < 0:
+            raise ValueError(f"data.window_stride must be >= 0 (0 = data.window_frames), got {self.window_stride}")
 
 
 @dataclass

@@ -162,22 +162,26 @@ def output_config(cfg: RunConfig, window_frames: int) -> dict:
         "resize": cfg.data.resize,
         "rates": list(cfg.history.rates),
         "window_frames": window_frames,
+        "window_stride": cfg.data.window_stride or window_frames,
         "dtype": "float16",
         "version": 3,
     }
 
 
-def window_spans(frames: int, window: int, framewise: bool, rates: list[Rate]) -> list[tuple[int, int]]:
-    """``(start, length)`` of each cached window: back to back from frame 0, full length.
+def window_spans(
+    frames: int, window: int, framewise: bool, rates: list[Rate], stride: int = 0
+) -> list[tuple[int, int]]:
+    """``(start, length)`` of each cached window: full length, every ``stride`` frames from frame 0 (0: back to back).
 
-    With a framewise codec the frames after the last full window become one shorter window (cut to a multiple of
-    the rates' temporal factors), so no footage is lost: the windows join into one run when training.
+    Back to back with a framewise codec, the frames after the last full window become one shorter window (cut to a
+    multiple of the rates' temporal factors), so no footage is lost: the windows join into one run when training.
     """
-    spans = [(start, window) for start in range(0, frames - window + 1, window)]
+    stride = stride or window
+    spans = [(start, window) for start in range(0, frames - window + 1, stride)]
     block = math.lcm(*[r.t for r in rates]) if rates else 1
     tail_start = len(spans) * window
     tail = (frames - tail_start) // block * block
-    if framewise and spans and tail > 0:
+    if framewise and stride == window and spans and tail > 0:
         spans.append((tail_start, tail))
     return spans
 
@@ -289,7 +293,7 @@ def prepare(
                 raise ValueError(f"shorter than the minimum window ({len(frames)} frames < {window})")
 
             t0 = time.time()
-            spans = window_spans(len(frames), window, framewise, rates)
+            spans = window_spans(len(frames), window, framewise, rates, cfg.data.window_stride)
             tensors = encode_windows(to_pixels(frames), codec, rates, spans, device)
             board = item.storyboard or Storyboard.from_caption(caption, len(frames) / cfg.data.fps)
             if text_encoder is not None:
