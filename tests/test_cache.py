@@ -195,3 +195,25 @@ def test_a_causal_vae_cache_trains(tmp_path, small_config):
     sampler = CacheSampler(tmp_path / "slide", 5, RATES, [True], 0.4, "train", cfg)
     assert sampler.videos[0].window_starts == [0, 8, 16, 24, 32, 40, 48, 56]
     assert [run.windows for run in sampler.runs] == [(0,), (1,), (2,), (3,)]  # windows ending by the cut at 48
+
+
+def test_inspect_and_a_damaged_shard_is_named(cache, small_config, tmp_path, capsys):
+    assert main(["data", "inspect", str(cache / "out"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["videos"], summary["shots"], summary["damaged"], summary["stale_shards"]) == (2, 3, [], [])
+    bikes = next(v for v in summary["per_video"] if v["source"].endswith("bikes.mp4"))
+    assert (bikes["windows"], bikes["latent_frames"], bikes["latent_shape"], bikes["rates"]) == (
+        5,
+        80,
+        "48x16x16",
+        ["4x4x2"],
+    )
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(cache / "out", damaged)
+    shard = damaged / json.loads((damaged / "manifest.jsonl").read_text().splitlines()[0])["shard"]
+    shard.write_bytes(shard.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=f"{shard.name}: not a readable cache shard"):
+        CacheSampler(damaged, 8, RATES, [True], 0.2, "train", small_config())
+    assert main(["data", "inspect", str(damaged)]) == 1
+    assert f"DAMAGED shards/{shard.name}" in capsys.readouterr().out

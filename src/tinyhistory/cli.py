@@ -106,6 +106,30 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
     return run_prepare(cfg, source, out, args.window_frames)
 
 
+def _cmd_data_inspect(args: argparse.Namespace) -> int:
+    from tinyhistory.data.cache import inspect_cache
+
+    summary = inspect_cache(args.cache)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"{summary['cache']}: {summary['videos']} videos, {summary['windows']} windows, "
+            f"{summary['latent_frames']} latent frames, {summary['shots']} storyboard shots"
+        )
+        for video in summary["per_video"]:
+            print(
+                f"  {video['source']}: {video['seconds']} s, {video['windows']} windows, latents "
+                f"{video['latent_shape']} × {video['latent_frames']} frames, rates {', '.join(video['rates'])}, "
+                f"{video['shots']} shots"
+            )
+        for bad in summary["damaged"]:
+            print(f"  DAMAGED {bad['shard']} ({bad['source']}): {bad['reason']}")
+        if summary["stale_shards"]:
+            print(f"  {len(summary['stale_shards'])} shards on disk outside the manifest (earlier settings)")
+    return 1 if summary["damaged"] else 0
+
+
 def _cmd_reproduce_table1(args: argparse.Namespace) -> int:
     from tinyhistory.reproduce.table1 import reproduce_table1
 
@@ -244,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--window-frames", type=int, default=None, help="frames per cached window (default: data.window_frames)"
     )
     dp.set_defaults(func=_cmd_data_prepare)
+
+    di = data_sub.add_parser("inspect", help="what a data-prepare cache holds; exit 1 if a shard is damaged")
+    di.add_argument("cache")
+    di.add_argument("--json", action="store_true")
+    di.set_defaults(func=_cmd_data_inspect)
 
     df = data_sub.add_parser("frames", help="decode a video once into a lossless frame archive (*.frames.xz)")
     df.add_argument("video")

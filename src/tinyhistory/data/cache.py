@@ -55,9 +55,12 @@ class CachedVideo:
 
     @classmethod
     def open(cls, shard: Path) -> CachedVideo:
-        with safe_open(str(shard), framework="pt") as f:
-            meta = f.metadata() or {}
-            keys = list(f.keys())
+        try:
+            with safe_open(str(shard), framework="pt") as f:
+                meta = f.metadata() or {}
+                keys = list(f.keys())
+        except Exception as exc:  # safetensors raises its own error types for a damaged or missing file
+            raise ValueError(f"{shard}: not a readable cache shard ({exc}); run `data prepare` again") from exc
         missing = [
             k for k in ("source", "fps", "frames", "window_starts", "temporal_factor", "framewise") if k not in meta
         ]
@@ -322,3 +325,53 @@ def _part_bounds(video: CachedVideo, run: Run, heldout_fraction: float, part: st
         if cut == -1:
             return (0, 0)
     return (0, cut) if part == "train" else (cut, length)
+
+
+def inspect_cache(cache: str | Path) -> dict:
+    """What a cache holds, checked shard by shard: videos, windows, latent frames and shapes, prompts, the config it
+    was made with, damaged shards (named) and shards on disk outside the manifest (stale)."""
+    cache = Path(cache)
+    rows = read_manifest(cache)
+    videos, damaged, readable = [], [], []
+    for row in rows:
+        try:
+            video = CachedVideo.open(cache / row["shard"])
+        except ValueError as exc:
+            damaged.append({"shard": row["shard"], "source": row.get("source"), "reason": str(exc)})
+            continue
+        readable.append(video.shard)
+        videos.append(
+            {
+                "source": video.source,
+                "seconds": round(video.frames / video.fps, 2),
+                "windows": len(video.window_starts),
+                "latent_frames": sum(video.window_latents),
+                "latent_shape": _channels_height_width(video.hr_keys[0]),
+                "rates": sorted(video.lr_keys),
+                "shots": len(video.storyboard.shots),
+                "prompts_cached": len(video.text_keys),
+            }
+        )
+    on_disk = {f"shards/{p.name}" for p in (cache / "shards").glob("*.safetensors")}
+    stale = sorted(on_disk - {row["shard"] for row in rows})
+    config = {}
+    if readable:
+        with safe_open(str(readable[0]), framework="pt") as f:
+            config = json.loads(f.metadata()["config"])
+    return {
+        "cache": str(cache),
+        "videos": len(videos),
+        "latent_frames": sum(v["latent_frames"] for v in videos),
+        "windows": sum(v["windows"] for v in videos),
+        "shots": sum(v["shots"] for v in videos),
+        "config": config,
+        "damaged": damaged,
+        "stale_shards": stale,
+        "per_video": videos,
+    }
+
+
+def _channels_height_width(hr_key: str) -> str:
+    """``"w0.hr_latents.48x32x16x16.float16"`` → ``"48x16x16"`` (channels, height, width of the latents)."""
+    c, _, h, w = hr_key.split(".")[2].split("x")
+    return f"{c}x{h}x{w}"
