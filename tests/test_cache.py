@@ -217,3 +217,24 @@ def test_inspect_and_a_damaged_shard_is_named(cache, small_config, tmp_path, cap
         CacheSampler(damaged, 8, RATES, [True], 0.2, "train", small_config())
     assert main(["data", "inspect", str(damaged)]) == 1
     assert f"DAMAGED shards/{shard.name}" in capsys.readouterr().out
+
+
+def test_whole_videos_can_be_held_out(cache, small_config, tmp_path):
+    """`data.heldout_split = "videos"`: one of the two videos (by content hash) is held out whole, the other trains."""
+    cfg = small_config(f'data.cache="{cache / "out"}"', 'data.heldout_split="videos"', "train.steps=2")
+    train_part = CacheSampler.for_run(cfg, "train", RATES, [True])
+    heldout = CacheSampler.for_run(cfg, "heldout", RATES, [True])
+    train_videos = {train_part.runs[r].video for r in train_part.valid_picks[:, 0].tolist()}
+    heldout_videos = {heldout.runs[r].video for r in heldout.valid_picks[:, 0].tolist()}
+    assert len(train_videos) == len(heldout_videos) == 1 and train_videos != heldout_videos
+    first = min(range(2), key=lambda i: heldout.videos[i].source_sha256)
+    assert heldout_videos == {first}
+    whole = heldout.videos[first]
+    assert heldout.valid_picks[:, 1].tolist() == list(range(0, sum(whole.window_latents) - 8 + 1, 2))  # all of it
+    assert train(cfg, tmp_path / "run", progress=False)["steps"] == 2
+    one = tmp_path / "one"
+    assert main(["data", "prepare", "--input", os.path.join(DATA, "bikes.mp4"), "--out", str(one)]) == 0
+    with pytest.raises(ValueError, match="needs at least 2 cached videos"):
+        CacheSampler(one, 8, RATES, [True], 0.2, "train", None, "videos")
+    with pytest.raises(ValueError, match="needs a data.cache"):
+        small_config('data.heldout_split="videos"')

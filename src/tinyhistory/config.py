@@ -112,6 +112,8 @@ class DataConfig:
     fps: float = 8.0
     size: int = 64
     heldout_fraction: float = 0.2
+    # "tail": the last heldout_fraction of every video; "videos": that fraction of whole videos (a data.cache only).
+    heldout_split: str = "tail"
     # A `tinyhistory data prepare` output folder: training reads its latents and prompts instead of decoding
     # ``video`` ("" = decode ``video`` and encode on the fly). The last heldout_fraction of every video is held out.
     cache: str = ""
@@ -132,6 +134,9 @@ class DataConfig:
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ValueError(f"data.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
         _choice("data.resize", self.resize, ("crop", "pad"))
+        _choice("data.heldout_split", self.heldout_split, ("tail", "videos"))
+        if self.heldout_split == "videos" and not self.cache:
+            raise ValueError("data.heldout_split = 'videos' needs a data.cache of several videos (one clip has a tail)")
         for i, bucket in enumerate(self.buckets):
             if (
                 not isinstance(bucket, list)

@@ -13,7 +13,9 @@ Where samples come from:
   any block boundary of the video, across window borders, exactly as if the clip had been encoded whole. With a
   temporally causal VAE (Wan, HunyuanVideo) each cached window is its own run: a shorter sample is a slice of it.
 * **Held-out split.** The last ``heldout_fraction`` of every video is held out (as in the pixel-clip path):
-  training samples lie entirely before the cut, held-out samples entirely after it.
+  training samples lie entirely before the cut, held-out samples entirely after it. ``heldout_split = "videos"``
+  holds out whole videos instead (``round(heldout_fraction · N)`` of them, chosen by content hash): better for many
+  short clips.
 * **Alignment.** Starts are multiples of ``lcm(rate.t)`` latent frames from the run's start, so LR slices are
   exactly the LR latents of the sampled window.
 """
@@ -42,6 +44,7 @@ class CachedVideo:
 
     shard: Path
     source: str
+    source_sha256: str
     fps: float
     frames: int  # decoded frames of the whole video
     window_starts: list[int]  # first pixel frame of each cached window
@@ -83,6 +86,7 @@ class CachedVideo:
         return cls(
             shard=shard,
             source=meta["source"],
+            source_sha256=meta.get("source_sha256", ""),
             fps=float(meta["fps"]),
             frames=int(meta["frames"]),
             window_starts=starts,
@@ -161,11 +165,13 @@ class CacheSampler:
         heldout_fraction: float,
         part: str,
         cfg: RunConfig | None = None,
+        heldout_split: str = "tail",
     ):
         if part not in ("train", "heldout"):
             raise ValueError(f"part must be 'train' or 'heldout', got {part!r}")
         cache = Path(cache)
         self.videos = [CachedVideo.open(cache / row["shard"]) for row in read_manifest(cache)]
+        heldout_videos = _heldout_videos(self.videos, heldout_fraction, cache) if heldout_split == "videos" else None
         if cfg is not None:
             for video in self.videos:
                 with safe_open(str(video.shard), framework="pt") as f:
@@ -184,7 +190,11 @@ class CacheSampler:
                     "(prepare the cache with longer data.window_frames)"
                 )
             for run in _runs(v, video):
-                lo, hi = _part_bounds(video, run, heldout_fraction, part)
+                if heldout_videos is None:
+                    lo, hi = _part_bounds(video, run, heldout_fraction, part)
+                else:  # whole videos: all of a video is in one part
+                    inside = (v in heldout_videos) == (part == "heldout")
+                    lo, hi = (0, run.latents(video)) if inside else (0, 0)
                 first = lo + (-lo) % self.block  # aligned to the run's start
                 offsets = range(first, hi - frames + 1, self.block)
                 if len(offsets):
@@ -212,7 +222,7 @@ class CacheSampler:
         cache = resolve_path(cfg.data.cache)
         first = CachedVideo.open(cache / read_manifest(cache)[0]["shard"])
         frames = latent_frames(cfg.train.history_frames, first.temporal_factor)
-        return cls(cache, frames, rates, uses_lr, cfg.data.heldout_fraction, part, cfg)
+        return cls(cache, frames, rates, uses_lr, cfg.data.heldout_fraction, part, cfg, cfg.data.heldout_split)
 
     def __len__(self) -> int:
         return len(self.valid_picks)
@@ -310,6 +320,16 @@ def _runs(video_index: int, video: CachedVideo) -> list[Run]:
         else:
             runs.append([i])
     return [Run(video_index, tuple(r)) for r in runs]
+
+
+def _heldout_videos(videos: list[CachedVideo], fraction: float, cache: Path) -> set[int]:
+    """Indices of the whole videos held out: ``round(fraction · N)`` of them (at least one), chosen by content hash, so
+    the choice does not depend on file names or on the order videos were cached in."""
+    if len(videos) < 2:
+        raise ValueError(f"data.heldout_split = 'videos' needs at least 2 cached videos; {cache} holds {len(videos)}")
+    count = min(len(videos) - 1, max(1, round(fraction * len(videos))))
+    order = sorted(range(len(videos)), key=lambda i: videos[i].source_sha256)
+    return set(order[:count])
 
 
 def _part_bounds(video: CachedVideo, run: Run, heldout_fraction: float, part: str) -> tuple[int, int]:
