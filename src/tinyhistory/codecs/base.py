@@ -30,3 +30,13 @@ def load_vae(model_class, path: str | Path, dtype: torch.dtype, what: str):
     return model_class.from_pretrained(
         path, subfolder=subfolder, torch_dtype=dtype, local_files_only=True, use_safetensors=True
     )
+
+
+def check_causal_frames(frames: int, temporal_factor: int, key: str) -> None:
+    """A causal VAE encodes ``1 + f·k`` frames; any other count would silently lose frames at the end. Name ``key``."""
+    if temporal_factor > 1 and (frames - 1) % temporal_factor:
+        example = 1 + temporal_factor * max(1, (frames - 1) // temporal_factor)
+        raise ValueError(
+            f"{key} = {frames}: a causal VAE with temporal factor {temporal_factor} encodes 1 + {temporal_factor}k "
+            f"frames (e.g. {example}); other frame counts lose frames at the end"
+        )

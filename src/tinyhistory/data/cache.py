@@ -30,12 +30,41 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from tinyhistory.codecs.base import check_causal_frames
 from tinyhistory.config import RunConfig
 from tinyhistory.geometry import Rate
 from tinyhistory.paths import resolve_path
 from tinyhistory.text.storyboard import Storyboard
 
 MAX_OPEN_SHARDS = 64
+
+
+def output_config(cfg: RunConfig, window_frames: int) -> dict:
+    """Every config value that changes a shard's content: part of its key, stored in its metadata."""
+    return {
+        "base": cfg.base,
+        "codec": vars(cfg.codec),
+        "text": {"kind": cfg.text.kind, "max_tokens": cfg.text.max_tokens, "path": cfg.text.path},
+        "fps": cfg.data.fps,
+        "size": cfg.data.size,
+        "buckets": cfg.data.buckets,
+        "resize": cfg.data.resize,
+        "rates": list(cfg.history.rates),
+        "window_frames": window_frames,
+        "window_stride": cfg.data.window_stride or window_frames,
+        "dtype": "float16",
+        "version": 3,
+    }
+
+
+def tensor_shape(key: str) -> tuple[int, ...]:
+    """The shape written into a shard's tensor name: ``"w0.hr_latents.48x32x16x16.float16"`` → ``(48, 32, 16, 16)``."""
+    return tuple(int(n) for n in key.split(".")[-2].split("x"))
+
+
+def shards_on_disk(cache: Path) -> set[str]:
+    """Every finished shard in ``cache`` as a manifest entry (``"shards/<key>.safetensors"``)."""
+    return {f"shards/{p.name}" for p in (cache / "shards").glob("*.safetensors")}
 
 
 @dataclass
@@ -55,6 +84,9 @@ class CachedVideo:
     lr_keys: dict[str, list[str]]  # rate → per window
     text_keys: list[str]  # per shot
     window_latents: list[int]  # latent frames of each window (a framewise cache may end in a shorter one)
+    window_frames: int  # pixel frames per (full) window
+    latent_shape: tuple[int, int, int]  # (channels, height, width) of the HR latents
+    config: dict  # the output config the shard was made with (see output_config)
 
     @classmethod
     def open(cls, shard: Path) -> CachedVideo:
@@ -82,7 +114,7 @@ class CachedVideo:
         for rate, names in lr_keys.items():
             lr_keys[rate] = sorted(names, key=lambda k: int(k.split(".")[0][1:]))
         text_keys = sorted((k for k in keys if k.startswith("text.")), key=lambda k: int(k.split(".")[1]))
-        window_latents = [int(key.split(".")[2].split("x")[1]) for key in hr_keys]
+        shapes = [tensor_shape(key) for key in hr_keys]  # (C, T, H, W) per window
         return cls(
             shard=shard,
             source=meta["source"],
@@ -96,7 +128,10 @@ class CachedVideo:
             hr_keys=hr_keys,
             lr_keys=lr_keys,
             text_keys=text_keys,
-            window_latents=window_latents,
+            window_latents=[shape[1] for shape in shapes],
+            window_frames=int(meta["window_frames"]),
+            latent_shape=(shapes[0][0], shapes[0][2], shapes[0][3]),
+            config=json.loads(meta["config"]),
         )
 
 
@@ -122,22 +157,18 @@ def read_manifest(cache: str | Path) -> list[dict]:
     return rows
 
 
+def _identity(config: dict) -> dict:
+    """What of an output config a run and its cache must share (the codec's memory savers do not count)."""
+    return {
+        "codec": {k: v for k, v in config["codec"].items() if k not in ("tiling", "slicing")},
+        **{f"text.{k}": config["text"][k] for k in ("kind", "max_tokens", "path")},
+        "fps": config["fps"],
+    }
+
+
 def check_compatible(cfg: RunConfig, shard_config: dict, shard: Path) -> None:
     """The run must read latents made with its own codec, text encoder and rates; name the first mismatch."""
-    wanted = {
-        "codec": {k: v for k, v in vars(cfg.codec).items() if k not in ("tiling", "slicing")},
-        "text.kind": cfg.text.kind,
-        "text.max_tokens": cfg.text.max_tokens,
-        "text.path": cfg.text.path,
-        "fps": cfg.data.fps,
-    }
-    found = {
-        "codec": {k: v for k, v in shard_config["codec"].items() if k not in ("tiling", "slicing")},
-        "text.kind": shard_config["text"]["kind"],
-        "text.max_tokens": shard_config["text"]["max_tokens"],
-        "text.path": shard_config["text"]["path"],
-        "fps": shard_config["fps"],
-    }
+    wanted, found = _identity(output_config(cfg, 0)), _identity(shard_config)
     for key, value in wanted.items():
         if found[key] != value:
             raise ValueError(f"{shard}: cached with {key} = {found[key]!r}, this run has {key} = {value!r}")
@@ -174,8 +205,7 @@ class CacheSampler:
         heldout_videos = _heldout_videos(self.videos, heldout_fraction, cache) if heldout_split == "videos" else None
         if cfg is not None:
             for video in self.videos:
-                with safe_open(str(video.shard), framework="pt") as f:
-                    check_compatible(cfg, json.loads(f.metadata()["config"]), video.shard)
+                check_compatible(cfg, video.config, video.shard)
         self.frames = frames
         self.rates = rates
         self.uses_lr = uses_lr
@@ -209,7 +239,7 @@ class CacheSampler:
         self.runs = runs
         self.valid_picks = torch.cat(picks)  # (N, 2): run index, latent offset inside the run
         # Picks grouped by spatial shape (aspect-ratio buckets): a batch is drawn from one group.
-        run_shapes = [self.videos[run.video].hr_keys[0].split(".")[2].split("x", 2)[2] for run in runs]
+        run_shapes = [self.videos[run.video].latent_shape for run in runs]
         shape_of_pick = [run_shapes[r] for r in self.valid_picks[:, 0].tolist()]
         self._pools = {
             shape: torch.tensor([i for i, s in enumerate(shape_of_pick) if s == shape]) for shape in set(run_shapes)
@@ -297,11 +327,7 @@ class CacheSampler:
 
 def latent_frames(frames: int, temporal_factor: int) -> int:
     """Latent frames of ``frames`` pixel frames: all of them, or ``1 + (frames - 1) / f`` for a causal VAE."""
-    if temporal_factor > 1 and (frames - 1) % temporal_factor:
-        raise ValueError(
-            f"train.history_frames = {frames}: a causal VAE with temporal factor {temporal_factor} encodes "
-            f"1 + {temporal_factor}k frames (e.g. {1 + temporal_factor * max(1, (frames - 1) // temporal_factor)})"
-        )
+    check_causal_frames(frames, temporal_factor, "train.history_frames")
     return frames if temporal_factor == 1 else 1 + (frames - 1) // temporal_factor
 
 
@@ -352,32 +378,27 @@ def inspect_cache(cache: str | Path) -> dict:
     was made with, damaged shards (named) and shards on disk outside the manifest (stale)."""
     cache = Path(cache)
     rows = read_manifest(cache)
-    videos, damaged, readable = [], [], []
+    videos, damaged, config = [], [], {}
     for row in rows:
         try:
             video = CachedVideo.open(cache / row["shard"])
         except ValueError as exc:
             damaged.append({"shard": row["shard"], "source": row.get("source"), "reason": str(exc)})
             continue
-        readable.append(video.shard)
+        config = config or video.config
         videos.append(
             {
                 "source": video.source,
                 "seconds": round(video.frames / video.fps, 2),
                 "windows": len(video.window_starts),
                 "latent_frames": sum(video.window_latents),
-                "latent_shape": _channels_height_width(video.hr_keys[0]),
+                "latent_shape": "x".join(str(n) for n in video.latent_shape),
                 "rates": sorted(video.lr_keys),
                 "shots": len(video.storyboard.shots),
                 "prompts_cached": len(video.text_keys),
             }
         )
-    on_disk = {f"shards/{p.name}" for p in (cache / "shards").glob("*.safetensors")}
-    stale = sorted(on_disk - {row["shard"] for row in rows})
-    config = {}
-    if readable:
-        with safe_open(str(readable[0]), framework="pt") as f:
-            config = json.loads(f.metadata()["config"])
+    stale = sorted(shards_on_disk(cache) - {row["shard"] for row in rows})
     return {
         "cache": str(cache),
         "videos": len(videos),
@@ -389,9 +410,3 @@ def inspect_cache(cache: str | Path) -> dict:
         "stale_shards": stale,
         "per_video": videos,
     }
-
-
-def _channels_height_width(hr_key: str) -> str:
-    """``"w0.hr_latents.48x32x16x16.float16"`` → ``"48x16x16"`` (channels, height, width of the latents)."""
-    c, _, h, w = hr_key.split(".")[2].split("x")
-    return f"{c}x{h}x{w}"

@@ -36,7 +36,9 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from tinyhistory.codecs.base import check_causal_frames
 from tinyhistory.config import RunConfig
+from tinyhistory.data.cache import CachedVideo, output_config, shards_on_disk
 from tinyhistory.data.clip import to_pixels
 from tinyhistory.data.video import choose_bucket, decode_video, probe_video
 from tinyhistory.geometry import Rate
@@ -150,24 +152,6 @@ def resolve_window(cfg: RunConfig, window_frames: int | None) -> int:
     return window_frames or cfg.data.window_frames or cfg.train.history_frames
 
 
-def output_config(cfg: RunConfig, window_frames: int) -> dict:
-    """Every config value that changes a shard's content (part of the cache key)."""
-    return {
-        "base": cfg.base,
-        "codec": vars(cfg.codec),
-        "text": {"kind": cfg.text.kind, "max_tokens": cfg.text.max_tokens, "path": cfg.text.path},
-        "fps": cfg.data.fps,
-        "size": cfg.data.size,
-        "buckets": cfg.data.buckets,
-        "resize": cfg.data.resize,
-        "rates": list(cfg.history.rates),
-        "window_frames": window_frames,
-        "window_stride": cfg.data.window_stride or window_frames,
-        "dtype": "float16",
-        "version": 3,
-    }
-
-
 def window_spans(
     frames: int, window: int, framewise: bool, rates: list[Rate], stride: int = 0
 ) -> list[tuple[int, int]]:
@@ -198,15 +182,10 @@ def _shape(t: torch.Tensor) -> str:
 
 def check_window(codec, window: int, rates: list[Rate]) -> None:
     """A window must hold whole LR blocks (pixel codec) or ``1 + f·k`` frames (a causal VAE); name the fix."""
-    tf = codec.temporal_factor
     for rate in rates:
-        if tf == 1 and window % rate.t:
+        if codec.temporal_factor == 1 and window % rate.t:
             raise ValueError(f"data.window_frames = {window} is not a multiple of the temporal rate of {rate}")
-    if tf > 1 and (window - 1) % tf:
-        raise ValueError(
-            f"data.window_frames = {window}: a causal VAE with temporal factor {tf} encodes 1 + {tf}k frames "
-            f"(e.g. {1 + tf * max(1, (window - 1) // tf)}); other frame counts lose frames at the end"
-        )
+    check_causal_frames(window, codec.temporal_factor, "data.window_frames")
 
 
 def encode_windows(
@@ -331,32 +310,25 @@ def write_manifest(out: str | Path, shards: list[str]) -> tuple[list[dict], list
     Other shards in the folder (an earlier run with other settings, prompts or videos) stay on disk but are left out
     of the manifest and returned as stale, so training never mixes two configs or two storyboards of one video.
     """
-    from safetensors import safe_open
-
     out = Path(out)
     rows = []
     wanted = set(shards)
-    stale = sorted(
-        f"shards/{p.name}" for p in (out / "shards").glob("*.safetensors") if f"shards/{p.name}" not in wanted
-    )
+    stale = sorted(shards_on_disk(out) - wanted)
     for name in sorted(wanted):
-        shard = out / name
-        with safe_open(str(shard), framework="pt") as f:
-            meta = f.metadata()
-            hr_shapes = {int(k.split(".")[0][1:]): k.split(".")[2] for k in f.keys() if ".hr_latents." in k}
+        video = CachedVideo.open(out / name)
         rows.append(
             {
-                "shard": f"shards/{shard.name}",
-                "source": meta["source"],
-                "source_sha256": meta["source_sha256"],
-                "fps": float(meta["fps"]),
-                "window_frames": int(meta["window_frames"]),
-                "window_starts": json.loads(meta["window_starts"]),
-                "windows": len(hr_shapes),
-                "frames": int(meta["frames"]),
+                "shard": name,
+                "source": video.source,
+                "source_sha256": video.source_sha256,
+                "fps": video.fps,
+                "window_frames": video.window_frames,
+                "window_starts": video.window_starts,
+                "windows": len(video.window_starts),
+                "frames": video.frames,
                 # latent frames per window, and the latent (channels, height, width)
-                "window_latents": [int(hr_shapes[i].split("x")[1]) for i in sorted(hr_shapes)],
-                "latent_shape": [int(n) for n in hr_shapes[0].split("x")[:1] + hr_shapes[0].split("x")[2:]],
+                "window_latents": video.window_latents,
+                "latent_shape": list(video.latent_shape),
             }
         )
     rows.sort(key=lambda r: (r["source"], r["shard"]))
