@@ -52,7 +52,7 @@ def mixed_folder(tmp_path_factory):
     return folder
 
 
-def test_mixed_folder_reports_bad_files_and_resumes(mixed_folder, tmp_path, capsys):
+def test_mixed_folder_reports_bad_files_and_resumes(mixed_folder, tmp_path, capsys, monkeypatch):
     out = tmp_path / "cache"
     argv = ["data", "prepare", "--preset", "tiny", "--input", str(mixed_folder), "--out", str(out), *ARGS]
     assert main(argv) == 3  # some items skipped
@@ -87,8 +87,13 @@ def test_mixed_folder_reports_bad_files_and_resumes(mixed_folder, tmp_path, caps
     vfr = next(m for m in manifest if m["source"].endswith("vfr.mp4"))
     assert vfr["window_starts"] == [0, 8]
 
-    # a second run does no repeated work
+    # a second run does no repeated work: not even the text encoder is loaded
     capsys.readouterr()
+
+    def no_text_encoder(*args, **kwargs):
+        raise AssertionError("a rerun that reuses every shard must not load the text encoder")
+
+    monkeypatch.setattr("tinyhistory.text.cache.build_text_encoder", no_text_encoder)
     assert main(argv) == 3
     again = json.loads((out / "report.json").read_text())
     assert again["done"] == [] and sorted(os.path.basename(p) for p in again["reused"]) == done

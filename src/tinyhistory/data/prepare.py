@@ -24,13 +24,16 @@ Exit status: 0 everything cached, 3 some items skipped, 2 the run could not star
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -222,13 +225,16 @@ def prepare(
     items: list[Item],
     out: str | Path,
     window_frames: int | None = None,
-    text_encoder=None,
+    text_encoder: Callable[[], Any] | None = None,
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
     device: str | torch.device = "cpu",
 ) -> Report:
     """Cache every item (this rank's share: items ``rank::world_size``); returns the report.
+
+    ``text_encoder`` builds the text encoder; it is called at the first video that needs its prompts embedded, so a
+    rerun that reuses every shard never loads UMT5 or Llama (``None``: no text in the shards).
 
     The codec runs on ``device`` (each rank's GPU under ``accelerate launch``); decoding and the shards stay on the CPU.
     """
@@ -276,7 +282,7 @@ def prepare(
             tensors = encode_windows(to_pixels(frames), codec, rates, spans, device)
             board = item.storyboard or Storyboard.from_caption(caption, len(frames) / cfg.data.fps)
             if text_encoder is not None:
-                tensors.update(encode_prompts_of(board, text_encoder))
+                tensors.update(encode_prompts_of(board, text_encoder()))
             report.encode_seconds += time.time() - t0
             report.encoded_frames += sum(length for _, length in spans)
             report.latent_frames += sum(t.shape[1] for k, t in tensors.items() if ".hr_latents." in k)
@@ -355,7 +361,7 @@ def run_prepare(cfg: RunConfig, source: str | Path, out: str | Path, window_fram
         items,
         out,
         window_frames,
-        build_text_encoder(cfg.text, state.device),
+        functools.cache(lambda: build_text_encoder(cfg.text, state.device)),
         state.process_index,
         state.num_processes,
         progress=state.is_main_process,
