@@ -79,7 +79,7 @@ def test_text_for_follows_the_storyboard(cache, small_config):
     phone = next(i for i, run in enumerate(sampler.runs) if sampler.videos[run.video].source.endswith("carphone.mp4"))
     bikes = next(i for i, run in enumerate(sampler.runs) if sampler.videos[run.video].source.endswith("bikes.mp4"))
     prompts = [BOARD["shots"][0]["prompt"], BOARD["shots"][1]["prompt"], "people cycle in a city"]
-    a, b, c = encode_prompts(cfg.text, prompts)
+    a, b, c = encode_prompts(cfg.text, prompts).states
     picks = torch.tensor([[phone, 0], [phone, 10], [bikes, 30]])
     # target frames 4..8 of each window: 0.5–1 s (shot 0), 1.75–2.25 s → midpoint 2 s (ties go to the earlier shot)
     text = sampler.text_for(picks, 4, 8)

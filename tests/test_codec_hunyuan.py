@@ -68,6 +68,6 @@ def test_from_pretrained_through_the_config(tmp_path):
         assert isinstance(codec, HunyuanVAECodec) and codec.scaling_factor == 0.5
         torch.testing.assert_close(codec.encode(pixels), expected)
     with pytest.raises(ValueError, match="codec.path must name a local diffusers folder when codec.kind = 'hunyuan'"):
-        load_config("tiny", overrides=['codec.kind="hunyuan"'])
+        build_codec(load_config("tiny", overrides=['codec.kind="hunyuan"']))
     with pytest.raises(FileNotFoundError, match="HunyuanVideo VAE folder not found"):
         HunyuanVAECodec.from_pretrained(tmp_path / "missing")

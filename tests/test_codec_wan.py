@@ -40,6 +40,6 @@ def test_from_pretrained_round_trip_through_the_config(tmp_path):
     pixels = torch.rand(1, 3, 1, 32, 32) * 2 - 1
     torch.testing.assert_close(codec.encode(pixels), WanVAECodec(vae).encode(pixels))
     with pytest.raises(ValueError, match="codec.path must name a local diffusers folder"):
-        load_config("tiny", overrides=['codec.kind="wan"'])
+        build_codec(load_config("tiny", overrides=['codec.kind="wan"']))
     with pytest.raises(FileNotFoundError, match="Wan VAE folder not found"):
         WanVAECodec.from_pretrained(tmp_path / "missing")

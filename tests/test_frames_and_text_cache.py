@@ -45,14 +45,14 @@ def test_text_cache_serves_prompts_without_loading_the_encoder(tmp_path, monkeyp
     cfg = load_config("tiny", overrides=[f'text.cache="{tmp_path / "text.safetensors"}"'])
     prompts = ["a rabbit in a meadow", "three rodents in a forest"]
     direct = text_cache.build_text_encoder(cfg.text).encode(prompts)
-    first = text_cache.encode_prompts(cfg.text, prompts)
+    first = text_cache.encode_prompts(cfg.text, prompts).states
     torch.testing.assert_close(first, direct)
 
     def refuse(_cfg):
         raise AssertionError("the text encoder was loaded although every prompt is cached")
 
     monkeypatch.setattr(text_cache, "build_text_encoder", refuse)
-    torch.testing.assert_close(text_cache.encode_prompts(cfg.text, prompts[::-1]), direct.flip(0))
+    torch.testing.assert_close(text_cache.encode_prompts(cfg.text, prompts[::-1]).states, direct.flip(0))
     # another max_tokens is another key: a miss, so the encoder would be needed
     shorter = load_config("tiny", overrides=[f'text.cache="{tmp_path / "text.safetensors"}"', "text.max_tokens=16"])
     with pytest.raises(AssertionError, match="text encoder was loaded"):

@@ -11,6 +11,7 @@ from tinyhistory.cli import main
 from tinyhistory.generate.session import GenerationSession, SamplingSettings
 from tinyhistory.history import lowres_latents
 from tinyhistory.system import HistoryDiT, build_codec
+from tinyhistory.text.condition import TextCondition
 from tinyhistory.train.checkpoint import save_weights
 
 SMALL_AR = ['train.stage="ar"', "train.history_frames=8", "train.segment_frames=2", "train.lora_rank=0"]
@@ -22,7 +23,7 @@ def _frames(n: int, seed: int = 0) -> np.ndarray:
 
 def _text(prompts):
     """Distinct fixed embeddings per prompt (the sessions' logic does not depend on the text encoder)."""
-    return torch.stack([torch.full((64, 384), float(len(p)) / 100) for p in prompts])
+    return TextCondition(torch.stack([torch.full((64, 384), float(len(p)) / 100) for p in prompts]))
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tinyhistory.geometry import Rate
+from tinyhistory.text.condition import TextCondition
 from tinyhistory.train.objectives import make_frame_query_batch, sample_omega
 
 
@@ -71,7 +72,7 @@ def test_frame_query_loss_trains_the_encoder(small_config):
     hr = torch.randn(2, 48, 8, 16, 16, generator=g)
     lr = torch.randn(2, 48, 4, 4, 4, generator=g)
     batch = make_frame_query_batch(hr, [lr], model.rates, 3, 0.2, 1.0, g)
-    loss = frame_query_loss(model, batch, torch.randn(2, 7, 384, generator=g))
+    loss = frame_query_loss(model, batch, TextCondition(torch.randn(2, 7, 384, generator=g)))
     assert torch.isfinite(loss) and loss.item() > 0
     loss.backward()
     assert model.producers[0].hr.proj.weight.grad.abs().sum() > 0

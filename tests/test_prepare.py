@@ -7,6 +7,7 @@ import shutil
 import av
 import numpy as np
 import pytest
+import torch
 from launch import accelerate_launch
 from safetensors import safe_open
 from video_files import red_quadrant, red_top_left, write_test_video, write_video_without_frames
@@ -193,7 +194,13 @@ def test_two_processes_equal_one(tmp_path):
     for name in ("carphone_pristine.mp4", "carphone_distorted.mp4", "bikes.mp4"):
         shutil.copy(os.path.join(DATA, name), folder / name)
     one = tmp_path / "one"
-    assert main(["data", "prepare", "--input", str(folder), "--out", str(one), *ARGS]) == 0
+    # The same thread count as the launched ranks (OMP_NUM_THREADS=1 below): MiniLM's float sums depend on it.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["data", "prepare", "--input", str(folder), "--out", str(one), *ARGS]) == 0
+    finally:
+        torch.set_num_threads(threads)
     two = tmp_path / "two"
     cmd = [
         *accelerate_launch(2, 29517),

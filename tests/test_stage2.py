@@ -4,9 +4,11 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 
+from tinyhistory.backbones import WanBackbone
 from tinyhistory.config import load_config
 from tinyhistory.geometry import Rate
 from tinyhistory.system import HistoryDiT
+from tinyhistory.text.condition import TextCondition
 from tinyhistory.train.checkpoint import load_model, save_weights
 from tinyhistory.train.objectives import make_next_segment_batch, split_points
 from tinyhistory.train.trainer import train
@@ -77,12 +79,12 @@ def test_cross_attention_enhancement_starts_identical_and_round_trips(small_conf
     plain = HistoryDiT.from_config(small_config())
     _randomise(plain.producers)
     cfg = small_config("history.cross_attention=true")
-    enhanced = HistoryDiT.from_config(cfg, transformer=plain.backbone.transformer)
+    enhanced = HistoryDiT.from_config(cfg, backbone=plain.backbone)
     enhanced.producers = plain.producers
     assert len(enhanced.enhancers) == 1  # one per DiT block
     hr, x = torch.randn(1, 48, 8, 16, 16), torch.randn(1, 48, 2, 16, 16)
     lr = [torch.randn(1, 48, 4, 4, 4)]
-    text, t = torch.randn(1, 64, 384), torch.tensor([0.5])
+    text, t = TextCondition(torch.randn(1, 64, 384)), torch.tensor([0.5])
     with torch.no_grad():
         ctx_plain, ctx_enh = plain.history_context(hr, lr), enhanced.history_context(hr, lr)
         assert ctx_plain.features is None and ctx_enh.features.shape == (1, ctx_enh.num_tokens, 32)
@@ -119,10 +121,10 @@ def test_stage2_trains_a_lora_from_a_stage1_checkpoint(small_config, tmp_path):
     # the LoRA file is a diffusers LoRA: the stock loader reads it into the stage-I transformer, same outputs
     stock = WanTransformer3DModel.from_pretrained(stage1 / "final" / "transformer")
     stock.load_lora_adapter(str(final / "lora.safetensors"), prefix="transformer")
-    x, t, text = torch.randn(1, 48, 2, 16, 16), torch.tensor([0.3]), torch.randn(1, 64, 384)
+    x, t, text = torch.randn(1, 48, 2, 16, 16), torch.tensor([0.3]), TextCondition(torch.randn(1, 64, 384))
     with torch.no_grad():
         ours = model.backbone(x, t, text)
-        theirs = HistoryDiT.from_config(loaded_cfg, transformer=stock).backbone(x, t, text)
+        theirs = WanBackbone(stock)(x, t, text)
     torch.testing.assert_close(ours, theirs)
 
     # resume: running the finished command again changes nothing and keeps the step count

@@ -126,7 +126,7 @@ def test_config_builds_each_encoder_and_requires_text_path(umt5_repo, hunyuan_re
     assert MiniLMTextEncoder.pooled_dim == 0
     for kind in ("umt5", "hunyuan"):
         with pytest.raises(ValueError, match=f"text.path must name a local model folder when text.kind = '{kind}'"):
-            load_config("tiny", overrides=[f'text.kind="{kind}"'])
+            text_cache.build_text_encoder(load_config("tiny", overrides=[f'text.kind="{kind}"']).text)
     with pytest.raises(ValueError, match="text.kind = 'clip' is not allowed; expected one of minilm, umt5, hunyuan"):
         load_config("tiny", overrides=['text.kind="clip"'])
 
@@ -144,7 +144,7 @@ def test_cache_keys_separate_model_folders_and_keep_minilm_keys(umt5_repo, tmp_p
         load_config("tiny", overrides=['text.kind="umt5"', f'text.path="{p}"', f'text.cache="{cache}"']).text
         for p in (umt5_repo, other)
     )
-    first, second = text_cache.encode_prompts(a, prompts), text_cache.encode_prompts(b, prompts)
+    first, second = text_cache.encode_prompts(a, prompts).states, text_cache.encode_prompts(b, prompts).states
     assert not torch.allclose(first, second)  # another folder's weights: never served from the first's entries
     torch.testing.assert_close(first, UMT5TextEncoder(umt5_repo, max_tokens=64).encode(prompts))
-    torch.testing.assert_close(text_cache.encode_prompts(a, prompts), first)
+    torch.testing.assert_close(text_cache.encode_prompts(a, prompts).states, first)

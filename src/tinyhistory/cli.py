@@ -30,7 +30,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from tinyhistory.config import load_config
     from tinyhistory.train.trainer import train
 
-    overrides = list(args.set or [])
+    overrides = _model_override(args) + list(args.set or [])
     overrides.append(f'train.stage="{args.stage}"')
     if args.method:
         overrides.append(f'history.method="{args.method}"')
@@ -99,7 +99,7 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
     from tinyhistory.config import load_config
     from tinyhistory.data.prepare import run_prepare
 
-    cfg = load_config(args.preset, args.config, list(args.set or []))
+    cfg = load_config(args.preset, args.config, _model_override(args) + list(args.set or []))
     source, out = args.input or cfg.prepare.input, args.out or cfg.prepare.out
     if not source or not out:
         raise ValueError("data prepare needs --input and --out (or prepare.input / prepare.out in the --config TOML)")
@@ -177,6 +177,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         settings=settings,
         offload=args.offload,
         progress=not args.no_progress,
+        model_path=args.model,
     )
     print(json.dumps(result, indent=2))
     return 0
@@ -197,6 +198,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_override(args: argparse.Namespace) -> list[str]:
+    """``--model DIR`` is ``--set model.path="DIR"`` (given first, so an explicit --set still wins)."""
+    return [f"model.path={json.dumps(args.model)}"] if args.model else []
+
+
+MODEL_HELP = (
+    "your base model: a local folder in the Hub's diffusers layout (model_index.json, transformer/, vae/, "
+    "text_encoder/, tokenizer/, scheduler/); same as --set model.path=DIR"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinyhistory", description="Compressed long-video history for video DiTs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -215,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--stage", default="frame-query", choices=["frame-query", "ar"], help="frame-query (stage I) or ar (stage II)"
     )
-    tr.add_argument("--preset", default="tiny")
+    tr.add_argument("--preset", default="tiny", help="tiny, wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.2-ti2v-5b, …")
+    tr.add_argument("--model", default=None, metavar="DIR", help=MODEL_HELP)
     tr.add_argument("--config", default=None, help="TOML file overriding the preset")
     tr.add_argument("--method", default=None, help="proposed | only_lr | without_lr | large_patchifier | no_history")
     tr.add_argument("--rate", action="append", default=None, help="encoding rate HxWxT (repeat for several)")
@@ -260,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True)
     dp = data_sub.add_parser("prepare", help="cache latents and text embeddings for training (exit 3: some skipped)")
     dp.add_argument("--preset", default="tiny")
+    dp.add_argument("--model", default=None, metavar="DIR", help=MODEL_HELP)
     dp.add_argument("--config", default=None, help="TOML file overriding the preset (may hold a [prepare] table)")
     dp.add_argument("--set", action="append", metavar="KEY=VALUE")
     dp.add_argument("--input", help="a folder of videos (recursive), a JSONL file or one video (or prepare.input)")
@@ -296,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     ge = sub.add_parser("generate", help="stream a storyboard into a video, one segment at a time (stage II model)")
     ge.add_argument("--preset", default=None, help="check that the checkpoint was trained with this preset")
     ge.add_argument("--checkpoint", required=True, help="a stage-II checkpoint folder")
+    ge.add_argument("--model", default=None, metavar="DIR", help="the base model folder, if not the one trained on")
     ge.add_argument("--storyboard", required=True, help="storyboard JSON (shot times from the start of generation)")
     ge.add_argument("--out", required=True, help="the mp4 to write (also OUT.png, OUT.segments.jsonl, OUT.session)")
     start = ge.add_mutually_exclusive_group()

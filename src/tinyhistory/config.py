@@ -15,8 +15,31 @@ from pathlib import Path
 from typing import Any
 
 from tinyhistory.geometry import Rate, get_base
+from tinyhistory.registry import BACKBONES, CODECS, HISTORY_METHODS, TEXT_ENCODERS
 
-HISTORY_METHODS = ("proposed", "only_lr", "without_lr", "large_patchifier", "no_history")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class ModelConfig:
+    """The user's base model: a local folder in the Hub's diffusers layout (``--model DIR``).
+
+    ``path`` holds ``model_index.json``, ``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/`` and
+    ``scheduler/``. The DiT's architecture comes from its ``transformer/config.json``; ``codec.path`` and
+    ``text.path`` default to this folder (set them to take ``vae/`` or ``text_encoder/`` from another folder).
+    Empty: the backbone is built from the ``[backbone]`` table (the tiny preset, trained from scratch).
+    """
+
+    path: str = ""
+    # The DiT subfolder: "transformer" (Wan 2.2 A14B: the high-noise expert; "transformer_2" is the low-noise one).
+    transformer: str = "transformer"
+    # The frozen base weights' dtype; what trains (LoRA, encoder) stays float32 under autocast.
+    dtype: str = "float32"
+
+    def validate(self) -> None:
+        _choice("model.dtype", self.dtype, DTYPES)
+        if not self.transformer:
+            raise ValueError('model.transformer must name the DiT subfolder of model.path, e.g. "transformer"')
 
 
 @dataclass
@@ -28,9 +51,7 @@ class CodecConfig:
     slicing: bool = False
 
     def validate(self) -> None:
-        _choice("codec.kind", self.kind, ("pixel", "wan", "hunyuan"))
-        if self.kind in ("wan", "hunyuan") and not self.path:
-            raise ValueError(f"codec.path must name a local diffusers folder when codec.kind = {self.kind!r}")
+        CODECS.check(self.kind)
 
 
 @dataclass
@@ -43,11 +64,13 @@ class TextConfig:
     # umt5: a Wan diffusers repo (text_encoder/ + tokenizer/) or one folder with both; hunyuan: a HunyuanVideo
     # diffusers repo (text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/). minilm: "" = the packaged model.
     path: str = ""
+    # The unconditional prompt (CFG, text dropout): "encoded" = the encoder's encoding of "" (the pipelines'
+    # negative prompt); "zeros" = all-zero states (the tiny preset's committed checkpoints were trained with it).
+    empty: str = "encoded"
 
     def validate(self) -> None:
-        _choice("text.kind", self.kind, ("minilm", "umt5", "hunyuan"))
-        if self.kind in ("umt5", "hunyuan") and not self.path:
-            raise ValueError(f"text.path must name a local model folder when text.kind = {self.kind!r}")
+        TEXT_ENCODERS.check(self.kind)
+        _choice("text.empty", self.empty, ("encoded", "zeros"))
 
 
 @dataclass
@@ -64,7 +87,7 @@ class BackboneConfig:
     base_transformer: str = ""
 
     def validate(self) -> None:
-        _choice("backbone.family", self.family, ("wan",))
+        BACKBONES.check(self.family)
         width = self.num_attention_heads * self.attention_head_dim
         patch_values = self.in_channels * self.patch_size[0] * self.patch_size[1] * self.patch_size[2]
         if width < patch_values:
@@ -92,7 +115,7 @@ class HistoryConfig:
     cross_attention: bool = False
 
     def validate(self) -> None:
-        _choice("history.method", self.method, HISTORY_METHODS)
+        HISTORY_METHODS.check(self.method)
         if self.sliding_window < 0:
             raise ValueError(f"history.sliding_window must be >= 0 latent frames, got {self.sliding_window}")
         if self.cross_attention and self.method in ("no_history", "large_patchifier", "only_lr"):
@@ -111,6 +134,9 @@ class DataConfig:
     video: str = "assets/bbb_64px_8fps.mp4"
     fps: float = 8.0
     size: int = 64
+    # Frame height × width (multiples of 16) when not square; 0 × 0 = ``size`` × ``size``. The real presets: 480 × 832.
+    height: int = 0
+    width: int = 0
     heldout_fraction: float = 0.2
     # "tail": the last heldout_fraction of every video; "videos": that fraction of whole videos (a data.cache only).
     heldout_split: str = "tail"
@@ -146,6 +172,13 @@ class DataConfig:
                 raise ValueError(
                     f"data.buckets[{i}] = {bucket!r} must be [height, width], positive multiples of 16, e.g. [64, 112]"
                 )
+        if (self.height > 0) != (self.width > 0) or self.height < 0 or self.width < 0:
+            raise ValueError(
+                f"data.height = {self.height} and data.width = {self.width}: set both (positive multiples of 16) "
+                "or neither (then data.size gives a square frame)"
+            )
+        if self.height % 16 or self.width % 16:
+            raise ValueError(f"data.height × data.width = {self.height} × {self.width} must be multiples of 16")
         if self.window_frames < 0:
             raise ValueError(f"data.window_frames must be >= 0 (0 = train.history_frames), got {self.window_frames}")
         if self.window_stride < 0:
@@ -173,12 +206,26 @@ class TrainConfig:
     # Stage II (autoregressive finetuning): the window of ``history_frames`` frames is split at a random block
     # boundary into history (possibly empty) and the next ``segment_frames`` latent frames, the target.
     segment_frames: int = 8
-    text_dropout: float = 0.1  # the prompt is replaced by the empty (all-zero) embedding: classifier-free guidance
+    # Classifier-free guidance: this fraction of samples sees the empty prompt (the text encoder's encoding of "").
+    text_dropout: float = 0.1
     freeze_encoder: bool = False  # ablation switch: keep the stage-I encoder fixed
-    lora_rank: int = 0  # LoRA on the DiT's attention and FFN (0 = train the whole DiT)
+    # What of the DiT trains. "lora": the base stays frozen (model.dtype) and a LoRA of ``lora_rank`` on its blocks
+    # trains in both stages, as the paper does (stage II starts a fresh one); "full": the whole DiT trains (tiny
+    # preset, stage I), and a stage-II ``lora_rank`` > 0 adds a LoRA on that trained DiT.
+    dit: str = "full"
+    lora_rank: int = 0
+    # Recompute each DiT block in the backward pass instead of keeping its activations (real-size presets).
+    gradient_checkpointing: bool = False
+    # Training timesteps t ~ L(0, 1) are kept in [min_t, 1]: Wan 2.2 A14B's high-noise expert serves t >= 0.875 only.
+    min_t: float = 0.0
 
     def validate(self) -> None:
         _choice("train.stage", self.stage, ("frame-query", "ar"))
+        _choice("train.dit", self.dit, ("lora", "full"))
+        if self.dit == "lora" and self.lora_rank <= 0:
+            raise ValueError(f"train.dit = 'lora' needs train.lora_rank > 0, got {self.lora_rank}")
+        if not 0.0 <= self.min_t < 1.0:
+            raise ValueError(f"train.min_t must be in [0, 1), got {self.min_t}")
         if not 0.0 <= self.text_dropout < 1.0:
             raise ValueError(f"train.text_dropout must be in [0, 1), got {self.text_dropout}")
         if self.lora_rank < 0:
@@ -207,6 +254,7 @@ class PrepareConfig:
 class RunConfig:
     preset: str = "tiny"
     base: str = "tiny"
+    model: ModelConfig = field(default_factory=ModelConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     text: TextConfig = field(default_factory=TextConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -217,7 +265,13 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         get_base(self.base)
-        for section in (self.codec, self.text, self.backbone, self.history, self.data, self.train):
+        if self.model.path:
+            # The VAE and the text encoder come from the user's folder unless the config names other folders.
+            if self.codec.kind != "pixel":
+                self.codec.path = self.codec.path or self.model.path
+            if self.text.kind != "minilm":
+                self.text.path = self.text.path or self.model.path
+        for section in (self.model, self.codec, self.text, self.backbone, self.history, self.data, self.train):
             section.validate()
         for r in self.history.rates:
             # Pixel frames are latent frames only for the pixel codec; a causal VAE's 1 + 4k frames are checked by

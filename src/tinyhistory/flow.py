@@ -30,9 +30,11 @@ def sample_logit_normal(
 def sample_mask_levels(
     shape: tuple[int, ...], low: float = 0.2, shift: float = 1.0, generator: torch.Generator | None = None, device=None
 ) -> torch.Tensor:
-    """Noise levels for masked history frames, ``L(low, 1)``: ``s = low + (1 − low)·u`` with u logit-normal.
+    """Noise levels ``L(low, 1)``: ``s = low + (1 − low)·u`` with u logit-normal.
 
-    Rescaling (rather than truncating) keeps the distribution's shape (SPEC §9).
+    Masked history frames use ``low = 0.2``; training timesteps use ``low = train.min_t`` (0, or Wan 2.2 A14B's
+    high-noise boundary 0.875). Rescaling (rather than truncating) keeps the distribution's shape (SPEC §9); with
+    ``low = 0`` it is exactly :func:`sample_logit_normal`.
     """
     return low + (1.0 - low) * sample_logit_normal(shape, shift, generator, device)
 

@@ -95,6 +95,14 @@ BASES: dict[str, BaseGeometry] = {
 }
 
 
+def temporal_block(rates: list[Rate]) -> int:
+    """Latent frames that every encoder takes whole: the lcm of the temporal rates (1 without encoders).
+
+    History splits, cache offsets and incremental encoding all move in these steps, so LR latents stay aligned.
+    """
+    return math.lcm(*[r.t for r in rates]) if rates else 1
+
+
 def get_base(name: str) -> BaseGeometry:
     try:
         return BASES[name]

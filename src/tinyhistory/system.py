@@ -9,60 +9,45 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers import WanTransformer3DModel
 from torch import nn
 
-from tinyhistory.backbones import ContextTokens, WanBackbone
-from tinyhistory.backbones.base import grid_positions
-from tinyhistory.codecs import HunyuanVAECodec, PixelUnshuffleCodec, WanVAECodec
+from tinyhistory.backbones.base import Backbone, ContextTokens, grid_positions
 from tinyhistory.config import RunConfig
-from tinyhistory.history import EncoderConfig, HistoryEncoder, LargePatchifier
+from tinyhistory.paths import resolve_path
+from tinyhistory.registry import BACKBONES, CODECS, HISTORY_METHODS
+from tinyhistory.text.condition import TextCondition
 
 
 def build_codec(cfg: RunConfig):
-    c = cfg.codec
-    if c.kind == "wan":
-        return WanVAECodec.from_pretrained(c.path, tiling=c.tiling, slicing=c.slicing)
-    if c.kind == "hunyuan":
-        return HunyuanVAECodec.from_pretrained(c.path, tiling=c.tiling, slicing=c.slicing)
-    return PixelUnshuffleCodec(factor=c.factor)
+    """The run's codec (``codec.kind``, registered in ``registry.CODECS``)."""
+    return CODECS.get(cfg.codec.kind).from_config(cfg.codec)
 
 
-def build_transformer(cfg: RunConfig) -> WanTransformer3DModel:
-    b = cfg.backbone
-    return WanTransformer3DModel(
-        patch_size=tuple(b.patch_size),
-        num_attention_heads=b.num_attention_heads,
-        attention_head_dim=b.attention_head_dim,
-        in_channels=b.in_channels,
-        out_channels=b.in_channels,
-        text_dim=b.text_dim,
-        ffn_dim=b.ffn_dim,
-        num_layers=b.num_layers,
-        rope_max_seq_len=1024,
-    )
+def torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def build_producers(cfg: RunConfig, backbone: WanBackbone) -> nn.ModuleList:
+def build_backbone(cfg: RunConfig) -> Backbone:
+    """The run's DiT adapter: the user's pretrained DiT (``model.path``, frozen dtype ``model.dtype``), else a fresh
+    one from the ``[backbone]`` table (the tiny preset)."""
+    adapter = BACKBONES.get(cfg.backbone.family)
+    if cfg.model.path:
+        dtype = torch_dtype(cfg.model.dtype)
+        return adapter.from_pretrained(resolve_path(cfg.model.path), cfg.model.transformer, dtype)
+    if cfg.train.dit == "lora":
+        raise ValueError(
+            f"preset {cfg.preset!r} trains a LoRA on a frozen base model: give the model folder with --model DIR "
+            '(or --set model.path="DIR"), a local diffusers folder with model_index.json and transformer/'
+        )
+    return adapter.from_config(cfg.backbone)
+
+
+def build_producers(cfg: RunConfig, backbone: Backbone) -> nn.ModuleList:
+    """One history producer per rate (``history.method``, registered in ``registry.HISTORY_METHODS``)."""
     h = cfg.history
-    if h.method == "no_history":
-        return nn.ModuleList()
-    producers = []
-    for rate in h.rates:
-        if h.method == "large_patchifier":
-            producers.append(LargePatchifier(rate, backbone.transformer.patch_embedding))
-        else:
-            enc_cfg = EncoderConfig(
-                rate=rate,
-                variant=h.method,
-                channels=tuple(h.channels),
-                attention_blocks=h.attention_blocks,
-                attention_heads=h.attention_heads,
-            )
-            producers.append(
-                HistoryEncoder(enc_cfg, cfg.backbone.in_channels, backbone.hidden_dim, backbone.patch_size[1])
-            )
-    return nn.ModuleList(producers)
+    factory = HISTORY_METHODS.get(h.method)
+    producers = [factory(h.method, rate, h, backbone) for rate in h.rates]
+    return nn.ModuleList(p for p in producers if p is not None)
 
 
 class CrossAttentionEnhancer(nn.Module):
@@ -102,7 +87,7 @@ class HistoryDiT(nn.Module):
 
     def __init__(
         self,
-        backbone: WanBackbone,
+        backbone: Backbone,
         producers: nn.ModuleList,
         sliding_window: int = 0,
         enhancers: nn.ModuleList | None = None,
@@ -114,14 +99,15 @@ class HistoryDiT(nn.Module):
         self.enhancers = enhancers if enhancers is not None else nn.ModuleList()
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, transformer: WanTransformer3DModel | None = None) -> HistoryDiT:
-        backbone = WanBackbone(transformer if transformer is not None else build_transformer(cfg))
+    def from_config(cls, cfg: RunConfig, backbone: Backbone | None = None) -> HistoryDiT:
+        """The run's whole model around ``backbone`` (default: :func:`build_backbone`)."""
+        backbone = backbone if backbone is not None else build_backbone(cfg)
         producers = build_producers(cfg, backbone)
         enhancers = nn.ModuleList()
         if cfg.history.cross_attention:
             feature_dim = cfg.history.channels[-1]
-            heads = backbone.transformer.config.num_attention_heads
-            blocks = len(backbone.transformer.blocks)
+            heads = backbone.num_heads
+            blocks = len(backbone.blocks)
             enhancers = nn.ModuleList(
                 CrossAttentionEnhancer(backbone.hidden_dim, feature_dim, heads) for _ in range(blocks)
             )
@@ -172,7 +158,7 @@ class HistoryDiT(nn.Module):
         self,
         latents: torch.Tensor,
         t: torch.Tensor,
-        text: torch.Tensor,
+        text: TextCondition,
         context: ContextTokens | None,
         frame_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:

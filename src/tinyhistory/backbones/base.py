@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -53,21 +55,72 @@ class ContextTokens:
         return ContextTokens(self.tokens[:, start:], self.positions[:, start:], features)
 
 
-class Backbone(Protocol):
-    """A DiT family adapter around a stock diffusers transformer."""
+def check_model_folder(folder: str | Path, adapter, parts: tuple[str, ...]) -> Path:
+    """A user's model folder must exist, hold ``adapter``'s family and every part in ``parts``; else a ValueError
+    that names the folder, what is missing and the layout expected (``adapter.layout``)."""
+    folder = Path(folder)
+    expected = f"expected {adapter.layout}"
+    if not folder.is_dir():
+        raise ValueError(f"model folder {folder} does not exist; {expected}")
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise ValueError(f"model folder {folder} has no model_index.json; {expected}")
+    try:
+        pipeline = json.loads(index.read_text()).get("_class_name", "")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{index}: not valid JSON ({exc})") from None
+    if pipeline not in adapter.pipelines:
+        raise ValueError(
+            f"model folder {folder} holds a {pipeline or 'unnamed'} model, not the {adapter.family!r} family "
+            f"(model_index.json _class_name should be one of {', '.join(adapter.pipelines)}); {expected}"
+        )
+    for part in parts:
+        if not (folder / part / "config.json").is_file() and not (folder / part).is_dir():
+            raise ValueError(f"model folder {folder} lacks {part}/; {expected}")
+    return folder
 
+
+class Backbone(Protocol):
+    """A DiT family adapter around a stock diffusers transformer (one per family, registered in ``registry.py``).
+
+    Besides the forward it owns loading (``from_pretrained`` from a user's folder, ``from_config`` from the
+    ``[backbone]`` table), saving, its LoRA target pattern and its portable LoRA layout.
+    """
+
+    family: str
+    pipelines: tuple[str, ...]
+    layout: str
+    lora_targets: str
+    portable_lora_file: str
     hidden_dim: int
+    in_channels: int
     patch_size: tuple[int, int, int]
+    transformer: torch.nn.Module
 
     def patch_embed(self, latents: torch.Tensor) -> torch.Tensor:
         """``(B, C, T, H, W)`` latents → ``(B, D, T/pt, H/ph, W/pw)`` token grid (the DiT's first layer)."""
         ...
 
+    @property
+    def patch_embedding(self) -> torch.nn.Module: ...
+
+    @property
+    def blocks(self) -> torch.nn.ModuleList: ...
+
+    @property
+    def num_heads(self) -> int: ...
+
+    def enable_gradient_checkpointing(self) -> None: ...
+
+    def save_pretrained(self, folder: str | Path) -> None: ...
+
+    def portable_lora(self, state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]: ...
+
     def __call__(
         self,
         latents: torch.Tensor,
         timestep: torch.Tensor,
-        text: torch.Tensor,
+        text,
         context: ContextTokens | None = None,
         frame_positions: torch.Tensor | None = None,
     ) -> torch.Tensor: ...

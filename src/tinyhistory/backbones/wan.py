@@ -9,23 +9,46 @@ stay diffusers-native:
 3. sequence = ``[context ; target]``, RoPE concatenated in the same order;
 4. per-token timesteps ``(B, K + N)``, 0 for context tokens, through ``condition_embedder``;
 5. ``blocks`` → ``norm_out`` + modulation → ``proj_out``; the first K outputs are dropped before unpatchify.
+
+The adapter also owns everything else that is family-specific: loading the DiT from a user's folder (its
+architecture from ``transformer/config.json``), building a from-scratch DiT from the ``[backbone]`` table (tiny
+preset), the LoRA target pattern (anchored to ``blocks.N``), and the extra LoRA file layout Wan users load elsewhere
+(the original Wan / ComfyUI keys).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from diffusers import WanTransformer3DModel
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from torch import nn
 
-from tinyhistory.backbones.base import ContextTokens, grid_positions
+from tinyhistory.backbones.base import ContextTokens, check_model_folder, grid_positions
+from tinyhistory.backbones.wan_lora_format import to_original_layout
 from tinyhistory.flow import TIMESTEP_SCALE
+from tinyhistory.text.condition import TextCondition
 
 
 class WanBackbone(nn.Module):
     """``velocity = backbone(noisy_latents, t, text, context, frame_positions)``."""
+
+    family = "wan"
+    # Pipelines whose folders hold a Wan DiT (model_index.json ``_class_name``).
+    pipelines = ("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline", "WanVACEPipeline")
+    layout = (
+        "the Hub's diffusers layout of a Wan model (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers): model_index.json, "
+        "transformer/, vae/, text_encoder/, tokenizer/, scheduler/"
+    )
+    # LoRA on every attention projection (self and cross) and both FFN layers of every block, never on the patch
+    # embedding, the condition embedder, the output head or anything outside ``blocks.N`` (the history encoder).
+    lora_targets = (
+        r"blocks\.\d+\.(attn1\.(to_q|to_k|to_v|to_out\.0)|attn2\.(to_q|to_k|to_v|to_out\.0)|ffn\.net\.0\.proj|ffn\.net\.2)"
+    )
+    # The extra LoRA file users take to ComfyUI and diffusers (original Wan keys, ``diffusion_model.`` prefix).
+    portable_lora_file = "lora_wan_comfyui.safetensors"
 
     def __init__(self, transformer: WanTransformer3DModel):
         super().__init__()
@@ -38,7 +61,65 @@ class WanBackbone(nn.Module):
         self._rope_dims = (rope.t_dim, rope.h_dim, rope.w_dim)
         self._rope_theta = 10000.0
 
+    # -- construction ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path, subfolder: str = "transformer", dtype: torch.dtype = torch.float32
+    ) -> WanBackbone:
+        """The DiT of a user's model folder, its architecture from ``<subfolder>/config.json`` (never downloaded)."""
+        check_model_folder(folder, cls, (subfolder,))
+        transformer = WanTransformer3DModel.from_pretrained(
+            folder, subfolder=subfolder, torch_dtype=dtype, local_files_only=True, use_safetensors=True
+        )
+        return cls(transformer)
+
+    @classmethod
+    def from_transformer_folder(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> WanBackbone:
+        """A DiT saved by :meth:`save_pretrained` (a fully trained tiny DiT, or a LoRA checkpoint's base)."""
+        return cls(WanTransformer3DModel.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True))
+
+    @classmethod
+    def from_config(cls, b) -> WanBackbone:
+        """A randomly initialised DiT from the ``[backbone]`` table (the tiny preset trains it from scratch)."""
+        return cls(
+            WanTransformer3DModel(
+                patch_size=tuple(b.patch_size),
+                num_attention_heads=b.num_attention_heads,
+                attention_head_dim=b.attention_head_dim,
+                in_channels=b.in_channels,
+                out_channels=b.in_channels,
+                text_dim=b.text_dim,
+                ffn_dim=b.ffn_dim,
+                num_layers=b.num_layers,
+                rope_max_seq_len=1024,
+            )
+        )
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        self.transformer.save_pretrained(folder, safe_serialization=True)
+
+    def portable_lora(self, state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+        """The diffusers-keyed LoRA ``state`` in the original Wan / ComfyUI layout (both ComfyUI and
+        ``WanPipeline.load_lora_weights`` read it)."""
+        return to_original_layout(state, alpha)
+
     # -- pieces ---------------------------------------------------------------------------------------------
+    @property
+    def patch_embedding(self) -> nn.Conv3d:
+        """The DiT's first layer (the Large Patchifier baseline is initialised from it)."""
+        return self.transformer.patch_embedding
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.transformer.blocks
+
+    @property
+    def num_heads(self) -> int:
+        return self.transformer.config.num_attention_heads
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.transformer.enable_gradient_checkpointing()
+
     def patch_embed(self, latents: torch.Tensor) -> torch.Tensor:
         """``(B, C, T, H, W)`` → ``(B, D, T/pt, H/ph, W/pw)`` with the DiT's own first layer (floor on odd sizes)."""
         return self.transformer.patch_embedding(latents)
@@ -68,14 +149,14 @@ class WanBackbone(nn.Module):
         self,
         latents: torch.Tensor,
         t: torch.Tensor,
-        text: torch.Tensor,
+        text: TextCondition,
         context: ContextTokens | None = None,
         frame_positions: torch.Tensor | None = None,
         after_block: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Predict the velocity of the target latents.
 
-        latents: ``(B, C, T, H, W)`` noisy targets; t: ``(B,)`` flow time in [0, 1]; text: ``(B, L, text_dim)``;
+        latents: ``(B, C, T, H, W)`` noisy targets; t: ``(B,)`` flow time in [0, 1]; text: states ``(B, L, text_dim)``;
         context: optional history tokens; frame_positions: ``(B, T)`` temporal position of each target frame
         (default ``0 … T−1``); after_block: ``f(i, tokens) → tokens`` applied after DiT block ``i`` to the whole
         ``(B, K + N, D)`` sequence (the cross-attention enhancement). Returns ``(B, C, T, H, W)``.
@@ -105,7 +186,7 @@ class WanBackbone(nn.Module):
         per_token = timestep.ndim == 2
         temb, timestep_proj, text_states, _ = tr.condition_embedder(
             timestep.flatten() if per_token else timestep,
-            text,
+            text.states.to(latents.dtype),
             timestep_seq_len=timestep.shape[1] if per_token else None,
         )
         timestep_proj = timestep_proj.unflatten(2 if per_token else 1, (6, -1))

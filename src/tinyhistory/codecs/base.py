@@ -21,6 +21,17 @@ class Codec(Protocol):
     def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
 
 
+def require_folder(path: str | Path, key: str, kind: str, what: str) -> Path:
+    """A config's model folder, checked when it is first needed (training from a cache needs no VAE or text encoder,
+    so a config without one is valid until then)."""
+    if not str(path):
+        raise ValueError(
+            f"{key} must name a local {what} folder when {key.split('.')[0]}.kind = {kind!r} (or give the model "
+            "folder with --model DIR)"
+        )
+    return Path(path)
+
+
 def load_vae(model_class, path: str | Path, dtype: torch.dtype, what: str):
     """A diffusers VAE from a local folder (never downloaded): a model repo's ``vae/`` subfolder, or the VAE folder."""
     path = Path(path)

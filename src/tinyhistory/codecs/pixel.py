@@ -19,6 +19,11 @@ class PixelUnshuffleCodec:
         self.spatial_factor = factor
         self.latent_channels = channels * factor * factor
 
+    @classmethod
+    def from_config(cls, c) -> PixelUnshuffleCodec:
+        """Registry constructor from the ``[codec]`` table."""
+        return cls(factor=c.factor)
+
     def to(self, device: str | torch.device):
         """No weights: runs wherever its input is."""
         return self

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLWan
 
-from tinyhistory.codecs.base import load_vae
+from tinyhistory.codecs.base import load_vae, require_folder
 
 
 class WanVAECodec:
@@ -38,6 +38,12 @@ class WanVAECodec:
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, **options) -> WanVAECodec:
         """Load from a local diffusers folder (a model repo with ``vae/``, or the VAE folder itself)."""
         return cls(load_vae(AutoencoderKLWan, path, dtype, "Wan VAE"), **options)
+
+    @classmethod
+    def from_config(cls, c) -> WanVAECodec:
+        """Registry constructor from the ``[codec]`` table (``codec.path``: the model folder or its ``vae/``)."""
+        path = require_folder(c.path, "codec.path", c.kind, "diffusers")
+        return cls.from_pretrained(path, tiling=c.tiling, slicing=c.slicing)
 
     def to(self, device: str | torch.device):
         """Run the VAE on ``device`` (a GPU for `data prepare`); tensors in and out stay where the caller has them."""

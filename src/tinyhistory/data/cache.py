@@ -29,11 +29,13 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from tinyhistory.codecs.base import check_causal_frames
 from tinyhistory.config import RunConfig
-from tinyhistory.geometry import Rate
+from tinyhistory.geometry import Rate, temporal_block
 from tinyhistory.paths import resolve_path
+from tinyhistory.text.condition import TextCondition
 from tinyhistory.text.storyboard import Storyboard
 
 MAX_OPEN_SHARDS = 64
@@ -47,6 +49,8 @@ def output_config(cfg: RunConfig, window_frames: int) -> dict:
         "text": {"kind": cfg.text.kind, "max_tokens": cfg.text.max_tokens, "path": cfg.text.path},
         "fps": cfg.data.fps,
         "size": cfg.data.size,
+        "height": cfg.data.height,
+        "width": cfg.data.width,
         "buckets": cfg.data.buckets,
         "resize": cfg.data.resize,
         "rates": list(cfg.history.rates),
@@ -157,6 +161,41 @@ def read_manifest(cache: str | Path) -> list[dict]:
     return rows
 
 
+EMPTY_PROMPT_FILE = "empty_prompt.safetensors"
+
+
+def _text_identity(text) -> dict[str, str]:
+    return {"kind": text.kind, "max_tokens": str(text.max_tokens), "path": text.path}
+
+
+def write_empty_prompt(cache: Path, text, text_encoder) -> None:
+    """Store the text encoder's encoding of ``""`` beside the shards (once per text encoder), so training from the
+    cache has classifier-free guidance's unconditional prompt without loading the encoder."""
+    path = cache / EMPTY_PROMPT_FILE
+    identity = _text_identity(text)
+    if path.is_file():
+        with safe_open(str(path), "pt") as f:
+            if f.metadata() == identity:
+                return
+    states = text_encoder().encode([""])[0].to(torch.float32).contiguous()  # (L, D)
+    tmp = path.with_suffix(".tmp")
+    save_file({"states": states}, str(tmp), metadata=identity)
+    tmp.replace(path)
+
+
+def read_empty_prompt(cfg: RunConfig) -> TextCondition | None:
+    """The cached empty prompt of the run's ``data.cache``, if ``data prepare`` stored one for the run's encoder."""
+    if not cfg.data.cache:
+        return None
+    path = resolve_path(cfg.data.cache) / EMPTY_PROMPT_FILE
+    if not path.is_file():
+        return None
+    with safe_open(str(path), "pt") as f:
+        if f.metadata() != _text_identity(cfg.text):
+            return None
+        return TextCondition(f.get_tensor("states")[None])
+
+
 def _identity(config: dict) -> dict:
     """What of an output config a run and its cache must share (the codec's memory savers do not count)."""
     return {
@@ -209,7 +248,7 @@ class CacheSampler:
         self.frames = frames
         self.rates = rates
         self.uses_lr = uses_lr
-        self.block = math.lcm(*[r.t for r in rates]) if rates else 1
+        self.block = temporal_block(rates)
         self._handles: dict[Path, object] = {}
 
         runs, picks = [], []
@@ -234,7 +273,7 @@ class CacheSampler:
             raise ValueError(
                 f"data.cache {cache}: no {part} window of {frames} latent frames fits in any video "
                 f"({len(self.videos)} cached; heldout_fraction={heldout_fraction}): cache longer videos, or give the "
-                "held-out part more of each video with data.heldout_fraction"
+                f"held-out part more of each video with data.heldout_fraction{_heldout_hint(self.videos, part)}"
             )
         self.runs = runs
         self.valid_picks = torch.cat(picks)  # (N, 2): run index, latent offset inside the run
@@ -356,6 +395,18 @@ def _heldout_videos(videos: list[CachedVideo], fraction: float, cache: Path) -> 
     count = min(len(videos) - 1, max(1, round(fraction * len(videos))))
     order = sorted(range(len(videos)), key=lambda i: videos[i].source_sha256)
     return set(order[:count])
+
+
+def _heldout_hint(videos: list[CachedVideo], part: str) -> str:
+    """For causal caches, whose windows are indivisible: the smallest held-out fraction that puts the last window
+    of some video wholly in the held-out tail (or the hint to hold out whole videos)."""
+    causal = [v for v in videos if not v.framewise and len(v.window_starts) > 1]
+    if part != "heldout" or not videos or any(v.framewise for v in videos):
+        return ""
+    if not causal:
+        return " (each video holds one window: hold out whole videos with data.heldout_split=\"videos\")"
+    needed = min(1.0 - v.window_starts[-1] / v.frames for v in causal)
+    return f" (a causal window is held out whole: heldout_fraction >= {math.ceil(needed * 100) / 100:.2f} here)"
 
 
 def _part_bounds(video: CachedVideo, run: Run, heldout_fraction: float, part: str) -> tuple[int, int]:

@@ -14,7 +14,7 @@ import torch
 from tinyhistory.config import DataConfig
 from tinyhistory.data.video import decode_video
 from tinyhistory.geometry import Rate
-from tinyhistory.history import lowres_latents
+from tinyhistory.history.base import lowres_latents_per_rate
 from tinyhistory.paths import resolve_path
 
 
@@ -82,10 +82,7 @@ class WindowSampler:
         """Pixels, HR latents and per-producer LR latents for windows starting at ``starts`` ``(B,)``."""
         px = torch.stack([self.pixels[:, s : s + self.frames] for s in starts.tolist()])
         hr = self.codec.encode(px)
-        lr = [
-            lowres_latents(px, r, self.codec) if use else None for r, use in zip(self.rates, self.uses_lr, strict=True)
-        ]
-        return px, hr, lr
+        return px, hr, lowres_latents_per_rate(px, self.rates, self.uses_lr, self.codec)
 
     def pick(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``batch`` window starts ``(B,)`` drawn uniformly over all valid windows."""

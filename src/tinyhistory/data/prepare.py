@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -41,10 +40,10 @@ from tqdm.auto import tqdm
 
 from tinyhistory.codecs.base import check_causal_frames
 from tinyhistory.config import RunConfig
-from tinyhistory.data.cache import CachedVideo, output_config, shards_on_disk
+from tinyhistory.data.cache import CachedVideo, output_config, shards_on_disk, write_empty_prompt
 from tinyhistory.data.clip import to_pixels
 from tinyhistory.data.video import choose_bucket, decode_video, probe_video
-from tinyhistory.geometry import Rate
+from tinyhistory.geometry import Rate, temporal_block
 from tinyhistory.history import lowres_latents
 from tinyhistory.system import build_codec
 from tinyhistory.text.storyboard import Storyboard
@@ -165,7 +164,7 @@ def window_spans(
     """
     stride = stride or window
     spans = [(start, window) for start in range(0, frames - window + 1, stride)]
-    block = math.lcm(*[r.t for r in rates]) if rates else 1
+    block = temporal_block(rates)
     tail_start = len(spans) * window
     tail = (frames - tail_start) // block * block
     if framewise and stride == window and spans and tail > 0:
@@ -256,6 +255,11 @@ def prepare(
                 raise ValueError("file not found")
             source_hash = file_hash(item.video)
             caption = item.caption or cfg.text.caption
+            if item.storyboard is None and not caption:
+                raise ValueError(
+                    "no prompt: give a storyboard (<stem>.json) or caption (<stem>.txt) beside the video, a JSONL "
+                    "line with one, or a default caption with --set text.caption=\"...\""
+                )
             # The prompts are part of the key: a changed storyboard or caption is encoded again.
             prompts = item.storyboard.to_dict() if item.storyboard else {"caption": caption}
             shard = out / "shards" / f"{_key(source_hash, config, prompts)}.safetensors"
@@ -269,6 +273,8 @@ def prepare(
             if cfg.data.buckets:  # aspect-ratio buckets: the one nearest the video's displayed shape
                 info = probe_video(item.video)
                 bucket = choose_bucket(info.width, info.height, cfg.data.buckets)
+            elif cfg.data.height:  # one frame shape for every video (the real presets: 480 × 832)
+                bucket = (cfg.data.height, cfg.data.width)
             frames = decode_video(
                 item.video, fps=cfg.data.fps, size=cfg.data.size, bucket=bucket, resize_mode=cfg.data.resize
             )
@@ -307,6 +313,8 @@ def prepare(
             report.shards.append(f"shards/{shard.name}")
         except Exception as exc:  # a bad item is reported, never fatal to the batch
             report.skipped.append({"video": str(item.video), "reason": f"{type(exc).__name__}: {exc}"})
+    if text_encoder is not None and rank == 0 and (report.done or report.reused):
+        write_empty_prompt(out, cfg.text, text_encoder)
     return report
 
 

@@ -28,6 +28,7 @@ from tinyhistory.eval.metrics import mean_metric, per_frame, psnr, ssim
 from tinyhistory.flow import add_noise, euler_sample, velocity_target
 from tinyhistory.geometry import Rate, context_report, get_base
 from tinyhistory.system import build_codec
+from tinyhistory.text.condition import TextCondition
 from tinyhistory.train.objectives import FrameQueryBatch, make_frame_query_batch
 
 
@@ -96,7 +97,7 @@ def loss_timesteps(count: int = 8) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_method(
-    model, eval_set: FrameQuerySet, text: torch.Tensor, codec, sample_steps: int = 20, chunk: int = 8, lpips=None
+    model, eval_set: FrameQuerySet, text: TextCondition, codec, sample_steps: int = 20, chunk: int = 8, lpips=None
 ):
     """Metrics of one model on the fixed set; returns (metrics dict, sampled pixels ``(B, 3, k, H, W)``).
 
@@ -114,7 +115,7 @@ def evaluate_method(
         hist_lr = [x[sl].to(device) if x is not None else None for x in batch.history_lr]
         context = model.encode_history(batch.history[sl].to(device), hist_lr)
         targets, noise, omega = (x[sl].to(device) for x in (batch.targets, batch.noise, batch.omega))
-        txt = text.to(device).expand(targets.shape[0], -1, -1)
+        txt = text.to(device).expand(targets.shape[0])
         target_v = velocity_target(targets, noise)
         per_t = []
         for t_value in grid:

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from tinyhistory.data.clip import to_uint8
 from tinyhistory.eval.metrics import per_frame, psnr, ssim
 from tinyhistory.generate.session import SamplingSettings, sample_segment
-from tinyhistory.history import lowres_latents
+from tinyhistory.history.base import lowres_latents_per_rate
+from tinyhistory.text.condition import TextCondition
 
 
 @dataclass
@@ -73,7 +74,7 @@ HISTORY_MODES = ("true", "removed", "foreign")
 def evaluate_next_segment(
     model,
     eval_set: NextSegmentSet,
-    text: torch.Tensor,
+    text: TextCondition,
     codec,
     settings: SamplingSettings,
     features=None,
@@ -94,12 +95,13 @@ def evaluate_next_segment(
     if history == "foreign":
         history_px = history_px.roll(1, dims=0)
     hr = codec.encode(history_px).to(device)
-    lr = [lowres_latents(history_px, p.rate, codec).to(device) if p.uses_lr else None for p in model.producers]
+    rates, uses_lr = [p.rate for p in model.producers], [p.uses_lr for p in model.producers]
+    lr = [x.to(device) if x is not None else None for x in lowres_latents_per_rate(history_px, rates, uses_lr, codec)]
     context = model.history_context(hr, lr) if history != "removed" else None
     b = eval_set.noise.shape[0]
     positions = torch.arange(h, h + eval_set.segment, device=device).expand(b, -1)
     latents = sample_segment(
-        model, eval_set.noise.to(device), text.to(device).expand(b, -1, -1), context, positions, settings
+        model, eval_set.noise.to(device), text.to(device).expand(b), context, positions, settings
     )
     generated_px = codec.decode(latents.float().cpu())
     generated = np.concatenate([to_uint8(p) for p in generated_px])

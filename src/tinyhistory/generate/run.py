@@ -24,6 +24,7 @@ from tinyhistory.data.video import decode_video, write_video
 from tinyhistory.generate.session import GenerationSession, SamplingSettings
 from tinyhistory.system import build_codec
 from tinyhistory.text.cache import encode_prompts
+from tinyhistory.text.condition import TextCondition
 from tinyhistory.text.storyboard import Storyboard
 from tinyhistory.train.checkpoint import load_model
 
@@ -62,10 +63,11 @@ def generate(
     settings: SamplingSettings | None = None,
     offload: bool = False,
     progress: bool = True,
+    model_path: str | None = None,
 ) -> dict:
     if history is not None and image is not None:
         raise ValueError("give either --history or --image, not both")
-    model, cfg = load_model(checkpoint, merge=True)
+    model, cfg = load_model(checkpoint, merge=True, model_path=model_path)
     if preset is not None and cfg.preset != preset:
         raise ValueError(f"{checkpoint} was trained with preset {cfg.preset!r}, not {preset!r}")
     story = Storyboard.load(storyboard)
@@ -78,7 +80,7 @@ def generate(
         model.to(device)
     codec = build_codec(cfg)
 
-    def encode_text(prompts: list[str]) -> torch.Tensor:
+    def encode_text(prompts: list[str]) -> TextCondition:
         return encode_prompts(cfg.text, prompts)
 
     out = Path(out)

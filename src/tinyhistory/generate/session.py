@@ -12,7 +12,7 @@ frames, re-encoded, join the history, exactly as a real video would; so a sessio
 frames, its caches and its random generator, and ``save``/``load`` continue bit for bit.
 
 Sampling uses the diffusers flow-matching schedulers (Euler or UniPC) with classifier-free guidance: the
-unconditional branch sees the empty (all-zero) prompt, the same history, and the stage-II text dropout taught the
+unconditional branch sees the empty prompt (``text.empty``), the same history, and the stage-II text dropout taught the
 model what that means.
 """
 
@@ -31,8 +31,10 @@ from safetensors.torch import load_file, save_file
 
 from tinyhistory.backbones import ContextTokens
 from tinyhistory.data.clip import to_pixels, to_uint8
+from tinyhistory.geometry import temporal_block
 from tinyhistory.history import lowres_latents
 from tinyhistory.history.streaming import IncrementalHistory
+from tinyhistory.text.condition import TextCondition
 
 SAMPLERS = ("euler", "unipc")
 
@@ -83,7 +85,7 @@ class GenerationSession:
         model,
         cfg,
         codec,
-        encode_text: Callable[[list[str]], torch.Tensor],
+        encode_text: Callable[[list[str]], TextCondition],
         settings: SamplingSettings | None = None,
         device: torch.device | str | None = None,
     ):
@@ -100,12 +102,12 @@ class GenerationSession:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         with_features = len(model.enhancers) > 0
         self.caches = [IncrementalHistory(p, model.backbone.patch_embed, with_features) for p in model.producers]
-        self.block = math.lcm(*[p.rate.t for p in model.producers]) if len(model.producers) else 1
+        self.block = temporal_block([p.rate for p in model.producers])
         self.generator = torch.Generator().manual_seed(self.settings.seed)
         self.frames = np.zeros((0, cfg.data.size, cfg.data.size, 3), np.uint8)  # (T, H, W, 3) the history
         self.latents: torch.Tensor | None = None  # (1, C, T, h, w) latents of ``frames``
         self.records: list[SegmentRecord] = []
-        self._text: dict[str, torch.Tensor] = {}
+        self._text: dict[str, TextCondition] = {}
 
     # -- history --------------------------------------------------------------------------------------------
     @property
@@ -156,10 +158,14 @@ class GenerationSession:
         return ContextTokens.concat(parts) if parts else None
 
     # -- generation -----------------------------------------------------------------------------------------
-    def _prompt_embedding(self, prompt: str) -> torch.Tensor:
+    def _prompt_embedding(self, prompt: str) -> TextCondition:
         if prompt not in self._text:
             self._text[prompt] = self.encode_text([prompt]).to(self.device)
         return self._text[prompt]
+
+    def _empty_prompt(self) -> TextCondition | None:
+        """CFG's unconditional prompt: the encoder's ``""`` (``text.empty = "encoded"``), else None (all zeros)."""
+        return self._prompt_embedding("") if self.cfg.text.empty == "encoded" else None
 
     @torch.no_grad()
     def generate_segment(self, prompt: str, frames: int | None = None) -> np.ndarray:
@@ -173,7 +179,7 @@ class GenerationSession:
         shape = (1, self.codec.latent_channels, n, size, size)
         noise = torch.randn(shape, generator=self.generator).to(self.device)
         positions = torch.arange(self.history_frames, self.history_frames + n, device=self.device)[None]
-        x = sample_segment(self.model, noise, text, context, positions, s)
+        x = sample_segment(self.model, noise, text, context, positions, s, self._empty_prompt())
         segment = to_uint8(self.codec.decode(x.float().cpu())[0])
         record = SegmentRecord(
             index=len(self.records),
@@ -251,20 +257,22 @@ class GenerationSession:
 def sample_segment(
     model,
     noise: torch.Tensor,
-    text: torch.Tensor,
+    text: TextCondition,
     context: ContextTokens | None,
     positions: torch.Tensor,
     settings: SamplingSettings,
+    empty: TextCondition | None = None,
 ) -> torch.Tensor:
     """Integrate the flow from ``noise`` ``(B, C, n, h, w)`` to clean latents with a diffusers scheduler.
 
-    Classifier-free guidance: ``v = v(∅) + g·(v(text) − v(∅))`` with ∅ the all-zero prompt and the same history;
+    Classifier-free guidance: ``v = v(∅) + g·(v(text) − v(∅))`` with ∅ the empty prompt ``empty`` (default: all-zero
+    states, what the tiny preset trained with) and the same history;
     ``guidance = 1`` runs the conditional branch only. ``positions`` ``(B, n)``: temporal positions of the frames.
     """
     scheduler = make_scheduler(settings.sampler)
     scheduler.set_timesteps(settings.steps, device=noise.device)
     b = noise.shape[0]
-    empty = torch.zeros_like(text)
+    empty = (empty if empty is not None else text.zeros_like()).expand(len(text)).to(noise.device)
     x = noise
     for i, timestep in enumerate(scheduler.timesteps):
         sigma = scheduler.sigmas[i].to(noise.device, torch.float32).expand(b)
@@ -272,7 +280,11 @@ def sample_segment(
             velocity = model(x, sigma, text, context, positions)
         else:
             both = model(
-                torch.cat([x, x]), sigma.repeat(2), torch.cat([text, empty]), _repeat(context), positions.repeat(2, 1)
+                torch.cat([x, x]),
+                sigma.repeat(2),
+                TextCondition.cat([text, empty]),
+                _repeat(context),
+                positions.repeat(2, 1),
             )
             cond, uncond = both.chunk(2)
             velocity = uncond + settings.guidance * (cond - uncond)

@@ -50,3 +50,15 @@ def downsample_pixels(pixels: torch.Tensor, rate: Rate) -> torch.Tensor:
 def lowres_latents(pixels: torch.Tensor, rate: Rate, codec: Codec) -> torch.Tensor:
     """The LR branch's input (SPEC §3.2): the pixel video downsampled by the rate, through the base codec."""
     return codec.encode(downsample_pixels(pixels, rate))
+
+
+def lowres_latents_per_rate(
+    pixels: torch.Tensor, rates: list[Rate], uses_lr: list[bool], codec: Codec
+) -> list[torch.Tensor | None]:
+    """One LR latent per encoder (``None`` where the encoder has no LR branch), in the order the model takes them."""
+    return [lowres_latents(pixels, r, codec) if use else None for r, use in zip(rates, uses_lr, strict=True)]
+
+
+def no_producer(method: str, rate: str, history, backbone) -> None:
+    """``history.method = "no_history"``: the model sees no history tokens."""
+    return None

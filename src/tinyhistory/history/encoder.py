@@ -163,6 +163,18 @@ class HistoryEncoder(nn.Module):
             HighResBranch(latent_channels, hidden_dim, self.rate, patch, cfg) if cfg.variant != "only_lr" else None
         )
 
+    @classmethod
+    def from_config(cls, method: str, rate: str, history, backbone) -> HistoryEncoder:
+        """Registry factory for ``history.method`` in proposed / only_lr / without_lr, at the backbone's width."""
+        cfg = EncoderConfig(
+            rate=rate,
+            variant=method,
+            channels=tuple(history.channels),
+            attention_blocks=history.attention_blocks,
+            attention_heads=history.attention_heads,
+        )
+        return cls(cfg, backbone.in_channels, backbone.hidden_dim, backbone.patch_size[1])
+
     @property
     def receptive_field(self) -> int:
         """Latent frames of earlier history needed to encode a new chunk exactly (0 for the LR branch alone)."""

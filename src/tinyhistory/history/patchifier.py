@@ -30,6 +30,11 @@ class LargePatchifier(nn.Module):
             self.conv.weight.copy_(patch_embedding.weight.repeat(*repeat) / self.rate.volume)
             self.conv.bias.copy_(patch_embedding.bias)
 
+    @classmethod
+    def from_config(cls, method: str, rate: str, history, backbone) -> LargePatchifier:
+        """Registry factory (``history.method = "large_patchifier"``), initialised from the backbone's patch embed."""
+        return cls(rate, backbone.patch_embedding)
+
     def forward(
         self,
         hr_latents: torch.Tensor,

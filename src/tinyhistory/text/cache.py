@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tinyhistory.config import TextConfig
+from tinyhistory.registry import TEXT_ENCODERS
+from tinyhistory.text.condition import TextCondition
 
 
 def prompt_key(kind: str, max_tokens: int, prompt: str, path: str = "") -> str:
@@ -34,21 +36,24 @@ def build_text_encoder(cfg: TextConfig, device: str | torch.device = "cpu"):
     pipelines run them in bfloat16 too) and float32 on the CPU. MiniLM stays on the CPU.
     """
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    if cfg.kind == "umt5":
-        from tinyhistory.text.umt5 import UMT5TextEncoder
-
-        return UMT5TextEncoder(cfg.path, cfg.max_tokens, dtype=dtype, device=device)
-    if cfg.kind == "hunyuan":
-        from tinyhistory.text.hunyuan import HunyuanTextEncoder
-
-        return HunyuanTextEncoder(cfg.path, cfg.max_tokens, dtype=dtype, device=device)
-    from tinyhistory.text.minilm import MiniLMTextEncoder
-
-    return MiniLMTextEncoder(cfg.max_tokens, path=cfg.path or None)
+    return TEXT_ENCODERS.get(cfg.kind).from_config(cfg, dtype, device)
 
 
-def encode_prompts(cfg: TextConfig, prompts: list[str]) -> torch.Tensor:
-    """``prompts`` → ``(B, max_tokens, D)`` float32, from ``cfg.cache`` where possible."""
+def encode_prompts(cfg: TextConfig, prompts: list[str]) -> TextCondition:
+    """``prompts`` → a condition of ``(B, max_tokens, D)`` float32 states, from ``cfg.cache`` where possible."""
+    return TextCondition(encode_prompt_states(cfg, prompts))
+
+
+def empty_prompt(cfg: TextConfig, like: TextCondition | None = None) -> TextCondition:
+    """The unconditional prompt: the encoder's encoding of ``""`` (``text.empty = "encoded"``), or all-zero states
+    shaped like ``like`` (``"zeros"``, what the tiny preset's committed checkpoints were trained with)."""
+    if cfg.empty == "zeros":
+        return (like if like is not None else encode_prompts(cfg, [""])).zeros_like()
+    return encode_prompts(cfg, [""])
+
+
+def encode_prompt_states(cfg: TextConfig, prompts: list[str]) -> torch.Tensor:
+    """``prompts`` → ``(B, max_tokens, D)`` float32 states, from ``cfg.cache`` where possible."""
     if not cfg.cache:
         return build_text_encoder(cfg).encode(prompts)
     path = Path(cfg.cache)

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from tinyhistory.codecs.base import require_folder
+
 SUBFOLDERS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 
 
@@ -33,6 +35,12 @@ class HunyuanTextEncoder:
     ``max_tokens`` is the pipeline's ``max_sequence_length`` (256 by default), counted after the template crop.
     ``dtype`` is the compute dtype of both encoders (Llama-3-8B: bfloat16 on a GPU); outputs are float32.
     """
+
+    @classmethod
+    def from_config(cls, cfg, dtype: torch.dtype, device) -> HunyuanTextEncoder:
+        """Registry constructor from the ``[text]`` table (``text.path``: a HunyuanVideo model folder)."""
+        path = require_folder(cfg.path, "text.path", cfg.kind, "model")
+        return cls(path, cfg.max_tokens, dtype=dtype, device=device)
 
     def __init__(
         self,

@@ -24,6 +24,11 @@ class MiniLMTextEncoder:
     text_dim = 384
     pooled_dim = 0  # no pooled vector: the Wan-shaped tiny DiT only cross-attends to the per-token states
 
+    @classmethod
+    def from_config(cls, cfg, dtype: torch.dtype, device) -> MiniLMTextEncoder:
+        """Registry constructor from the ``[text]`` table; MiniLM is small and stays on the CPU in float32."""
+        return cls(cfg.max_tokens, path=cfg.path or None)
+
     def __init__(self, max_tokens: int = 64, path: str | Path | None = None):
         from transformers import AutoModel, AutoTokenizer
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from tinyhistory.codecs.base import require_folder
+
 
 def _component_folders(path: Path, model: str, tokenizer: str, what: str) -> tuple[Path, Path]:
     """``(model folder, tokenizer folder)`` inside ``path``: its subfolders if present, else ``path`` itself."""
@@ -40,6 +42,12 @@ class UMT5TextEncoder:
     """
 
     pooled_dim = 0  # Wan has no pooled text vector
+
+    @classmethod
+    def from_config(cls, cfg, dtype: torch.dtype, device) -> UMT5TextEncoder:
+        """Registry constructor from the ``[text]`` table (``text.path``: a Wan model folder or one UMT5 folder)."""
+        path = require_folder(cfg.path, "text.path", cfg.kind, "model")
+        return cls(path, cfg.max_tokens, dtype=dtype, device=device)
 
     def __init__(
         self,

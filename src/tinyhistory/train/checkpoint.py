@@ -1,10 +1,12 @@
-"""Checkpoints: model weights as safetensors, training state loadable with ``weights_only=True``.
+"""Checkpoints: what trains, as safetensors; training state loadable with ``weights_only=True``.
 
-Layout of a checkpoint folder::
+A checkpoint never holds the frozen base model. Layout of a checkpoint folder::
 
-    config.json                       resolved run config
-    transformer/                      diffusers ``save_pretrained`` of the (tiny, fully trained) DiT, or
-    lora.safetensors                  a LoRA on the base DiT named by ``backbone.base_transformer`` (stage II)
+    config.json                       resolved run config (``model.path`` names the user's base model folder)
+    lora.safetensors                  the LoRA on the base DiT, diffusers keys (``train.dit = "lora"``, or a stage-II
+                                      LoRA of the tiny preset on the DiT named by ``backbone.base_transformer``)
+    lora_wan_comfyui.safetensors      the same LoRA in the family's portable layout (ComfyUI, WanPipeline)
+    transformer/                      diffusers ``save_pretrained`` of a fully trained DiT (``train.dit = "full"``)
     history_encoder.safetensors       every history producer's weights (absent for no-history)
     cross_attention.safetensors       the cross-attention enhancers (only with ``history.cross_attention``)
     state/optimizer.pt                optimizer + scheduler state (tensors and numbers only)
@@ -18,33 +20,32 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import WanTransformer3DModel
+from peft.utils import set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from tinyhistory.config import RunConfig, config_from_dict
 from tinyhistory.paths import PROJECT_ROOT, resolve_path
-from tinyhistory.system import HistoryDiT
-from tinyhistory.train.lora import load_lora, lora_state_dict, merge_lora
+from tinyhistory.registry import BACKBONES
+from tinyhistory.system import HistoryDiT, torch_dtype
+from tinyhistory.train.lora import LORA_FILE, PREFIX, has_lora, load_lora, merge_lora, save_lora
 
 ENCODER_FILE = "history_encoder.safetensors"
 CROSS_ATTENTION_FILE = "cross_attention.safetensors"
-LORA_FILE = "lora.safetensors"
 
 
 def save_weights(model: HistoryDiT, cfg: RunConfig, folder: str | Path, dtype: torch.dtype | None = None) -> None:
-    """Write the config, the DiT (diffusers format) and the history producers, optionally cast (e.g. fp16)."""
+    """Write the config and what trained (LoRA or the whole DiT, history producers, enhancers), optionally cast."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg.save(folder / "config.json")
-    transformer = model.backbone.transformer
-    if cfg.train.lora_rank > 0:
-        state = {k: _cast(v, dtype) for k, v in lora_state_dict(transformer).items()}
-        save_file(state, str(folder / LORA_FILE), metadata={"format": "pt", "lora_rank": str(cfg.train.lora_rank)})
+    backbone = model.backbone
+    if has_lora(backbone):
+        save_lora(backbone, folder, cfg.train.lora_rank, dtype)
     else:
-        if dtype is not None and dtype != next(transformer.parameters()).dtype:
+        if dtype is not None and dtype != next(backbone.parameters()).dtype:
             # save_pretrained writes the module's own tensors, so cast a copy (the small models this is used for)
-            transformer = copy.deepcopy(transformer).to(dtype)
-        transformer.save_pretrained(folder / "transformer", safe_serialization=True)
+            backbone = copy.deepcopy(backbone).to(dtype)
+        backbone.save_pretrained(folder / "transformer")
     metadata = {"methods": cfg.history.method, "rates": ",".join(cfg.history.rates)}
     for modules, name in ((model.producers, ENCODER_FILE), (model.enhancers, CROSS_ATTENTION_FILE)):
         if len(modules):
@@ -62,38 +63,88 @@ def base_transformer_reference(folder: str | Path) -> str:
     return str(folder.relative_to(PROJECT_ROOT)) if folder.is_relative_to(PROJECT_ROOT) else str(folder)
 
 
-def load_model(
-    folder: str | Path, dtype: torch.dtype = torch.float32, merge: bool = False
-) -> tuple[HistoryDiT, RunConfig]:
-    """Load a checkpoint folder written by :func:`save_weights` (always as ``dtype``, fp32 by default).
-
-    ``merge``: fold a LoRA into the DiT's weights (inference only; the model can no longer be trained as a LoRA).
-    """
+def read_config(folder: str | Path, model_path: str | None = None) -> RunConfig:
+    """A checkpoint's config; ``model_path`` (``--model DIR``) replaces the base model folder it names."""
     folder = Path(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder}: not a tinyhistory checkpoint (no config.json)")
-    cfg = config_from_dict(json.loads(config_path.read_text()))
+    data = json.loads(config_path.read_text())
+    if model_path:
+        data.setdefault("model", {})["path"] = str(model_path)
+    return config_from_dict(data)
+
+
+def load_base(folder: Path, cfg: RunConfig, dtype: torch.dtype | None = None):
+    """The frozen or trained DiT a checkpoint builds on: the user's model folder (``train.dit = "lora"``), the base
+    named by ``backbone.base_transformer`` (a LoRA on a trained tiny DiT), or the checkpoint's own ``transformer/``."""
+    adapter = BACKBONES.get(cfg.backbone.family)
+    if cfg.train.dit == "lora":
+        if not cfg.model.path:
+            raise ValueError(f"{folder}: this LoRA checkpoint names no base model folder; give it with --model DIR")
+        base_dtype = dtype or torch_dtype(cfg.model.dtype)
+        return adapter.from_pretrained(resolve_path(cfg.model.path), cfg.model.transformer, base_dtype)
     if (folder / LORA_FILE).is_file():
         base = resolve_path(cfg.backbone.base_transformer)
         if not (base / "config.json").is_file():
             raise FileNotFoundError(
                 f"{folder}: the LoRA's base transformer {cfg.backbone.base_transformer!r} was not found ({base})"
             )
-        transformer = WanTransformer3DModel.from_pretrained(base, torch_dtype=dtype)
-        load_lora(transformer, folder / LORA_FILE, cfg.train.lora_rank)
+        return adapter.from_transformer_folder(base, dtype or torch.float32)
+    return adapter.from_transformer_folder(folder / "transformer", dtype or torch.float32)
+
+
+def load_model(
+    folder: str | Path,
+    dtype: torch.dtype | None = None,
+    merge: bool = False,
+    model_path: str | None = None,
+    with_lora: bool = True,
+) -> tuple[HistoryDiT, RunConfig]:
+    """Load a checkpoint folder written by :func:`save_weights`.
+
+    ``dtype``: everything in this dtype; by default what trained is float32 and a frozen base keeps ``model.dtype``.
+    ``merge``: fold a LoRA into the DiT's weights (inference only). ``model_path``: the base model folder, when it
+    moved since training. ``with_lora=False``: the base and the history producers without the checkpoint's LoRA
+    (stage II starts a fresh one).
+    """
+    folder = Path(folder)
+    cfg = read_config(folder, model_path)
+    model = HistoryDiT.from_config(cfg, load_base(folder, cfg, dtype))
+    if with_lora and (folder / LORA_FILE).is_file():
+        load_lora(model.backbone, folder / LORA_FILE, cfg.train.lora_rank)
         if merge:
-            merge_lora(transformer)
-    else:
-        transformer = WanTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=dtype)
-    model = HistoryDiT.from_config(cfg, transformer=transformer)
+            merge_lora(model.backbone)
+    _load_modules(model, cfg, folder)
+    if dtype is not None:
+        model.to(dtype)
+    return model, cfg
+
+
+def _load_modules(model: HistoryDiT, cfg: RunConfig, folder: Path) -> None:
     for modules, name in ((model.producers, ENCODER_FILE), (model.enhancers, CROSS_ATTENTION_FILE)):
         if len(modules):
             path = folder / name
             if not path.is_file():
                 raise FileNotFoundError(f"{folder}: this model ({cfg.history.method!r}) needs {name}")
+            dtype = next(modules.parameters()).dtype
             modules.load_state_dict({k: v.to(dtype) for k, v in load_file(str(path)).items()})
-    return model.to(dtype), cfg
+
+
+def restore_trained(model: HistoryDiT, cfg: RunConfig, folder: str | Path) -> None:
+    """Put a checkpoint's trained weights into ``model`` in place (resume): the LoRA or the whole DiT, and the
+    history producers and enhancers. The frozen base is not read again."""
+    folder = Path(folder)
+    transformer = model.backbone.transformer
+    if (folder / LORA_FILE).is_file():
+        state = {k[len(PREFIX) :]: v.float() for k, v in load_file(str(folder / LORA_FILE)).items()}
+        result = set_peft_model_state_dict(transformer, state)
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"{folder / LORA_FILE}: unexpected LoRA keys {result.unexpected_keys[:3]}")
+    else:
+        trained = BACKBONES.get(cfg.backbone.family).from_transformer_folder(folder / "transformer")
+        transformer.load_state_dict(trained.transformer.state_dict())
+    _load_modules(model, cfg, folder)
 
 
 def trained_steps(folder: str | Path) -> int | None:

@@ -1,9 +1,17 @@
-"""LoRA on the DiT for stage II (SPEC §5), through peft, saved in diffusers' LoRA file layout.
+"""LoRA on the DiT's blocks (SPEC §4–5), through peft, saved in diffusers' LoRA layout and the family's portable one.
 
-The adapter covers every attention projection (self and cross) and both FFN layers of every block; the rest of the
-DiT (patch embedding, condition embedder, norms, output head) stays frozen, so the LR branch and the sliding window
-read the base model's own patch embedding, as in the paper. Files hold ``transformer.<module>.lora_A/B.weight`` keys,
-the layout ``diffusers``' ``load_lora_adapter(..., prefix="transformer")`` and Wan pipelines read.
+The backbone adapter names what the LoRA covers (``backbone.lora_targets``, a regex anchored to ``blocks.N``): for
+Wan every attention projection (self and cross) and both FFN layers of every block. The patch embedding, condition
+embedder, norms and output head stay frozen, so the LR branch and the sliding window read the base model's own
+patch embedding, as in the paper. Files:
+
+* ``lora.safetensors``: ``transformer.<module>.lora_A/B.weight`` keys, the layout diffusers' ``load_lora_adapter(...,
+  prefix="transformer")`` reads and this project loads back;
+* ``backbone.portable_lora_file``: the same LoRA in the family's original layout with ``.alpha`` per module (for Wan,
+  ``diffusion_model.blocks.N.self_attn.q.lora_A.weight``), which ComfyUI and ``WanPipeline.load_lora_weights`` read.
+
+The LoRA weights are float32 whatever the frozen base's dtype (peft keeps adapters in float32 over a bfloat16 base);
+forward passes run under autocast.
 """
 
 from __future__ import annotations
@@ -11,43 +19,64 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import WanTransformer3DModel
 from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0", "net.0.proj", "net.2"]
 PREFIX = "transformer."
+LORA_FILE = "lora.safetensors"
 
 
-def add_lora(transformer: WanTransformer3DModel, rank: int) -> None:
-    """Attach a fresh LoRA (B = 0, so the model is unchanged) and freeze everything else in the transformer."""
+def add_lora(backbone, rank: int) -> None:
+    """Attach a fresh LoRA (B = 0, so the model is unchanged) and freeze everything else in the DiT."""
+    transformer = backbone.transformer
     transformer.requires_grad_(False)
-    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGET_MODULES, init_lora_weights=True))
+    transformer.add_adapter(
+        LoraConfig(r=rank, lora_alpha=rank, target_modules=backbone.lora_targets, init_lora_weights=True)
+    )
+    for name, parameter in transformer.named_parameters():
+        if "lora_" in name:
+            parameter.data = parameter.data.float()
 
 
-def lora_state_dict(transformer: WanTransformer3DModel) -> dict[str, torch.Tensor]:
+def has_lora(backbone) -> bool:
+    return any(isinstance(m, BaseTunerLayer) for m in backbone.transformer.modules())
+
+
+def lora_state_dict(backbone) -> dict[str, torch.Tensor]:
     """The adapter's weights under diffusers' LoRA keys (``transformer.<module>.lora_A/B.weight``)."""
-    return {PREFIX + k: v for k, v in get_peft_model_state_dict(transformer).items()}
+    return {PREFIX + k: v for k, v in get_peft_model_state_dict(backbone.transformer).items()}
 
 
-def load_lora(transformer: WanTransformer3DModel, path: str | Path, rank: int) -> None:
+def save_lora(backbone, folder: Path, rank: int, dtype: torch.dtype | None = None) -> None:
+    """Write ``lora.safetensors`` (diffusers keys) and the family's portable file (original keys + alpha)."""
+    state = {k: _cpu(v, dtype) for k, v in lora_state_dict(backbone).items()}
+    metadata = {"format": "pt", "lora_rank": str(rank), "lora_alpha": str(rank)}
+    save_file(state, str(folder / LORA_FILE), metadata=metadata)
+    save_file(backbone.portable_lora(state, float(rank)), str(folder / backbone.portable_lora_file), metadata=metadata)
+
+
+def _cpu(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return (tensor.to(dtype) if dtype is not None else tensor).detach().cpu().contiguous()
+
+
+def load_lora(backbone, path: str | Path, rank: int) -> None:
     """Attach a LoRA of ``rank`` and load its weights from a file of :func:`lora_state_dict` tensors."""
     path = Path(path)
     state = load_file(str(path))
     if not state or not all(k.startswith(PREFIX) for k in state):
         raise ValueError(f"{path}: not a transformer LoRA file (keys must start with {PREFIX!r})")
-    add_lora(transformer, rank)
-    dtype = next(transformer.parameters()).dtype
-    result = set_peft_model_state_dict(transformer, {k[len(PREFIX) :]: v.to(dtype) for k, v in state.items()})
+    add_lora(backbone, rank)
+    result = set_peft_model_state_dict(
+        backbone.transformer, {k[len(PREFIX) :]: v.float() for k, v in state.items()}
+    )
     if getattr(result, "unexpected_keys", None):
         raise ValueError(f"{path}: unexpected LoRA keys {result.unexpected_keys[:3]}")
 
 
-def merge_lora(transformer: WanTransformer3DModel) -> None:
+def merge_lora(backbone) -> None:
     """Fold every LoRA into its base weight (inference: the adapter then costs nothing per step)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for module in transformer.modules():
+    for module in backbone.transformer.modules():
         if isinstance(module, BaseTunerLayer) and not module.merged:
             module.merge()

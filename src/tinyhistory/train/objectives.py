@@ -1,4 +1,8 @@
-"""Training objectives. Stage I: frame query (SPEC §4); stage II: next segment (SPEC §5, at the end).
+"""Training objectives as objects: stage I frame query (SPEC §4), stage II next segment (SPEC §5).
+
+An objective gives the training loop everything that differs between the stages — the batch it builds from a
+window, the span of the window whose storyboard prompt conditions it, the loss, and the text dropout — so the loop
+in ``trainer.py`` has no stage branches. ``objective_for(cfg.train)`` picks the stage's object.
 
 For a history ``H`` of T latent frames:
 
@@ -13,15 +17,16 @@ For a history ``H`` of T latent frames:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from tinyhistory.backbones import ContextTokens
-from tinyhistory.flow import add_noise, add_noise_per_frame, sample_logit_normal, sample_mask_levels, velocity_target
-from tinyhistory.geometry import Rate
+from tinyhistory.config import TrainConfig
+from tinyhistory.flow import add_noise, add_noise_per_frame, sample_mask_levels, velocity_target
+from tinyhistory.geometry import Rate, temporal_block
+from tinyhistory.text.condition import TextCondition
 
 
 @dataclass
@@ -63,6 +68,7 @@ def make_frame_query_batch(
     shift: float = 1.0,
     generator: torch.Generator | None = None,
     num_queries: int | None = None,
+    min_t: float = 0.0,
 ) -> FrameQueryBatch:
     """Draw Ω, mask the history (HR and every LR latent) and build the noisy targets. Shapes in the class.
 
@@ -86,11 +92,11 @@ def make_frame_query_batch(
     index = omega[:, None, :, None, None].expand(b, c, omega.shape[1], h, w)
     targets = hr.gather(2, index)
     noise = torch.randn(targets.shape, generator=generator)
-    t = sample_logit_normal((b,), shift=shift, generator=generator)
+    t = sample_mask_levels((b,), low=min_t, shift=shift, generator=generator)
     return FrameQueryBatch(history, masked_lr, omega, targets, noise, t, levels)
 
 
-def frame_query_loss(model, batch: FrameQueryBatch, text: torch.Tensor) -> torch.Tensor:
+def frame_query_loss(model, batch: FrameQueryBatch, text: TextCondition) -> torch.Tensor:
     """Velocity MSE on the queried frames, conditioned on the compressed masked history."""
     context: ContextTokens | None = model.encode_history(batch.history, batch.history_lr)
     prediction = model(batch.noisy_targets, batch.t, text, context, frame_positions=batch.omega)
@@ -129,6 +135,7 @@ def make_next_segment_batch(
     shift: float = 1.0,
     generator: torch.Generator | None = None,
     split: int | None = None,
+    min_t: float = 0.0,
 ) -> NextSegmentBatch:
     """Split the window at a random block boundary (or at ``split``) into history and the next ``segment`` frames.
 
@@ -136,7 +143,7 @@ def make_next_segment_batch(
     generation from nothing (text only).
     """
     b, c, frames, h, w = hr.shape
-    block = math.lcm(*[r.t for r in rates]) if rates else 1
+    block = temporal_block(rates)
     points = split_points(frames, segment, block)
     if not points:
         raise ValueError(f"a window of {frames} frames cannot hold a {segment}-frame target segment")
@@ -148,12 +155,76 @@ def make_next_segment_batch(
     targets = hr[:, :, split : split + segment]
     positions = torch.arange(split, split + segment).expand(b, segment)
     noise = torch.randn(targets.shape, generator=generator)
-    t = sample_logit_normal((b,), shift=shift, generator=generator)
+    t = sample_mask_levels((b,), low=min_t, shift=shift, generator=generator)
     return NextSegmentBatch(hr[:, :, :split], history_lr, targets, positions, noise, t)
 
 
-def next_segment_loss(model, batch: NextSegmentBatch, text: torch.Tensor) -> torch.Tensor:
+def next_segment_loss(model, batch: NextSegmentBatch, text: TextCondition) -> torch.Tensor:
     """Velocity MSE on the target segment, conditioned on everything the model sees of the clean history."""
     context = model.history_context(batch.history, batch.history_lr)
     prediction = model(batch.noisy_targets, batch.t, text, context, frame_positions=batch.positions)
     return F.mse_loss(prediction.float(), velocity_target(batch.targets, batch.noise).float())
+
+
+# -- The objectives as objects (what the training loop calls) --------------------------------------------------
+
+
+class FrameQueryObjective:
+    """Stage I: reconstruct randomly queried history frames from the compressed, masked history."""
+
+    name = "frame-query"
+
+    def __init__(self, train: TrainConfig):
+        self.train = train
+        self.text_dropout = 0.0  # the paper conditions stage I on the storyboard prompt throughout
+
+    def batch(self, hr: torch.Tensor, lr: list[torch.Tensor | None], rates: list[Rate], generator) -> FrameQueryBatch:
+        tc = self.train
+        return make_frame_query_batch(
+            hr, lr, rates, tc.query_window, tc.mask_low, tc.timestep_shift, generator, min_t=tc.min_t
+        )
+
+    def prompt_span(self, batch: FrameQueryBatch) -> tuple[int, int]:
+        """Latent frames whose nearest storyboard shot is the prompt: the whole window."""
+        return 0, batch.history.shape[2]
+
+    def loss(self, model, batch: FrameQueryBatch, text: TextCondition) -> torch.Tensor:
+        return frame_query_loss(model, batch, text)
+
+
+class NextSegmentObjective:
+    """Stage II: predict the next segment from the whole clean history (random split), with text dropout for CFG."""
+
+    name = "ar"
+
+    def __init__(self, train: TrainConfig):
+        self.train = train
+        self.text_dropout = train.text_dropout
+
+    def batch(self, hr: torch.Tensor, lr: list[torch.Tensor | None], rates: list[Rate], generator) -> NextSegmentBatch:
+        tc = self.train
+        return make_next_segment_batch(hr, lr, rates, tc.segment_frames, tc.timestep_shift, generator, min_t=tc.min_t)
+
+    def prompt_span(self, batch: NextSegmentBatch) -> tuple[int, int]:
+        """The paper's rule: the storyboard shot nearest to the target segment."""
+        first = batch.history.shape[2]
+        return first, first + batch.targets.shape[2]
+
+    def loss(self, model, batch: NextSegmentBatch, text: TextCondition) -> torch.Tensor:
+        return next_segment_loss(model, batch, text)
+
+
+OBJECTIVES = {"frame-query": FrameQueryObjective, "ar": NextSegmentObjective}
+
+
+def objective_for(train: TrainConfig) -> FrameQueryObjective | NextSegmentObjective:
+    """The objective of ``train.stage``."""
+    return OBJECTIVES[train.stage](train)
+
+
+def drop_text(
+    text: TextCondition, empty: TextCondition, fraction: float, generator: torch.Generator | None
+) -> TextCondition:
+    """Classifier-free guidance training: each sample's prompt becomes ``empty`` with probability ``fraction``."""
+    keep = torch.rand(len(text), generator=generator) >= fraction
+    return text.where(keep, empty)

@@ -23,25 +23,22 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tinyhistory.config import RunConfig
-from tinyhistory.data.cache import CacheSampler
+from tinyhistory.data.cache import CacheSampler, read_empty_prompt
 from tinyhistory.data.clip import WindowSampler, clip_from_config, load_extra_training
 from tinyhistory.geometry import Rate
-from tinyhistory.system import HistoryDiT, build_codec
-from tinyhistory.text.cache import encode_prompts
+from tinyhistory.system import HistoryDiT, build_codec, torch_dtype
+from tinyhistory.text.cache import empty_prompt, encode_prompts
+from tinyhistory.text.condition import TextCondition
 from tinyhistory.train.checkpoint import (
     base_transformer_reference,
     load_model,
     load_training_state,
+    restore_trained,
     save_training_state,
     save_weights,
 )
-from tinyhistory.train.lora import add_lora
-from tinyhistory.train.objectives import (
-    frame_query_loss,
-    make_frame_query_batch,
-    make_next_segment_batch,
-    next_segment_loss,
-)
+from tinyhistory.train.lora import add_lora, has_lora
+from tinyhistory.train.objectives import drop_text, objective_for
 
 
 def lr_lambda(cfg: RunConfig):
@@ -76,87 +73,87 @@ def make_samplers(cfg: RunConfig, model: HistoryDiT) -> tuple[Sampler, Sampler]:
     )
 
 
-def sample_text(cfg: RunConfig, sampler: Sampler, picks: torch.Tensor, batch, caption) -> torch.Tensor:
-    """Each sample's prompt ``(B, L, D)``: the storyboard shot nearest to the target segment (stage II, the paper's
-    rule) or to the whole window (stage I) when the data has storyboards; else the run's caption."""
-    if cfg.train.stage == "ar":
-        first = batch.history.shape[2]
-        last = first + batch.targets.shape[2]
-    else:
-        first, last = 0, sampler.frames
-    text = sampler.text_for(picks, first, last)
-    return caption().expand(len(picks), -1, -1) if text is None else text
+def sample_text(sampler: Sampler, picks: torch.Tensor, span: tuple[int, int], caption) -> TextCondition:
+    """Each sample's prompt: the storyboard shot nearest to latent frames ``span`` of its window (the objective says
+    which span) when the data has storyboards; else the run's caption."""
+    states = sampler.text_for(picks, *span)
+    return caption().expand(len(picks)) if states is None else TextCondition(states)
 
 
 def batch_for(cfg: RunConfig, sampler: Sampler, picks: torch.Tensor, generator, caption):
-    """The stage's batch for the picked windows and each sample's prompt ``(B, L, D)``.
+    """The stage's batch for the picked windows and each sample's prompt (a :class:`TextCondition`).
 
     Stage I: Ω, the masked history and the queried frames (``FrameQueryBatch``); stage II: a random history/future
     split (``NextSegmentBatch``) and the prompt nearest to the future segment. The one API both training and
     evaluation use, over a decoded clip or a ``data prepare`` cache alike.
     """
+    objective = objective_for(cfg.train)
     _, hr, lr = sampler.window(picks)
-    batch = make_batch(cfg, hr, lr, sampler.rates, generator)
-    return batch, sample_text(cfg, sampler, picks, batch, caption)
-
-
-def make_batch(cfg: RunConfig, hr, lr, rates, generator):
-    """One training batch of the run's stage (frame query or next segment)."""
-    tc = cfg.train
-    if tc.stage == "ar":
-        return make_next_segment_batch(hr, lr, rates, tc.segment_frames, tc.timestep_shift, generator)
-    return make_frame_query_batch(hr, lr, rates, tc.query_window, tc.mask_low, tc.timestep_shift, generator)
-
-
-def batch_loss(cfg: RunConfig, model, batch, text: torch.Tensor) -> torch.Tensor:
-    return next_segment_loss(model, batch, text) if cfg.train.stage == "ar" else frame_query_loss(model, batch, text)
+    batch = objective.batch(hr, lr, sampler.rates, generator)
+    return batch, sample_text(sampler, picks, objective.prompt_span(batch), caption)
 
 
 @torch.no_grad()
 def heldout_loss(model: HistoryDiT, cfg: RunConfig, sampler: Sampler, caption, windows: int = 16) -> float:
     """The stage's flow loss on fixed held-out windows with fixed Ω / splits, masks, noise and timesteps."""
+    loss_fn = StageLoss(cfg, model)
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(1234)
     losses = []
     for picks in sampler.fixed_starts(windows).split(cfg.train.batch_size):
         batch, text_batch = batch_for(cfg, sampler, picks, generator, caption)
-        text_batch = text_batch.to(device)
-        batch = _to(batch, device)
-        losses.append(batch_loss(cfg, model, batch, text_batch).item() * len(picks))
+        losses.append(loss_fn(_to(batch, device), text_batch.to(device)).item() * len(picks))
     model.train()
     return sum(losses) / windows
 
 
 def prepare_model(cfg: RunConfig, init_from: str | Path | None) -> tuple[HistoryDiT, RunConfig]:
-    """A fresh model, or one started from a checkpoint, with the stage-II switches of this run applied.
+    """A fresh model, or one started from a checkpoint, with what this run trains made trainable.
 
+    ``train.dit = "lora"``: the base DiT (the user's folder) stays frozen and a fresh LoRA is attached — in stage I,
+    and again in stage II, which keeps the stage-I history encoder but not its LoRA (the paper's "newly initialized
+    LoRA"). ``"full"`` (tiny): the whole DiT trains, and a stage-II ``lora_rank`` > 0 puts a LoRA on the stage-I DiT.
     From a checkpoint the architecture (backbone, encoders) is the checkpoint's; this run adds a sliding window,
-    cross-attention enhancers (zero-initialised) and a fresh LoRA when it asks for them. ``history.method =
-    "no_history"`` drops the checkpoint's encoders (baselines on the same DiT as the proposed model).
+    cross-attention enhancers (zero-initialised) when it asks for them. ``history.method = "no_history"`` drops the
+    checkpoint's encoders (baselines on the same DiT as the proposed model).
     """
     if init_from is None:
-        return HistoryDiT.from_config(cfg), cfg
-    model, init_cfg = load_model(init_from)
+        model = HistoryDiT.from_config(cfg)
+        if cfg.train.dit == "lora":
+            add_lora(model.backbone, cfg.train.lora_rank)
+        return model, cfg
+    model, init_cfg = load_model(init_from, model_path=cfg.model.path or None, with_lora=False)
     history = dataclasses.replace(
         init_cfg.history, sliding_window=cfg.history.sliding_window, cross_attention=cfg.history.cross_attention
     )
     if cfg.history.method == "no_history":
         history = dataclasses.replace(history, method="no_history", cross_attention=False)
+    if init_cfg.train.dit != cfg.train.dit:
+        raise ValueError(
+            f"{init_from} was trained with train.dit = {init_cfg.train.dit!r}; this run has {cfg.train.dit!r} "
+            "(use the same preset for both stages)"
+        )
     backbone = init_cfg.backbone
-    if cfg.train.lora_rank > 0 and init_cfg.train.lora_rank == 0:
+    if cfg.train.dit == "lora":
+        add_lora(model.backbone, cfg.train.lora_rank)
+    elif cfg.train.lora_rank > 0 and init_cfg.train.lora_rank == 0:
         backbone = dataclasses.replace(
             backbone, base_transformer=base_transformer_reference(Path(init_from) / "transformer")
         )
-        add_lora(model.backbone.transformer, cfg.train.lora_rank)
+        add_lora(model.backbone, cfg.train.lora_rank)
     elif cfg.train.lora_rank != init_cfg.train.lora_rank:
         raise ValueError(
             f"{init_from} carries a LoRA of rank {init_cfg.train.lora_rank}; this run asks for train.lora_rank="
             f"{cfg.train.lora_rank} (start a new LoRA from a checkpoint without one)"
         )
-    cfg = dataclasses.replace(cfg, base=init_cfg.base, codec=init_cfg.codec, backbone=backbone, history=history)
+    elif init_cfg.train.lora_rank > 0:  # continue the checkpoint's own LoRA
+        model, _ = load_model(init_from, model_path=cfg.model.path or None)
+    cfg = dataclasses.replace(
+        cfg, base=init_cfg.base, model=init_cfg.model, codec=init_cfg.codec, backbone=backbone, history=history
+    )
     cfg.validate()
-    fresh = HistoryDiT.from_config(cfg, transformer=model.backbone.transformer)
+    fresh = HistoryDiT.from_config(cfg, backbone=model.backbone)
     if len(fresh.enhancers) and len(model.enhancers):
         fresh.enhancers.load_state_dict(model.enhancers.state_dict())
     if len(fresh.producers):
@@ -190,8 +187,12 @@ def train(
 
     # From a checkpoint the architecture is the checkpoint's; the rest of the config (data, schedule) is this run's.
     model, cfg = prepare_model(cfg, init_from)
+    objective = objective_for(tc)
     train_sampler, heldout_sampler = make_samplers(cfg, model)
-    caption = CaptionEmbedding(cfg)  # encoded only if some sample has no storyboard prompt
+    caption = LazyPrompt(cfg, cfg.text.caption)  # encoded only if some sample has no storyboard prompt
+    empty = LazyPrompt(cfg, "")  # the unconditional prompt of text dropout, loaded at the first dropped sample
+    if tc.gradient_checkpointing:
+        model.backbone.enable_gradient_checkpointing()
 
     if tc.freeze_encoder:
         model.producers.requires_grad_(False)
@@ -210,8 +211,7 @@ def train(
     step = 0
     last = _resumable_checkpoint(out)
     if last is not None:
-        unwrapped, _ = load_model(last)
-        model.load_state_dict(unwrapped.state_dict())
+        restore_trained(model, cfg, last)
         rank, processes = accelerator.process_index, accelerator.num_processes
         step = load_training_state(last, optimizer, scheduler, generator, rank, processes)
         accelerator.print(f"resumed from {last} at step {step}")
@@ -225,19 +225,15 @@ def train(
         total=tc.steps,
         initial=step,
         disable=not progress or not accelerator.is_main_process,
-        desc="stage II" if tc.stage == "ar" else "stage I",
+        desc=f"{objective.name} ({'LoRA' if has_lora(model.backbone) else 'full DiT'})",
     )
     end = tc.steps if stop_after is None else min(tc.steps, step + stop_after)
     while step < end:
         picks = train_sampler.pick(tc.batch_size, generator)
         batch, text_batch = batch_for(cfg, train_sampler, picks, generator, caption)
-        text_batch = text_batch.to(device)
-        batch = _to(batch, device)
-        if tc.stage == "ar" and tc.text_dropout > 0:
-            # Classifier-free guidance: some samples see the empty (all-zero) prompt.
-            keep = torch.rand(tc.batch_size, generator=generator) >= tc.text_dropout
-            text_batch = text_batch * keep.to(device=device, dtype=text_batch.dtype)[:, None, None]
-        loss = stage_loss(batch, text_batch)
+        if objective.text_dropout > 0:  # classifier-free guidance: some samples see the empty prompt
+            text_batch = drop_text(text_batch, empty.like(text_batch), objective.text_dropout, generator)
+        loss = stage_loss(_to(batch, device), text_batch.to(device))
         accelerator.backward(loss)
         if tc.grad_clip > 0:
             accelerator.clip_grad_norm_(stage_loss.parameters(), tc.grad_clip)
@@ -286,19 +282,24 @@ def train(
 
 
 class StageLoss(nn.Module):
-    """The stage's flow loss as one module call.
+    """The stage's flow loss as one module call, under autocast when the frozen base is not float32.
 
     Under several processes DDP syncs the gradients of what runs inside its wrapped module's forward; the losses
-    reach the encoder and the DiT through several HistoryDiT methods, so the whole loss is that forward.
+    reach the encoder and the DiT through several HistoryDiT methods, so the whole loss is that forward. The base's
+    weights stay in ``model.dtype`` (bfloat16 at real size) and what trains in float32: autocast runs each matmul in
+    the low dtype and keeps the float32 master weights.
     """
 
     def __init__(self, cfg: RunConfig, model: HistoryDiT):
         super().__init__()
-        self.cfg = cfg
+        self.objective = objective_for(cfg.train)
         self.model = model
+        self.autocast = torch_dtype(cfg.model.dtype)
 
-    def forward(self, batch, text: torch.Tensor) -> torch.Tensor:
-        return batch_loss(self.cfg, self.model, batch, text)
+    def forward(self, batch, text: TextCondition) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        with torch.autocast(device.type, dtype=self.autocast, enabled=self.autocast != torch.float32):
+            return self.objective.loss(self.model, batch, text)
 
 
 class TrainLog:
@@ -317,18 +318,27 @@ class TrainLog:
             self.file.close()
 
 
-class CaptionEmbedding:
-    """The run's ``text.caption`` embedded on first use ``(1, L, D)`` (a cache with storyboards never needs it, so the
-    text encoder is not loaded)."""
+class LazyPrompt:
+    """One prompt's condition ``(1, L, D)``, encoded on first use, so a run whose samples all carry cached storyboard
+    prompts never loads the text encoder. The empty prompt ``""`` follows ``text.empty`` and comes from the data
+    cache when ``data prepare`` stored it."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, prompt: str):
         self.cfg = cfg
-        self.embedding: torch.Tensor | None = None
+        self.prompt = prompt
+        self.condition: TextCondition | None = None
 
-    def __call__(self) -> torch.Tensor:
-        if self.embedding is None:
-            self.embedding = encode_prompts(self.cfg.text, [self.cfg.text.caption])
-        return self.embedding
+    def __call__(self) -> TextCondition:
+        return self.like(None)
+
+    def like(self, text: TextCondition | None) -> TextCondition:
+        if self.condition is None:
+            if self.prompt:
+                self.condition = encode_prompts(self.cfg.text, [self.prompt])
+            else:
+                cached = read_empty_prompt(self.cfg) if self.cfg.text.empty == "encoded" else None
+                self.condition = cached if cached is not None else empty_prompt(self.cfg.text, text)
+        return self.condition
 
 
 def _resumable_checkpoint(out: Path) -> Path | None:

@@ -1,0 +1,180 @@
+"""The backbone contract, run over every registered family shape (diffusers' "one suite, many models" style).
+
+Each family is a tiny random-weight model folder in the Hub layout, written by the pipeline's own
+``save_pretrained`` and loaded back through the adapter's real ``from_pretrained``. A new family adds one entry to
+``FAMILIES`` (a folder maker, the stock forward and the stock RoPE table) and must pass every test here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_model_folders import wan21_t2v_folder, wan22_ti2v_folder
+
+from tinyhistory.backbones import ContextTokens
+from tinyhistory.config import HistoryConfig
+from tinyhistory.registry import BACKBONES, HISTORY_METHODS
+from tinyhistory.text.condition import TextCondition
+from tinyhistory.train.lora import add_lora, lora_state_dict
+
+
+@dataclass
+class Family:
+    name: str
+    registry_name: str
+    make_folder: object  # Path -> Path
+    stock_forward: object  # (transformer, x, t in [0, 1], text states) -> velocity
+    stock_rope: object  # (transformer, x) -> (cos, sin)
+
+
+def _wan_stock_forward(transformer, x, t, states):
+    return transformer(x, t * 1000, states).sample
+
+
+def _wan_stock_rope(transformer, x):
+    return transformer.rope(x)
+
+
+FAMILIES = [
+    Family("wan2.1-t2v", "wan", wan21_t2v_folder, _wan_stock_forward, _wan_stock_rope),
+    Family("wan2.2-ti2v", "wan", wan22_ti2v_folder, _wan_stock_forward, _wan_stock_rope),
+]
+
+
+@pytest.fixture(params=FAMILIES, ids=lambda f: f.name)
+def family(request, tmp_path_factory) -> tuple[Family, Path]:
+    fam = request.param
+    return fam, fam.make_folder(tmp_path_factory.mktemp(fam.name))
+
+
+def _load(fam: Family, folder: Path):
+    return BACKBONES.get(fam.registry_name).from_pretrained(folder).eval()
+
+
+def _inputs(backbone, b: int = 2, frames: int = 3):
+    g = torch.Generator().manual_seed(0)
+    channels = backbone.in_channels
+    text_dim = backbone.transformer.config.text_dim
+    return (
+        torch.randn(b, channels, frames, 8, 8, generator=g),
+        torch.tensor([0.3, 0.8])[:b],
+        TextCondition(torch.randn(b, 5, text_dim, generator=g)),
+    )
+
+
+def _encoder(backbone):
+    history = HistoryConfig(channels=[8, 16, 32, 32], attention_heads=2)
+    return HISTORY_METHODS.get("proposed")("proposed", "4x4x2", history, backbone)
+
+
+def test_architecture_comes_from_the_folder(family):
+    fam, folder = family
+    backbone = _load(fam, folder)
+    config = json.loads((folder / "transformer" / "config.json").read_text())
+    assert backbone.hidden_dim == config["num_attention_heads"] * config["attention_head_dim"]
+    assert backbone.in_channels == config["in_channels"]
+    assert len(backbone.blocks) == config["num_layers"]
+
+
+def test_no_context_equals_the_stock_forward(family):
+    fam, folder = family
+    backbone = _load(fam, folder)
+    x, t, text = _inputs(backbone)
+    empty = ContextTokens(torch.zeros(2, 0, backbone.hidden_dim), torch.zeros(2, 0, 3))
+    with torch.no_grad():
+        stock = fam.stock_forward(backbone.transformer, x, t, text.states)
+        torch.testing.assert_close(backbone(x, t, text), stock, atol=1e-6, rtol=1e-5)
+        # the prepend/slice path with an empty context and explicit integer positions, too
+        torch.testing.assert_close(
+            backbone(x, t, text, empty, torch.arange(3).expand(2, 3)), stock, atol=1e-6, rtol=1e-5
+        )
+
+
+def test_integer_rope_equals_the_stock_table(family):
+    fam, folder = family
+    backbone = _load(fam, folder)
+    x = torch.zeros(1, backbone.in_channels, 3, 8, 8)
+    stock_cos, stock_sin = fam.stock_rope(backbone.transformer, x)
+    t, h, w = torch.meshgrid(torch.arange(3), torch.arange(4), torch.arange(4), indexing="ij")
+    cos, sin = backbone.rotary(torch.stack([t, h, w], -1).reshape(1, -1, 3))
+    torch.testing.assert_close(cos, stock_cos)
+    torch.testing.assert_close(sin, stock_sin)
+
+
+def test_context_changes_the_output_and_its_positions_matter(family):
+    fam, folder = family
+    backbone = _load(fam, folder)
+    x, t, text = _inputs(backbone)
+    tokens = torch.randn(2, 4, backbone.hidden_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        base = backbone(x, t, text)
+        a = backbone(x, t, text, ContextTokens(tokens, torch.zeros(2, 4, 3)))
+        b = backbone(x, t, text, ContextTokens(tokens, torch.full((2, 4, 3), 2.5)))
+    assert a.shape == base.shape
+    assert (a - base).abs().max() > 1e-3
+    assert (a - b).abs().max() > 1e-4
+
+
+def test_gradients_reach_the_history_encoder_through_a_frozen_base_with_lora(family):
+    fam, folder = family
+    backbone = _load(fam, folder).train()
+    add_lora(backbone, rank=4)
+    encoder = _encoder(backbone)
+    c = backbone.in_channels
+    context = encoder(torch.randn(2, c, 4, 16, 16), torch.randn(2, c, 2, 4, 4), backbone.patch_embed)
+    x, t, text = _inputs(backbone)
+    backbone.enable_gradient_checkpointing()
+    backbone(x, t, text, context).square().mean().backward()
+    assert encoder.hr.proj.weight.grad.abs().sum() > 0  # zero-initialised, so its weight gets gradient first
+    lora_grads = [p.grad for n, p in backbone.named_parameters() if "lora_A" in n]
+    assert lora_grads and all(g is not None for g in lora_grads)
+    assert all(p.grad is None for n, p in backbone.named_parameters() if "lora_" not in n)  # the base is frozen
+
+
+def test_save_and_load_round_trip(family, tmp_path):
+    fam, folder = family
+    backbone = _load(fam, folder)
+    backbone.save_pretrained(tmp_path / "transformer")
+    loaded = BACKBONES.get(fam.registry_name).from_transformer_folder(tmp_path / "transformer").eval()
+    x, t, text = _inputs(backbone)
+    ctx = ContextTokens(torch.randn(2, 4, backbone.hidden_dim), torch.rand(2, 4, 3) * 4)
+    with torch.no_grad():
+        assert torch.equal(backbone(x, t, text, ctx), loaded(x, t, text, ctx))
+
+
+def test_lora_lands_only_in_the_blocks(family):
+    fam, folder = family
+    backbone = _load(fam, folder)
+    encoder = _encoder(backbone)
+    add_lora(backbone, rank=4)
+    keys = list(lora_state_dict(backbone))
+    assert keys
+    block = re.compile(r"transformer\.blocks\.\d+\.")
+    assert all(block.match(k) for k in keys), [k for k in keys if not block.match(k)]
+    # every block gets every target: attention (self, cross) q/k/v/out and both FFN layers, A and B
+    assert len(keys) == len(backbone.blocks) * 10 * 2
+    assert not any("lora_" in n for n, _ in encoder.named_parameters())
+    trainable = {n for n, p in backbone.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert all(p.dtype == torch.float32 for n, p in backbone.named_parameters() if "lora_" in n)
+
+
+def test_bad_folders_name_the_folder_and_what_is_missing(family, tmp_path):
+    fam, folder = family
+    adapter = BACKBONES.get(fam.registry_name)
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'nowhere'} does not exist.*model_index.json"):
+        adapter.from_pretrained(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="has no model_index.json"):
+        adapter.from_pretrained(tmp_path / "empty")
+    with pytest.raises(ValueError, match="lacks transformer_2/"):
+        adapter.from_pretrained(folder, subfolder="transformer_2")
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "HunyuanVideoPipeline"}))
+    with pytest.raises(ValueError, match=f"holds a HunyuanVideoPipeline model, not the {fam.registry_name!r} family"):
+        adapter.from_pretrained(folder)

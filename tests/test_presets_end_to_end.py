@@ -1,0 +1,142 @@
+"""Every real Wan preset, end to end on a tiny random-weight folder in the Hub layout, through the CLI a user types:
+
+    tinyhistory data prepare --preset P --model DIR --input VIDEOS --out CACHE --set ...
+    tinyhistory train --stage frame-query --preset P --model DIR --set 'data.cache="CACHE"' --steps 2 --out RUN1
+    tinyhistory train --stage ar --preset P --init-from RUN1/final --steps 2 --out RUN2
+
+Only sizes are set (frames, resolution, batch); the architecture comes from the folder. Then: the run folders hold
+what trained and never the base model; the stage-II LoRA in the ComfyUI layout loads with the stock
+``WanPipeline.load_lora_weights`` on the same folder and gives what our model gives without history.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import WanPipeline
+from safetensors.torch import load_file
+from tiny_model_folders import wan21_t2v_folder, wan22_a14b_folder, wan22_ti2v_folder
+from video_files import write_test_video
+
+from tinyhistory.cli import main
+from tinyhistory.config import load_config
+from tinyhistory.text.condition import TextCondition
+from tinyhistory.train.checkpoint import load_model
+
+PRESETS = {
+    "wan2.1-t2v-1.3b": wan21_t2v_folder,
+    "wan2.1-t2v-14b": wan21_t2v_folder,
+    "wan2.2-ti2v-5b": wan22_ti2v_folder,
+    "wan2.2-t2v-a14b": wan22_a14b_folder,
+}
+# A causal VAE caches 1 + 4k-frame windows; each window is one sample (17 frames = 5 latent frames).
+SIZES = [
+    "--set", "data.height=128", "--set", "data.width=128", "--set", "data.fps=8",
+    "--set", "data.window_frames=17", "--set", "train.history_frames=17",
+]  # fmt: skip
+TRAIN = [
+    "--set", "train.batch_size=1", "--set", 'data.heldout_split="videos"', "--set", "data.heldout_fraction=0.5",
+    "--set", "train.warmup_steps=1", "--set", "history.channels=[8, 16, 32, 32]", "--set", "history.attention_heads=2",
+    "--set", "train.lora_rank=4", "--no-progress",
+]  # fmt: skip
+
+
+def _videos(folder: Path) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.mp4", "b.mp4"):
+        base = rng.integers(0, 256, (1, 128, 128, 3), dtype=np.uint8)
+        frames = np.concatenate([np.roll(base, 4 * i, axis=2) for i in range(24)])  # a moving picture
+        write_test_video(folder / name, frames)
+        (folder / name).with_suffix(".txt").write_text("a cat walks on the grass")  # musubi-style caption sidecar
+    return folder
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_prepares_trains_both_stages_and_exports_a_portable_lora(preset, tmp_path):
+    model_dir = PRESETS[preset](tmp_path / "model")
+    cache, run1, run2 = tmp_path / "cache", tmp_path / "run1", tmp_path / "run2"
+    videos = _videos(tmp_path / "videos")
+    model = ["--preset", preset, "--model", str(model_dir)]
+    assert main(["data", "prepare", *model, "--input", str(videos), "--out", str(cache), *SIZES]) == 0
+    from_cache = ["--set", f'data.cache="{cache}"', *SIZES, *TRAIN]
+    assert main(["train", "--stage", "frame-query", *model, *from_cache, "--steps", "2", "--out", str(run1)]) == 0
+    # stage II finds the base model through the stage-I checkpoint (no --model needed)
+    stage2 = ["--stage", "ar", "--preset", preset, "--init-from", str(run1 / "final"), "--steps", "2"]
+    assert main(["train", *stage2, *from_cache, "--set", "train.segment_frames=1", "--out", str(run2)]) == 0
+
+    for run in (run1, run2):
+        for folder in (run / "final", run / "last"):
+            names = {p.name for p in folder.iterdir()}
+            assert "transformer" not in names and not any(p.suffix == ".bin" for p in folder.iterdir())
+            assert {"lora.safetensors", "lora_wan_comfyui.safetensors", "history_encoder.safetensors"} <= names
+        # only what trained: LoRA tensors and the encoder, never a tensor of the frozen base
+        keys = [k for f in (run / "final").glob("*.safetensors") for k in load_file(str(f))]
+        base = load_file(str(next((model_dir / "transformer").glob("*.safetensors"))))
+        assert keys and not set(keys) & set(base) and not any(k.removeprefix("transformer.") in base for k in keys)
+        lora_keys = load_file(str(run / "final" / "lora.safetensors"))
+        assert all(".lora_A." in k or ".lora_B." in k for k in lora_keys)
+    cfg = json.loads((run2 / "final" / "config.json").read_text())
+    assert cfg["train"]["dit"] == "lora" and cfg["model"]["path"] == str(model_dir)
+    assert cfg["train"]["stage"] == "ar" and cfg["model"]["dtype"] == "bfloat16"
+
+    # The portable LoRA on the stock pipeline equals our stage-II model without history (float32 both).
+    ours, _ = load_model(run2 / "final", dtype=torch.float32)
+    pipe = WanPipeline.from_pretrained(model_dir, torch_dtype=torch.float32)
+    pipe.load_lora_weights(str(run2 / "final" / "lora_wan_comfyui.safetensors"))
+    transformer = pipe.transformer.eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, ours.backbone.in_channels, 2, 8, 8, generator=g)
+    t = torch.tensor([0.9])
+    text = TextCondition(torch.randn(1, 6, transformer.config.text_dim, generator=g))
+    lora_b = [p for n, p in ours.backbone.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b)  # two steps moved the LoRA, so the comparison can fail
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x, t, text, None), transformer(x, t * 1000, text.states).sample)
+
+
+def test_real_presets_need_a_model_folder_and_name_it(tmp_path):
+    with pytest.raises(ValueError, match="give the model folder with --model DIR"):
+        from tinyhistory.system import build_backbone
+
+        build_backbone(load_config("wan2.2-ti2v-5b"))
+    args = ["train", "--preset", "wan2.2-ti2v-5b", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+
+
+def test_the_a14b_preset_trains_the_high_noise_expert_on_its_timesteps():
+    from tinyhistory.geometry import Rate
+    from tinyhistory.train.objectives import objective_for
+
+    cfg = load_config("wan2.2-t2v-a14b", overrides=['train.stage="ar"'])
+    assert cfg.model.transformer == "transformer" and cfg.train.min_t == 0.875
+    objective = objective_for(cfg.train)
+    hr = torch.zeros(64, 16, 9, 2, 2)
+    batch = objective.batch(hr, [torch.zeros(64, 16, 4, 1, 1)], [Rate.parse("4x4x2")], torch.Generator().manual_seed(0))
+    assert batch.t.min() >= 0.875 and batch.t.max() < 1.0
+
+
+def test_a_lora_run_resumes_exactly(tmp_path):
+    """Stopped after one step and run again, a LoRA run ends where an uninterrupted one does (LoRA and encoder)."""
+    from tinyhistory.train.trainer import train
+
+    model_dir = wan21_t2v_folder(tmp_path / "model")
+    cache = tmp_path / "cache"
+    videos = _videos(tmp_path / "videos")
+    preset = ["--preset", "wan2.1-t2v-1.3b", "--model", str(model_dir)]
+    assert main(["data", "prepare", *preset, "--input", str(videos), "--out", str(cache), *SIZES]) == 0
+    sets = [a for a in (*SIZES, *TRAIN) if a not in ("--set", "--no-progress")]
+    cfg = load_config("wan2.1-t2v-1.3b", overrides=[*sets, f'model.path="{model_dir}"', f'data.cache="{cache}"'])
+    cfg.train.steps = 3
+    train(cfg, tmp_path / "whole", progress=False)
+    train(cfg, tmp_path / "parts", progress=False, stop_after=1)
+    train(cfg, tmp_path / "parts", progress=False)
+    for name in ("lora.safetensors", "history_encoder.safetensors"):
+        whole, parts = (load_file(str(tmp_path / run / "final" / name)) for run in ("whole", "parts"))
+        assert whole.keys() == parts.keys()
+        for key in whole:
+            assert torch.equal(whole[key], parts[key]), key

@@ -1,0 +1,124 @@
+"""Tiny random-weight Wan model folders in the Hugging Face diffusers repo layout, written offline.
+
+Code that takes a model *folder* (``WanPipeline.from_pretrained``, ``load_lora_weights`` on a fresh pipeline, the
+``from_pretrained(folder, subfolder="transformer")`` path) can only be tested against a folder; nothing may be
+downloaded, so these functions build one from the real diffusers/transformers classes at diffusers' own test sizes
+and write it with the pipeline's own ``save_pretrained`` (``model_index.json``, ``transformer/``, ``vae/``,
+``text_encoder/``, ``tokenizer/``, ``scheduler/``), exactly the layout of the Hub repos:
+
+- ``wan21_t2v_folder``: Wan 2.1 T2V (16 latent channels, 8× space, 4× time VAE);
+- ``wan22_ti2v_folder``: Wan 2.2 TI2V-5B (48 latent channels, 16× space VAE, ``expand_timesteps=True``);
+- ``wan22_a14b_folder``: Wan 2.2 A14B (two transformers, ``boundary_ratio=0.875``, Wan 2.1 VAE).
+
+Every module is seeded, so the same call writes the same weights (the folders are reproducible); each call takes
+well under a second on a CPU.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+from tiny_text_models import save_umt5
+from tiny_vaes import wan22_tiny_vae
+from transformers import AutoTokenizer, UMT5EncoderModel
+
+
+def tiny_wan_transformer(channels: int, seed: int, text_dim: int) -> WanTransformer3DModel:
+    """A 2-block Wan DiT (hidden 2 heads × 12 = 24) with the real Wan 2.x block structure.
+
+    ``channels`` is the latent width (16 for Wan 2.1 / A14B, 48 for TI2V-5B); ``text_dim`` must equal the text
+    encoder's ``d_model`` because the pipeline feeds the UMT5 hidden states straight into ``text_embedder``.
+    """
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=channels,
+        out_channels=channels,
+        text_dim=text_dim,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    ).eval()
+
+
+def wan21_tiny_vae(seed: int = 0) -> AutoencoderKLWan:
+    """Wan 2.1's VAE layout (16 latent channels, 8× space, 4× time) at diffusers' test size."""
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(
+        base_dim=3,
+        z_dim=16,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+    ).eval()
+
+
+def _flow_scheduler(flow_shift: float) -> UniPCMultistepScheduler:
+    """The scheduler the Wan repos ship: UniPC over flow-matching sigmas with the model's shift."""
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift)
+
+
+def _tiny_umt5() -> tuple[UMT5EncoderModel, AutoTokenizer]:
+    """The tiny UMT5 encoder + tokenizer of ``tiny_text_models.save_umt5``, written and loaded back.
+
+    Going through ``save_umt5`` (rather than building a model here) keeps one definition of the tiny UMT5 for
+    these folders and the text-encoder tests.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        save_umt5(Path(tmp), seed=0, layout="repo")
+        text_encoder = UMT5EncoderModel.from_pretrained(Path(tmp) / "text_encoder").eval()
+        tokenizer = AutoTokenizer.from_pretrained(Path(tmp) / "tokenizer")
+    return text_encoder, tokenizer
+
+
+def _save_pipeline(path: Path, channels: int, experts: int, vae: AutoencoderKLWan, flow_shift: float, **config) -> Path:
+    """Build a ``WanPipeline`` (``experts`` = 1 or 2 DiTs of ``channels`` latent channels) and save it to ``path``.
+
+    The DiTs' ``text_dim`` is the encoder's ``d_model``: the pipeline feeds the UMT5 hidden states straight into
+    ``condition_embedder.text_embedder``. Expert ``i`` is seeded with ``i``, so the two A14B experts differ.
+    """
+    text_encoder, tokenizer = _tiny_umt5()
+    text_dim = text_encoder.config.d_model
+    transformers = [tiny_wan_transformer(channels, seed=i, text_dim=text_dim) for i in range(experts)]
+    pipe = WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=_flow_scheduler(flow_shift),
+        transformer=transformers[0],
+        transformer_2=transformers[1] if experts == 2 else None,
+        **config,
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(path)
+    return path
+
+
+def wan21_t2v_folder(path: Path) -> Path:
+    """A Wan 2.1 T2V-shaped diffusers repo at ``path`` (transformer in/out 16 channels, flow shift 3.0)."""
+    return _save_pipeline(path, channels=16, experts=1, vae=wan21_tiny_vae(), flow_shift=3.0)
+
+
+def wan22_ti2v_folder(path: Path) -> Path:
+    """A Wan 2.2 TI2V-5B-shaped repo: 48-channel DiT, the 16×-space residual VAE, ``expand_timesteps=True``.
+
+    ``expand_timesteps`` is what makes the real TI2V pipeline give per-token timesteps (0 on the conditioning
+    frame), so it is saved into ``model_index.json`` as in the Hub repo.
+    """
+    return _save_pipeline(path, channels=48, experts=1, vae=wan22_tiny_vae(), flow_shift=5.0, expand_timesteps=True)
+
+
+def wan22_a14b_folder(path: Path) -> Path:
+    """A Wan 2.2 A14B-shaped repo: high-noise ``transformer`` + low-noise ``transformer_2``, boundary 0.875.
+
+    The experts have different seeds (0 and 1), so a test can tell which one ran.
+    """
+    return _save_pipeline(path, channels=16, experts=2, vae=wan21_tiny_vae(), flow_shift=3.0, boundary_ratio=0.875)
