@@ -78,6 +78,8 @@ _WAN21_KEYS = {
     "rope_max_seq_len": 1024,
     "text_dim": 4096,
 }
+# The Wan 2.2 files (diffusers 0.35) add pos_embed_seq_len; the other keys are Wan 2.1's.
+_WAN22_KEYS = {**_WAN21_KEYS, "_diffusers_version": "0.35.0.dev0", "pos_embed_seq_len": None}
 CONFIGS: dict[str, dict] = {
     # Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json
     "Wan2.1-T2V-1.3B": {**_WAN21_KEYS, "ffn_dim": 8960, "num_attention_heads": 12, "num_layers": 30},
@@ -85,46 +87,15 @@ CONFIGS: dict[str, dict] = {
     "Wan2.1-T2V-14B": {**_WAN21_KEYS, "ffn_dim": 13824, "num_attention_heads": 40, "num_layers": 40},
     # Wan-AI/Wan2.2-TI2V-5B-Diffusers transformer/config.json
     "Wan2.2-TI2V-5B": {
-        "_class_name": "WanTransformer3DModel",
-        "_diffusers_version": "0.35.0.dev0",
-        "added_kv_proj_dim": None,
-        "attention_head_dim": 128,
-        "cross_attn_norm": True,
-        "eps": 1e-06,
+        **_WAN22_KEYS,
         "ffn_dim": 14336,
-        "freq_dim": 256,
-        "image_dim": None,
-        "in_channels": 48,
         "num_attention_heads": 24,
         "num_layers": 30,
+        "in_channels": 48,
         "out_channels": 48,
-        "patch_size": [1, 2, 2],
-        "pos_embed_seq_len": None,
-        "qk_norm": "rms_norm_across_heads",
-        "rope_max_seq_len": 1024,
-        "text_dim": 4096,
     },
     # Wan-AI/Wan2.2-T2V-A14B-Diffusers transformer/config.json (high-noise expert; transformer_2 is identical)
-    "Wan2.2-T2V-A14B (high-noise)": {
-        "_class_name": "WanTransformer3DModel",
-        "_diffusers_version": "0.35.0.dev0",
-        "added_kv_proj_dim": None,
-        "attention_head_dim": 128,
-        "cross_attn_norm": True,
-        "eps": 1e-06,
-        "ffn_dim": 13824,
-        "freq_dim": 256,
-        "image_dim": None,
-        "in_channels": 16,
-        "num_attention_heads": 40,
-        "num_layers": 40,
-        "out_channels": 16,
-        "patch_size": [1, 2, 2],
-        "pos_embed_seq_len": None,
-        "qk_norm": "rms_norm_across_heads",
-        "rope_max_seq_len": 1024,
-        "text_dim": 4096,
-    },
+    "Wan2.2-T2V-A14B (high-noise)": {**_WAN22_KEYS, "ffn_dim": 13824, "num_attention_heads": 40, "num_layers": 40},
 }
 # tinyhistory.geometry base of each model, and the fps its history is sampled at: Wan 2.1 and Wan 2.2 A14B generate
 # at 16 fps (Wan 2.2 shared config sample_fps), TI2V-5B at 24 fps (wan_ti2v_5B.py sample_fps = 24).

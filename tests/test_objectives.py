@@ -76,3 +76,17 @@ def test_frame_query_loss_trains_the_encoder(small_config):
     assert torch.isfinite(loss) and loss.item() > 0
     loss.backward()
     assert model.producers[0].hr.proj.weight.grad.abs().sum() > 0
+
+
+def test_text_dropout_swaps_whole_prompts_for_the_empty_one():
+    from tinyhistory.train.objectives import drop_text
+
+    g = torch.Generator().manual_seed(0)
+    text = TextCondition(torch.randn(64, 5, 8, generator=g), pooled=torch.randn(64, 3, generator=g))
+    empty = TextCondition(torch.full((1, 5, 8), 7.0), pooled=torch.full((1, 3), -1.0))
+    dropped = drop_text(text, empty, 0.5, torch.Generator().manual_seed(1))
+    swapped = (dropped.states == 7.0).all(dim=(1, 2))
+    kept = (dropped.states == text.states).all(dim=(1, 2))
+    assert torch.equal(swapped | kept, torch.ones(64, dtype=torch.bool)) and 16 < swapped.sum() < 48
+    assert torch.equal((dropped.pooled == -1.0).all(dim=1), swapped)  # the pooled vector goes with its prompt
+    assert torch.equal(drop_text(text, empty, 0.0, g).states, text.states)

@@ -99,6 +99,21 @@ def test_preset_prepares_trains_both_stages_and_exports_a_portable_lora(preset, 
         torch.testing.assert_close(ours.eval()(x, t, text, None), transformer(x, t * 1000, text.states).sample)
 
 
+def test_data_prepare_names_a_folder_that_lacks_a_part_or_holds_another_family(tmp_path, capsys):
+    model_dir = wan21_t2v_folder(tmp_path / "model")
+    videos = _videos(tmp_path / "videos")
+    args = ["data", "prepare", "--preset", "wan2.1-t2v-1.3b", "--model", str(model_dir), "--input", str(videos)]
+    (model_dir / "vae").rename(tmp_path / "vae")
+    assert main([*args, "--out", str(tmp_path / "c1"), *SIZES]) == 2
+    assert f"model folder {model_dir} lacks vae/; expected the Hub's diffusers layout" in capsys.readouterr().err
+    # the VAE of another folder (codec.path) is allowed
+    assert main([*args, "--out", str(tmp_path / "c2"), "--set", f'codec.path="{tmp_path}"', *SIZES]) == 0
+    index = json.loads((model_dir / "model_index.json").read_text())
+    (model_dir / "model_index.json").write_text(json.dumps({**index, "_class_name": "HunyuanVideoPipeline"}))
+    assert main([*args, "--out", str(tmp_path / "c3"), "--set", f'codec.path="{tmp_path}"', *SIZES]) == 2
+    assert "holds a HunyuanVideoPipeline model, not the 'wan' family" in capsys.readouterr().err
+
+
 def test_real_presets_need_a_model_folder_and_name_it(tmp_path):
     with pytest.raises(ValueError, match="give the model folder with --model DIR"):
         from tinyhistory.system import build_backbone
@@ -120,7 +135,7 @@ def test_the_a14b_preset_trains_the_high_noise_expert_on_its_timesteps():
     assert batch.t.min() >= 0.875 and batch.t.max() < 1.0
 
 
-def test_a_lora_run_resumes_exactly(tmp_path):
+def test_a_lora_run_resumes_exactly_and_the_empty_prompt_is_the_encoded_one(tmp_path):
     """Stopped after one step and run again, a LoRA run ends where an uninterrupted one does (LoRA and encoder)."""
     from tinyhistory.train.trainer import train
 
@@ -131,6 +146,15 @@ def test_a_lora_run_resumes_exactly(tmp_path):
     assert main(["data", "prepare", *preset, "--input", str(videos), "--out", str(cache), *SIZES]) == 0
     sets = [a for a in (*SIZES, *TRAIN) if a not in ("--set", "--no-progress")]
     cfg = load_config("wan2.1-t2v-1.3b", overrides=[*sets, f'model.path="{model_dir}"', f'data.cache="{cache}"'])
+    # CFG's empty prompt is UMT5's own encoding of "" (the pipeline's negative prompt), cached by data prepare so
+    # training never loads the text encoder; not all-zero states.
+    from tinyhistory.data.cache import read_empty_prompt
+    from tinyhistory.text.umt5 import UMT5TextEncoder
+
+    empty = read_empty_prompt(cfg)
+    expected = UMT5TextEncoder(model_dir, cfg.text.max_tokens).encode([""])
+    torch.testing.assert_close(empty.states, expected)
+    assert empty.states.abs().sum() > 0
     cfg.train.steps = 3
     train(cfg, tmp_path / "whole", progress=False)
     train(cfg, tmp_path / "parts", progress=False, stop_after=1)

@@ -65,8 +65,9 @@ class TextConfig:
     # diffusers repo (text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/). minilm: "" = the packaged model.
     path: str = ""
     # The unconditional prompt (CFG, text dropout): "encoded" = the encoder's encoding of "" (the pipelines'
-    # negative prompt); "zeros" = all-zero states (the tiny preset's committed checkpoints were trained with it).
-    empty: str = "encoded"
+    # negative prompt; the real presets); "zeros" = all-zero states, what every checkpoint written before this key
+    # existed (the tiny preset's committed ones) was trained with, hence the default.
+    empty: str = "zeros"
 
     def validate(self) -> None:
         TEXT_ENCODERS.check(self.kind)

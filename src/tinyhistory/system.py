@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyhistory.backbones.base import Backbone, ContextTokens, grid_positions
+from tinyhistory.backbones.base import Backbone, ContextTokens, check_model_folder, grid_positions
 from tinyhistory.config import RunConfig
 from tinyhistory.paths import resolve_path
 from tinyhistory.registry import BACKBONES, CODECS, HISTORY_METHODS
@@ -40,6 +40,20 @@ def build_backbone(cfg: RunConfig) -> Backbone:
             '(or --set model.path="DIR"), a local diffusers folder with model_index.json and transformer/'
         )
     return adapter.from_config(cfg.backbone)
+
+
+def check_model_parts(cfg: RunConfig) -> None:
+    """Before caching: the user's folder (``model.path``) must be of the preset's family and hold the VAE and the
+    text encoder that the config takes from it (a ValueError names the folder, the missing part and the layout)."""
+    if not cfg.model.path:
+        return
+    folder = resolve_path(cfg.model.path)
+    parts = []
+    if cfg.codec.path == cfg.model.path:
+        parts.append("vae")
+    if cfg.text.path == cfg.model.path:
+        parts += ["text_encoder", "tokenizer"]
+    check_model_folder(folder, BACKBONES.get(cfg.backbone.family), tuple(parts))
 
 
 def build_producers(cfg: RunConfig, backbone: Backbone) -> nn.ModuleList:

@@ -45,7 +45,7 @@ from tinyhistory.data.clip import to_pixels
 from tinyhistory.data.video import choose_bucket, decode_video, probe_video
 from tinyhistory.geometry import Rate, temporal_block
 from tinyhistory.history import lowres_latents
-from tinyhistory.system import build_codec
+from tinyhistory.system import build_codec, check_model_parts
 from tinyhistory.text.storyboard import Storyboard
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".gif"}
@@ -359,6 +359,7 @@ def run_prepare(cfg: RunConfig, source: str | Path, out: str | Path, window_fram
     from tinyhistory.text.cache import build_text_encoder
 
     state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True, CPU ranks all think they are alone
+    check_model_parts(cfg)
     out = Path(out)
     items = collect_items(source)
     if not items:
