@@ -20,6 +20,14 @@ class Codec(Protocol):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
 
+    def stream_encoder(self):
+        """Pixels pushed in pieces → exactly the latents of one :meth:`encode` (``push``, ``state_dict``)."""
+        ...
+
+    def stream_decoder(self):
+        """Latents pushed in pieces → exactly the pixels of one :meth:`decode`."""
+        ...
+
 
 def require_folder(path: str | Path, key: str, kind: str, what: str) -> Path:
     """A config's model folder, checked when it is first needed (training from a cache needs no VAE or text encoder,

@@ -51,6 +51,14 @@ class HunyuanVAECodec:
         self.vae.to(device)
         return self
 
+    def stream_encoder(self):
+        raise ValueError(
+            "the HunyuanVideo VAE cannot be streamed exactly (diffusers' causal convs keep no cache between calls), "
+            "so streaming generation does not support it yet"
+        )
+
+    stream_decoder = stream_encoder
+
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """``(B, 3, 1 + 4k, H, W)`` in [-1, 1] → scaled latents ``(B, C, 1 + k, H/s, W/s)`` (the mode)."""

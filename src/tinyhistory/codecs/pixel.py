@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tinyhistory.codecs.streaming import FramewiseStream
+
 
 class PixelUnshuffleCodec:
     temporal_factor = 1
@@ -37,6 +39,12 @@ class PixelUnshuffleCodec:
         frames = pixels.transpose(1, 2).reshape(b * t, c, h, w)
         latents = F.pixel_unshuffle(frames, f)
         return latents.reshape(b, t, c * f * f, h // f, w // f).transpose(1, 2)
+
+    def stream_encoder(self) -> FramewiseStream:
+        return FramewiseStream(self.encode)
+
+    def stream_decoder(self) -> FramewiseStream:
+        return FramewiseStream(self.decode)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Exact inverse of :meth:`encode`."""

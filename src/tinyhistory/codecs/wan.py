@@ -16,6 +16,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from tinyhistory.codecs.base import load_vae, require_folder
+from tinyhistory.codecs.streaming import WanStreamDecoder, WanStreamEncoder
 
 
 class WanVAECodec:
@@ -60,11 +61,26 @@ class WanVAECodec:
             raise ValueError(f"pixel size {h}x{w} is not divisible by the Wan VAE's factor {self.spatial_factor}")
         weight = next(self.vae.parameters())
         latents = self.vae.encode(pixels.to(weight.device, weight.dtype)).latent_dist.mode().float().to(pixels.device)
-        return (latents - self._mean.to(latents.device)) / self._std.to(latents.device)
+        return self.normalize(latents)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents → pixels in [-1, 1] (clamped)."""
         weight = next(self.vae.parameters())
-        z = latents.float() * self._std.to(latents.device) + self._mean.to(latents.device)
+        z = self.denormalize(latents.float())
         return self.vae.decode(z.to(weight.device, weight.dtype)).sample.float().clamp(-1, 1).to(latents.device)
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        """The VAE's raw latents → what the DiT sees (the pipelines' per-channel mean/std)."""
+        return (z - self._mean.to(z.device)) / self._std.to(z.device)
+
+    def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents * self._std.to(latents.device) + self._mean.to(latents.device)
+
+    def stream_encoder(self) -> WanStreamEncoder:
+        """Encode a video in pieces, exactly as one :meth:`encode` (the causal cache carried between calls)."""
+        return WanStreamEncoder(self)
+
+    def stream_decoder(self) -> WanStreamDecoder:
+        """Decode latents in pieces, exactly as one :meth:`decode`."""
+        return WanStreamDecoder(self)

@@ -57,7 +57,8 @@ def output_config(cfg: RunConfig, window_frames: int) -> dict:
         "window_frames": window_frames,
         "window_stride": cfg.data.window_stride or window_frames,
         "dtype": "float16",
-        "version": 3,
+        # 4: a causal VAE's LR latents group the first 1 + f(rT - 1) frames (history.base.downsample_pixels)
+        "version": 4,
     }
 
 

@@ -42,14 +42,28 @@ def tokens_from_grid(
     return ContextTokens(tokens, block_positions(b, (t, h, w), rate, frame_offset, grid.device), flat_features)
 
 
-def downsample_pixels(pixels: torch.Tensor, rate: Rate) -> torch.Tensor:
-    """Area-downsample ``(B, 3, T, H, W)`` pixels by ``(rT, rH, rW)`` (time averaged over each block, floor)."""
-    return F.avg_pool3d(pixels, kernel_size=(rate.t, rate.h, rate.w), stride=(rate.t, rate.h, rate.w))
+def downsample_pixels(pixels: torch.Tensor, rate: Rate, temporal_factor: int = 1) -> torch.Tensor:
+    """Area-downsample ``(B, 3, T, H, W)`` pixels by ``(rT, rH, rW)`` so that LR latent ``b`` covers exactly the
+    pixels of the HR branch's temporal block ``b`` (floor at the end).
+
+    With a framewise codec (``temporal_factor`` f = 1) this is plain average pooling over blocks of rT frames. A
+    causal VAE makes latent 0 of frame 0 alone and latent j of frames 4j−3 … 4j, so the HR branch's first block of rT
+    latents holds ``1 + f·(rT − 1)`` pixel frames and every later block ``f·rT``. The LR video is encoded by the same
+    VAE, so its first frame is the mean of those first ``1 + f·(rT − 1)`` frames and every later LR frame the mean of
+    ``rT`` frames: LR latent 0 is block 0's pixels, LR latent b ≥ 1 (LR frames 4b−3 … 4b) is block b's ``f·rT``.
+    """
+    kernel = (rate.t, rate.h, rate.w)
+    first = 1 + temporal_factor * (rate.t - 1)
+    if temporal_factor == 1 or pixels.shape[2] < first:
+        return F.avg_pool3d(pixels, kernel_size=kernel, stride=kernel)
+    head = F.avg_pool3d(pixels[:, :, :first], kernel_size=(first, rate.h, rate.w), stride=(first, rate.h, rate.w))
+    tail = F.avg_pool3d(pixels[:, :, first:], kernel_size=kernel, stride=kernel)
+    return torch.cat([head, tail], dim=2)
 
 
 def lowres_latents(pixels: torch.Tensor, rate: Rate, codec: Codec) -> torch.Tensor:
     """The LR branch's input (SPEC §3.2): the pixel video downsampled by the rate, through the base codec."""
-    return codec.encode(downsample_pixels(pixels, rate))
+    return codec.encode(downsample_pixels(pixels, rate, codec.temporal_factor))
 
 
 def lowres_latents_per_rate(
