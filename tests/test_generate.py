@@ -46,21 +46,24 @@ def _session(model, cfg, **kw):
 def test_incremental_cache_equals_a_full_reencode_after_several_segments(model_and_cfg):
     model, cfg = model_and_cfg
     session = _session(model, cfg)
-    session.start_from_video(_frames(5))  # 5 frames: one waits for the next block
-    for prompt in ("a", "bb", "ccc"):
-        session.generate_segment(prompt)
-    assert session.history_frames == 11 and session.caches[0].frames_encoded == 10
-    pixels = torch.from_numpy(session.frames[:10]).permute(3, 0, 1, 2).float().div(127.5).sub(1)[None]
+    history = _frames(5)
+    session.start_from_video(history)  # 5 frames: the first is dropped, so history ends in whole blocks
+    assert session.history_frames == 4 and session.origin == 4
+    segments = [session.generate_segment(prompt) for prompt in ("a", "bb", "ccc")]
+    assert session.history_frames == 10 and session.caches[0].frames_encoded == 10
+    frames = np.concatenate([history[1:], *segments])
+    pixels = torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(127.5).sub(1)[None]
     codec = build_codec(cfg)
     with torch.no_grad():
-        full = model.encode_history(codec.encode(pixels), [lowres_latents(pixels, model.rates[0], codec)])
+        # the history's latents (the sampled ones for generated frames) and the LR latents of the frames
+        full = model.encode_history(session.latents, [lowres_latents(pixels, model.rates[0], codec)])
     cached = session.caches[0].context
     torch.testing.assert_close(cached.tokens, full.tokens, rtol=1e-5, atol=1e-5)
     assert torch.equal(cached.positions, full.positions)
-    # the context also holds the sliding window: the last 2 latent frames (9, 10) uncompressed
+    # the context also holds the sliding window: the last 2 latent frames (8, 9) uncompressed
     ctx = session.context()
     assert ctx.num_tokens == full.num_tokens + 2 * 8 * 8
-    assert ctx.positions[0, -1, 0].item() == 10.0
+    assert ctx.positions[0, -1, 0].item() == 9.0
     assert [r.context_tokens for r in session.records] == [8 + 128, 12 + 128, 16 + 128]
 
 

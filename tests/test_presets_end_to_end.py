@@ -45,6 +45,13 @@ TRAIN = [
 ]  # fmt: skip
 
 
+def _frame_count(path: Path) -> int:
+    import av
+
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
 def _videos(folder: Path) -> Path:
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -97,6 +104,26 @@ def test_preset_prepares_trains_both_stages_and_exports_a_portable_lora(preset, 
     assert any(p.abs().sum() > 0 for p in lora_b)  # two steps moved the LoRA, so the comparison can fail
     with torch.no_grad():
         torch.testing.assert_close(ours.eval()(x, t, text, None), transformer(x, t * 1000, text.states).sample)
+
+    # Generation streams a storyboard through the causal VAE: from nothing, from a video, then resumed longer.
+    story = tmp_path / "story.json"
+    story.write_text(json.dumps({"shots": [{"start": 0, "end": 2, "prompt": "a cat walks on the grass"}]}))
+    out = tmp_path / "gen" / "x.mp4"
+    generate = ["generate", "--preset", preset, "--checkpoint", str(run2 / "final"), "--storyboard", str(story)]
+    generate += ["--steps", "2", "--segment-frames", "2", "--no-progress", "--set", "data.height=128"]
+    generate += ["--set", "data.width=128"]
+    assert main([*generate, "--out", str(out)]) == 0
+    assert _frame_count(out) == 5 + 8  # 2 segments of 2 latent frames (1 s at 8 fps): 1 + 4, then 4·2 frames
+    assert (tmp_path / "gen" / "x.png").stat().st_size > 500
+    log = [json.loads(line) for line in (tmp_path / "gen" / "x.mp4.segments.jsonl").read_text().splitlines()]
+    assert [r["pixel_frames"] for r in log] == [5, 8] and [r["start_s"] for r in log] == [0.0, 1.0]
+    assert log[1]["context_tokens"] > 0  # the first segment's latents are history for the second
+    continued = tmp_path / "gen" / "y.mp4"
+    assert main([*generate, "--out", str(continued), "--history", str(videos / "a.mp4")]) == 0
+    assert _frame_count(continued) == 8 + 8  # after a video, every segment is 4·2 frames
+    story.write_text(json.dumps({"shots": [{"start": 0, "end": 3, "prompt": "a cat walks on the grass"}]}))
+    assert main([*generate, "--out", str(out), "--resume", str(out) + ".session", "--guidance", "2"]) == 0
+    assert _frame_count(out) == 5 + 8 + 8
 
 
 def test_data_prepare_names_a_folder_that_lacks_a_part_or_holds_another_family(tmp_path, capsys):

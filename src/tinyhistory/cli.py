@@ -157,15 +157,15 @@ def _cmd_data_frames(args: argparse.Namespace) -> int:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from tinyhistory.generate.run import generate
-    from tinyhistory.generate.session import SamplingSettings
 
-    settings = SamplingSettings(
-        sampler=args.sampler,
-        steps=args.steps,
-        guidance=args.guidance,
-        seed=args.seed,
-        segment_frames=args.segment_frames,
-    )
+    settings = {
+        "sampler": args.sampler,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "seed": args.seed,
+        "segment_frames": args.segment_frames,
+        "flow_shift": args.flow_shift,
+    }
     result = generate(
         args.checkpoint,
         args.storyboard,
@@ -178,6 +178,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         offload=args.offload,
         progress=not args.no_progress,
         model_path=args.model,
+        overrides=list(args.set or []),
     )
     print(json.dumps(result, indent=2))
     return 0
@@ -317,11 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--history", default=None, help="a video to continue (the whole of it is history)")
     start.add_argument("--image", default=None, help="an image to start from")
     start.add_argument("--resume", default=None, help="an OUT.session file to continue")
-    ge.add_argument("--sampler", default="euler", choices=["euler", "unipc"])
-    ge.add_argument("--steps", type=int, default=20, help="sampling steps per segment")
-    ge.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
-    ge.add_argument("--seed", type=int, default=0)
-    ge.add_argument("--segment-frames", type=int, default=8, help="latent frames per segment")
+    ge.add_argument(
+        "--sampler", default=None, choices=["euler", "unipc"], help="default: unipc from the model folder, else euler"
+    )
+    ge.add_argument("--steps", type=int, default=None, help="sampling steps per segment (default 20)")
+    ge.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off; default 3)")
+    ge.add_argument("--seed", type=int, default=None, help="default 0")
+    ge.add_argument(
+        "--segment-frames", type=int, default=None, help="latent frames per segment (default: the preset's 1 s)"
+    )
+    ge.add_argument("--flow-shift", type=float, default=None, help="scheduler time shift (default: the folder's)")
+    ge.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the checkpoint's config")
     ge.add_argument("--offload", action="store_true", help="diffusers group offload of the DiT (CUDA only)")
     ge.add_argument("--no-progress", action="store_true")
     ge.set_defaults(func=_cmd_generate)

@@ -395,3 +395,11 @@ def load_config(preset: str = "tiny", config_file: str | Path | None = None, ove
 
 def config_from_dict(data: dict) -> RunConfig:
     return _build(RunConfig, data, "").validate()
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """A loaded config (e.g. a checkpoint's) with ``section.key=value`` overrides on top, validated again."""
+    data = cfg.to_dict()
+    for item in overrides:
+        data = _merge(data, parse_override(item))
+    return config_from_dict(data)

@@ -118,11 +118,9 @@ def run_stage2(out: Path, heldout: torch.Tensor, folders: dict[str, Path], sampl
     session = GenerationSession(model, cfg, codec, lambda p: encode_prompts(cfg.text, p), settings)
     session.start_from_video(history)
     fps = cfg.data.fps
-    segments = session.storyboard_segments(story, CONTINUATION_HISTORY)
+    segments = session.storyboard_segments(story)
     print(f"[demo] stage II: streaming a {story.duration:g}-s continuation of the held-out clip ({segments} segments)")
-    for _ in session.follow_storyboard(story, CONTINUATION_HISTORY):
-        pass
-    generated = session.frames[CONTINUATION_HISTORY:]
+    generated = np.concatenate([frames for _, frames in session.follow_storyboard(story)])
     write_video(generated, out / "continuation.mp4", fps)
     contact_sheet(np.concatenate([history[-1:], generated]), fps, out / "continuation.png")
     results["continuation"] = {

@@ -237,9 +237,28 @@ def decode_video(
         first = int(round(start * fps))
         last = None if duration is None else first + int(round(duration * fps))
         return frames[first:last]
+    frames = list(iter_video_frames(path, fps, target, start, duration, resize_mode))
+    if not frames:
+        end = None if duration is None else start + duration
+        raise ValueError(f"{path}: no frames decoded in [{start}, {end}) s")
+    return np.stack(frames)
+
+
+def iter_video_frames(
+    path: str | Path,
+    fps: float,
+    target: tuple[int, int] | None,
+    start: float = 0.0,
+    duration: float | None = None,
+    resize_mode: str = "crop",
+    images: bool = True,
+):
+    """The frames :func:`decode_video` returns, one ``(H, W, 3)`` uint8 array at a time (``target``: ``(height,
+    width)`` or None for native), so a long video is never held whole; ``images=False`` yields ``None`` per frame
+    (counting frames costs no picture conversion)."""
     import av
 
-    container, stream = _open_video(path)
+    container, stream = _open_video(Path(path))
     with container:
         stream.thread_type = "AUTO"
         if start > 0 and stream.time_base is not None:
@@ -247,9 +266,8 @@ def decode_video(
         end = None if duration is None else start + duration
         step = 1.0 / fps
         next_time = start
-        frames: list[np.ndarray] = []
+        emitted = 0
         previous: tuple[float, av.VideoFrame] | None = None
-        done = False
         for frame in container.decode(stream):
             if frame.time is None:
                 continue
@@ -257,19 +275,34 @@ def decode_video(
             # Emit every output timestamp up to this frame, each from the nearer of the previous and this frame.
             while next_time <= t:
                 if end is not None and next_time >= end - 1e-9:
-                    done = True
-                    break
+                    return
                 nearer_previous = previous is not None and abs(previous[0] - next_time) < abs(t - next_time)
                 chosen = previous[1] if nearer_previous else frame
-                image = _upright(chosen.to_image(), _clockwise(chosen.rotation))
-                frames.append(np.asarray(image if target is None else fit_frame(image, *target, resize_mode)))
-                next_time = start + len(frames) * step
-            if done:
-                break
+                if images:
+                    image = _upright(chosen.to_image(), _clockwise(chosen.rotation))
+                    yield np.asarray(image if target is None else fit_frame(image, *target, resize_mode))
+                else:
+                    yield None
+                emitted += 1
+                next_time = start + emitted * step
             previous = (t, frame)
-    if not frames:
-        raise ValueError(f"{path}: no frames decoded in [{start}, {end}) s")
-    return np.stack(frames)
+
+
+def iter_video_chunks(path: str | Path, fps: float, target: tuple[int, int], chunk: int = 16):
+    """``(n ≤ chunk, H, W, 3)`` uint8 pieces of a video at ``fps``, fitted to ``target`` (cropped)."""
+    buffer: list[np.ndarray] = []
+    for frame in iter_video_frames(path, fps, target):
+        buffer.append(frame)
+        if len(buffer) == chunk:
+            yield np.stack(buffer)
+            buffer = []
+    if buffer:
+        yield np.stack(buffer)
+
+
+def count_video_frames(path: str | Path, fps: float) -> int:
+    """How many frames :func:`decode_video` would give at ``fps`` (decoded, not converted)."""
+    return sum(1 for _ in iter_video_frames(path, fps, None, images=False))
 
 
 def write_video(frames: np.ndarray, path: str | Path, fps: float, crf: int = 18) -> None:
@@ -288,3 +321,51 @@ def write_video(frames: np.ndarray, path: str | Path, fps: float, crf: int = 18)
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+class VideoAppender:
+    """An H.264 mp4 that grows segment by segment while generation runs (fragmented MP4: every segment starts a
+    keyframe and a fragment, so players and ``ffprobe`` read the file so far at any time; nothing is rewritten).
+
+    ``with VideoAppender(path, fps, height, width) as video: video.append(frames)`` for ``(n, H, W, 3)`` uint8.
+    """
+
+    def __init__(self, path: str | Path, fps: float, height: int, width: int, crf: int = 18):
+        import av
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.container = av.open(
+            str(self.path), mode="w", format="mp4", options={"movflags": "frag_keyframe+empty_moov+default_base_moof"}
+        )
+        rate = Fraction(fps).limit_denominator(1000)
+        self.stream = self.container.add_stream("libx264", rate=rate)
+        self.stream.codec_context.time_base = 1 / rate
+        self.stream.width, self.stream.height = width, height
+        self.stream.pix_fmt = "yuv420p"
+        # no B-frames: without an edit list (fragmented mp4) their reorder delay would shift every timestamp
+        self.stream.options = {"crf": str(crf), "preset": "medium", "bf": "0"}
+        self.frames = 0
+
+    def append(self, frames: np.ndarray) -> None:
+        import av
+
+        for i, array in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
+            frame.pts = self.frames + i  # in frames (the stream's time base is 1/fps): the first frame at t = 0
+            if i == 0:
+                frame.pict_type = av.video.frame.PictureType.I  # a new fragment: what came before is on disk
+            for packet in self.stream.encode(frame):
+                self.container.mux(packet)
+        self.frames += len(frames)
+
+    def close(self) -> None:
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+
+    def __enter__(self) -> VideoAppender:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

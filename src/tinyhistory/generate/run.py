@@ -4,15 +4,18 @@
         --storyboard story.json --out story.mp4 [--history clip.mp4 | --image still.png]
 
 Shot times in the storyboard count from the start of the generated part (the given history comes before it).
-Writes ``OUT`` (H.264, the generated part), ``OUT.png`` (a contact sheet, one frame per second),
-``OUT.segments.jsonl`` (per segment: prompt, history length, context tokens, latency) and ``OUT.session``
-(the paused session: ``--resume OUT.session`` continues it with a longer storyboard).
+Writes ``OUT`` (H.264, the generated part, appended segment by segment as a fragmented mp4 that plays while the run
+goes on), ``OUT.png`` (a contact sheet, one frame per second, rewritten per segment), ``OUT.segments.jsonl`` (per
+segment: prompt, history length and context tokens, latency; frame counts in latent frames) and ``OUT.session``
+(the paused session, saved after every segment: ``--resume OUT.session`` continues it with a longer storyboard).
+With a real model folder everything runs in latent time through the VAE's exact streaming encoder and decoder.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +23,14 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from tinyhistory.data.video import decode_video, write_video
-from tinyhistory.generate.session import GenerationSession, SamplingSettings
+from tinyhistory.config import apply_overrides
+from tinyhistory.data.video import VideoAppender, count_video_frames, iter_video_chunks
+from tinyhistory.generate.session import (
+    GenerationSession,
+    SamplingSettings,
+    folder_scheduler_config,
+    frame_shape,
+)
 from tinyhistory.system import build_codec
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.text.condition import TextCondition
@@ -44,12 +53,54 @@ def contact_sheet(frames: np.ndarray, fps: float, path: str | Path, columns: int
 
 
 def enable_offload(model, device: torch.device) -> None:
-    """diffusers group offload of the DiT: blocks live on the CPU and visit the GPU one at a time."""
+    """diffusers' block-level group offload of the DiT: blocks live on the CPU and visit the GPU one at a time.
+
+    The adapter calls the DiT's patch embedding, condition embedder, RoPE, ``norm_out`` and ``proj_out`` itself
+    (not the transformer's ``forward``, where diffusers' hooks would onload them), so those stay on the device; they
+    are a small part of the weights.
+    """
     if device.type != "cuda":
         raise ValueError("--offload moves DiT blocks between the CPU and a CUDA device; no CUDA device is available")
-    model.backbone.transformer.enable_group_offload(
-        onload_device=device, offload_device=torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1
+    from diffusers.hooks import apply_group_offloading
+
+    transformer = model.backbone.transformer
+    for name, child in transformer.named_children():
+        if name != "blocks":
+            child.to(device)
+    for parameter in transformer.parameters(recurse=False):  # scale_shift_table
+        parameter.data = parameter.data.to(device)
+    apply_group_offloading(
+        transformer.blocks,
+        onload_device=device,
+        offload_device=torch.device("cpu"),
+        offload_type="block_level",
+        num_blocks_per_group=1,
     )
+
+
+def sampling_settings(cfg, given: dict, saved: SamplingSettings | None, resume: str | Path | None) -> SamplingSettings:
+    """This run's sampling settings: the flags given, else the saved session's (``--resume``), else the defaults
+    (the preset's 1-s segment; UniPC as the pipeline's scheduler when the model folder has one, else Euler).
+
+    A resumed session takes new steps, guidance, sampler, flow shift or seed for what comes next (and says so);
+    the segment length is fixed by the session (positions and blocks depend on it)."""
+    given = {k: v for k, v in given.items() if v is not None}
+    if saved is not None:
+        if "segment_frames" in given and given["segment_frames"] != saved.segment_frames:
+            raise ValueError(
+                f"--segment-frames {given['segment_frames']}: {resume} was made with {saved.segment_frames}-frame "
+                "segments, which a resumed session keeps"
+            )
+        changed = {k: v for k, v in given.items() if getattr(saved, k) != v}
+        if changed:
+            before = ", ".join(f"{k} {getattr(saved, k)} -> {v}" for k, v in changed.items())
+            print(f"[generate] resuming {resume} with new settings for the segments to come: {before}")
+        return SamplingSettings(**(asdict(saved) | given))
+    defaults = {
+        "segment_frames": cfg.train.segment_frames,
+        "sampler": "unipc" if folder_scheduler_config(cfg) else "euler",
+    }
+    return SamplingSettings(**(defaults | given))
 
 
 def generate(
@@ -60,17 +111,27 @@ def generate(
     history: str | Path | None = None,
     image: str | Path | None = None,
     resume: str | Path | None = None,
-    settings: SamplingSettings | None = None,
+    settings: dict | SamplingSettings | None = None,
     offload: bool = False,
     progress: bool = True,
     model_path: str | None = None,
+    overrides: list[str] = (),
 ) -> dict:
+    """Stream ``storyboard`` into ``out`` (see the module docstring). ``settings``: the sampling flags given (None
+    for those not given), or whole :class:`SamplingSettings`; ``overrides``: ``section.key=value`` for the
+    checkpoint's config (e.g. ``data.height=128``)."""
     if history is not None and image is not None:
         raise ValueError("give either --history or --image, not both")
     model, cfg = load_model(checkpoint, merge=True, model_path=model_path)
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
     if preset is not None and cfg.preset != preset:
         raise ValueError(f"{checkpoint} was trained with preset {cfg.preset!r}, not {preset!r}")
     story = Storyboard.load(storyboard)
+    saved = GenerationSession.read_settings(resume) if resume is not None else None
+    if isinstance(settings, SamplingSettings):
+        settings = asdict(settings)
+    settings = sampling_settings(cfg, settings or {}, saved, resume)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if offload:
         model.producers.to(device)
@@ -78,59 +139,107 @@ def generate(
         enable_offload(model, device)
     else:
         model.to(device)
-    codec = build_codec(cfg)
+    codec = build_codec(cfg).to(device)
 
     def encode_text(prompts: list[str]) -> TextCondition:
         return encode_prompts(cfg.text, prompts)
 
     out = Path(out)
     session_path = out.with_name(out.name + ".session")
+    height, width = frame_shape(cfg.data)
     if resume is not None:
-        session = GenerationSession.load(resume, model, cfg, codec, encode_text, device)
+        session = GenerationSession.load(resume, model, cfg, codec, encode_text, device, settings)
     else:
         session = GenerationSession(model, cfg, codec, encode_text, settings, device)
         if history is not None:
-            session.start_from_video(decode_video(history, fps=cfg.data.fps, size=cfg.data.size))
+            if not Path(history).is_file():
+                raise FileNotFoundError(f"video file not found: {history}")
+            total = count_video_frames(history, cfg.data.fps)
+            session.start_from_video(iter_video_chunks(history, cfg.data.fps, (height, width)), total)
         elif image is not None:
-            session.start_from_image(decode_image(image, cfg.data.size))
-    origin = session.records[0].start_frame if session.records else session.history_frames
+            session.start_from_image(decode_image(image, height, width))
     fps = cfg.data.fps
-    segments = session.storyboard_segments(story, origin)  # a resumed session continues where it stopped
+    segments = session.storyboard_segments(story)  # a resumed session continues where it stopped
     if segments <= 0:
         raise ValueError(f"the storyboard ({story.duration:g} s) is no longer than what was generated already")
 
     log_path = out.with_name(out.name + ".segments.jsonl")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as log:
-        steps = session.follow_storyboard(story, origin)
-        for segment in tqdm(steps, total=segments, desc="segments", unit="seg", disable=not progress):
-            record = vars(segment) | {"start_s": round((segment.start_frame - origin) / fps, 3)}
+    sheet = ContactSheet(fps)
+    with _growing_video(out, fps, height, width, resume, sheet) as video, open(log_path, "a") as log:
+        bar = tqdm(total=segments, desc="segments", unit="seg", disable=not progress)
+        for segment, frames in session.follow_storyboard(story):
+            video.append(frames)
+            sheet.add(frames)
+            sheet.save(out.with_suffix(".png"))
+            per_latent = codec.temporal_factor / fps
+            record = vars(segment) | {"start_s": round((segment.start_frame - session.origin) * per_latent, 3)}
             log.write(json.dumps(record) + "\n")
             log.flush()
-            print(
-                f"[generate] segment {record['index']}: {record['latency_s']:.2f} s, "
-                f"{record['context_tokens']} context tokens, history {record['history_frames']} frames"
-            )
             session.save(session_path)
-    generated = session.frames[origin:]
-    write_video(generated, out, fps)
-    contact_sheet(generated, fps, out.with_suffix(".png"))
+            bar.set_postfix(context_tokens=segment.context_tokens, latency_s=segment.latency_s)
+            bar.update(1)
+        bar.close()
+        written = video.frames
     return {
         "video": str(out),
         "contact_sheet": str(out.with_suffix(".png")),
         "log": str(log_path),
         "session": str(session_path),
-        "generated_frames": len(generated),
-        "seconds": len(generated) / fps,
+        "generated_frames": written,
+        "seconds": written / fps,
     }
 
 
-def decode_image(path: str | Path, size: int) -> np.ndarray:
-    """An image file as one ``(size, size, 3)`` uint8 frame (centre square crop, area resize)."""
-    from tinyhistory.data.video import square_crop_resize
+class _growing_video:
+    """The output mp4, appended to per segment. On ``--resume`` the frames already in ``out`` are carried into the
+    new file first (decoded and re-encoded piece by piece, never held whole), then generation appends."""
+
+    def __init__(self, out: Path, fps: float, height: int, width: int, resume, sheet: ContactSheet):
+        self.out, self.fps, self.height, self.width, self.resume, self.sheet = out, fps, height, width, resume, sheet
+
+    def __enter__(self) -> VideoAppender:
+        previous = None
+        if self.resume is not None and self.out.is_file():
+            previous = self.out.with_name(self.out.name + ".previous.mp4")
+            self.out.replace(previous)
+        self.video = VideoAppender(self.out, self.fps, self.height, self.width)
+        if previous is not None:
+            for chunk in iter_video_chunks(previous, self.fps, (self.height, self.width)):
+                self.video.append(chunk)
+                self.sheet.add(chunk)
+            previous.unlink()
+        return self.video
+
+    def __exit__(self, *exc) -> None:
+        self.video.close()
+
+
+class ContactSheet:
+    """One frame per second of the generated video, collected as segments arrive (never the whole video)."""
+
+    def __init__(self, fps: float):
+        self.fps = fps
+        self.every = max(1, round(fps))
+        self.seen = 0
+        self.picks: list[np.ndarray] = []
+
+    def add(self, frames: np.ndarray) -> None:
+        for i in range(len(frames)):
+            if (self.seen + i) % self.every == 0:
+                self.picks.append(frames[i])
+        self.seen += len(frames)
+
+    def save(self, path: str | Path) -> None:
+        if self.picks:
+            contact_sheet(np.stack(self.picks), 1.0, path)
+
+
+def decode_image(path: str | Path, height: int, width: int) -> np.ndarray:
+    """An image file as one ``(height, width, 3)`` uint8 frame (cover, then centre crop)."""
+    from tinyhistory.data.video import fit_frame
 
     try:
         image = Image.open(path).convert("RGB")
     except (FileNotFoundError, OSError) as exc:
         raise ValueError(f"{path}: cannot read image ({exc})") from None
-    return np.asarray(square_crop_resize(image, size))
+    return np.asarray(fit_frame(image, height, width, "crop"))

@@ -5,15 +5,22 @@
     clip = session.extend("A rabbit wakes up.", seconds=2.0)   # (T, H, W, 3) uint8
     session.save("story.session")               # pause ... GenerationSession.load(...) resumes exactly
 
-The history is kept as the frames themselves (uint8, what a viewer sees), their latents, and one
-:class:`~tinyhistory.history.streaming.IncrementalHistory` cache per encoder that grows by encoding only the new
-latent frames (plus the HR branch's causal look-back). A generated segment is decoded to uint8 frames and those
-frames, re-encoded, join the history, exactly as a real video would; so a session's state is fully described by its
-frames, its caches and its random generator, and ``save``/``load`` continue bit for bit.
+Everything is counted in **latent frames**: a segment is ``segment_frames`` latent frames (the real presets' 1 s:
+4 at 16 fps, 6 at 24 fps), positions and encoder blocks are latent frames, and the history is kept as latents. With
+a causal video VAE (temporal factor f = 4) the first latent is one pixel frame and every later one four, so a
+segment from nothing decodes to ``1 + f·(n − 1)`` frames and every later one to ``f·n``.
 
-Sampling uses the diffusers flow-matching schedulers (Euler or UniPC) with classifier-free guidance: the
-unconditional branch sees the empty prompt (``text.empty``), the same history, and the stage-II text dropout taught the
-model what that means.
+The codec is streamed exactly (``codecs/streaming.py``): a starting video or image is encoded in pieces, each
+generated segment is decoded by a decoder that carries its causal cache from the segment before (it has also seen
+the starting history's latents), and the LR branch's input is the decoded frames, quantised to uint8 as a real video
+would be, downsampled by the rate and encoded by its own stream. One
+:class:`~tinyhistory.history.streaming.IncrementalHistory` cache per encoder grows by whole temporal blocks. A
+session's state is its latents, its stream and encoder caches and its random generator, so ``save``/``load``
+continue bit for bit.
+
+Sampling uses the diffusers flow-matching schedulers (Euler or UniPC; with a model folder, UniPC is built from its
+``scheduler/`` config, as the pipeline's) with classifier-free guidance: the unconditional branch sees the empty
+prompt (``text.empty``), the same history, and the stage-II text dropout taught the model what that means.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,10 +37,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tinyhistory.backbones import ContextTokens
+from tinyhistory.codecs.streaming import LowResStream
 from tinyhistory.data.clip import to_pixels, to_uint8
+from tinyhistory.flow import TIMESTEP_SCALE
 from tinyhistory.geometry import temporal_block
-from tinyhistory.history import lowres_latents
 from tinyhistory.history.streaming import IncrementalHistory
+from tinyhistory.paths import resolve_path
 from tinyhistory.text.condition import TextCondition
 
 SAMPLERS = ("euler", "unipc")
@@ -46,17 +55,21 @@ class SamplingSettings:
     guidance: float = 3.0
     seed: int = 0
     segment_frames: int = 8  # latent frames per segment (about one second at the tiny preset's 8 fps)
+    # The scheduler's time shift; 0 = the model folder's scheduler config (the pipeline's), else 1.
+    flow_shift: float = 0.0
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler {self.sampler!r} is not one of {', '.join(SAMPLERS)}")
         if self.steps < 1 or self.segment_frames < 1:
             raise ValueError(f"steps and segment_frames must be positive, got {self.steps} and {self.segment_frames}")
+        if self.flow_shift < 0:
+            raise ValueError(f"flow_shift must be >= 0 (0 = the model folder's), got {self.flow_shift}")
 
 
 @dataclass
 class SegmentRecord:
-    """What the CLI logs per segment (JSONL)."""
+    """What the CLI logs per segment (JSONL). Frame counts are latent frames; ``pixel_frames`` what was decoded."""
 
     index: int
     start_frame: int
@@ -65,16 +78,36 @@ class SegmentRecord:
     history_frames: int
     context_tokens: int
     latency_s: float
+    pixel_frames: int = 0
 
 
-def make_scheduler(name: str):
+def folder_scheduler_config(cfg) -> dict | None:
+    """The model folder's ``scheduler/scheduler_config.json`` (the pipeline's sampler), or None."""
+    if not cfg.model.path:
+        return None
+    path = resolve_path(cfg.model.path) / "scheduler" / "scheduler_config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def make_scheduler(settings: SamplingSettings, folder_config: dict | None = None):
+    """A diffusers flow-matching scheduler. UniPC from a model folder is the folder's own (solver order, flow
+    sigmas, its flow shift) as ``WanPipeline`` builds it; ``settings.flow_shift`` > 0 replaces the shift."""
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
-    if name == "unipc":
+    folder_shift = float((folder_config or {}).get("flow_shift", 1.0))
+    shift = settings.flow_shift or folder_shift
+    if settings.sampler == "unipc":
+        if folder_config and folder_config.get("_class_name") == "UniPCMultistepScheduler":
+            return UniPCMultistepScheduler.from_config(folder_config, flow_shift=shift)
         return UniPCMultistepScheduler(
-            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=1.0, num_train_timesteps=1000
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift, num_train_timesteps=1000
         )
-    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+
+
+def frame_shape(data) -> tuple[int, int]:
+    """The run's frame ``(height, width)``: ``data.height × data.width`` when set, else ``data.size`` square."""
+    return (data.height, data.width) if data.height else (data.size, data.size)
 
 
 class GenerationSession:
@@ -89,69 +122,125 @@ class GenerationSession:
         settings: SamplingSettings | None = None,
         device: torch.device | str | None = None,
     ):
-        if codec.temporal_factor != 1:
-            raise ValueError(
-                "streaming generation needs a codec without temporal compression (the tiny preset's); incremental "
-                f"encoding through a causal video VAE (temporal factor {codec.temporal_factor}) is not implemented"
-            )
         self.model = model.eval()
         self.cfg = cfg
         self.codec = codec
         self.encode_text = encode_text
         self.settings = settings or SamplingSettings(segment_frames=cfg.train.segment_frames)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.scheduler_config = folder_scheduler_config(cfg)
         with_features = len(model.enhancers) > 0
         self.caches = [IncrementalHistory(p, model.backbone.patch_embed, with_features) for p in model.producers]
         self.block = temporal_block([p.rate for p in model.producers])
         self.generator = torch.Generator().manual_seed(self.settings.seed)
-        self.frames = np.zeros((0, cfg.data.size, cfg.data.size, 3), np.uint8)  # (T, H, W, 3) the history
-        self.latents: torch.Tensor | None = None  # (1, C, T, h, w) latents of ``frames``
+        self.height, self.width = frame_shape(cfg.data)
+        s = codec.spatial_factor
+        patch = model.backbone.patch_size[1]
+        for p in model.producers:
+            smallest = s * patch * max(p.rate.h, p.rate.w)
+            if min(self.height, self.width) < smallest:
+                raise ValueError(
+                    f"frames of {self.height}x{self.width} are too small for the history rate {p.rate}: one history "
+                    f"token covers {smallest}x{smallest} pixels here (set data.height and data.width to at least that)"
+                )
+        # (1, C, T, h, w) every latent frame of the history so far (CPU)
+        self.latents = torch.zeros(1, codec.latent_channels, 0, self.height // s, self.width // s)
+        self.encoder = codec.stream_encoder()  # a starting video or image → latents
+        self.decoder = codec.stream_decoder()  # latents → frames, carried from segment to segment
+        self.lowres = [LowResStream(codec, p.rate) if p.uses_lr else None for p in model.producers]
+        self._lowres_pending: list[torch.Tensor | None] = [None] * len(self.lowres)  # LR latents not yet cached
+        self.pixel_frames = 0  # decoded frames of the history so far
+        self.origin = 0  # latent frames of history given at the start (generated frames come after)
         self.records: list[SegmentRecord] = []
         self._text: dict[str, TextCondition] = {}
+
+    def _autocast(self):
+        """The DiT and the encoders run under autocast when the base keeps a low dtype (``model.dtype``, bfloat16
+        at real size); the VAE streams stay outside, in their own dtype."""
+        dtype = self.model.backbone.patch_embedding.weight.dtype  # (diffusers keeps a few tables in float32)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     # -- history --------------------------------------------------------------------------------------------
     @property
     def history_frames(self) -> int:
-        return self.frames.shape[0]
+        """Latent frames of history (given and generated)."""
+        return self.latents.shape[2]
+
+    @property
+    def frames_per_latent(self) -> int:
+        return self.codec.temporal_factor
 
     @torch.no_grad()
-    def append_history(self, frames: np.ndarray) -> None:
-        """Add real (or generated) uint8 frames ``(n, H, W, 3)`` to the history and grow the caches."""
-        if frames.ndim != 4 or frames.shape[1:] != self.frames.shape[1:]:
-            raise ValueError(
-                f"history frames must be (n, {self.cfg.data.size}, {self.cfg.data.size}, 3) uint8, got {frames.shape}"
-            )
-        new_latents = self.codec.encode(to_pixels(frames)[None])  # (1, C, n, h, w)
-        self.latents = new_latents if self.latents is None else torch.cat([self.latents, new_latents], dim=2)
-        self.frames = np.concatenate([self.frames, frames])
+    def _append(self, latents: torch.Tensor, pixels: torch.Tensor) -> None:
+        """Latents ``(1, C, m, h, w)`` join the history, with their pixels ``(1, 3, k, H, W)`` in [-1, 1] for the LR
+        streams; the encoder caches grow by every whole temporal block now complete."""
+        self.latents = torch.cat([self.latents, latents.cpu()], dim=2)
+        self.pixel_frames += pixels.shape[2]
+        for i, stream in enumerate(self.lowres):
+            if stream is not None:
+                new = stream.push(pixels)
+                pending = self._lowres_pending[i]
+                self._lowres_pending[i] = new if pending is None else torch.cat([pending, new], dim=2)
         if not self.caches:
             return
-        # Encoders take whole temporal blocks; a remainder waits for the next append.
         encoded = self.caches[0].frames_encoded
         whole = (self.history_frames - encoded) // self.block * self.block
         if whole == 0:
             return
         hr = self.latents[:, :, encoded : encoded + whole].to(self.device)
-        pixels = to_pixels(self.frames[encoded : encoded + whole])[None]
-        for cache in self.caches:
-            lr = (
-                lowres_latents(pixels, cache.producer.rate, self.codec).to(self.device)
-                if cache.producer.uses_lr
-                else None
-            )
-            cache.append(hr, lr)
+        for i, cache in enumerate(self.caches):
+            lr = None
+            if self.lowres[i] is not None:
+                take = whole // cache.producer.rate.t
+                pending = self._lowres_pending[i]
+                lr, self._lowres_pending[i] = pending[:, :, :take].to(self.device), pending[:, :, take:]
+            with self._autocast():
+                cache.append(hr, lr)
 
-    def start_from_video(self, frames: np.ndarray) -> None:
-        self.append_history(frames)
+    def start_frames(self, frames: int) -> int:
+        """Of a starting video of ``frames`` frames, how many to keep: the last ones that make whole temporal blocks
+        of latents (a causal VAE: ``1 + f·(block·k − 1)``), so generation continues from the very last frame."""
+        f = self.frames_per_latent
+        latents = 1 + (frames - 1) // f if f > 1 else frames
+        whole = latents // self.block * self.block
+        return 0 if whole == 0 else (1 + f * (whole - 1) if f > 1 else whole)
+
+    @torch.no_grad()
+    def start_from_video(self, frames: np.ndarray | Iterable[np.ndarray], total: int | None = None) -> None:
+        """A video as history: uint8 frames ``(n, H, W, 3)``, or chunks of them (``total`` frames in all), so a long
+        video is never held whole. The first frames that do not make whole temporal blocks are dropped."""
+        if self.history_frames or self.records:
+            raise ValueError("a session starts once: this one has history already")
+        chunks = [frames] if isinstance(frames, np.ndarray) else frames
+        total = len(frames) if isinstance(frames, np.ndarray) else total
+        if total is None:
+            raise ValueError("start_from_video with chunks needs the total number of frames")
+        skip = total - self.start_frames(total)
+        for chunk in chunks:
+            if chunk.ndim != 4 or chunk.shape[1:] != (self.height, self.width, 3):
+                raise ValueError(
+                    f"history frames must be (n, {self.height}, {self.width}, 3) uint8, got {tuple(chunk.shape)}"
+                )
+            drop = min(skip, len(chunk))
+            skip -= drop
+            if drop == len(chunk):
+                continue
+            pixels = to_pixels(chunk[drop:])[None]
+            latents = self.encoder.push(pixels)
+            self.decoder.push(latents.to(self.device))  # the decoder's causal cache must have seen the history
+            self._append(latents, pixels)
+        self.origin = self.history_frames
 
     def start_from_image(self, image: np.ndarray) -> None:
-        """An image as history: one temporal block of the still frame."""
-        self.append_history(np.repeat(image[None], max(self.block, 1), axis=0))
+        """An image as history: the still frame for one temporal block (``1 + f·(block − 1)`` frames)."""
+        f = self.frames_per_latent
+        count = 1 + f * (max(self.block, 1) - 1) if f > 1 else max(self.block, 1)
+        self.start_from_video(np.repeat(image[None], count, axis=0))
 
     def context(self) -> ContextTokens | None:
         """What the DiT sees of the history now: cached encoder tokens, then the uncompressed sliding window."""
         parts = [c.context for c in self.caches if c.frames_encoded > 0]
-        if self.latents is not None and self.model.sliding_window > 0:
+        if self.history_frames and self.model.sliding_window > 0:
             # Only the window's frames visit the device, not the whole history.
             recent = self.latents[:, :, -self.model.sliding_window :].to(self.device)
             parts.append(self.model.window_tokens(recent, frame_offset=self.history_frames - recent.shape[2]))
@@ -169,18 +258,21 @@ class GenerationSession:
 
     @torch.no_grad()
     def generate_segment(self, prompt: str, frames: int | None = None) -> np.ndarray:
-        """Sample the next segment after the current history; it joins the history. Returns ``(n, H, W, 3)``."""
+        """Sample the next ``frames`` latent frames after the history; they join it. Returns the decoded uint8
+        frames ``(k, H, W, 3)``."""
         s = self.settings
         n = frames or s.segment_frames
         started = time.perf_counter()
-        context = self.context()
         text = self._prompt_embedding(prompt)
-        size = self.cfg.data.size // self.codec.spatial_factor
-        shape = (1, self.codec.latent_channels, n, size, size)
+        shape = (1, *self.latents.shape[1:2], n, *self.latents.shape[3:])
         noise = torch.randn(shape, generator=self.generator).to(self.device)
         positions = torch.arange(self.history_frames, self.history_frames + n, device=self.device)[None]
-        x = sample_segment(self.model, noise, text, context, positions, s, self._empty_prompt())
-        segment = to_uint8(self.codec.decode(x.float().cpu())[0])
+        with self._autocast():
+            context = self.context()
+            x = sample_segment(
+                self.model, noise, text, context, positions, s, self._empty_prompt(), self.scheduler_config
+            ).float()
+        segment = to_uint8(self.decoder.push(x)[0].cpu())
         record = SegmentRecord(
             index=len(self.records),
             start_frame=self.history_frames,
@@ -189,68 +281,115 @@ class GenerationSession:
             history_frames=self.history_frames,
             context_tokens=context.num_tokens if context is not None else 0,
             latency_s=0.0,
+            pixel_frames=len(segment),
         )
-        self.append_history(segment)
+        # The sampled latents are the history; the LR branch sees the frames as a video file would hold them.
+        self._append(x.cpu(), to_pixels(segment)[None])
         record.latency_s = round(time.perf_counter() - started, 4)
         self.records.append(record)
         return segment
 
-    def storyboard_segments(self, story, origin: int) -> int:
-        """Segments still to generate for ``story``, whose shot times count from history frame ``origin``."""
-        seg = self.settings.segment_frames
-        total = math.ceil(story.duration * self.cfg.data.fps / seg)
-        return total - (self.history_frames - origin) // seg
+    def seconds_per_segment(self) -> float:
+        return self.settings.segment_frames * self.frames_per_latent / self.cfg.data.fps
 
-    def follow_storyboard(self, story, origin: int):
-        """Generate the storyboard's remaining segments, each with the prompt nearest to it; yields each record."""
-        fps, seg = self.cfg.data.fps, self.settings.segment_frames
+    def storyboard_segments(self, story, origin: int | None = None) -> int:
+        """Segments still to generate for ``story``, whose shot times count from latent frame ``origin`` (default:
+        the end of the starting history)."""
+        origin = self.origin if origin is None else origin
+        total = math.ceil(story.duration / self.seconds_per_segment() - 1e-9)
+        return total - (self.history_frames - origin) // self.settings.segment_frames
+
+    def follow_storyboard(self, story, origin: int | None = None):
+        """Generate the storyboard's remaining segments, each with the prompt nearest to it; yields each record and
+        its frames."""
+        origin = self.origin if origin is None else origin
+        length = self.seconds_per_segment()
         for _ in range(self.storyboard_segments(story, origin)):
-            start = (self.history_frames - origin) / fps
-            self.generate_segment(story.prompt_for(start, start + seg / fps))
-            yield self.records[-1]
+            start = (self.history_frames - origin) // self.settings.segment_frames * length
+            frames = self.generate_segment(story.prompt_for(start, start + length))
+            yield self.records[-1], frames
 
     def extend(self, prompt: str, seconds: float) -> np.ndarray:
         """Generate ``seconds`` of video (whole segments) with one prompt; returns the new frames."""
-        segments = max(1, math.ceil(seconds * self.cfg.data.fps / self.settings.segment_frames))
+        segments = max(1, math.ceil(seconds / self.seconds_per_segment() - 1e-9))
         return np.concatenate([self.generate_segment(prompt) for _ in range(segments)])
 
     # -- pause and resume -----------------------------------------------------------------------------------
+    def _streams(self) -> dict[str, object]:
+        streams = {"encoder": self.encoder, "decoder": self.decoder}
+        streams.update({f"lowres{i}": s for i, s in enumerate(self.lowres) if s is not None})
+        streams.update({f"cache{i}": c for i, c in enumerate(self.caches)})
+        return streams
+
     def save(self, path: str | Path) -> None:
-        """Everything needed to continue bit for bit: frames, caches, generator, settings, log (not the model)."""
-        # The latents are not stored: the codec re-encodes the frames exactly (a per-frame codec, checked at start).
-        tensors = {"frames": torch.from_numpy(self.frames), "generator": self.generator.get_state()}
-        for i, cache in enumerate(self.caches):
-            tensors.update({f"cache{i}.{k}": v.cpu().contiguous() for k, v in cache.state_dict().items()})
-        meta = {"settings": asdict(self.settings), "records": [asdict(r) for r in self.records]}
+        """Everything needed to continue bit for bit: latents, streams, caches, generator, settings, log (not the
+        model, not the decoded frames: those are in the video file)."""
+        tensors = {"latents": self.latents, "generator": self.generator.get_state()}
+        for name, stream in self._streams().items():
+            tensors.update({f"{name}.{k}": v.cpu() for k, v in stream.state_dict().items()})
+        for i, pending in enumerate(self._lowres_pending):
+            if pending is not None:
+                tensors[f"lowres_pending{i}"] = pending.cpu()
+        meta = {
+            "settings": asdict(self.settings),
+            "records": [asdict(r) for r in self.records],
+            "pixel_frames": self.pixel_frames,
+            "origin": self.origin,
+            "version": 2,
+        }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"session": json.dumps(meta)})
         tmp.replace(path)
 
-    @classmethod
-    def load(cls, path: str | Path, model, cfg, codec, encode_text, device=None) -> GenerationSession:
-        from safetensors import safe_open
+    @staticmethod
+    def read_settings(path: str | Path) -> SamplingSettings:
+        """The sampling settings a session file was made with."""
+        return SamplingSettings(**_session_meta(Path(path))["settings"])
 
+    @classmethod
+    def load(
+        cls, path: str | Path, model, cfg, codec, encode_text, device=None, settings: SamplingSettings | None = None
+    ) -> GenerationSession:
+        """Continue a saved session. ``settings``: other sampling settings for what comes next (the segment length
+        must stay: positions and blocks depend on it); default: the saved ones."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"session file not found: {path}")
+        meta = _session_meta(path)
+        if meta.get("version") != 2:
+            raise ValueError(f"{path}: a session file of an older tinyhistory (before latent-time sessions)")
+        saved = SamplingSettings(**meta["settings"])
+        settings = settings or saved
+        tensors = load_file(str(path))
+        session = cls(model, cfg, codec, encode_text, settings, device)
+        session.latents = tensors["latents"]
+        session.generator.set_state(tensors["generator"])
+        for name, stream in session._streams().items():
+            prefix = f"{name}."
+            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if name.startswith("cache"):
+                state = {k: v.to(session.device) for k, v in state.items()}
+            stream.load_state_dict(state)
+        session._lowres_pending = [tensors.get(f"lowres_pending{i}") for i in range(len(session.lowres))]
+        session.records = [SegmentRecord(**r) for r in meta["records"]]
+        session.pixel_frames = meta["pixel_frames"]
+        session.origin = meta["origin"]
+        return session
+
+
+def _session_meta(path: Path) -> dict:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise FileNotFoundError(f"session file not found: {path}")
+    try:
         with safe_open(str(path), "pt") as f:
             meta = json.loads((f.metadata() or {}).get("session", "null") or "null")
-        if meta is None:
-            raise ValueError(f"{path}: not a tinyhistory session file")
-        tensors = load_file(str(path))
-        session = cls(model, cfg, codec, encode_text, SamplingSettings(**meta["settings"]), device)
-        frames = tensors["frames"].numpy()
-        session.frames = frames
-        session.latents = codec.encode(to_pixels(frames)[None]) if len(frames) else None
-        session.generator.set_state(tensors["generator"])
-        dev = session.device
-        for i, cache in enumerate(session.caches):
-            prefix = f"cache{i}."
-            cache.load_state_dict({k[len(prefix) :]: v.to(dev) for k, v in tensors.items() if k.startswith(prefix)})
-        session.records = [SegmentRecord(**r) for r in meta["records"]]
-        return session
+    except Exception as exc:  # safetensors raises its own error types for a file that is not one of its own
+        raise ValueError(f"{path}: not a tinyhistory session file ({exc})") from None
+    if meta is None:
+        raise ValueError(f"{path}: not a tinyhistory session file")
+    return meta
 
 
 @torch.no_grad()
@@ -262,26 +401,29 @@ def sample_segment(
     positions: torch.Tensor,
     settings: SamplingSettings,
     empty: TextCondition | None = None,
+    scheduler_config: dict | None = None,
 ) -> torch.Tensor:
     """Integrate the flow from ``noise`` ``(B, C, n, h, w)`` to clean latents with a diffusers scheduler.
 
     Classifier-free guidance: ``v = v(∅) + g·(v(text) − v(∅))`` with ∅ the empty prompt ``empty`` (default: all-zero
     states, what the tiny preset trained with) and the same history;
     ``guidance = 1`` runs the conditional branch only. ``positions`` ``(B, n)``: temporal positions of the frames.
+    The DiT sees each step's scheduler timestep (``t = timestep / 1000``), as the diffusers pipelines pass it.
     """
-    scheduler = make_scheduler(settings.sampler)
+    scheduler = make_scheduler(settings, scheduler_config)
     scheduler.set_timesteps(settings.steps, device=noise.device)
     b = noise.shape[0]
     empty = (empty if empty is not None else text.zeros_like()).expand(len(text)).to(noise.device)
     x = noise
-    for i, timestep in enumerate(scheduler.timesteps):
-        sigma = scheduler.sigmas[i].to(noise.device, torch.float32).expand(b)
+    for timestep in scheduler.timesteps:
+        # float64, so that t · 1000 in the DiT gives back the scheduler's timestep exactly
+        t = (timestep.to(noise.device, torch.float64) / TIMESTEP_SCALE).expand(b)
         if settings.guidance == 1.0:
-            velocity = model(x, sigma, text, context, positions)
+            velocity = model(x, t, text, context, positions)
         else:
             both = model(
                 torch.cat([x, x]),
-                sigma.repeat(2),
+                t.repeat(2),
                 TextCondition.cat([text, empty]),
                 _repeat(context),
                 positions.repeat(2, 1),

@@ -1,0 +1,61 @@
+"""Generation on real Wan folders: the first segment is the stock ``WanPipeline``'s video (golden), and later segments
+stream through the causal VAE exactly (the whole latent sequence decoded at once gives the same frames)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import WanPipeline
+from tiny_model_folders import wan21_t2v_folder, wan22_ti2v_folder
+
+from tinyhistory.config import load_config
+from tinyhistory.generate.session import GenerationSession, SamplingSettings
+from tinyhistory.system import HistoryDiT, build_codec
+from tinyhistory.text.cache import encode_prompts
+
+FOLDERS = {"wan2.1-t2v-1.3b": wan21_t2v_folder, "wan2.2-ti2v-5b": wan22_ti2v_folder}
+PROMPT = "a cat walks on the grass"
+
+
+def _session(preset: str, folder, **settings) -> GenerationSession:
+    cfg = load_config(
+        preset,
+        overrides=[
+            f'model.path="{folder}"',
+            'model.dtype="float32"',
+            'history.method="no_history"',
+            "data.height=64",
+            "data.width=64",
+        ],
+    )
+    model = HistoryDiT.from_config(cfg)
+    sampling = SamplingSettings(**({"sampler": "unipc", "steps": 3, "guidance": 5.0, "segment_frames": 3} | settings))
+    return GenerationSession(model, cfg, build_codec(cfg), lambda p: encode_prompts(cfg.text, p), sampling)
+
+
+@pytest.mark.parametrize("preset", FOLDERS)
+def test_first_segment_equals_the_stock_pipeline(preset, tmp_path):
+    folder = FOLDERS[preset](tmp_path / "model")
+    session = _session(preset, folder)
+    frames = session.generate_segment(PROMPT)
+    assert frames.shape == (1 + 4 * 2, 64, 64, 3)  # 3 latent frames from nothing: 1 + 4·2 frames
+
+    pipe = WanPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    call = dict(prompt=PROMPT, negative_prompt="", height=64, width=64, num_frames=9, num_inference_steps=3)
+    call |= dict(guidance_scale=5.0)
+    latents = pipe(**call, generator=torch.Generator().manual_seed(0), output_type="latent").frames
+    torch.testing.assert_close(session.latents, latents, atol=1e-5, rtol=1e-5)
+    video = pipe(**call, generator=torch.Generator().manual_seed(0), output_type="np").frames[0]  # (T, H, W, 3)
+    assert np.abs(frames.astype(np.float64) - np.round(video * 255)).max() <= 1
+
+
+@pytest.mark.parametrize("preset", FOLDERS)
+def test_segments_stream_through_the_causal_vae_exactly(preset, tmp_path):
+    folder = FOLDERS[preset](tmp_path / "model")
+    session = _session(preset, folder, steps=2, guidance=1.0, segment_frames=2)
+    segments = [session.generate_segment(PROMPT) for _ in range(3)]
+    assert [len(s) for s in segments] == [5, 8, 8]
+    whole = session.codec.decode(session.latents)[0]  # one decode of the whole latent sequence
+    expected = ((whole.permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    np.testing.assert_array_equal(np.concatenate(segments), expected)
