@@ -59,3 +59,40 @@ def test_segments_stream_through_the_causal_vae_exactly(preset, tmp_path):
     whole = session.codec.decode(session.latents)[0]  # one decode of the whole latent sequence
     expected = ((whole.permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
     np.testing.assert_array_equal(np.concatenate(segments), expected)
+
+
+@pytest.mark.parametrize("preset", FOLDERS)
+def test_a_wan_session_with_history_pauses_and_resumes_bit_for_bit(preset, tmp_path):
+    """Encoder caches, the LR streams, the decoder's causal cache and the generator are all in the saved state."""
+    folder = FOLDERS[preset](tmp_path / "model")
+    cfg = load_config(
+        preset,
+        overrides=[
+            f'model.path="{folder}"',
+            "data.height=128",
+            "data.width=128",
+            "history.channels=[8, 16, 32, 32]",
+            "history.attention_heads=2",
+            "history.sliding_window=1",
+        ],
+    )
+    torch.manual_seed(0)
+    model = HistoryDiT.from_config(cfg)
+    codec = build_codec(cfg)
+    settings = SamplingSettings(sampler="unipc", steps=2, guidance=2.0, segment_frames=2)
+
+    def text(prompts):
+        return encode_prompts(cfg.text, prompts)
+
+    session = GenerationSession(model, cfg, codec, text, settings)
+    video = np.random.default_rng(0).integers(0, 256, (11, 128, 128, 3), dtype=np.uint8)
+    session.start_from_video(video)  # 11 frames: the last 9 make 3 latents... whole blocks: 2 latents, 5 frames
+    assert session.history_frames == 2 and session.pixel_frames == 5
+    session.generate_segment(PROMPT)
+    session.save(tmp_path / "s.session")
+    uninterrupted = [session.generate_segment(PROMPT) for _ in range(2)]
+    assert session.records[-1].context_tokens > session.records[0].context_tokens
+    resumed = GenerationSession.load(tmp_path / "s.session", model, cfg, codec, text)
+    for expected in uninterrupted:
+        np.testing.assert_array_equal(resumed.generate_segment(PROMPT), expected)
+    assert torch.equal(resumed.latents, session.latents)

@@ -29,14 +29,45 @@ def prompt_key(kind: str, max_tokens: int, prompt: str, path: str = "") -> str:
     return hashlib.sha256(f"{kind}|{max_tokens}|{folder}{prompt}".encode()).hexdigest()[:32]
 
 
-def build_text_encoder(cfg: TextConfig, device: str | torch.device = "cpu"):
+def build_text_encoder(cfg: TextConfig, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
     """The encoder ``text.kind`` names, loaded from ``text.path`` (MiniLM: the packaged model when empty).
 
-    The large encoders run on ``device``, in bfloat16 on a GPU (UMT5-XXL is 5.7B parameters, Llama-3-8B 8B; the
-    pipelines run them in bfloat16 too) and float32 on the CPU. MiniLM stays on the CPU.
+    The large encoders run on ``device``, by default in bfloat16 on a GPU (UMT5-XXL is 5.7B parameters, Llama-3-8B
+    8B; the pipelines run them in bfloat16 too) and float32 on the CPU. MiniLM stays on the CPU.
     """
-    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if dtype is None:
+        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     return TEXT_ENCODERS.get(cfg.kind).from_config(cfg, dtype, device)
+
+
+class PromptEncoder:
+    """Prompts → :class:`TextCondition` for a long run (generation): ``text.cache`` first, then one text encoder,
+    built at the first prompt that needs it and kept, not rebuilt per prompt.
+
+    ``offload``: the encoder waits on the CPU (bfloat16) and visits ``device`` only while it encodes, so a small GPU
+    holds the DiT, not UMT5-XXL's 11 GB, between prompts.
+    """
+
+    def __init__(self, cfg: TextConfig, device: str | torch.device = "cpu", offload: bool = False):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.offload = offload and self.device.type != "cpu"
+        self._encoder = None
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        if self._encoder is None:
+            home = "cpu" if self.offload else self.device
+            self._encoder = build_text_encoder(self.cfg, home, torch.bfloat16 if self.offload else None)
+        if not self.offload:
+            return self._encoder.encode(prompts)
+        self._encoder.to(self.device)
+        try:
+            return self._encoder.encode(prompts)
+        finally:
+            self._encoder.to("cpu")
+
+    def __call__(self, prompts: list[str]) -> TextCondition:
+        return TextCondition(encode_prompt_states(self.cfg, prompts, encoder=lambda: self))
 
 
 def encode_prompts(cfg: TextConfig, prompts: list[str]) -> TextCondition:
@@ -52,10 +83,12 @@ def empty_prompt(cfg: TextConfig, like: TextCondition | None = None) -> TextCond
     return encode_prompts(cfg, [""])
 
 
-def encode_prompt_states(cfg: TextConfig, prompts: list[str]) -> torch.Tensor:
-    """``prompts`` → ``(B, max_tokens, D)`` float32 states, from ``cfg.cache`` where possible."""
+def encode_prompt_states(cfg: TextConfig, prompts: list[str], encoder=None) -> torch.Tensor:
+    """``prompts`` → ``(B, max_tokens, D)`` float32 states, from ``cfg.cache`` where possible. ``encoder``: a
+    callable giving the object that encodes the misses (default: build the configured encoder)."""
+    encoder = encoder or (lambda: build_text_encoder(cfg))
     if not cfg.cache:
-        return build_text_encoder(cfg).encode(prompts)
+        return encoder().encode(prompts)
     path = Path(cfg.cache)
     cached: dict[str, torch.Tensor] = {}
     if path.is_file():
@@ -66,7 +99,7 @@ def encode_prompt_states(cfg: TextConfig, prompts: list[str]) -> torch.Tensor:
     key = {p: prompt_key(cfg.kind, cfg.max_tokens, p, cfg.path) for p in prompts}
     missing = sorted(p for p in key if key[p] not in cached)
     if missing:
-        fresh = build_text_encoder(cfg).encode(missing)
+        fresh = encoder().encode(missing)
         for prompt, embedding in zip(missing, fresh, strict=True):
             cached[key[prompt]] = embedding.contiguous()
         path.parent.mkdir(parents=True, exist_ok=True)

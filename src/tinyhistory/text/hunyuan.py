@@ -105,6 +105,11 @@ class HunyuanTextEncoder:
         states, mask = self._llama(prompts)
         return states, self.encode_pooled(prompts), mask
 
+    def to(self, device: str | torch.device) -> HunyuanTextEncoder:
+        self.model.to(device)
+        self.model_2.to(device)
+        return self
+
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """``prompts`` → ``(B, max_tokens, text_dim)`` float32, zero where the attention mask is 0."""

@@ -24,6 +24,10 @@ class MiniLMTextEncoder:
     text_dim = 384
     pooled_dim = 0  # no pooled vector: the Wan-shaped tiny DiT only cross-attends to the per-token states
 
+    def to(self, device: str | torch.device) -> MiniLMTextEncoder:
+        """MiniLM is small: it stays on the CPU."""
+        return self
+
     @classmethod
     def from_config(cls, cfg, dtype: torch.dtype, device) -> MiniLMTextEncoder:
         """Registry constructor from the ``[text]`` table; MiniLM is small and stays on the CPU in float32."""

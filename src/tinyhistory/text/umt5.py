@@ -69,6 +69,10 @@ class UMT5TextEncoder:
         self.max_tokens = max_tokens
         self.text_dim: int = self.model.config.d_model
 
+    def to(self, device: str | torch.device) -> UMT5TextEncoder:
+        self.model.to(device)
+        return self
+
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """``prompts`` → ``(B, max_tokens, text_dim)`` float32; rows past each prompt's tokens are exactly zero."""
