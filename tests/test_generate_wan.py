@@ -96,3 +96,29 @@ def test_a_wan_session_with_history_pauses_and_resumes_bit_for_bit(preset, tmp_p
     for expected in uninterrupted:
         np.testing.assert_array_equal(resumed.generate_segment(PROMPT), expected)
     assert torch.equal(resumed.latents, session.latents)
+
+
+def test_ti2v_image_start_is_the_pipelines_own_first_frame_conditioning(tmp_path):
+    """Wan 2.2 TI2V-5B starts from an image as ``WanImageToVideoPipeline`` (expand_timesteps) does: the image latent is
+    the clean first frame (time 0) of the first segment, not history."""
+    from diffusers import WanImageToVideoPipeline
+    from PIL import Image
+
+    folder = wan22_ti2v_folder(tmp_path / "model")
+    session = _session("wan2.2-ti2v-5b", folder)
+    image = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    session.start_from_image(image)
+    assert session.history_frames == 0 and session.first_frame is not None
+    frames = session.generate_segment(PROMPT)
+
+    stock = WanPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    parts = {k: getattr(stock, k) for k in ("tokenizer", "text_encoder", "vae", "scheduler", "transformer")}
+    pipe = WanImageToVideoPipeline(**parts, expand_timesteps=True)
+    # (the I2V pipeline's own prompt cleaning needs ftfy, which is not installed: the T2V pipeline encodes the prompts)
+    positive, negative = stock.encode_prompt(PROMPT, negative_prompt="", max_sequence_length=512)
+    call = dict(image=Image.fromarray(image), prompt_embeds=positive, negative_prompt_embeds=negative)
+    call |= dict(height=64, width=64, num_frames=9, num_inference_steps=3, guidance_scale=5.0, output_type="latent")
+    latents = pipe(**call, generator=torch.Generator().manual_seed(0)).frames
+    torch.testing.assert_close(session.latents, latents, atol=1e-5, rtol=1e-5)
+    assert torch.equal(session.latents[:, :, :1], session.first_frame.cpu())
+    assert frames.shape == (9, 64, 64, 3)

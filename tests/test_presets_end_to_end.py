@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import WanPipeline
+from PIL import Image
 from safetensors.torch import load_file
 from tiny_model_folders import wan21_t2v_folder, wan22_a14b_folder, wan22_ti2v_folder
 from video_files import write_test_video
@@ -121,6 +122,12 @@ def test_preset_prepares_trains_both_stages_and_exports_a_portable_lora(preset, 
     continued = tmp_path / "gen" / "y.mp4"
     assert main([*generate, "--out", str(continued), "--history", str(videos / "a.mp4")]) == 0
     assert _frame_count(continued) == 8 + 8  # after a video, every segment is 4·2 frames
+    still = tmp_path / "still.png"
+    Image.fromarray(np.full((128, 128, 3), 90, np.uint8)).save(still)
+    from_image = tmp_path / "gen" / "z.mp4"
+    assert main([*generate, "--out", str(from_image), "--image", str(still)]) == 0
+    # TI2V-5B: the image is the first frame of the first segment (its own conditioning); others: one history block
+    assert _frame_count(from_image) == (5 + 8 if preset == "wan2.2-ti2v-5b" else 8 + 8)
     story.write_text(json.dumps({"shots": [{"start": 0, "end": 3, "prompt": "a cat walks on the grass"}]}))
     assert main([*generate, "--out", str(out), "--resume", str(out) + ".session", "--guidance", "2"]) == 0
     assert _frame_count(out) == 5 + 8 + 8

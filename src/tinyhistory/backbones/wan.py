@@ -156,7 +156,8 @@ class WanBackbone(nn.Module):
     ) -> torch.Tensor:
         """Predict the velocity of the target latents.
 
-        latents: ``(B, C, T, H, W)`` noisy targets; t: ``(B,)`` flow time in [0, 1]; text: states ``(B, L, text_dim)``;
+        latents: ``(B, C, T, H, W)`` noisy targets; t: ``(B,)`` flow time in [0, 1] (or ``(B, T)``, one per frame);
+        text: states ``(B, L, text_dim)``;
         context: optional history tokens; frame_positions: ``(B, T)`` temporal position of each target frame
         (default ``0 … T−1``); after_block: ``f(i, tokens) → tokens`` applied after DiT block ``i`` to the whole
         ``(B, K + N, D)`` sequence (the cross-attention enhancement). Returns ``(B, C, T, H, W)``.
@@ -172,12 +173,15 @@ class WanBackbone(nn.Module):
         tokens = tr.patch_embedding(latents).flatten(2).transpose(1, 2).contiguous()  # (B, N, D)
         n = tokens.shape[1]
         timestep = (t * TIMESTEP_SCALE).to(latents.dtype)
+        if timestep.ndim == 2:  # one time per target frame (TI2V's clean first frame): per token (B, N)
+            timestep = timestep[:, :, None].expand(b, grid_t, grid_h * grid_w).reshape(b, n)
         if context is not None and context.num_tokens > 0:
             k = context.num_tokens
             tokens = torch.cat([context.tokens.to(tokens.dtype), tokens], dim=1)
             positions = torch.cat([context.positions.to(target_pos.dtype), target_pos], dim=1)
             # Per-token timesteps: clean history at 0, targets at t. (B, K + N)
-            timestep = torch.cat([timestep.new_zeros(b, k), timestep[:, None].expand(b, n)], dim=1)
+            targets_t = timestep if timestep.ndim == 2 else timestep[:, None].expand(b, n)
+            timestep = torch.cat([timestep.new_zeros(b, k), targets_t], dim=1)
         else:
             k = 0
             positions = target_pos

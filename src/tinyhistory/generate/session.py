@@ -105,6 +105,15 @@ def make_scheduler(settings: SamplingSettings, folder_config: dict | None = None
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
 
 
+def folder_conditions_first_frame(cfg) -> bool:
+    """Whether the model folder's pipeline conditions on an image through a clean first latent frame (Wan 2.2
+    TI2V-5B: ``expand_timesteps`` in ``model_index.json``)."""
+    if not cfg.model.path:
+        return False
+    index = resolve_path(cfg.model.path) / "model_index.json"
+    return index.is_file() and bool(json.loads(index.read_text()).get("expand_timesteps", False))
+
+
 def frame_shape(data) -> tuple[int, int]:
     """The run's frame ``(height, width)``: ``data.height × data.width`` when set, else ``data.size`` square."""
     return (data.height, data.width) if data.height else (data.size, data.size)
@@ -151,6 +160,7 @@ class GenerationSession:
         self._lowres_pending: list[torch.Tensor | None] = [None] * len(self.lowres)  # LR latents not yet cached
         self.pixel_frames = 0  # decoded frames of the history so far
         self.origin = 0  # latent frames of history given at the start (generated frames come after)
+        self.first_frame: torch.Tensor | None = None  # TI2V: the start image's latent, frame 0 of the first segment
         self.records: list[SegmentRecord] = []
         self._text: dict[str, TextCondition] = {}
 
@@ -232,7 +242,16 @@ class GenerationSession:
         self.origin = self.history_frames
 
     def start_from_image(self, image: np.ndarray) -> None:
-        """An image as history: the still frame for one temporal block (``1 + f·(block − 1)`` frames)."""
+        """An image to start from. Wan 2.2 TI2V-5B (its folder's ``expand_timesteps``): the model's own image
+        conditioning, the image's latent as the clean first frame of the first segment. Other models: the still
+        frame as history for one temporal block (``1 + f·(block − 1)`` frames)."""
+        if folder_conditions_first_frame(self.cfg):
+            if self.history_frames or self.records:
+                raise ValueError("a session starts once: this one has history already")
+            if image.shape != (self.height, self.width, 3):
+                raise ValueError(f"the image must be ({self.height}, {self.width}, 3) uint8, got {image.shape}")
+            self.first_frame = self.codec.encode(to_pixels(image[None])[None]).to(self.device)
+            return
         f = self.frames_per_latent
         count = 1 + f * (max(self.block, 1) - 1) if f > 1 else max(self.block, 1)
         self.start_from_video(np.repeat(image[None], count, axis=0))
@@ -270,7 +289,15 @@ class GenerationSession:
         with self._autocast():
             context = self.context()
             x = sample_segment(
-                self.model, noise, text, context, positions, s, self._empty_prompt(), self.scheduler_config
+                self.model,
+                noise,
+                text,
+                context,
+                positions,
+                s,
+                self._empty_prompt(),
+                self.scheduler_config,
+                self.first_frame if self.history_frames == 0 else None,
             ).float()
         segment = to_uint8(self.decoder.push(x)[0].cpu())
         record = SegmentRecord(
@@ -325,6 +352,8 @@ class GenerationSession:
         """Everything needed to continue bit for bit: latents, streams, caches, generator, settings, log (not the
         model, not the decoded frames: those are in the video file)."""
         tensors = {"latents": self.latents, "generator": self.generator.get_state()}
+        if self.first_frame is not None:
+            tensors["first_frame"] = self.first_frame.cpu()
         for name, stream in self._streams().items():
             tensors.update({f"{name}.{k}": v.cpu() for k, v in stream.state_dict().items()})
         for i, pending in enumerate(self._lowres_pending):
@@ -363,6 +392,8 @@ class GenerationSession:
         tensors = load_file(str(path))
         session = cls(model, cfg, codec, encode_text, settings, device)
         session.latents = tensors["latents"]
+        if "first_frame" in tensors:
+            session.first_frame = tensors["first_frame"].to(session.device)
         session.generator.set_state(tensors["generator"])
         for name, stream in session._streams().items():
             prefix = f"{name}."
@@ -402,6 +433,7 @@ def sample_segment(
     settings: SamplingSettings,
     empty: TextCondition | None = None,
     scheduler_config: dict | None = None,
+    first_frame: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Integrate the flow from ``noise`` ``(B, C, n, h, w)`` to clean latents with a diffusers scheduler.
 
@@ -409,6 +441,10 @@ def sample_segment(
     states, what the tiny preset trained with) and the same history;
     ``guidance = 1`` runs the conditional branch only. ``positions`` ``(B, n)``: temporal positions of the frames.
     The DiT sees each step's scheduler timestep (``t = timestep / 1000``), as the diffusers pipelines pass it.
+
+    ``first_frame`` ``(B, C, 1, h, w)``: Wan 2.2 TI2V's image conditioning, as ``WanImageToVideoPipeline`` does it
+    with ``expand_timesteps``: latent frame 0 is the clean image latent at time 0 in every step (the scheduler's
+    own frame 0 is ignored) and is the image latent in the result.
     """
     scheduler = make_scheduler(settings, scheduler_config)
     scheduler.set_timesteps(settings.steps, device=noise.device)
@@ -418,12 +454,17 @@ def sample_segment(
     for timestep in scheduler.timesteps:
         # float64, so that t · 1000 in the DiT gives back the scheduler's timestep exactly
         t = (timestep.to(noise.device, torch.float64) / TIMESTEP_SCALE).expand(b)
+        model_x = x
+        if first_frame is not None:
+            model_x = torch.cat([first_frame.to(x.dtype), x[:, :, 1:]], dim=2)
+            t = t[:, None].repeat(1, x.shape[2])  # (B, n): the image frame at time 0
+            t[:, 0] = 0.0
         if settings.guidance == 1.0:
-            velocity = model(x, t, text, context, positions)
+            velocity = model(model_x, t, text, context, positions)
         else:
             both = model(
-                torch.cat([x, x]),
-                t.repeat(2),
+                torch.cat([model_x, model_x]),
+                torch.cat([t, t]),
                 TextCondition.cat([text, empty]),
                 _repeat(context),
                 positions.repeat(2, 1),
@@ -431,6 +472,8 @@ def sample_segment(
             cond, uncond = both.chunk(2)
             velocity = uncond + settings.guidance * (cond - uncond)
         x = scheduler.step(velocity, timestep, x, return_dict=False)[0]
+    if first_frame is not None:
+        x = torch.cat([first_frame.to(x.dtype), x[:, :, 1:]], dim=2)
     return x
 
 
