@@ -141,3 +141,19 @@ def test_generate_command_writes_a_playable_mp4_contact_sheet_log_and_session(mo
 
     assert main(argv + ["--offload"]) == 2  # no CUDA device here: a clear error, exit 2
     assert main(argv[:-1] + ["--history", str(tmp_path / "missing.mp4")]) == 2
+
+
+def test_block_offloading_hooks_work_through_the_adapter(model_and_cfg):
+    """diffusers' group offloading hooks the DiT's blocks; the adapter calls them one by one (not the transformer's
+    forward), so the hooks must still fire and the output stay the same (CPU ⇄ CPU here; CUDA in real use)."""
+    from tinyhistory.generate.run import offload_blocks
+
+    model, cfg = model_and_cfg
+    x, t = torch.randn(1, 48, 2, 16, 16), torch.tensor([0.4])
+    text = _text(["a"])
+    with torch.no_grad():
+        before = model(x, t, text, None)
+        offload_blocks(model, torch.device("cpu"))
+        assert all(hasattr(block, "_diffusers_hook") for block in model.backbone.blocks)  # one group per block
+        after = model(x, t, text, None)
+    torch.testing.assert_close(after, before)

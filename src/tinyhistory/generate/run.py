@@ -52,29 +52,36 @@ def contact_sheet(frames: np.ndarray, fps: float, path: str | Path, columns: int
 
 
 def enable_offload(model, device: torch.device) -> None:
-    """diffusers' block-level group offload of the DiT: blocks live on the CPU and visit the GPU one at a time.
+    """diffusers' block-level group offload of the DiT: blocks live on the CPU and visit the GPU one at a time."""
+    if device.type != "cuda":
+        raise ValueError("--offload moves DiT blocks between the CPU and a CUDA device; no CUDA device is available")
+    offload_blocks(model, device)
+
+
+def offload_blocks(model, device: torch.device, home: str = "cpu") -> None:
+    """Group-offload the DiT's blocks (``home`` ⇄ ``device``, one block at a time) and keep the rest on ``device``.
 
     The adapter calls the DiT's patch embedding, condition embedder, RoPE, ``norm_out`` and ``proj_out`` itself
     (not the transformer's ``forward``, where diffusers' hooks would onload them), so those stay on the device; they
-    are a small part of the weights.
+    are a small part of the weights. Each block is called on its own, so the hooks on the blocks do their work.
     """
-    if device.type != "cuda":
-        raise ValueError("--offload moves DiT blocks between the CPU and a CUDA device; no CUDA device is available")
     from diffusers.hooks import apply_group_offloading
 
     transformer = model.backbone.transformer
+    apply_group_offloading(
+        transformer,
+        onload_device=device,
+        offload_device=torch.device(home),
+        offload_type="block_level",
+        num_blocks_per_group=1,
+    )
+    # diffusers puts everything outside ``blocks`` in a group onloaded by the transformer's own forward, which the
+    # adapter never calls: those modules (a small part of the weights) live on the device instead.
     for name, child in transformer.named_children():
         if name != "blocks":
             child.to(device)
     for parameter in transformer.parameters(recurse=False):  # scale_shift_table
         parameter.data = parameter.data.to(device)
-    apply_group_offloading(
-        transformer.blocks,
-        onload_device=device,
-        offload_device=torch.device("cpu"),
-        offload_type="block_level",
-        num_blocks_per_group=1,
-    )
 
 
 def sampling_settings(cfg, given: dict, saved: SamplingSettings | None, resume: str | Path | None) -> SamplingSettings:
