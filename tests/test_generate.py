@@ -127,7 +127,7 @@ def test_generate_command_writes_a_playable_mp4_contact_sheet_log_and_session(mo
     with av.open(str(out)) as container:
         decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(decoded) == 8 and decoded[0].shape == (64, 64, 3)  # 1 s at 8 fps
-    assert (tmp_path / "out" / "story.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "story.mp4.png").stat().st_size > 1000
     log = [json.loads(line) for line in (tmp_path / "out" / "story.mp4.segments.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in log] == ["a", "a", "bb", "bb"] and all(r["latency_s"] > 0 for r in log)
     assert [r["context_tokens"] for r in log] == [4 + 128, 8 + 128, 12 + 128, 16 + 128]
@@ -139,8 +139,9 @@ def test_generate_command_writes_a_playable_mp4_contact_sheet_log_and_session(mo
     with av.open(str(out)) as container:
         assert sum(1 for _ in container.decode(video=0)) == 12
 
-    assert main(argv + ["--offload"]) == 2  # no CUDA device here: a clear error, exit 2
-    assert main(argv[:-1] + ["--history", str(tmp_path / "missing.mp4")]) == 2
+    fresh = [a if a != str(out) else str(tmp_path / "other.mp4") for a in argv]
+    assert main(fresh + ["--offload"]) == 2  # no CUDA device here: a clear error, exit 2
+    assert main(fresh + ["--history", str(tmp_path / "missing.mp4")]) == 2
 
 
 def test_block_offloading_hooks_work_through_the_adapter(model_and_cfg):

@@ -115,7 +115,7 @@ def test_preset_prepares_trains_both_stages_and_exports_a_portable_lora(preset, 
     generate += ["--set", "data.width=128"]
     assert main([*generate, "--out", str(out)]) == 0
     assert _frame_count(out) == 5 + 8  # 2 segments of 2 latent frames (1 s at 8 fps): 1 + 4, then 4·2 frames
-    assert (tmp_path / "gen" / "x.png").stat().st_size > 500
+    assert (tmp_path / "gen" / "x.mp4.png").stat().st_size > 500
     log = [json.loads(line) for line in (tmp_path / "gen" / "x.mp4.segments.jsonl").read_text().splitlines()]
     assert [r["pixel_frames"] for r in log] == [5, 8] and [r["start_s"] for r in log] == [0.0, 1.0]
     assert log[1]["context_tokens"] > 0  # the first segment's latents are history for the second

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -64,6 +65,8 @@ def _cmd_eval_lpips(args: argparse.Namespace) -> int:
             images.append(np.asarray(Image.open(path).convert("RGB")))
         except (FileNotFoundError, OSError) as exc:
             raise ValueError(f"{path}: cannot read image ({exc})") from None
+    if min(images[0].shape[:2]) < 32:  # AlexNet/VGG pool five times; smaller images vanish before the last layer
+        raise ValueError(f"{args.ref} is {images[0].shape[:2]}; LPIPS needs images of at least 32x32 pixels")
     if images[0].shape != images[1].shape:
         raise ValueError(
             f"{args.ref} is {images[0].shape[:2]} but {args.dist} is {images[1].shape[:2]}; sizes must match"
@@ -103,7 +106,7 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
     source, out = args.input or cfg.prepare.input, args.out or cfg.prepare.out
     if not source or not out:
         raise ValueError("data prepare needs --input and --out (or prepare.input / prepare.out in the --config TOML)")
-    return run_prepare(cfg, source, out, args.window_frames)
+    return run_prepare(cfg, source, out, args.window_frames, prune=args.prune)
 
 
 def _cmd_data_inspect(args: argparse.Namespace) -> int:
@@ -179,6 +182,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         model_path=args.model,
         overrides=list(args.set or []),
+        overwrite=args.overwrite,
     )
     print(json.dumps(result, indent=2))
     return 0
@@ -199,6 +203,45 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_studio(args: argparse.Namespace) -> int:
+    from tinyhistory.studio import serve
+
+    return serve(
+        checkpoint=args.checkpoint,
+        preset=args.preset,
+        model_path=args.model,
+        host=args.host,
+        port=args.port,
+        out=args.out,
+        max_upload_mb=args.max_upload_mb,
+        offload=args.offload,
+        overrides=list(args.set or []),
+    )
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number > 0 (argparse then names the flag in its one-line error)."""
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (no NaN, no infinity)."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def _model_override(args: argparse.Namespace) -> list[str]:
     """``--model DIR`` is ``--set model.path="DIR"`` (given first, so an explicit --set still wins)."""
     return [f"model.path={json.dumps(args.model)}"] if args.model else []
@@ -210,21 +253,31 @@ MODEL_HELP = (
 )
 
 
+# Every subcommand's --help shows the defaults (e.g. that CFG at guidance 3 is on, which doubles the cost).
+HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinyhistory", description="Compressed long-video history for video DiTs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ctx = sub.add_parser("context", help="context-length arithmetic: full vs compressed history tokens")
+    ctx = sub.add_parser(
+        "context", formatter_class=HELP_FORMAT, help="context-length arithmetic: full vs compressed history tokens"
+    )
     ctx.add_argument("--base", default="wan2.1-14b", help="base model geometry (wan2.1-14b, hunyuanvideo, tiny, …)")
-    ctx.add_argument("--height", type=int, default=480)
-    ctx.add_argument("--width", type=int, default=832)
-    ctx.add_argument("--fps", type=float, default=16.0)
-    ctx.add_argument("--seconds", type=float, default=20.0)
+    ctx.add_argument("--height", type=positive_int, default=480)
+    ctx.add_argument("--width", type=positive_int, default=832)
+    ctx.add_argument("--fps", type=positive_float, default=16.0)
+    ctx.add_argument("--seconds", type=positive_float, default=20.0)
     ctx.add_argument("--rate", action="append", default=None, help="encoding rate HxWxT; repeat for several encoders")
     ctx.add_argument("--json", action="store_true", help="print JSON")
     ctx.set_defaults(func=_cmd_context)
 
-    tr = sub.add_parser("train", help="train: stage I (frame query) or stage II (autoregressive, --stage ar)")
+    tr = sub.add_parser(
+        "train",
+        formatter_class=HELP_FORMAT,
+        help="train: stage I (frame query) or stage II (autoregressive, --stage ar)",
+    )
     tr.add_argument(
         "--stage", default="frame-query", choices=["frame-query", "ar"], help="frame-query (stage I) or ar (stage II)"
     )
@@ -233,46 +286,62 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", default=None, help="TOML file overriding the preset")
     tr.add_argument("--method", default=None, help="proposed | only_lr | without_lr | large_patchifier | no_history")
     tr.add_argument("--rate", action="append", default=None, help="encoding rate HxWxT (repeat for several)")
-    tr.add_argument("--steps", type=int, default=None)
+    tr.add_argument("--steps", type=positive_int, default=None)
     tr.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.batch_size=4"
     )
     tr.add_argument("--init-from", default=None, help="start from a checkpoint folder's weights")
     tr.add_argument("--save-dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="dtype of final weights")
     tr.add_argument("--out", required=True, help="run folder (re-running resumes from OUT/last)")
-    tr.add_argument("--stop-after", type=int, default=None, help="leave after N steps (checkpointed); rerun resumes")
+    tr.add_argument(
+        "--stop-after", type=positive_int, default=None, help="leave after N steps (checkpointed); rerun resumes"
+    )
     tr.add_argument("--no-progress", action="store_true")
     tr.set_defaults(func=_cmd_train)
 
-    ev = sub.add_parser("eval", help="evaluation tools")
+    ev = sub.add_parser("eval", formatter_class=HELP_FORMAT, help="evaluation tools")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True)
-    lp = ev_sub.add_parser("lpips", help="LPIPS distance between two images (official v0.1 values)")
+    lp = ev_sub.add_parser(
+        "lpips", formatter_class=HELP_FORMAT, help="LPIPS distance between two images (official v0.1 values)"
+    )
     lp.add_argument("ref")
     lp.add_argument("dist")
     lp.add_argument("--net", default="alex", choices=["alex", "vgg"])
     lp.set_defaults(func=_cmd_eval_lpips)
-    co = ev_sub.add_parser("consistency", help="feature, identity and dynamics scores of a video against its history")
+    co = ev_sub.add_parser(
+        "consistency",
+        formatter_class=HELP_FORMAT,
+        help="feature, identity and dynamics scores of a video against its history",
+    )
     co.add_argument("--video", required=True, help="the generated continuation")
     co.add_argument("--history", required=True, help="the history it continues")
     co.add_argument("--out", required=True, help="folder for consistency.json and consistency.md")
-    co.add_argument("--fps", type=float, default=4.0, help="frames per second sampled from both videos")
-    co.add_argument("--size", type=int, default=None, help="square-crop and resize to SIZE (default: native frames)")
+    co.add_argument("--fps", type=positive_float, default=4.0, help="frames per second sampled from both videos")
+    co.add_argument(
+        "--size", type=positive_int, default=None, help="square-crop and resize to SIZE (default: native frames)"
+    )
     co.add_argument("--raft-weights", default=None, help="optional: torchvision RAFT state dict (dynamic degree)")
     co.add_argument("--aesthetic-clip", default=None, help="optional: local CLIP ViT-L/14 folder (LAION aesthetic)")
     co.add_argument("--aesthetic-head", default=None, help="optional: LAION aesthetic MLP head (.pth state dict)")
     co.set_defaults(func=_cmd_eval_consistency)
-    fq = ev_sub.add_parser("frame-query", help="frame-query reconstruction (Table 1 protocol) on any video")
+    fq = ev_sub.add_parser(
+        "frame-query", formatter_class=HELP_FORMAT, help="frame-query reconstruction (Table 1 protocol) on any video"
+    )
     fq.add_argument("--checkpoint", required=True, help="a checkpoint folder (e.g. checkpoints/tiny/proposed)")
     fq.add_argument("--data", required=True, help="a video file")
     fq.add_argument("--out", required=True)
-    fq.add_argument("--windows", type=int, default=24)
-    fq.add_argument("--queries", type=int, default=2)
+    fq.add_argument("--windows", type=positive_int, default=24)
+    fq.add_argument("--queries", type=positive_int, default=2)
     fq.add_argument("--seed", type=int, default=0)
     fq.set_defaults(func=_cmd_eval_frame_query)
 
-    data = sub.add_parser("data", help="data preparation")
+    data = sub.add_parser("data", formatter_class=HELP_FORMAT, help="data preparation")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    dp = data_sub.add_parser("prepare", help="cache latents and text embeddings for training (exit 3: some skipped)")
+    dp = data_sub.add_parser(
+        "prepare",
+        formatter_class=HELP_FORMAT,
+        help="cache latents and text embeddings for training (exit 3: some skipped)",
+    )
     dp.add_argument("--preset", default="tiny")
     dp.add_argument("--model", default=None, metavar="DIR", help=MODEL_HELP)
     dp.add_argument("--config", default=None, help="TOML file overriding the preset (may hold a [prepare] table)")
@@ -280,35 +349,53 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--input", help="a folder of videos (recursive), a JSONL file or one video (or prepare.input)")
     dp.add_argument("--out", help="the cache folder (or prepare.out)")
     dp.add_argument(
-        "--window-frames", type=int, default=None, help="frames per cached window (default: data.window_frames)"
+        "--window-frames",
+        type=positive_int,
+        default=None,
+        help="frames per cached window (default: data.window_frames)",
+    )
+    dp.add_argument(
+        "--prune", action="store_true", help="keep only this run's videos in the manifest (lists what it dropped)"
     )
     dp.set_defaults(func=_cmd_data_prepare)
 
-    di = data_sub.add_parser("inspect", help="what a data-prepare cache holds; exit 1 if a shard is damaged")
+    di = data_sub.add_parser(
+        "inspect", formatter_class=HELP_FORMAT, help="what a data-prepare cache holds; exit 1 if a shard is damaged"
+    )
     di.add_argument("cache")
     di.add_argument("--json", action="store_true")
     di.set_defaults(func=_cmd_data_inspect)
 
-    df = data_sub.add_parser("frames", help="decode a video once into a lossless frame archive (*.frames.xz)")
+    df = data_sub.add_parser(
+        "frames", formatter_class=HELP_FORMAT, help="decode a video once into a lossless frame archive (*.frames.xz)"
+    )
     df.add_argument("video")
-    df.add_argument("--fps", type=float, required=True)
-    df.add_argument("--size", type=int, default=None, help="square-crop and resize to SIZE (default: native)")
+    df.add_argument("--fps", type=positive_float, required=True)
+    df.add_argument("--size", type=positive_int, default=None, help="square-crop and resize to SIZE (default: native)")
     df.add_argument("--out", required=True, help="archive path ending in .frames.xz")
     df.set_defaults(func=_cmd_data_frames)
 
-    rep = sub.add_parser("reproduce", help="reproductions of the paper's tables at small scale")
+    rep = sub.add_parser(
+        "reproduce", formatter_class=HELP_FORMAT, help="reproductions of the paper's tables at small scale"
+    )
     rep_sub = rep.add_subparsers(dest="reproduce_command", required=True)
-    t1 = rep_sub.add_parser("table1", help="train and score every Table-1 row (frame-query reconstruction)")
+    t1 = rep_sub.add_parser(
+        "table1", formatter_class=HELP_FORMAT, help="train and score every Table-1 row (frame-query reconstruction)"
+    )
     t1.add_argument("--preset", default="tiny")
     t1.add_argument("--out", required=True)
-    t1.add_argument("--steps", type=int, default=None, help="training steps per row (default: the preset's)")
+    t1.add_argument("--steps", type=positive_int, default=None, help="training steps per row (default: the preset's)")
     t1.add_argument("--rows", default=None, help="comma-separated row keys (default: all seven)")
-    t1.add_argument("--jobs", type=int, default=1, help="rows trained at once (subprocesses)")
-    t1.add_argument("--windows", type=int, default=24, help="held-out evaluation windows")
+    t1.add_argument("--jobs", type=positive_int, default=1, help="rows trained at once (subprocesses)")
+    t1.add_argument("--windows", type=positive_int, default=24, help="held-out evaluation windows")
     t1.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every row")
     t1.set_defaults(func=_cmd_reproduce_table1)
 
-    ge = sub.add_parser("generate", help="stream a storyboard into a video, one segment at a time (stage II model)")
+    ge = sub.add_parser(
+        "generate",
+        formatter_class=HELP_FORMAT,
+        help="stream a storyboard into a video, one segment at a time (stage II model)",
+    )
     ge.add_argument("--preset", default=None, help="check that the checkpoint was trained with this preset")
     ge.add_argument("--checkpoint", required=True, help="a stage-II checkpoint folder")
     ge.add_argument("--model", default=None, metavar="DIR", help="the base model folder, if not the one trained on")
@@ -321,29 +408,55 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument(
         "--sampler", default=None, choices=["euler", "unipc"], help="default: unipc from the model folder, else euler"
     )
-    ge.add_argument("--steps", type=int, default=None, help="sampling steps per segment (default 20)")
-    ge.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off; default 3)")
+    ge.add_argument("--steps", type=positive_int, default=None, help="sampling steps per segment (default 20)")
+    ge.add_argument(
+        "--guidance", type=non_negative_float, default=None, help="classifier-free guidance scale (1 = off; default 3)"
+    )
     ge.add_argument("--seed", type=int, default=None, help="default 0")
     ge.add_argument(
-        "--segment-frames", type=int, default=None, help="latent frames per segment (default: the preset's 1 s)"
+        "--segment-frames",
+        type=positive_int,
+        default=None,
+        help="latent frames per segment (default: the preset's 1 s)",
     )
-    ge.add_argument("--flow-shift", type=float, default=None, help="scheduler time shift (default: the folder's)")
+    ge.add_argument(
+        "--flow-shift", type=non_negative_float, default=None, help="scheduler time shift (default: the folder's)"
+    )
     ge.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the checkpoint's config")
+    ge.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run at --out")
     ge.add_argument("--offload", action="store_true", help="diffusers group offload of the DiT (CUDA only)")
     ge.add_argument("--no-progress", action="store_true")
     ge.set_defaults(func=_cmd_generate)
 
-    demo = sub.add_parser("demo", help="the embedded tiny end-to-end demo")
+    demo = sub.add_parser("demo", formatter_class=HELP_FORMAT, help="the embedded tiny end-to-end demo")
     demo.add_argument("--out", default="demo_out")
     demo.add_argument("--checkpoints", default=None, help="folder with the committed checkpoints (and stage2/)")
-    demo.add_argument("--finetune-steps", type=int, default=40, help="steps of the live fine-tune")
+    demo.add_argument("--finetune-steps", type=positive_int, default=40, help="steps of the live fine-tune")
     demo.add_argument("--from-scratch", action="store_true", help="retrain every model (hours on a CPU)")
     demo.add_argument("--no-stage2", action="store_true", help="stop after the stage-I half")
-    demo.add_argument("--sample-steps", type=int, default=20, help="Euler steps per generated segment (stage II)")
+    demo.add_argument(
+        "--sample-steps", type=positive_int, default=20, help="Euler steps per generated segment (stage II)"
+    )
     demo.add_argument(
         "--cache", default=None, help="train from this `data prepare` cache instead of caching the demo clip"
     )
     demo.set_defaults(func=_cmd_demo)
+
+    st = sub.add_parser(
+        "studio",
+        formatter_class=HELP_FORMAT,
+        help="a local web page: storyboard editor + streaming generation (the studio extra)",
+    )
+    st.add_argument("--preset", default=None, help="check that the checkpoint was trained with this preset")
+    st.add_argument("--checkpoint", default=None, help="a stage-II checkpoint folder (default: the tiny preset's)")
+    st.add_argument("--model", default=None, metavar="DIR", help="the base model folder, if not the one trained on")
+    st.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    st.add_argument("--port", type=int, default=7860)
+    st.add_argument("--out", default="studio_out", help="folder for the runs (one subfolder per run)")
+    st.add_argument("--max-upload-mb", type=float, default=2048, help="largest upload accepted (default 2048 MB)")
+    st.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the checkpoint's config")
+    st.add_argument("--offload", action="store_true", help="diffusers group offload of the DiT (CUDA only)")
+    st.set_defaults(func=_cmd_studio)
     return parser
 
 
@@ -352,6 +465,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "context" and not args.rate:
         args.rate = ["4x4x2"]
+    if getattr(args, "no_progress", False):  # also the libraries' own "Loading weights" bars
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as exc:

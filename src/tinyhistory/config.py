@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -52,6 +53,7 @@ class CodecConfig:
 
     def validate(self) -> None:
         CODECS.check(self.kind)
+        _positive("codec", self, ("factor",))
 
 
 @dataclass
@@ -71,6 +73,7 @@ class TextConfig:
 
     def validate(self) -> None:
         TEXT_ENCODERS.check(self.kind)
+        _positive("text", self, ("max_tokens",))
         _choice("text.empty", self.empty, ("encoded", "zeros"))
 
 
@@ -84,11 +87,19 @@ class BackboneConfig:
     text_dim: int = 384
     in_channels: int = 48
     patch_size: list[int] = field(default_factory=lambda: [1, 2, 2])
-    # A LoRA checkpoint's base DiT: a diffusers transformer folder (relative paths: from the project root).
+    # A LoRA checkpoint's base DiT: a diffusers transformer folder (relative paths: from the project root), and the
+    # sha256 of its weights, checked on load (a folder of the same name elsewhere is never taken for it).
     base_transformer: str = ""
+    base_transformer_sha256: str = ""
 
     def validate(self) -> None:
         BACKBONES.check(self.family)
+        _positive("backbone", self, ("num_attention_heads", "attention_head_dim", "ffn_dim", "num_layers", "text_dim"))
+        _positive("backbone", self, ("in_channels",))
+        if len(self.patch_size) != 3 or not all(
+            isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in self.patch_size
+        ):
+            raise ValueError(f"backbone.patch_size must be 3 positive integers [t, h, w], got {self.patch_size}")
         width = self.num_attention_heads * self.attention_head_dim
         patch_values = self.in_channels * self.patch_size[0] * self.patch_size[1] * self.patch_size[2]
         if width < patch_values:
@@ -117,6 +128,11 @@ class HistoryConfig:
 
     def validate(self) -> None:
         HISTORY_METHODS.check(self.method)
+        _positive("history", self, ("attention_heads",))
+        if self.attention_blocks < 0:
+            raise ValueError(f"history.attention_blocks must be >= 0, got {self.attention_blocks}")
+        if not self.channels or any(not isinstance(c, int) or isinstance(c, bool) or c <= 0 for c in self.channels):
+            raise ValueError(f"history.channels must be positive integers (e.g. [64, 128, 256, 512]): {self.channels}")
         if self.sliding_window < 0:
             raise ValueError(f"history.sliding_window must be >= 0 latent frames, got {self.sliding_window}")
         if self.cross_attention and self.method in ("no_history", "large_patchifier", "only_lr"):
@@ -124,6 +140,8 @@ class HistoryConfig:
         if not self.rates:
             raise ValueError('history.rates must list at least one rate, e.g. ["4x4x2"]')
         for r in self.rates:
+            if not isinstance(r, str):
+                raise ValueError(f'history.rates must be strings like "4x4x2", got {r!r}')
             try:
                 Rate.parse(r)
             except ValueError as exc:
@@ -158,6 +176,9 @@ class DataConfig:
     buckets: list[list[int]] = field(default_factory=list)
 
     def validate(self) -> None:
+        _positive("data", self, ("fps", "size"))
+        if self.fps > 1000:
+            raise ValueError(f"data.fps = {self.fps} is not a video frame rate (expected at most 1000)")
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ValueError(f"data.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
         _choice("data.resize", self.resize, ("crop", "pad"))
@@ -180,6 +201,8 @@ class DataConfig:
             )
         if self.height % 16 or self.width % 16:
             raise ValueError(f"data.height × data.width = {self.height} × {self.width} must be multiples of 16")
+        if not all(isinstance(v, str) for v in self.extra_train_videos):
+            raise ValueError(f"data.extra_train_videos must be a list of video paths, got {self.extra_train_videos}")
         if self.window_frames < 0:
             raise ValueError(f"data.window_frames must be >= 0 (0 = train.history_frames), got {self.window_frames}")
         if self.window_stride < 0:
@@ -204,6 +227,8 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 500
+    # Also checkpoint when this many minutes passed since the last one (a run killed early still resumes).
+    checkpoint_minutes: float = 10.0
     # Stage II (autoregressive finetuning): the window of ``history_frames`` frames is split at a random block
     # boundary into history (possibly empty) and the next ``segment_frames`` latent frames, the target.
     segment_frames: int = 8
@@ -236,11 +261,17 @@ class TrainConfig:
                 f"train.segment_frames={self.segment_frames} must be shorter than train.history_frames="
                 f"{self.history_frames} (the window holds history and target)"
             )
-        for name in ("steps", "batch_size", "history_frames", "query_window", "log_every", "checkpoint_every"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
+        positive = ("steps", "batch_size", "history_frames", "query_window", "log_every", "checkpoint_every")
+        _positive("train", self, (*positive, "segment_frames", "learning_rate", "timestep_shift"))
+        for name in ("encoder_learning_rate", "weight_decay", "warmup_steps", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0.0 <= self.mask_low < 1.0:
             raise ValueError(f"train.mask_low must be in [0, 1), got {self.mask_low}")
+        if not self.checkpoint_minutes > 0:
+            raise ValueError(f"train.checkpoint_minutes must be positive, got {self.checkpoint_minutes}")
 
 
 @dataclass
@@ -290,6 +321,12 @@ class RunConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
+def _positive(section: str, table, names: tuple[str, ...]) -> None:
+    for name in names:
+        if not getattr(table, name) > 0:
+            raise ValueError(f"{section}.{name} must be positive, got {getattr(table, name)}")
+
+
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{key} = {value!r} is not allowed; expected one of {', '.join(allowed)}")
@@ -323,6 +360,8 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if isinstance(default, str):
         if not isinstance(value, str):
@@ -335,10 +374,14 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
     return value
 
 
-def _merge(base: dict, override: dict) -> dict:
+def _merge(base: dict, override: dict, where: str = "") -> dict:
+    """``override`` on top of ``base``; a table never silently replaces a value or a value a table."""
     out = dict(base)
     for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        if key in out and isinstance(value, dict) != isinstance(out[key], dict):
+            table, what = (where + key, "a table") if isinstance(out[key], dict) else (where + key, "a value")
+            raise ValueError(f"{table} must be {what}, got {value!r}")
+        out[key] = _merge(out[key], value, f"{where}{key}.") if isinstance(value, dict) and key in out else value
     return out
 
 
@@ -354,6 +397,12 @@ def parse_override(text: str) -> dict:
     out: dict = {}
     node = out
     parts = key.strip().split(".")
+    if not all(parts):
+        raise ValueError(f"override {text!r}: {key!r} is not a key such as train.steps")
+    sections = {f.name for f in dataclasses.fields(RunConfig) if f.default_factory is not dataclasses.MISSING}
+    if len(parts) == 1 and parts[0] in sections:
+        example = f"{parts[0]}.KEY=VALUE"
+        raise ValueError(f"override {text!r}: [{parts[0]}] is a section; set one of its keys, e.g. {example}")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value

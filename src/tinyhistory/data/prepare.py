@@ -10,14 +10,17 @@ prompt. One shard per video:
                                    "w{i}.lr_latents.{rate}.{shape}.{dtype}", "text.{j}.{L}x{D}.{dtype}"
                                    (HunyuanVideo: also "text_pooled.{j}.{D}.{dtype}")
                                    metadata: source path and hash, fps, window starts, prompts (JSON)
-    OUT/manifest.jsonl             one line per cached video of this run, rebuilt from its shards' metadata at the end
-    OUT/report.json                done / reused / skipped (with reasons) / throughput / latent frames / stale shards
+    OUT/manifest.jsonl             one line per cached video, rebuilt from the shards' metadata at the end
+    OUT/report.json                done / reused / skipped (with reasons) / set aside / pruned / throughput / stale
 
 ``<key>`` hashes the source bytes together with every config value that affects the output and the video's prompts
 (storyboard or caption), so a rerun skips what is finished and recomputes what changed. Shards are written to a
-temporary name and renamed, so a killed run never leaves a half shard that reads as valid; the manifest is derived
-from this run's finished shards, never appended to (shards of earlier settings stay on disk, listed as stale in the
-report, outside the manifest). Bad inputs are reported with the file and the reason and the batch goes on.
+temporary name and renamed, so a killed run never leaves a half shard that reads as valid; a shard that cannot be
+read is set aside (renamed ``*.damaged``, listed in the report) and its video encoded again. The manifest holds this
+run's shards and every video an earlier run cached with the same settings (one entry per video: this run's shard of a
+video replaces an older one); ``--prune`` keeps this run's videos only and lists what it dropped. Shards of other
+settings stay on disk, listed as stale in the report, outside the manifest. Bad inputs are reported with the file and
+the reason and the batch goes on.
 
 Exit status: 0 everything cached, 3 some items skipped, 2 the run could not start.
 """
@@ -66,6 +69,7 @@ class Report:
     reused: list[str] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     shards: list[str] = field(default_factory=list)  # this run's shards (done and reused), for the manifest
+    set_aside: list[dict] = field(default_factory=list)  # damaged shards renamed *.damaged, their videos re-encoded
     decoded_frames: int = 0
     decode_seconds: float = 0.0
     encoded_frames: int = 0
@@ -78,6 +82,7 @@ class Report:
             "reused": self.reused,
             "skipped": self.skipped,
             "shards": self.shards,
+            "set_aside": self.set_aside,
             "decode_frames_per_s": self.decoded_frames / self.decode_seconds if self.decode_seconds else None,
             "encode_frames_per_s": self.encoded_frames / self.encode_seconds if self.encode_seconds else None,
             "total_latent_frames": self.latent_frames,
@@ -264,9 +269,16 @@ def prepare(
             prompts = item.storyboard.to_dict() if item.storyboard else {"caption": caption}
             shard = out / "shards" / f"{_key(source_hash, config, prompts)}.safetensors"
             if shard.is_file():
-                report.reused.append(str(item.video))
-                report.shards.append(f"shards/{shard.name}")
-                continue
+                try:
+                    CachedVideo.open(shard)
+                    report.reused.append(str(item.video))
+                    report.shards.append(f"shards/{shard.name}")
+                    continue
+                except ValueError as exc:  # damaged: set it aside (never deleted) and encode the video again
+                    aside = shard.with_name(shard.name + ".damaged")
+                    os.replace(shard, aside)
+                    reason = {"shard": f"shards/{aside.name}", "video": str(item.video), "why": str(exc)}
+                    report.set_aside.append(reason)
 
             t0 = time.time()
             bucket = None
@@ -318,15 +330,31 @@ def prepare(
     return report
 
 
-def write_manifest(out: str | Path, shards: list[str]) -> tuple[list[dict], list[str]]:
-    """Rebuild ``OUT/manifest.jsonl`` from the metadata of this run's ``shards`` (sorted by source, atomic).
+def write_manifest(
+    out: str | Path, shards: list[str], config: dict | None = None, prune: bool = False
+) -> tuple[list[dict], list[str], list[str]]:
+    """Rebuild ``OUT/manifest.jsonl`` (sorted by source, atomic): this run's ``shards``, plus — unless ``prune`` —
+    the earlier manifest's videos whose shards are readable, of the same output ``config`` and of a video this run
+    did not cache again. Returns the rows, the stale shards (on disk, outside the manifest) and the pruned ones.
 
-    Other shards in the folder (an earlier run with other settings, prompts or videos) stay on disk but are left out
-    of the manifest and returned as stale, so training never mixes two configs or two storyboards of one video.
+    So a rerun that caches nothing, or caches one more video, keeps the cache whole; a changed storyboard or setting
+    never sits beside the old one (one entry per video, one config per manifest).
     """
     out = Path(out)
     rows = []
     wanted = set(shards)
+    sources = {CachedVideo.open(out / name).source for name in wanted}
+    earlier = [row["shard"] for row in _manifest_rows(out) if row.get("shard") not in wanted]
+    kept, pruned = [], []
+    for name in earlier:
+        try:
+            video = CachedVideo.open(out / name)
+        except ValueError:
+            continue  # gone or damaged: a rerun of its video re-encodes it
+        same = config is not None and video.config == json.loads(json.dumps(config))
+        if same and video.source not in sources:
+            (pruned if prune else kept).append(name)
+    wanted |= set(kept)
     stale = sorted(shards_on_disk(out) - wanted)
     for name in sorted(wanted):
         video = CachedVideo.open(out / name)
@@ -349,10 +377,28 @@ def write_manifest(out: str | Path, shards: list[str]) -> tuple[list[dict], list
     tmp = out / "manifest.jsonl.tmp"
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.replace(tmp, out / "manifest.jsonl")
-    return rows, stale
+    return rows, stale, sorted(pruned)
 
 
-def run_prepare(cfg: RunConfig, source: str | Path, out: str | Path, window_frames: int | None = None) -> int:
+def _manifest_rows(out: Path) -> list[dict]:
+    """The current manifest's rows (none when there is no readable one)."""
+    path = out / "manifest.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def run_prepare(
+    cfg: RunConfig, source: str | Path, out: str | Path, window_frames: int | None = None, prune: bool = False
+) -> int:
     """The command: split items over Accelerate ranks, cache, then merge reports and rebuild the manifest."""
     from accelerate import PartialState
 
@@ -380,24 +426,28 @@ def run_prepare(cfg: RunConfig, source: str | Path, out: str | Path, window_fram
     state.wait_for_everyone()
     if not state.is_main_process:
         return EXIT_OK
-    merged: dict = {"done": [], "reused": [], "skipped": [], "shards": [], "total_latent_frames": 0, "per_rank": []}
+    merged: dict = {"done": [], "reused": [], "skipped": [], "shards": [], "set_aside": [], "total_latent_frames": 0}
+    merged["per_rank"] = []
     for rank in range(state.num_processes):
         part_path = out / f"report.rank{rank}.json"
         part = json.loads(part_path.read_text())
-        for key in ("done", "reused", "skipped", "shards"):
+        for key in ("done", "reused", "skipped", "shards", "set_aside"):
             merged[key] += part[key]
         merged["total_latent_frames"] += part["total_latent_frames"]
         merged["per_rank"].append(
             {"decode_frames_per_s": part["decode_frames_per_s"], "encode_frames_per_s": part["encode_frames_per_s"]}
         )
         part_path.unlink()
-    rows, stale = write_manifest(out, merged["shards"])
+    config = output_config(cfg, resolve_window(cfg, window_frames))
+    rows, stale, pruned = write_manifest(out, merged["shards"], config, prune)
     merged["manifest_entries"] = len(rows)
+    merged["pruned_from_manifest"] = pruned
     # Shards of another config stay on disk (nothing is deleted) but are not in the manifest.
     merged["stale_shards_not_in_manifest"] = stale
     (out / "report.json").write_text(json.dumps(merged, indent=2) + "\n")
     print(
         f"data prepare: {len(merged['done'])} cached, {len(merged['reused'])} already cached, "
-        f"{len(merged['skipped'])} skipped (see {out / 'report.json'})"
+        f"{len(merged['skipped'])} skipped, {len(merged['set_aside'])} damaged shards set aside and re-encoded, "
+        f"{len(rows)} videos in the manifest{f', {len(pruned)} pruned' if prune else ''} (see {out / 'report.json'})"
     )
     return EXIT_SKIPPED if merged["skipped"] else EXIT_OK

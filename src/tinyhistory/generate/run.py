@@ -31,6 +31,7 @@ from tinyhistory.generate.session import (
     folder_scheduler_config,
     frame_shape,
 )
+from tinyhistory.paths import resolve_path
 from tinyhistory.system import build_codec
 from tinyhistory.text.cache import PromptEncoder
 from tinyhistory.text.storyboard import Storyboard
@@ -122,13 +123,28 @@ def generate(
     progress: bool = True,
     model_path: str | None = None,
     overrides: list[str] = (),
+    overwrite: bool = False,
 ) -> dict:
     """Stream ``storyboard`` into ``out`` (see the module docstring). ``settings``: the sampling flags given (None
     for those not given), or whole :class:`SamplingSettings`; ``overrides``: ``section.key=value`` for the
     checkpoint's config (e.g. ``data.height=128``)."""
     if history is not None and image is not None:
         raise ValueError("give either --history or --image, not both")
+    checkpoint, storyboard, history, image, resume = (
+        resolve_path(p) if p is not None else None for p in (checkpoint, storyboard, history, image, resume)
+    )
+    for flag, path in (("--history", history), ("--image", image), ("--resume", resume)):
+        if path is not None and path.is_dir():
+            raise ValueError(f"{flag} {path} is a folder; give a file")
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(f"{flag}: file not found: {path}")
+    outputs = plan_outputs(Path(out), [checkpoint, storyboard, history, image], resume, overwrite)
     model, cfg = load_model(checkpoint, merge=True, model_path=model_path)
+    if cfg.train.stage != "ar":
+        print(
+            f"[generate] warning: {checkpoint} was trained for frame query (stage I), not for generation; "
+            "continuations will be poor (train stage II with --stage ar --init-from it)"
+        )
     if overrides:
         cfg = apply_overrides(cfg, overrides)
     if preset is not None and cfg.preset != preset:
@@ -149,18 +165,18 @@ def generate(
     codec = build_codec(cfg).to(device)
     encode_text = PromptEncoder(cfg.text, device, offload)  # built once; with --offload it waits on the CPU
 
-    out = Path(out)
-    session_path = out.with_name(out.name + ".session")
+    out, session_path, sheet_path, log_path = outputs
     height, width = frame_shape(cfg.data)
     if resume is not None:
         session = GenerationSession.load(resume, model, cfg, codec, encode_text, device, settings)
     else:
         session = GenerationSession(model, cfg, codec, encode_text, settings, device)
         if history is not None:
-            if not Path(history).is_file():
-                raise FileNotFoundError(f"video file not found: {history}")
             total = count_video_frames(history, cfg.data.fps)
-            session.start_from_video(iter_video_chunks(history, cfg.data.fps, (height, width)), total)
+            chunks = iter_video_chunks(history, cfg.data.fps, (height, width))
+            # A long history takes a while to encode: show it.
+            bar = tqdm(chunks, total=math.ceil(total / 16), desc="encoding the history", disable=not progress)
+            session.start_from_video(bar, total)
         elif image is not None:
             session.start_from_image(decode_image(image, height, width))
     fps = cfg.data.fps
@@ -168,14 +184,13 @@ def generate(
     if segments <= 0:
         raise ValueError(f"the storyboard ({story.duration:g} s) is no longer than what was generated already")
 
-    log_path = out.with_name(out.name + ".segments.jsonl")
     sheet = ContactSheet(fps)
     with _growing_video(out, fps, height, width, resume, sheet) as video, open(log_path, "a") as log:
         bar = tqdm(total=segments, desc="segments", unit="seg", disable=not progress)
         for segment, frames in session.follow_storyboard(story):
             video.append(frames)
             sheet.add(frames)
-            sheet.save(out.with_suffix(".png"))
+            sheet.save(sheet_path)
             per_latent = codec.temporal_factor / fps
             record = vars(segment) | {"start_s": round((segment.start_frame - session.origin) * per_latent, 3)}
             log.write(json.dumps(record) + "\n")
@@ -187,12 +202,42 @@ def generate(
         written = video.frames
     return {
         "video": str(out),
-        "contact_sheet": str(out.with_suffix(".png")),
+        "contact_sheet": str(sheet_path),
         "log": str(log_path),
         "session": str(session_path),
         "generated_frames": written,
         "seconds": written / fps,
     }
+
+
+def plan_outputs(out: Path, inputs: list, resume, overwrite: bool) -> tuple[Path, Path, Path, Path]:
+    """``OUT`` (mp4) and its companions ``OUT.session``, ``OUT.png``, ``OUT.segments.jsonl``, checked before any work.
+
+    An output never replaces an input. Without ``--resume`` none of them may exist unless ``--overwrite`` says to
+    replace them (then they are removed first, so two runs never mix); with ``--resume`` they are this session's own
+    and are continued.
+    """
+    if out.suffix.lower() != ".mp4":
+        raise ValueError(f"--out {out}: the video is written as an mp4; give a path ending in .mp4")
+    outputs = (out, out.with_name(out.name + ".session"), out.with_name(out.name + ".png"))
+    outputs += (out.with_name(out.name + ".segments.jsonl"),)
+    given = {Path(p).resolve() for p in inputs if p is not None}
+    for path in outputs:
+        if path.resolve() in given:
+            raise ValueError(f"--out {out} would write {path}, which is one of this run's inputs; choose another --out")
+        if path.is_dir():
+            raise ValueError(f"--out {out}: {path} is a folder")
+    if resume is None:
+        existing = [p for p in outputs if p.exists()]
+        if existing and not overwrite:
+            raise ValueError(
+                f"{existing[0]} exists (an earlier run): continue it with --resume {outputs[1]}, or replace its "
+                "outputs with --overwrite"
+            )
+        for path in existing:
+            path.unlink()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return outputs
 
 
 class _growing_video:

@@ -34,11 +34,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from tinyhistory.backbones import ContextTokens
 from tinyhistory.codecs.streaming import LowResStream
 from tinyhistory.data.clip import to_pixels, to_uint8
+from tinyhistory.files import read_tensors
 from tinyhistory.flow import TIMESTEP_SCALE
 from tinyhistory.geometry import temporal_block
 from tinyhistory.history.streaming import IncrementalHistory
@@ -63,8 +64,10 @@ class SamplingSettings:
             raise ValueError(f"sampler {self.sampler!r} is not one of {', '.join(SAMPLERS)}")
         if self.steps < 1 or self.segment_frames < 1:
             raise ValueError(f"steps and segment_frames must be positive, got {self.steps} and {self.segment_frames}")
-        if self.flow_shift < 0:
-            raise ValueError(f"flow_shift must be >= 0 (0 = the model folder's), got {self.flow_shift}")
+        if not math.isfinite(self.flow_shift) or self.flow_shift < 0:
+            raise ValueError(f"flow_shift must be a finite number >= 0 (0 = the model folder's), got {self.flow_shift}")
+        if not math.isfinite(self.guidance) or self.guidance < 0:
+            raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance}")
 
 
 @dataclass
@@ -360,6 +363,7 @@ class GenerationSession:
             if pending is not None:
                 tensors[f"lowres_pending{i}"] = pending.cpu()
         meta = {
+            "model": self.identity(),
             "settings": asdict(self.settings),
             "records": [asdict(r) for r in self.records],
             "pixel_frames": self.pixel_frames,
@@ -371,6 +375,19 @@ class GenerationSession:
         tmp = path.with_name(path.name + ".tmp")
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"session": json.dumps(meta)})
         tmp.replace(path)
+
+    def identity(self) -> dict:
+        """What a saved session's caches and latents depend on: a session resumes only under the same."""
+        h = self.cfg.history
+        return {
+            "preset": self.cfg.preset,
+            "method": h.method if len(self.model.producers) else "no_history",
+            "rates": list(h.rates) if len(self.model.producers) else [],
+            "sliding_window": self.model.sliding_window,
+            "cross_attention": len(self.model.enhancers) > 0,
+            "latents": list(self.latents.shape[1:2]) + list(self.latents.shape[3:]),
+            "temporal_factor": self.codec.temporal_factor,
+        }
 
     @staticmethod
     def read_settings(path: str | Path) -> SamplingSettings:
@@ -389,8 +406,19 @@ class GenerationSession:
             raise ValueError(f"{path}: a session file of an older tinyhistory (before latent-time sessions)")
         saved = SamplingSettings(**meta["settings"])
         settings = settings or saved
-        tensors = load_file(str(path))
+        if settings.segment_frames != saved.segment_frames:
+            raise ValueError(
+                f"{path} was made with {saved.segment_frames}-frame segments, which a resumed session keeps"
+            )
         session = cls(model, cfg, codec, encode_text, settings, device)
+        wanted, made = session.identity(), meta.get("model", {})
+        differ = [k for k in wanted if made.get(k) != wanted[k]]
+        if differ:
+            details = "; ".join(f"{k}: session {made.get(k)!r}, this model {wanted[k]!r}" for k in differ)
+            raise ValueError(f"{path} was made by another model or settings ({details}); resume it with its checkpoint")
+        tensors = read_tensors(path, "session file")
+        if "latents" not in tensors:
+            raise ValueError(f"{path}: a session file without latents (damaged, or not a tinyhistory session)")
         session.latents = tensors["latents"]
         if "first_frame" in tensors:
             session.first_frame = tensors["first_frame"].to(session.device)

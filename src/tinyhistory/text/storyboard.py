@@ -6,16 +6,22 @@ Format (JSON)::
                {"start": 4.0, "end": 9.5, "prompt": "Three rodents watch from a tree."}],
      "caption": "optional caption for the whole video"}
 
-Times are seconds from the start of the video; shots must not overlap (touching is fine) and need a non-empty
-prompt. The paper gives the model "only the prompt with the nearest timestamp" to the generated segment: here the
-shot whose time span is closest to the segment's midpoint (distance 0 inside a shot; ties go to the earlier shot).
+Times are seconds from the start of the video (finite, at most a day); shots must not overlap (touching is fine)
+and need a non-empty prompt of at most ``MAX_PROMPT_CHARS`` characters. The paper gives the model "only the prompt
+with the nearest timestamp" to the generated segment: here the shot whose time span is closest to the segment's
+midpoint (distance 0 inside a shot; ties go to the earlier shot).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
+
+MAX_SECONDS = 24 * 3600.0  # a storyboard longer than a day is a typo, not a video
+MAX_PROMPT_CHARS = 4000  # far beyond what UMT5 (512 tokens) or Llama (256) reads; guards session files and caches
+MAX_FILE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -52,12 +58,16 @@ class Storyboard:
             for key, value in (("start", start), ("end", end)):
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise ValueError(f"{where}: field {key!r} must be a number of seconds, got {value!r}")
+                if not math.isfinite(value) or value > MAX_SECONDS:
+                    raise ValueError(f"{where}: field {key!r} must be a finite time of at most {MAX_SECONDS:g} s")
                 if value < 0:
                     raise ValueError(f"{where}: field {key!r} is negative ({value})")
             if end <= start:
                 raise ValueError(f"{where}: end ({end}) must be after start ({start})")
             if not isinstance(prompt, str) or not prompt.strip():
                 raise ValueError(f"{where}: field 'prompt' must be a non-empty string")
+            if len(prompt) > MAX_PROMPT_CHARS:
+                raise ValueError(f"{where}: field 'prompt' has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
             shots.append(Shot(float(start), float(end), prompt.strip()))
         shots.sort(key=lambda s: s.start)
         for a, b in zip(shots, shots[1:], strict=False):
@@ -66,18 +76,22 @@ class Storyboard:
                     f"{source}: shots overlap: [{a.start}, {a.end}] {a.prompt!r} and [{b.start}, {b.end}] {b.prompt!r}"
                 )
         caption = data.get("caption", "")
-        if not isinstance(caption, str):
-            raise ValueError(f"{source}: field 'caption' must be a string")
+        if not isinstance(caption, str) or len(caption) > MAX_PROMPT_CHARS:
+            raise ValueError(f"{source}: field 'caption' must be a string of at most {MAX_PROMPT_CHARS} characters")
         return cls(tuple(shots), caption)
 
     @classmethod
     def load(cls, path: str | Path) -> Storyboard:
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"storyboard {path} is a folder, not a JSON file")
         try:
-            data = json.loads(path.read_text())
+            if path.stat().st_size > MAX_FILE_BYTES:
+                raise ValueError(f"{path}: a storyboard of {path.stat().st_size} bytes is too large")
+            data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"storyboard not found: {path}") from None
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise ValueError(f"{path}: invalid JSON ({exc})") from None
         return cls.from_dict(data, str(path))
 

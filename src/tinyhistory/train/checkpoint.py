@@ -16,14 +16,16 @@ A checkpoint never holds the frozen base model. Layout of a checkpoint folder::
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 
 import torch
 from peft.utils import set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from tinyhistory.config import RunConfig, config_from_dict
+from tinyhistory.files import read_json, read_tensors
 from tinyhistory.paths import PROJECT_ROOT, resolve_path
 from tinyhistory.registry import BACKBONES
 from tinyhistory.system import HistoryDiT, torch_dtype
@@ -57,6 +59,35 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     return (tensor.to(dtype) if dtype is not None else tensor).detach().cpu().contiguous()
 
 
+def weights_sha256(folder: str | Path) -> str:
+    """The sha256 of a diffusers model folder's safetensors weights (all shards, in name order)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def find_base_transformer(folder: Path, reference: str, sha256: str) -> Path:
+    """A LoRA checkpoint's base DiT: the path it names, looked up in the working directory and in the project
+    checkout; with a recorded hash, the candidate whose weights match it (never a same-named folder of other
+    weights), else an error that says what was found."""
+    candidates = [Path(reference)] if Path(reference).is_absolute() else [Path(reference), PROJECT_ROOT / reference]
+    present = [c for c in candidates if (c / "config.json").is_file()]
+    if not present:
+        raise FileNotFoundError(f"{folder}: the LoRA's base transformer {reference!r} was not found ({candidates[0]})")
+    if not sha256:
+        return resolve_path(reference) if resolve_path(reference) in present else present[0]
+    for candidate in present:
+        if weights_sha256(candidate) == sha256:
+            return candidate
+    raise ValueError(
+        f"{folder}: the LoRA's base transformer {reference!r} has other weights than it was trained on "
+        f"({', '.join(str(c) for c in present)}; expected sha256 {sha256[:12]}…)"
+    )
+
+
 def base_transformer_reference(folder: str | Path) -> str:
     """How a LoRA checkpoint names its base: relative to the project root when inside it, else absolute."""
     folder = Path(folder).resolve()
@@ -69,7 +100,9 @@ def read_config(folder: str | Path, model_path: str | None = None) -> RunConfig:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder}: not a tinyhistory checkpoint (no config.json)")
-    data = json.loads(config_path.read_text())
+    data = read_json(config_path, "checkpoint config")
+    if not isinstance(data, dict):
+        raise ValueError(f"{config_path}: not a tinyhistory checkpoint config (expected a JSON object)")
     if model_path:
         data.setdefault("model", {})["path"] = str(model_path)
     return config_from_dict(data)
@@ -85,11 +118,7 @@ def load_base(folder: Path, cfg: RunConfig, dtype: torch.dtype | None = None):
         base_dtype = dtype or torch_dtype(cfg.model.dtype)
         return adapter.from_pretrained(resolve_path(cfg.model.path), cfg.model.transformer, base_dtype)
     if (folder / LORA_FILE).is_file():
-        base = resolve_path(cfg.backbone.base_transformer)
-        if not (base / "config.json").is_file():
-            raise FileNotFoundError(
-                f"{folder}: the LoRA's base transformer {cfg.backbone.base_transformer!r} was not found ({base})"
-            )
+        base = find_base_transformer(folder, cfg.backbone.base_transformer, cfg.backbone.base_transformer_sha256)
         return adapter.from_transformer_folder(base, dtype or torch.float32)
     return adapter.from_transformer_folder(folder / "transformer", dtype or torch.float32)
 
@@ -128,7 +157,12 @@ def _load_modules(model: HistoryDiT, cfg: RunConfig, folder: Path) -> None:
             if not path.is_file():
                 raise FileNotFoundError(f"{folder}: this model ({cfg.history.method!r}) needs {name}")
             dtype = next(modules.parameters()).dtype
-            modules.load_state_dict({k: v.to(dtype) for k, v in load_file(str(path)).items()})
+            state = {k: v.to(dtype) for k, v in read_tensors(path, name.removesuffix(".safetensors")).items()}
+            try:
+                modules.load_state_dict(state)
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()[:2]
+                raise ValueError(f"{path}: does not fit this checkpoint's config.json ({' '.join(first)})") from None
 
 
 def restore_trained(model: HistoryDiT, cfg: RunConfig, folder: str | Path) -> None:
@@ -137,7 +171,7 @@ def restore_trained(model: HistoryDiT, cfg: RunConfig, folder: str | Path) -> No
     folder = Path(folder)
     transformer = model.backbone.transformer
     if (folder / LORA_FILE).is_file():
-        state = {k[len(PREFIX) :]: v.float() for k, v in load_file(str(folder / LORA_FILE)).items()}
+        state = {k[len(PREFIX) :]: v.float() for k, v in read_tensors(folder / LORA_FILE, "LoRA file").items()}
         result = set_peft_model_state_dict(transformer, state)
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"{folder / LORA_FILE}: unexpected LoRA keys {result.unexpected_keys[:3]}")
@@ -182,7 +216,7 @@ def load_training_state(
     blob = torch.load(folder / "optimizer.pt", weights_only=True)
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
-    trainer = json.loads((folder / "trainer.json").read_text())
+    trainer = read_json(folder / "trainer.json", "training state")
     per_process = trainer.get("data_rng_per_process", [trainer["data_rng"]])
     if len(per_process) != processes:
         raise ValueError(

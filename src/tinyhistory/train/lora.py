@@ -22,7 +22,9 @@ import torch
 from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from tinyhistory.files import read_tensors
 
 PREFIX = "transformer."
 LORA_FILE = "lora.safetensors"
@@ -64,13 +66,19 @@ def _cpu(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 def load_lora(backbone, path: str | Path, rank: int) -> None:
     """Attach a LoRA of ``rank`` and load its weights from a file of :func:`lora_state_dict` tensors."""
     path = Path(path)
-    state = load_file(str(path))
+    state = read_tensors(path, "LoRA file")
     if not state or not all(k.startswith(PREFIX) for k in state):
         raise ValueError(f"{path}: not a transformer LoRA file (keys must start with {PREFIX!r})")
+    ranks = {v.shape[0] for k, v in state.items() if ".lora_A." in k}
+    if ranks != {rank}:
+        raise ValueError(f"{path}: a LoRA of rank {sorted(ranks)}, but its config.json says train.lora_rank={rank}")
     add_lora(backbone, rank)
-    result = set_peft_model_state_dict(
-        backbone.transformer, {k[len(PREFIX) :]: v.float() for k, v in state.items()}
-    )
+    try:
+        result = set_peft_model_state_dict(
+            backbone.transformer, {k[len(PREFIX) :]: v.float() for k, v in state.items()}
+        )
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: does not fit this base model ({str(exc).splitlines()[0]})") from None
     if getattr(result, "unexpected_keys", None):
         raise ValueError(f"{path}: unexpected LoRA keys {result.unexpected_keys[:3]}")
 

@@ -13,6 +13,8 @@ import dataclasses
 import json
 import math
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from tinyhistory.train.checkpoint import (
     restore_trained,
     save_training_state,
     save_weights,
+    weights_sha256,
 )
 from tinyhistory.train.lora import add_lora, has_lora
 from tinyhistory.train.objectives import drop_text, objective_for
@@ -138,8 +141,9 @@ def prepare_model(cfg: RunConfig, init_from: str | Path | None) -> tuple[History
     if cfg.train.dit == "lora":
         add_lora(model.backbone, cfg.train.lora_rank)
     elif cfg.train.lora_rank > 0 and init_cfg.train.lora_rank == 0:
+        base = Path(init_from) / "transformer"
         backbone = dataclasses.replace(
-            backbone, base_transformer=base_transformer_reference(Path(init_from) / "transformer")
+            backbone, base_transformer=base_transformer_reference(base), base_transformer_sha256=weights_sha256(base)
         )
         add_lora(model.backbone, cfg.train.lora_rank)
     elif cfg.train.lora_rank != init_cfg.train.lora_rank:
@@ -211,6 +215,7 @@ def train(
     step = 0
     last = _resumable_checkpoint(out)
     if last is not None:
+        check_resume_config(cfg, last)
         restore_trained(model, cfg, last)
         rank, processes = accelerator.process_index, accelerator.num_processes
         step = load_training_state(last, optimizer, scheduler, generator, rank, processes)
@@ -218,7 +223,7 @@ def train(
     main = accelerator.is_main_process
     if main:
         cfg.save(out / "config.json")
-    log = TrainLog(out / "train_log.jsonl" if main else None)
+    log = TrainLog(out / "train_log.jsonl" if main else None, resume_step=step)
     stage_loss.train()
     start_time, start_step = time.time(), step
     bar = tqdm(
@@ -228,36 +233,48 @@ def train(
         desc=f"{objective.name} ({'LoRA' if has_lora(model.backbone) else 'full DiT'})",
     )
     end = tc.steps if stop_after is None else min(tc.steps, step + stop_after)
-    while step < end:
-        picks = train_sampler.pick(tc.batch_size, generator)
-        batch, text_batch = batch_for(cfg, train_sampler, picks, generator, caption)
-        if objective.text_dropout > 0:  # classifier-free guidance: some samples see the empty prompt
-            text_batch = drop_text(text_batch, empty.like(text_batch), objective.text_dropout, generator)
-        loss = stage_loss(_to(batch, device), text_batch.to(device))
-        accelerator.backward(loss)
-        if tc.grad_clip > 0:
-            accelerator.clip_grad_norm_(stage_loss.parameters(), tc.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        bar.update(1)
-        if step % tc.log_every == 0 or step == tc.steps:
-            record = {
-                "step": step,
-                "loss": round(accelerator.reduce(loss.detach(), "mean").item(), 6),  # over all processes
-                "lr": scheduler.get_last_lr()[0],
-                "steps_per_s": round((step - start_step) / (time.time() - start_time), 3),
-            }
-            bar.set_postfix(loss=f"{record['loss']:.4f}")
-            log.write(record)
-        if step % tc.checkpoint_every == 0 or step == end:
-            h = heldout_loss(model, cfg, heldout_sampler, caption)
-            log.write({"step": step, "heldout_loss": round(h, 6)})
-            data_rng = gather_object([generator.get_state()])  # every process's sampling RNG, for an exact resume
-            if main:
-                _atomic_checkpoint(out, model, cfg, optimizer, scheduler, step, data_rng)
-            accelerator.wait_for_everyone()
+    last_checkpoint = time.time()
+    stop = StopRequest()  # SIGTERM / Ctrl-C: checkpoint after the current step, then leave
+    try:
+        while step < end and not stop.requested:
+            picks = train_sampler.pick(tc.batch_size, generator)
+            batch, text_batch = batch_for(cfg, train_sampler, picks, generator, caption)
+            if objective.text_dropout > 0:  # classifier-free guidance: some samples see the empty prompt
+                text_batch = drop_text(text_batch, empty.like(text_batch), objective.text_dropout, generator)
+            loss = stage_loss(_to(batch, device), text_batch.to(device))
+            accelerator.backward(loss)
+            if tc.grad_clip > 0:
+                accelerator.clip_grad_norm_(stage_loss.parameters(), tc.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if step % tc.log_every == 0 or step == tc.steps:
+                record = {
+                    "step": step,
+                    "loss": round(accelerator.reduce(loss.detach(), "mean").item(), 6),  # over all processes
+                    "lr": scheduler.get_last_lr()[0],
+                    "steps_per_s": round((step - start_step) / (time.time() - start_time), 3),
+                }
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                log.write(record)
+            # Checkpoint on steps, on time (a run killed early still resumes), and when asked to stop; every process
+            # takes the same decision (the main one's clock and signals).
+            due = step % tc.checkpoint_every == 0 or step == end
+            late = time.time() - last_checkpoint >= tc.checkpoint_minutes * 60 or stop.requested
+            if not due and accelerator.reduce(torch.tensor(float(late), device=device), "max").item() > 0:
+                due = True
+            if due:
+                last_checkpoint = time.time()
+                h = heldout_loss(model, cfg, heldout_sampler, caption)
+                log.write({"step": step, "heldout_loss": round(h, 6)})
+                data_rng = gather_object([generator.get_state()])  # every process's sampling RNG, for an exact resume
+                if main:
+                    _atomic_checkpoint(out, model, cfg, optimizer, scheduler, step, data_rng)
+                accelerator.wait_for_everyone()
+    finally:
+        stop.restore()
     bar.close()
     log.close()
     if step < tc.steps:
@@ -303,9 +320,17 @@ class StageLoss(nn.Module):
 
 
 class TrainLog:
-    """``OUT/train_log.jsonl``, appended and flushed line by line by the main process only (``path=None``: others)."""
+    """``OUT/train_log.jsonl``, appended and flushed line by line by the main process only (``path=None``: others).
 
-    def __init__(self, path: Path | None):
+    On a resume from step S the lines written after the checkpoint (steps > S, lost work) are dropped first, so the
+    log never holds a step twice."""
+
+    def __init__(self, path: Path | None, resume_step: int = 0):
+        if path is not None and path.is_file():
+            kept = [line for line in path.read_text().splitlines() if _log_step(line) <= resume_step]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(path)
         self.file = open(path, "a") if path is not None else None
 
     def write(self, record: dict) -> None:
@@ -339,6 +364,71 @@ class LazyPrompt:
                 cached = read_empty_prompt(self.cfg) if self.cfg.text.empty == "encoded" else None
                 self.condition = cached if cached is not None else empty_prompt(self.cfg.text, text)
         return self.condition
+
+
+def _log_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 1 << 62  # a broken line (the run was killed while writing it) is dropped
+
+
+class StopRequest:
+    """SIGTERM and the first Ctrl-C ask the loop to checkpoint and leave after the current step (a second Ctrl-C
+    interrupts at once). Only the main thread can install signal handlers; elsewhere this never fires."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._ask)
+
+    def _ask(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"tinyhistory: {signal.Signals(signum).name}: checkpointing after this step", flush=True)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# Settings a resumed run may change: how long and how often, and where the base model and its parts now live.
+RESUMABLE_CHANGES = {
+    "train.steps",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.checkpoint_minutes",
+    "model.path",
+    "codec.path",
+    "text.path",
+    "text.cache",
+}
+
+
+def check_resume_config(cfg: RunConfig, last: Path) -> None:
+    """A resumed run must train what its checkpoint trained: any other changed setting is refused, by name."""
+    saved = _flatten(json.loads((last / "config.json").read_text()))
+    now = _flatten(cfg.to_dict())
+    changed = sorted(k for k in now.keys() | saved.keys() if now.get(k) != saved.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        details = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
+        raise ValueError(
+            f"{last.parent} was trained with other settings ({details}); resume with the same settings, or start "
+            "a new run folder (--out)"
+        )
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _resumable_checkpoint(out: Path) -> Path | None:
