@@ -125,6 +125,9 @@ class HistoryConfig:
     sliding_window: int = 0
     # Encoder features reach every DiT block through an added, zero-initialised cross-attention.
     cross_attention: bool = False
+    # History KV cache: context tokens attend only to context tokens (and text), in training and generation, so
+    # generation computes their keys and values once per segment instead of at every denoising step.
+    kv_cache: bool = False
 
     def validate(self) -> None:
         HISTORY_METHODS.check(self.method)

@@ -125,6 +125,8 @@ class HistoryDiT(nn.Module):
             enhancers = nn.ModuleList(
                 CrossAttentionEnhancer(backbone.hidden_dim, feature_dim, heads) for _ in range(blocks)
             )
+        if cfg.history.kv_cache:
+            backbone.use_kv_cache()
         return cls(backbone, producers, cfg.history.sliding_window, enhancers)
 
     @property
@@ -168,6 +170,22 @@ class HistoryDiT(nn.Module):
         parts = [p for p in parts if p is not None]
         return ContextTokens.concat(parts) if parts else None
 
+    def _after_block(self, context):
+        """The cross-attention enhancers as the backbone's per-block hook (None without them); ``context``: the
+        context tokens or their cache, either carries the encoder features."""
+        if not len(self.enhancers) or context is None or context.features is None:
+            return None
+        features = context.features
+
+        def after_block(i: int, tokens: torch.Tensor) -> torch.Tensor:
+            return self.enhancers[i](tokens, features.to(tokens.dtype))
+
+        return after_block
+
+    def build_context_cache(self, context: ContextTokens, text: TextCondition):
+        """The history's keys and values in every block (``history.kv_cache``), once per segment and text."""
+        return self.backbone.build_context_cache(context, text, self._after_block(context))
+
     def forward(
         self,
         latents: torch.Tensor,
@@ -175,12 +193,15 @@ class HistoryDiT(nn.Module):
         text: TextCondition,
         context: ContextTokens | None,
         frame_positions: torch.Tensor | None = None,
+        context_cache=None,
     ) -> torch.Tensor:
-        after_block = None
-        if len(self.enhancers) and context is not None and context.features is not None:
-            features = context.features
-
-            def after_block(i: int, tokens: torch.Tensor) -> torch.Tensor:
-                return self.enhancers[i](tokens, features.to(tokens.dtype))
-
-        return self.backbone(latents, t, text, context, frame_positions, after_block=after_block)
+        """Velocity of the targets; ``context_cache`` (from :meth:`build_context_cache`) instead of ``context``."""
+        return self.backbone(
+            latents,
+            t,
+            text,
+            context,
+            frame_positions,
+            after_block=self._after_block(context if context_cache is None else context_cache),
+            context_cache=context_cache,
+        )

@@ -92,6 +92,7 @@ class Backbone(Protocol):
     layout: str
     lora_targets: str
     portable_lora_file: str
+    kv_cache: bool  # context attends only to context (history.kv_cache), so its keys/values can be cached
     hidden_dim: int
     in_channels: int
     patch_size: tuple[int, int, int]

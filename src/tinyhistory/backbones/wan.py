@@ -19,6 +19,7 @@ preset), the LoRA target pattern (anchored to ``blocks.N``), and the extra LoRA 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,6 +31,92 @@ from tinyhistory.backbones.base import ContextTokens, check_model_folder, grid_p
 from tinyhistory.backbones.wan_lora_format import to_original_layout
 from tinyhistory.flow import TIMESTEP_SCALE
 from tinyhistory.text.condition import TextCondition
+
+
+@dataclass
+class ContextCache:
+    """The history's keys and values in every block's self-attention, for one segment (``history.kv_cache``).
+
+    With the cache the context tokens attend only to context tokens (and text), so their keys and values do not
+    depend on the noisy targets: computed once per segment (and text) and reused by every denoising step.
+    """
+
+    keys: list[torch.Tensor]  # per block (B, K, heads, head_dim), after the q/k norms and RoPE
+    values: list[torch.Tensor]  # per block (B, K, heads, head_dim)
+    features: torch.Tensor | None = None  # the encoder features the cross-attention enhancers read, if any
+
+    @property
+    def num_tokens(self) -> int:
+        return self.keys[0].shape[1] if self.keys else 0
+
+
+@dataclass
+class _AttentionPlan:
+    """What the self-attention processors do in the current forward (set by the adapter before its blocks)."""
+
+    mode: str = "masked"  # "masked": [context; targets], context sees context only; "record" / "cached": see below
+    context_tokens: int = 0
+    cache: ContextCache | None = None
+
+
+class HistoryAttnProcessor:
+    """Self-attention of one Wan block for the history KV cache, in diffusers' attention-processor seam.
+
+    The projections, q/k RMS norms, RoPE and output projection are the block's own (LoRA included), as in diffusers'
+    ``WanAttnProcessor``; only who attends to whom changes:
+
+    * ``masked`` (training, and inference without a cache): the sequence is ``[context (K); targets (N)]``; context
+      queries attend to context keys only, target queries to everything;
+    * ``record``: the sequence is the context alone; its keys and values are stored in the cache;
+    * ``cached``: the sequence is the targets alone; they attend to the cached context keys/values and themselves.
+    """
+
+    def __init__(self, plan: _AttentionPlan, index: int):
+        self.plan = plan
+        self.index = index
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))  # (B, S, H, Dh)
+        if rotary_emb is not None:
+            query, key = _rotate(query, *rotary_emb), _rotate(key, *rotary_emb)
+
+        def attend(q, k, v):
+            return dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False)
+
+        plan = self.plan
+        if plan.mode == "record":
+            plan.cache.keys.append(key)
+            plan.cache.values.append(value)
+            out = attend(query, key, value)
+        elif plan.mode == "cached":
+            keys = torch.cat([plan.cache.keys[self.index].to(key.dtype), key], dim=1)
+            values = torch.cat([plan.cache.values[self.index].to(value.dtype), value], dim=1)
+            out = attend(query, keys, values)
+        else:
+            k = plan.context_tokens
+            if k == 0:
+                out = attend(query, key, value)
+            else:
+                context = attend(query[:, :k], key[:, :k], value[:, :k])
+                targets = attend(query[:, k:], key, value)
+                out = torch.cat([context, targets], dim=1)
+        out = out.flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on interleaved pairs, the arithmetic of diffusers' ``WanAttnProcessor``."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
 
 
 class WanBackbone(nn.Module):
@@ -60,6 +147,40 @@ class WanBackbone(nn.Module):
         rope = transformer.rope
         self._rope_dims = (rope.t_dim, rope.h_dim, rope.w_dim)
         self._rope_theta = 10000.0
+        self.kv_cache = False
+        self._plan = _AttentionPlan()
+
+    def use_kv_cache(self) -> None:
+        """History KV cache (``history.kv_cache``): context tokens attend to context (and text) only, in training
+        and in generation, so that generation can compute their keys and values once per segment."""
+        for i, block in enumerate(self.transformer.blocks):
+            block.attn1.set_processor(HistoryAttnProcessor(self._plan, i))
+        self.kv_cache = True
+
+    @torch.no_grad()
+    def build_context_cache(self, context: ContextTokens, text: TextCondition, after_block=None) -> ContextCache:
+        """Run the context tokens alone through the blocks (time 0) and keep every block's keys and values."""
+        if not self.kv_cache:
+            raise ValueError("build_context_cache needs history.kv_cache (the context must not attend to targets)")
+        tr = self.transformer
+        tokens = context.tokens.to(tr.patch_embedding.weight.dtype)
+        b, k, _ = tokens.shape
+        timestep = tokens.new_zeros(b, k)
+        _, timestep_proj, text_states, _ = tr.condition_embedder(
+            timestep.flatten(), text.states.to(tokens.dtype), timestep_seq_len=k
+        )
+        timestep_proj = timestep_proj.unflatten(2, (6, -1))
+        rotary_emb = self.rotary(context.positions)
+        cache = ContextCache([], [], context.features)
+        self._plan.mode, self._plan.cache = "record", cache
+        try:
+            for i, block in enumerate(tr.blocks):
+                tokens = block(tokens, text_states, timestep_proj, rotary_emb)
+                if after_block is not None:
+                    tokens = after_block(i, tokens)
+        finally:
+            self._plan.mode, self._plan.cache = "masked", None
+        return cache
 
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -153,6 +274,7 @@ class WanBackbone(nn.Module):
         context: ContextTokens | None = None,
         frame_positions: torch.Tensor | None = None,
         after_block: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+        context_cache: ContextCache | None = None,
     ) -> torch.Tensor:
         """Predict the velocity of the target latents.
 
@@ -160,7 +282,9 @@ class WanBackbone(nn.Module):
         text: states ``(B, L, text_dim)``;
         context: optional history tokens; frame_positions: ``(B, T)`` temporal position of each target frame
         (default ``0 … T−1``); after_block: ``f(i, tokens) → tokens`` applied after DiT block ``i`` to the whole
-        ``(B, K + N, D)`` sequence (the cross-attention enhancement). Returns ``(B, C, T, H, W)``.
+        ``(B, K + N, D)`` sequence (the cross-attention enhancement); context_cache: the history's keys and values
+        from :meth:`build_context_cache` instead of ``context`` (only the targets run through the blocks).
+        Returns ``(B, C, T, H, W)``.
         """
         tr = self.transformer
         b, _, frames, height, width = latents.shape
@@ -186,6 +310,11 @@ class WanBackbone(nn.Module):
             k = 0
             positions = target_pos
         rotary_emb = self.rotary(positions)
+        self._plan.mode, self._plan.context_tokens, self._plan.cache = "masked", k, None
+        if context_cache is not None:
+            if k:
+                raise ValueError("give either the context tokens or their cache, not both")
+            self._plan.mode, self._plan.cache = "cached", context_cache
 
         per_token = timestep.ndim == 2
         temb, timestep_proj, text_states, _ = tr.condition_embedder(
@@ -196,13 +325,16 @@ class WanBackbone(nn.Module):
         timestep_proj = timestep_proj.unflatten(2 if per_token else 1, (6, -1))
 
         checkpointing = torch.is_grad_enabled() and tr.gradient_checkpointing
-        for i, block in enumerate(tr.blocks):
-            if checkpointing:
-                tokens = tr._gradient_checkpointing_func(block, tokens, text_states, timestep_proj, rotary_emb)
-            else:
-                tokens = block(tokens, text_states, timestep_proj, rotary_emb)
-            if after_block is not None:
-                tokens = after_block(i, tokens)
+        try:
+            for i, block in enumerate(tr.blocks):
+                if checkpointing:
+                    tokens = tr._gradient_checkpointing_func(block, tokens, text_states, timestep_proj, rotary_emb)
+                else:
+                    tokens = block(tokens, text_states, timestep_proj, rotary_emb)
+                if after_block is not None:
+                    tokens = after_block(i, tokens)
+        finally:
+            self._plan.cache = None
 
         # Drop the context outputs before the output head: only target tokens are predicted.
         tokens = tokens[:, k:]

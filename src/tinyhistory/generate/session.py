@@ -478,6 +478,13 @@ def sample_segment(
     scheduler.set_timesteps(settings.steps, device=noise.device)
     b = noise.shape[0]
     empty = (empty if empty is not None else text.zeros_like()).expand(len(text)).to(noise.device)
+    guided = settings.guidance != 1.0
+    cache = None
+    if context is not None and model.backbone.kv_cache:
+        # The history's keys and values once per segment (per text branch), not at every step.
+        both = TextCondition.cat([text, empty]) if guided else text
+        cache = model.build_context_cache(_repeat(context) if guided else context, both)
+        context = None
     x = noise
     for timestep in scheduler.timesteps:
         # float64, so that t · 1000 in the DiT gives back the scheduler's timestep exactly
@@ -487,8 +494,8 @@ def sample_segment(
             model_x = torch.cat([first_frame.to(x.dtype), x[:, :, 1:]], dim=2)
             t = t[:, None].repeat(1, x.shape[2])  # (B, n): the image frame at time 0
             t[:, 0] = 0.0
-        if settings.guidance == 1.0:
-            velocity = model(model_x, t, text, context, positions)
+        if not guided:
+            velocity = model(model_x, t, text, context, positions, context_cache=cache)
         else:
             both = model(
                 torch.cat([model_x, model_x]),
@@ -496,6 +503,7 @@ def sample_segment(
                 TextCondition.cat([text, empty]),
                 _repeat(context),
                 positions.repeat(2, 1),
+                context_cache=cache,
             )
             cond, uncond = both.chunk(2)
             velocity = uncond + settings.guidance * (cond - uncond)

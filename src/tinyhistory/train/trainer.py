@@ -128,7 +128,10 @@ def prepare_model(cfg: RunConfig, init_from: str | Path | None) -> tuple[History
         return model, cfg
     model, init_cfg = load_model(init_from, model_path=cfg.model.path or None, with_lora=False)
     history = dataclasses.replace(
-        init_cfg.history, sliding_window=cfg.history.sliding_window, cross_attention=cfg.history.cross_attention
+        init_cfg.history,
+        sliding_window=cfg.history.sliding_window,
+        cross_attention=cfg.history.cross_attention,
+        kv_cache=cfg.history.kv_cache,
     )
     if cfg.history.method == "no_history":
         history = dataclasses.replace(history, method="no_history", cross_attention=False)
