@@ -154,7 +154,7 @@ def test_block_offloading_hooks_work_through_the_adapter(model_and_cfg):
     text = _text(["a"])
     with torch.no_grad():
         before = model(x, t, text, None)
-        offload_blocks(model, torch.device("cpu"))
+        offload_blocks(model.backbone, torch.device("cpu"))
         assert all(hasattr(block, "_diffusers_hook") for block in model.backbone.blocks)  # one group per block
         after = model(x, t, text, None)
     torch.testing.assert_close(after, before)

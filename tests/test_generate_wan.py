@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import WanPipeline
-from tiny_model_folders import wan21_t2v_folder, wan22_ti2v_folder
+from tiny_model_folders import wan21_t2v_folder, wan22_a14b_folder, wan22_ti2v_folder
 
 from tinyhistory.config import load_config
 from tinyhistory.generate.session import GenerationSession, SamplingSettings
@@ -15,6 +15,8 @@ from tinyhistory.system import HistoryDiT, build_codec
 from tinyhistory.text.cache import encode_prompts
 
 FOLDERS = {"wan2.1-t2v-1.3b": wan21_t2v_folder, "wan2.2-ti2v-5b": wan22_ti2v_folder}
+# A14B: the high-noise expert with the history, the stock low-noise expert below the boundary, as WanPipeline does
+GOLDEN = {**FOLDERS, "wan2.2-t2v-a14b": wan22_a14b_folder}
 PROMPT = "a cat walks on the grass"
 
 
@@ -34,10 +36,18 @@ def _session(preset: str, folder, **settings) -> GenerationSession:
     return GenerationSession(model, cfg, build_codec(cfg), lambda p: encode_prompts(cfg.text, p), sampling)
 
 
-@pytest.mark.parametrize("preset", FOLDERS)
+@pytest.mark.parametrize("preset", GOLDEN)
 def test_first_segment_equals_the_stock_pipeline(preset, tmp_path):
-    folder = FOLDERS[preset](tmp_path / "model")
+    folder = GOLDEN[preset](tmp_path / "model")
     session = _session(preset, folder)
+    if preset == "wan2.2-t2v-a14b":
+        assert session.boundary == 0.875 and session.low_noise is not None
+        scheduler = session.scheduler_config
+        from tinyhistory.generate.session import make_scheduler
+
+        steps = make_scheduler(session.settings, scheduler)
+        steps.set_timesteps(3)
+        assert steps.timesteps.max() >= 875 > steps.timesteps.min()  # both experts take steps
     frames = session.generate_segment(PROMPT)
     assert frames.shape == (1 + 4 * 2, 64, 64, 3)  # 3 latent frames from nothing: 1 + 4·2 frames
 

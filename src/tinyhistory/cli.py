@@ -25,6 +25,34 @@ def _cmd_context(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cost(args: argparse.Namespace) -> int:
+    """Exact FLOPs of each history method for a preset (meta device: a 14B DiT costs seconds, no weights)."""
+    from tinyhistory.cost import PROPOSED_RATES, CostModel, CostSettings, markdown_table
+
+    settings = CostSettings(
+        preset=args.preset,
+        height=args.height,
+        width=args.width,
+        fps=args.fps,
+        segment_seconds=args.segment_seconds,
+        history_seconds=tuple(args.history),
+        steps=args.steps,
+        cfg=args.cfg,
+        methods=tuple(dict.fromkeys(args.method)) if args.method else CostSettings.methods,
+        proposed_rates=tuple(tuple(r.split("+")) for r in args.rate) if args.rate else PROPOSED_RATES,
+        kv_cache=args.kv_cache,
+    )
+    model = CostModel(settings)
+    rows = model.rows()
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+    else:
+        print(model.header())
+        print()
+        print(markdown_table(rows))
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
@@ -272,6 +300,46 @@ def build_parser() -> argparse.ArgumentParser:
     ctx.add_argument("--rate", action="append", default=None, help="encoding rate HxWxT; repeat for several encoders")
     ctx.add_argument("--json", action="store_true", help="print JSON")
     ctx.set_defaults(func=_cmd_context)
+
+    cost = sub.add_parser(
+        "cost",
+        formatter_class=HELP_FORMAT,
+        help="exact FLOPs of a history per denoising step and per generated second (meta device, no weights)",
+    )
+    cost.add_argument("--preset", default="wan2.2-ti2v-5b", help="wan2.2-ti2v-5b, wan2.1-t2v-14b, …")
+    cost.add_argument("--height", type=positive_int, default=None, help="frame height; None: the preset's")
+    cost.add_argument("--width", type=positive_int, default=None, help="frame width; None: the preset's")
+    cost.add_argument("--fps", type=positive_float, default=None, help="frames per second; None: the preset's")
+    cost.add_argument("--segment-seconds", type=positive_float, default=1.0, help="seconds generated per segment")
+    cost.add_argument(
+        "--history", type=positive_float, nargs="+", default=[5.0, 20.0, 60.0, 120.0], help="history lengths (s)"
+    )
+    cost.add_argument("--steps", type=positive_int, default=30, help="denoising steps per segment")
+    cost.add_argument(
+        "--cfg", action=argparse.BooleanOptionalAction, default=True, help="classifier-free guidance (2 branches)"
+    )
+    cost.add_argument(
+        "--method",
+        action="append",
+        default=None,
+        choices=["no_history", "full", "window", "framepack", "proposed"],
+        help="only these methods (repeat; None: all)",
+    )
+    cost.add_argument(
+        "--rate",
+        action="append",
+        default=None,
+        metavar="RATES",
+        help="proposed rate set, e.g. 4x4x2 or 4x4x2+2x2x8 (repeat; None: 4x4x2, 2x2x2 and 4x4x2+2x2x8)",
+    )
+    cost.add_argument(
+        "--kv-cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also the rows with the history KV cache (history.kv_cache)",
+    )
+    cost.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    cost.set_defaults(func=_cmd_cost)
 
     tr = sub.add_parser(
         "train",

@@ -56,10 +56,10 @@ def enable_offload(model, device: torch.device) -> None:
     """diffusers' block-level group offload of the DiT: blocks live on the CPU and visit the GPU one at a time."""
     if device.type != "cuda":
         raise ValueError("--offload moves DiT blocks between the CPU and a CUDA device; no CUDA device is available")
-    offload_blocks(model, device)
+    offload_blocks(model.backbone, device)
 
 
-def offload_blocks(model, device: torch.device, home: str = "cpu") -> None:
+def offload_blocks(backbone, device: torch.device, home: str = "cpu") -> None:
     """Group-offload the DiT's blocks (``home`` ⇄ ``device``, one block at a time) and keep the rest on ``device``.
 
     The adapter calls the DiT's patch embedding, condition embedder, RoPE, ``norm_out`` and ``proj_out`` itself
@@ -68,7 +68,7 @@ def offload_blocks(model, device: torch.device, home: str = "cpu") -> None:
     """
     from diffusers.hooks import apply_group_offloading
 
-    transformer = model.backbone.transformer
+    transformer = backbone.transformer
     apply_group_offloading(
         transformer,
         onload_device=device,
@@ -179,6 +179,9 @@ def generate(
             session.start_from_video(bar, total)
         elif image is not None:
             session.start_from_image(decode_image(image, height, width))
+    if offload and session.low_noise is not None:  # Wan 2.2 A14B's second expert visits the GPU by blocks too
+        offload_blocks(session.low_noise, device)
+        session.low_noise_offloaded = True
     fps = cfg.data.fps
     segments = session.storyboard_segments(story)  # a resumed session continues where it stopped
     if segments <= 0:

@@ -108,6 +108,26 @@ def make_scheduler(settings: SamplingSettings, folder_config: dict | None = None
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
 
 
+def low_noise_expert(cfg, dtype: torch.dtype):
+    """Wan 2.2 A14B: the stock low-noise expert (``transformer_2/``) and the boundary below which it denoises, as
+    ``WanPipeline`` switches experts at ``boundary_ratio``; ``(None, None)`` for one-expert models.
+
+    The history encoder and the LoRA are trained on the high-noise expert only (the paper's choice, t ≥ 0.875): it
+    lays out the scene and motion, which the history steers; the low-noise expert refines detail from the text and
+    the partly denoised latent alone, with no history tokens."""
+    if not cfg.model.path or cfg.model.transformer != "transformer":
+        return None, None
+    folder = resolve_path(cfg.model.path)
+    index = folder / "model_index.json"
+    meta = json.loads(index.read_text()) if index.is_file() else {}
+    if meta.get("boundary_ratio") is None or not (folder / "transformer_2").is_dir():
+        return None, None
+    from tinyhistory.registry import BACKBONES
+
+    expert = BACKBONES.get(cfg.backbone.family).from_pretrained(folder, "transformer_2", dtype).eval()
+    return expert, float(meta["boundary_ratio"])
+
+
 def folder_conditions_first_frame(cfg) -> bool:
     """Whether the model folder's pipeline conditions on an image through a clean first latent frame (Wan 2.2
     TI2V-5B: ``expand_timesteps`` in ``model_index.json``)."""
@@ -141,6 +161,11 @@ class GenerationSession:
         self.settings = settings or SamplingSettings(segment_frames=cfg.train.segment_frames)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.scheduler_config = folder_scheduler_config(cfg)
+        base_dtype = model.backbone.patch_embedding.weight.dtype
+        # (loaded on the CPU; it visits the device at the first segment, or block by block when the caller
+        # group-offloads it and sets ``low_noise_offloaded``)
+        self.low_noise, self.boundary = low_noise_expert(cfg, base_dtype)
+        self.low_noise_offloaded = False
         with_features = len(model.enhancers) > 0
         self.caches = [IncrementalHistory(p, model.backbone.patch_embed, with_features) for p in model.producers]
         self.block = temporal_block([p.rate for p in model.producers])
@@ -289,6 +314,8 @@ class GenerationSession:
         shape = (1, *self.latents.shape[1:2], n, *self.latents.shape[3:])
         noise = torch.randn(shape, generator=self.generator).to(self.device)
         positions = torch.arange(self.history_frames, self.history_frames + n, device=self.device)[None]
+        if self.low_noise is not None and not self.low_noise_offloaded:
+            self.low_noise.to(self.device)
         with self._autocast():
             context = self.context()
             x = sample_segment(
@@ -301,6 +328,8 @@ class GenerationSession:
                 self._empty_prompt(),
                 self.scheduler_config,
                 self.first_frame if self.history_frames == 0 else None,
+                self.low_noise,
+                self.boundary,
             ).float()
         segment = to_uint8(self.decoder.push(x)[0].cpu())
         record = SegmentRecord(
@@ -462,6 +491,8 @@ def sample_segment(
     empty: TextCondition | None = None,
     scheduler_config: dict | None = None,
     first_frame: torch.Tensor | None = None,
+    low_noise=None,
+    boundary: float | None = None,
 ) -> torch.Tensor:
     """Integrate the flow from ``noise`` ``(B, C, n, h, w)`` to clean latents with a diffusers scheduler.
 
@@ -473,6 +504,9 @@ def sample_segment(
     ``first_frame`` ``(B, C, 1, h, w)``: Wan 2.2 TI2V's image conditioning, as ``WanImageToVideoPipeline`` does it
     with ``expand_timesteps``: latent frame 0 is the clean image latent at time 0 in every step (the scheduler's
     own frame 0 is ignored) and is the image latent in the result.
+
+    ``low_noise``, ``boundary``: Wan 2.2 A14B's second expert takes the steps whose timestep is below
+    ``boundary · 1000``, without history (see :func:`low_noise_expert`), as ``WanPipeline`` does.
     """
     scheduler = make_scheduler(settings, scheduler_config)
     scheduler.set_timesteps(settings.steps, device=noise.device)
@@ -494,17 +528,18 @@ def sample_segment(
             model_x = torch.cat([first_frame.to(x.dtype), x[:, :, 1:]], dim=2)
             t = t[:, None].repeat(1, x.shape[2])  # (B, n): the image frame at time 0
             t[:, 0] = 0.0
+        low = low_noise is not None and float(timestep) < boundary * TIMESTEP_SCALE
         if not guided:
-            velocity = model(model_x, t, text, context, positions, context_cache=cache)
+            if low:
+                velocity = low_noise(model_x, t, text, None, positions)
+            else:
+                velocity = model(model_x, t, text, context, positions, context_cache=cache)
         else:
-            both = model(
-                torch.cat([model_x, model_x]),
-                torch.cat([t, t]),
-                TextCondition.cat([text, empty]),
-                _repeat(context),
-                positions.repeat(2, 1),
-                context_cache=cache,
-            )
+            args = (torch.cat([model_x, model_x]), torch.cat([t, t]), TextCondition.cat([text, empty]))
+            if low:
+                both = low_noise(*args, None, positions.repeat(2, 1))
+            else:
+                both = model(*args, _repeat(context), positions.repeat(2, 1), context_cache=cache)
             cond, uncond = both.chunk(2)
             velocity = uncond + settings.guidance * (cond - uncond)
         x = scheduler.step(velocity, timestep, x, return_dict=False)[0]

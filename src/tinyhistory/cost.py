@@ -1,0 +1,462 @@
+"""What a history costs at real size: exact FLOPs per denoising step and per generated second (``tinyhistory cost``).
+
+Why this exists: the paper's claim is that a compressed history keeps long-video generation affordable where an
+uncompressed one does not. Token counts (``tinyhistory context``) only hint at that; FLOPs say it, and they are exact
+and machine-independent, so they can be computed on a laptop for a 14B model. Every number here is counted by
+``torch.utils.flop_counter.FlopCounterMode`` *through the project's own modules* on the ``meta`` device (exact
+shapes, no weights, no memory): the :class:`~tinyhistory.backbones.wan.WanBackbone` forward with the context tokens
+each method really produces (right count, right positions), and the real history producers
+(:class:`~tinyhistory.history.encoder.HistoryEncoder`, :class:`~tinyhistory.history.patchifier.LargePatchifier`, the
+DiT's own patch embedding, :class:`~tinyhistory.history.streaming.IncrementalHistory`). Nothing is a formula, so the
+numbers move when the code does.
+
+Count conventions (``FlopCounterMode``): a matmul of ``(m, k) @ (k, n)`` is ``2·m·n·k`` FLOPs, a convolution likewise
+per output; attention through SDPA on meta tensors runs the math path, whose two batched matmuls (``QKᵀ``, ``AV``)
+are counted (``4·S_q·S_kv·D`` per layer). Element-wise work (norms, RoPE, modulation, softmax, SiLU) is not counted.
+
+Methods, all at the same target segment (``segment_seconds`` of latent frames, after ``history_seconds``):
+
+* ``no_history``: the DiT on the segment alone;
+* ``full``: every history latent frame uncompressed, through the DiT's patch embedding (a sliding window as long as
+  the history);
+* ``window``: the last :data:`WINDOW_FRAMES` latent frames uncompressed (``history.sliding_window``);
+* ``framepack``: FramePack-style packing at the token budget of one 4×4×2 encoder (:func:`framepack_schedule`);
+* ``proposed``: the history encoder at each rate set of :data:`PROPOSED_RATES` (several rates = several encoders).
+
+Per row: the DiT FLOPs of one denoising step (one CFG branch, batch 1), the producer's FLOPs for the whole history
+at once (a history given at the start) and per segment as generation runs it (``append``: the incremental
+encoding of the newly generated segment; FramePack and the window rebuild their tokens every segment instead), and
+``step`` = DiT + the per-segment producer cost spread over the segment's ``steps × branches`` DiT forwards (the
+session encodes once per segment and both CFG branches share the tokens). With the history KV cache
+(``history.kv_cache``, where the adapter has ``build_context_cache``) a step is one cached forward (targets only)
+plus the per-segment cache build, once per branch (the two prompts give two caches), spread over ``steps``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TypeVar
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from tinyhistory.backbones.base import Backbone, ContextTokens
+from tinyhistory.config import RunConfig, load_config
+from tinyhistory.geometry import BaseGeometry, Rate, get_base, history_grid, temporal_block
+from tinyhistory.history.base import tokens_from_grid
+from tinyhistory.history.patchifier import LargePatchifier
+from tinyhistory.history.streaming import IncrementalHistory
+from tinyhistory.model_configs import PRESET_MODELS, meta_transformer
+from tinyhistory.registry import BACKBONES
+from tinyhistory.system import HistoryDiT
+from tinyhistory.text.condition import TextCondition
+
+METHODS = ("no_history", "full", "window", "framepack", "proposed")
+# Rate sets of the proposed encoder reported by default: the paper's 4×4×2, a lighter 2×2×2 and two encoders.
+PROPOSED_RATES: tuple[tuple[str, ...], ...] = (("4x4x2",), ("2x2x2",), ("4x4x2", "2x2x8"))
+# The sliding-window baseline: the last three latent frames uncompressed.
+WINDOW_FRAMES = 3
+# FramePack's token budget is that of one encoder at this rate, so the two compare at equal DiT cost.
+FRAMEPACK_BUDGET_RATE = Rate(4, 4, 2)
+# FramePack tiers, newest to oldest: each an 8th of the tokens per latent frame of the one before (1×1×1 is the DiT's
+# own patch embedding; the others are Large Patchifiers, the project's FramePack-equivalent kernels).
+FRAMEPACK_TIERS = (Rate(1, 1, 1), Rate(2, 2, 2), Rate(4, 4, 4), Rate(8, 8, 8))
+TERA = 1e12
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CostSettings:
+    """What to count. ``None`` takes the preset's value (frame size ``data.height × data.width``, ``data.fps``)."""
+
+    preset: str = "wan2.2-ti2v-5b"
+    height: int | None = None
+    width: int | None = None
+    fps: float | None = None
+    segment_seconds: float = 1.0
+    history_seconds: tuple[float, ...] = (5.0, 20.0, 60.0, 120.0)
+    steps: int = 30
+    cfg: bool = True
+    methods: tuple[str, ...] = METHODS
+    # Rate sets of the ``proposed`` rows; several rates in one set = several encoders, tokens concatenated.
+    proposed_rates: tuple[tuple[str, ...], ...] = PROPOSED_RATES
+    kv_cache: bool = True  # also the history-KV-cache rows, where the adapter has build_context_cache
+
+    @property
+    def branches(self) -> int:
+        """DiT forwards per denoising step: two with classifier-free guidance (conditional + unconditional)."""
+        return 2 if self.cfg else 1
+
+
+@dataclass
+class CostRow:
+    """One method at one history length. FLOPs in TFLOPs (10¹²); ``history_overhead`` relative to ``no_history``."""
+
+    preset: str
+    method: str
+    rates: list[str]
+    history_seconds: float
+    history_frames: int
+    kv_cache: bool
+    context_tokens: int
+    dit_step_tflops: float  # one DiT forward: one denoising step of one CFG branch
+    producer_tflops: float  # the producer on the whole history at once
+    append_tflops: float  # the producer per generated segment (incremental where the method allows)
+    cache_build_tflops: float  # KV cache rows: building the cache once, for one branch
+    step_tflops: float  # DiT + producer (+ cache build) per denoising step of one branch
+    second_tflops: float  # everything per generated second: steps × branches DiT forwards + producer (+ builds)
+    history_overhead: float  # step_tflops / no-history step − 1
+    schedule: list[dict] | None = field(default=None)  # framepack: tiers newest → oldest
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def count_flops(fn: Callable[[], T]) -> tuple[T, int]:
+    """``fn()``'s result and the FLOPs it ran (``FlopCounterMode``; no autograd: generation runs none)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        out = fn()
+    return out, counter.get_total_flops()
+
+
+def meta_backbone(cfg: RunConfig) -> Backbone:
+    """The preset's DiT adapter around its real-size transformer on the meta device (no weights are read).
+
+    Real presets take the embedded ``config.json`` of the DiT they train on (:mod:`tinyhistory.model_configs`); a
+    preset without one (tiny) builds its DiT from its ``[backbone]`` table.
+    """
+    adapter = BACKBONES.get(cfg.backbone.family)
+    name = PRESET_MODELS.get(cfg.preset)
+    if name is not None:
+        return adapter(meta_transformer(name))
+    with torch.device("meta"):
+        return adapter.from_config(cfg.backbone)
+
+
+def framepack_schedule(frames: int, grid_hw: tuple[int, int], budget: int) -> list[tuple[Rate, int]]:
+    """FramePack-style packing of ``frames`` latent frames in at most ``budget`` tokens: ``[(rate, frames)]``,
+    newest → oldest.
+
+    Schedule (decided here; FramePack itself fixes tier lengths and drops what is older): tiers 1×1×1, 2×2×2,
+    4×4×4, 8×8×8 from the newest frame back, each in whole temporal blocks of its rate. Each finer tier takes as
+    many blocks as the budget affords *while every older frame still fits at the coarsest tier*; the coarsest tier
+    then covers what is left (a last partial block of < 8 frames gives no token, the floor rule of every producer).
+    So the newest frames are sharpest, the whole history is covered, and the token count stays within the budget
+    (it lands a few tokens under it, never over). ``grid_hw``: the DiT token grid of one latent frame.
+    """
+    h, w = grid_hw
+    tiers = [r for r in FRAMEPACK_TIERS if h // r.h and w // r.w]
+    per_block = {r: (h // r.h) * (w // r.w) for r in tiers}
+    coarse = tiers[-1]
+
+    def cover(n: int) -> int:
+        return n // coarse.t * per_block[coarse]
+
+    schedule: list[tuple[Rate, int]] = []
+    left, remaining = budget, frames
+    for rate in tiers:
+        if rate == coarse:
+            blocks = min(remaining // rate.t, left // per_block[rate])
+        else:
+            blocks = 0
+            while (blocks + 1) * rate.t <= remaining and (blocks + 1) * per_block[rate] + cover(
+                remaining - (blocks + 1) * rate.t
+            ) <= left:
+                blocks += 1
+        if blocks:
+            schedule.append((rate, blocks * rate.t))
+            left -= blocks * per_block[rate]
+            remaining -= blocks * rate.t
+    return schedule
+
+
+class CostModel:
+    """Counts one preset's costs; builds its meta-device DiT (and, for the KV-cache rows, a second one) once."""
+
+    def __init__(self, settings: CostSettings):
+        s = settings
+        unknown = sorted(set(s.methods) - set(METHODS))
+        if unknown:
+            raise ValueError(f"unknown method(s) {', '.join(unknown)}; known methods: {', '.join(METHODS)}")
+        if s.steps <= 0 or s.segment_seconds <= 0 or any(h <= 0 for h in s.history_seconds):
+            raise ValueError("steps, segment seconds and history seconds must be positive")
+        for rates in s.proposed_rates:
+            if not rates:
+                raise ValueError("a proposed rate set needs at least one rate, e.g. 4x4x2")
+            for rate in rates:
+                Rate.parse(rate)
+        self.settings = s
+        self.cfg = load_config(s.preset)
+        self.base: BaseGeometry = get_base(self.cfg.base)
+        data = self.cfg.data
+        self.height = s.height or data.height or data.size
+        self.width = s.width or data.width or data.size
+        self.fps = s.fps or data.fps
+        self.backbone = meta_backbone(self.cfg)
+        self.model_name = PRESET_MODELS.get(s.preset, f"{s.preset} [backbone] table")
+        bb, base = self.backbone, self.base
+        if (bb.in_channels, bb.hidden_dim) != (base.latent_channels, base.hidden_dim):
+            raise RuntimeError(f"geometry base {base.name!r} disagrees with the DiT of preset {s.preset!r}")
+        self.latent_hw = (self.height // base.vae_spatial, self.width // base.vae_spatial)
+        _, ph, pw = bb.patch_size
+        self.grid_hw = (self.latent_hw[0] // ph, self.latent_hw[1] // pw)
+        if min(self.grid_hw) == 0:
+            raise ValueError(f"frames of {self.height}x{self.width} give no DiT token for preset {s.preset!r}")
+        self.segment_frames = self.latent_frames(s.segment_seconds)
+        for seconds in (s.segment_seconds, *s.history_seconds):
+            if self.latent_frames(seconds) == 0:
+                raise ValueError(
+                    f"{seconds:g} s hold no latent frame at {self.fps:g} fps (one latent frame is "
+                    f"{self.base.vae_temporal} frames)"
+                )
+        transformer = bb.transformer
+        self.text_tokens = self.cfg.text.max_tokens
+        self.text = TextCondition(torch.empty(1, self.text_tokens, transformer.config.text_dim, device="meta"))
+        self.dit = HistoryDiT(bb, nn.ModuleList())
+        self.kv_dit = self._kv_model() if s.kv_cache else None
+        self._step_memo: dict[int, int] = {}  # context tokens → FLOPs of one step
+        self._cached_memo: dict[int, tuple[int, int]] = {}  # context tokens → (cached step, cache build)
+        with torch.device("meta"):
+            self.patchifiers = {r: LargePatchifier(str(r), bb.patch_embedding) for r in FRAMEPACK_TIERS[1:]}
+            self.encoders = {rates: self._proposed_model(rates) for rates in s.proposed_rates}
+
+    # -- building blocks -------------------------------------------------------------------------------------
+    def latent_frames(self, seconds: float) -> int:
+        """Latent frames of ``seconds`` of video, the paper's convention (frames / temporal factor)."""
+        return self.base.latent_frames(int(round(seconds * self.fps)))
+
+    def _kv_model(self) -> HistoryDiT | None:
+        """A second meta DiT with the history KV cache on, or None while the adapter has none."""
+        fresh = meta_backbone(self.cfg)
+        if not (hasattr(fresh, "build_context_cache") and hasattr(fresh, "use_kv_cache")):
+            return None
+        fresh.use_kv_cache()
+        return HistoryDiT(fresh, nn.ModuleList())
+
+    def _proposed_model(self, rates: tuple[str, ...]) -> HistoryDiT:
+        """The preset's history encoder(s) at ``rates``, as the training builds them (``HistoryDiT.from_config``)."""
+        rate_list = ",".join(f'"{r}"' for r in rates)
+        cfg = load_config(self.settings.preset, overrides=['history.method="proposed"', f"history.rates=[{rate_list}]"])
+        return HistoryDiT.from_config(cfg, self.backbone)
+
+    def hr(self, frames: int) -> torch.Tensor:
+        """Full-resolution history latents ``(1, C, frames, H, W)`` on meta."""
+        return torch.empty(1, self.backbone.in_channels, frames, *self.latent_hw, device="meta")
+
+    def lr(self, frames: int, rate: Rate) -> torch.Tensor:
+        """The LR branch's latents for ``frames`` HR latent frames: pixels ÷ (rT, rH, rW) through the codec."""
+        s = self.base.vae_spatial
+        shape = (frames // rate.t, (self.height // rate.h) // s, (self.width // rate.w) // s)
+        return torch.empty(1, self.backbone.in_channels, *shape, device="meta")
+
+    def budget(self, frames: int) -> int:
+        """Tokens of one 4×4×2 encoder on ``frames`` history frames (FramePack's budget)."""
+        grid = (frames // self.backbone.patch_size[0], *self.grid_hw)
+        return math.prod(history_grid(grid, FRAMEPACK_BUDGET_RATE))
+
+    # -- producers: (context, whole-history FLOPs, per-segment FLOPs, schedule) -------------------------------
+    def _window(self, frames: int, window: int) -> tuple[ContextTokens | None, int]:
+        model = HistoryDiT(self.backbone, nn.ModuleList(), sliding_window=window)
+        return count_flops(lambda: model.window_tokens(self.hr(frames)))
+
+    def produce(
+        self, method: str, rates: tuple[str, ...], frames: int
+    ) -> tuple[ContextTokens | None, int, float, list[dict] | None]:
+        """What ``method`` puts before the targets after ``frames`` history frames: (context, FLOPs to produce it
+        from the whole history, producer FLOPs per generated segment, FramePack's schedule or None)."""
+        if method == "no_history":
+            return None, 0, 0, None
+        if method == "full":
+            context, whole = self._window(frames, frames)
+            _, append = self._window(self.segment_frames, self.segment_frames)  # patch-embed the new frames only
+            return context, whole, append, None
+        if method == "window":
+            context, flops = self._window(frames, WINDOW_FRAMES)  # rebuilt every segment, as the session does
+            return context, flops, flops, None
+        if method == "framepack":
+            schedule = framepack_schedule(frames, self.grid_hw, self.budget(frames))
+            context, flops = count_flops(lambda: self._pack(frames, schedule))
+            rows = [
+                {"rate": str(r), "frames": n, "tokens": n // r.t * (self.grid_hw[0] // r.h) * (self.grid_hw[1] // r.w)}
+                for r, n in schedule
+            ]
+            return context, flops, flops, rows  # tiers shift as frames age: re-packed every segment
+        model = self.encoders[rates]
+        hr = self.hr(frames)
+        lrs = [self.lr(frames, p.rate) if p.uses_lr else None for p in model.producers]
+        context, whole = count_flops(lambda: model.encode_history(hr, lrs))
+        return context, whole, self._append_flops(model, frames), None
+
+    def _pack(self, frames: int, schedule: list[tuple[Rate, int]]) -> ContextTokens | None:
+        """The FramePack context: each tier's frames through its kernel, oldest tier first, true block positions."""
+        hr = self.hr(frames)
+        parts, end = [], frames
+        for rate, n in schedule:
+            start = end - n
+            chunk = hr[:, :, start:end]
+            if rate == FRAMEPACK_TIERS[0]:
+                parts.append(tokens_from_grid(self.backbone.patch_embed(chunk), rate, start))
+            else:
+                parts.append(self.patchifiers[rate](chunk, frame_offset=start))
+            end = start
+        return ContextTokens.concat(parts[::-1]) if parts else None
+
+    def _append_flops(self, model: HistoryDiT, frames: int) -> float:
+        """Producer FLOPs per generated segment in steady state, through :class:`IncrementalHistory` as the session
+        drives it: after each segment every whole temporal block (lcm of the rates' rT) is encoded, with the frames
+        the causal HR branch needs carried over; averaged over one cycle of segments and blocks."""
+        producers = list(model.producers)
+        block = temporal_block([p.rate for p in producers])
+        n = self.segment_frames
+        encoded = frames // block * block
+        pending = frames - encoded
+        cycle = math.lcm(n, block) // n
+        total = 0
+        for _ in range(cycle):
+            pending += n
+            whole = pending // block * block
+            if whole:
+                for producer in producers:
+                    total += self._one_append(producer, model, encoded, whole)
+                encoded += whole
+                pending -= whole
+        return total / cycle
+
+    def _one_append(self, producer, model: HistoryDiT, encoded: int, new: int) -> int:
+        cache = IncrementalHistory(producer, model.backbone.patch_embed)
+        state = {"frames_encoded": torch.tensor(encoded)}
+        if cache.carry and encoded:
+            state["tail"] = self.hr(min(cache.carry, encoded))
+        cache.load_state_dict(state)
+        lr_new = self.lr(new, producer.rate) if producer.uses_lr else None
+        _, flops = count_flops(lambda: cache.append(self.hr(new), lr_new))
+        return flops
+
+    # -- the DiT ----------------------------------------------------------------------------------------------
+    def _targets(self, frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = self.segment_frames
+        latents = torch.empty(1, self.backbone.in_channels, n, *self.latent_hw, device="meta")
+        t = torch.full((1,), 0.5, device="meta")
+        positions = (frames + torch.arange(n, device="meta"))[None]
+        return latents, t, positions
+
+    def dit_step(self, context: ContextTokens | None, frames: int) -> int:
+        """One denoising step of one branch with ``context``. FLOPs depend on the token count only, so each count
+        is run once (the first time, with that context's real positions) and reused."""
+        k = context.num_tokens if context is not None else 0
+        if k not in self._step_memo:
+            latents, t, positions = self._targets(frames)
+            self._step_memo[k] = count_flops(lambda: self.dit(latents, t, self.text, context, positions))[1]
+        return self._step_memo[k]
+
+    def cached_step(self, context: ContextTokens, frames: int) -> tuple[int, int]:
+        """(one cached denoising step, one cache build) with the history KV cache."""
+        key = context.num_tokens
+        if key not in self._cached_memo:
+            model = self.kv_dit
+            cache, build = count_flops(lambda: model.build_context_cache(context, self.text))
+            latents, t, positions = self._targets(frames)
+            _, step = count_flops(lambda: model(latents, t, self.text, None, positions, context_cache=cache))
+            self._cached_memo[key] = (step, build)
+        return self._cached_memo[key]
+
+    # -- rows -------------------------------------------------------------------------------------------------
+    def variants(self) -> list[tuple[str, tuple[str, ...]]]:
+        out: list[tuple[str, tuple[str, ...]]] = []
+        for method in self.settings.methods:
+            if method == "proposed":
+                out += [("proposed", rates) for rates in self.settings.proposed_rates]
+            else:
+                out.append((method, ()))
+        return out
+
+    def rows(self) -> list[CostRow]:
+        s = self.settings
+        steps, branches = s.steps, s.branches
+        per_second = 1 / (self.segment_frames * self.base.vae_temporal / self.fps)  # segments per generated second
+        baseline = self.dit_step(None, 0)
+        out: list[CostRow] = []
+        for seconds in s.history_seconds:
+            frames = self.latent_frames(seconds)
+            for method, rates in self.variants():
+                context, whole, append, schedule = self.produce(method, rates, frames)
+                k = context.num_tokens if context is not None else 0
+                step = self.dit_step(context, frames)
+                common = dict(
+                    preset=s.preset,
+                    method=method,
+                    rates=list(rates) if schedule is None else [t["rate"] for t in schedule],
+                    history_seconds=seconds,
+                    history_frames=frames,
+                    context_tokens=k,
+                    producer_tflops=whole / TERA,
+                    append_tflops=append / TERA,
+                    schedule=schedule,
+                )
+                total = step + append / (steps * branches)
+                out.append(
+                    CostRow(
+                        **common,
+                        kv_cache=False,
+                        dit_step_tflops=step / TERA,
+                        cache_build_tflops=0.0,
+                        step_tflops=total / TERA,
+                        second_tflops=(step * steps * branches + append) * per_second / TERA,
+                        history_overhead=total / baseline - 1,
+                    )
+                )
+                if self.kv_dit is not None and k:
+                    cached, build = self.cached_step(context, frames)
+                    total = cached + build / steps + append / (steps * branches)
+                    out.append(
+                        CostRow(
+                            **common,
+                            kv_cache=True,
+                            dit_step_tflops=cached / TERA,
+                            cache_build_tflops=build / TERA,
+                            step_tflops=total / TERA,
+                            second_tflops=((cached * steps + build) * branches + append) * per_second / TERA,
+                            history_overhead=total / baseline - 1,
+                        )
+                    )
+        return out
+
+    def header(self) -> str:
+        """One line naming everything the table depends on."""
+        s = self.settings
+        n = self.segment_frames
+        targets = n // self.backbone.patch_size[0] * self.grid_hw[0] * self.grid_hw[1]
+        return (
+            f"{s.preset} ({self.model_name}, meta device): {self.height}x{self.width}, {self.fps:g} fps, segments of "
+            f"{n} latent frames ({targets:,} target tokens), {s.steps} steps x {s.branches} CFG branch"
+            f"{'es' if s.branches > 1 else ''}, text {self.text_tokens} tokens"
+        )
+
+
+def cost_rows(settings: CostSettings) -> list[CostRow]:
+    """Every row for ``settings`` (see :class:`CostModel`)."""
+    return CostModel(settings).rows()
+
+
+def markdown_table(rows: list[CostRow]) -> str:
+    """The rows as a markdown table (what ``tinyhistory cost`` prints without ``--json``)."""
+    out = [
+        "| history s | method | rates | KV cache | context tokens | DiT TFLOPs/step | producer TFLOPs (whole history) "
+        "| producer TFLOPs/segment | cache build TFLOPs | step TFLOPs | overhead | PFLOPs per generated s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.schedule:  # framepack: each tier's rate and latent frames, newest first
+            rates = " ".join(f"{t['rate']}:{t['frames']}f" for t in r.schedule)
+        else:
+            rates = "+".join(r.rates)
+        out.append(
+            f"| {r.history_seconds:g} | {r.method} | {rates} | {'yes' if r.kv_cache else 'no'} "
+            f"| {r.context_tokens:,} | {r.dit_step_tflops:,.2f} | {r.producer_tflops:,.3f} | {r.append_tflops:,.3f} "
+            f"| {r.cache_build_tflops:,.2f} | {r.step_tflops:,.2f} | {r.history_overhead:+.0%} "
+            f"| {r.second_tflops / 1e3:,.2f} |"
+        )
+    return "\n".join(out)

@@ -1,0 +1,136 @@
+"""The cost model (``tinyhistory cost``): exact FLOPs through the project's modules on the meta device.
+
+The pinned numbers are the issue's reference counts (Wan 2.2 TI2V-5B, 480×832, one 1-s segment of 6 latent frames,
+counted through this adapter): a regression here means the adapter's forward or the producers changed cost.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tinyhistory.cli import main
+from tinyhistory.cost import CostRow, CostSettings, cost_rows, framepack_schedule
+from tinyhistory.geometry import Rate
+
+FIELDS = {
+    "method",
+    "rates",
+    "history_seconds",
+    "kv_cache",
+    "context_tokens",
+    "step_tflops",
+    "history_overhead",
+    "dit_step_tflops",
+    "producer_tflops",
+    "append_tflops",
+    "second_tflops",
+}
+
+
+@pytest.fixture(scope="module")
+def ti2v() -> dict[tuple[str, float], CostRow]:
+    """TI2V-5B at its defaults, the methods the reference pins (one forward per distinct context length)."""
+    settings = CostSettings(
+        preset="wan2.2-ti2v-5b",
+        history_seconds=(20.0, 60.0, 120.0),
+        methods=("no_history", "full", "proposed"),
+        proposed_rates=(("4x4x2",),),
+        kv_cache=False,
+    )
+    return {(r.method, r.history_seconds): r for r in cost_rows(settings)}
+
+
+def test_reference_numbers(ti2v):
+    """23.4 TFLOPs per step without history; 4×4×2 adds 53 / 167 / 365 % at 20 / 60 / 120 s; full context at 60 s
+    is 8,797 TFLOPs per step (all within 1 %)."""
+    assert ti2v["no_history", 20.0].step_tflops == pytest.approx(23.4, rel=0.01)
+    for seconds, overhead in ((20.0, 0.53), (60.0, 1.67), (120.0, 3.65)):
+        row = ti2v["proposed", seconds]
+        assert row.rates == ["4x4x2"]
+        assert 1 + row.history_overhead == pytest.approx(1 + overhead, rel=0.01)
+    assert ti2v["full", 60.0].context_tokens == 140_400  # 360 latent frames × 15 × 26 tokens
+    assert ti2v["full", 60.0].step_tflops == pytest.approx(8797, rel=0.01)
+
+
+def test_flops_grow_with_history_as_expected(ti2v):
+    """Proposed: tokens exactly proportional to the history, overhead close to linear in it (the DiT's linear layers
+    dominate its attention at these lengths); full: overhead grows much faster than the history (attention over
+    every uncompressed token)."""
+    tokens = {s: ti2v["proposed", s].context_tokens for s in (20.0, 60.0, 120.0)}
+    assert tokens == {20.0: 1080, 60.0: 3240, 120.0: 6480}  # 54 tokens per second of history
+    overhead = {s: ti2v["proposed", s].history_overhead for s in (20.0, 60.0, 120.0)}
+    assert overhead[20.0] < overhead[60.0] < overhead[120.0]
+    assert 1.0 <= (overhead[120.0] / overhead[20.0]) / 6 < 1.2  # 6× the history: ~6× the overhead
+    full = {s: ti2v["full", s].history_overhead for s in (20.0, 60.0)}
+    assert full[60.0] / full[20.0] > 1.8 * 3  # 3× the history: > 5× the overhead
+    assert full[60.0] > 100 * overhead[60.0]
+    # Incremental encoding: appending one second costs the same whatever the history's length.
+    appends = {ti2v["proposed", s].append_tflops for s in (20.0, 60.0, 120.0)}
+    assert len(appends) == 1 and 0 < appends.pop() < ti2v["proposed", 20.0].producer_tflops
+
+
+def test_framepack_schedule_fits_the_budget():
+    """Newest frames sharpest, every frame but a last partial coarse block covered, never over the budget."""
+    # TI2V-5B, 20 s: 120 latent frames of 15 × 26 tokens, the 4×4×2 budget is 1,080 tokens.
+    schedule = framepack_schedule(120, (15, 26), 1080)
+    assert schedule == [(Rate(1, 1, 1), 2), (Rate(2, 2, 2), 4), (Rate(4, 4, 4), 16), (Rate(8, 8, 8), 96)]
+    for frames in (6, 30, 120, 360, 720):
+        budget = frames // 2 * 3 * 6
+        schedule = framepack_schedule(frames, (15, 26), budget)
+        tokens = sum(n // r.t * (15 // r.h) * (26 // r.w) for r, n in schedule)
+        assert tokens <= budget
+        assert frames - sum(n for _, n in schedule) < 8
+        assert [r.t for r, _ in schedule] == sorted(r.t for r, _ in schedule)
+
+
+def test_cli_json_rows(capsys):
+    """``--json`` prints one row per method × history (plus the KV-cache rows), each with the documented fields."""
+    from tinyhistory.backbones.wan import WanBackbone
+
+    assert main(["cost", "--preset", "tiny", "--history", "8", "--steps", "10", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert all(FIELDS <= set(r) for r in rows)
+    plain = [r for r in rows if not r["kv_cache"]]
+    assert {r["method"] for r in plain} == {"no_history", "full", "window", "framepack", "proposed"}
+    assert len(plain) == 7  # no_history, full, window, framepack, proposed at three rate sets
+    assert {tuple(r["rates"]) for r in plain if r["method"] == "proposed"} == {
+        ("4x4x2",),
+        ("2x2x2",),
+        ("4x4x2", "2x2x8"),
+    }
+    for r in plain:
+        assert (r["context_tokens"] == 0) == (r["method"] == "no_history")
+        assert r["step_tflops"] >= r["dit_step_tflops"] > 0
+    budget = {r["history_seconds"]: r["context_tokens"] for r in plain if r["rates"] == ["4x4x2"]}
+    for r in plain:
+        if r["method"] == "framepack":
+            assert 0 < r["context_tokens"] <= budget[r["history_seconds"]]
+    cached = [r for r in rows if r["kv_cache"]]
+    if hasattr(WanBackbone, "build_context_cache"):
+        assert len(cached) == 6  # every method with a context
+        by_key = {(r["method"], tuple(r["rates"]), r["history_seconds"]): r for r in plain}
+        for r in cached:
+            twin = by_key[r["method"], tuple(r["rates"]), r["history_seconds"]]
+            assert r["context_tokens"] == twin["context_tokens"]
+            assert r["dit_step_tflops"] < twin["dit_step_tflops"]  # only the targets run through the blocks
+    else:
+        assert cached == []
+
+
+def test_unknown_preset_and_method(capsys):
+    assert main(["cost", "--preset", "no-such-model"]) == 2
+    assert "unknown preset 'no-such-model'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown method"):
+        cost_rows(CostSettings(preset="tiny", methods=("everything",)))
+    assert main(["cost", "--preset", "tiny", "--rate", "3x3x3"]) == 2
+    assert "not supported" in capsys.readouterr().err
+
+
+def test_model_configs_are_the_real_sizes():
+    """The shared configs build the published models (parameter counts as in BENCHMARKS.md's memory section)."""
+    from tinyhistory.model_configs import PRESET_MODELS, meta_transformer
+
+    assert sum(p.numel() for p in meta_transformer(PRESET_MODELS["wan2.2-ti2v-5b"]).parameters()) == 4_999_787_712
+    assert sum(p.numel() for p in meta_transformer(PRESET_MODELS["wan2.1-t2v-14b"]).parameters()) == 14_288_491_584
