@@ -19,6 +19,7 @@ preset), the LoRA target pattern (anchored to ``blocks.N``), and the extra LoRA 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,18 @@ class HistoryAttnProcessor:
         return attn.to_out[1](attn.to_out[0](out))
 
 
+@contextmanager
+def _naming(folder: Path):
+    """A DiT folder that diffusers cannot load (truncated weights, a broken config) as one line naming it."""
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{folder}: cannot load this DiT folder ({first})") from None
+    except Exception as exc:  # safetensors' own error types for a damaged file
+        raise ValueError(f"{folder}: cannot load this DiT folder ({type(exc).__name__}: {exc})") from None
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """RoPE on interleaved pairs, the arithmetic of diffusers' ``WanAttnProcessor``."""
     x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
@@ -189,15 +202,20 @@ class WanBackbone(nn.Module):
     ) -> WanBackbone:
         """The DiT of a user's model folder, its architecture from ``<subfolder>/config.json`` (never downloaded)."""
         check_model_folder(folder, cls, (subfolder,))
-        transformer = WanTransformer3DModel.from_pretrained(
-            folder, subfolder=subfolder, torch_dtype=dtype, local_files_only=True, use_safetensors=True
-        )
+        with _naming(Path(folder) / subfolder):
+            transformer = WanTransformer3DModel.from_pretrained(
+                folder, subfolder=subfolder, torch_dtype=dtype, local_files_only=True, use_safetensors=True
+            )
         return cls(transformer)
 
     @classmethod
     def from_transformer_folder(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> WanBackbone:
         """A DiT saved by :meth:`save_pretrained` (a fully trained tiny DiT, or a LoRA checkpoint's base)."""
-        return cls(WanTransformer3DModel.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True))
+        with _naming(Path(folder)):
+            transformer = WanTransformer3DModel.from_pretrained(
+                folder, torch_dtype=dtype, use_safetensors=True, local_files_only=True
+            )
+        return cls(transformer)
 
     @classmethod
     def from_config(cls, b) -> WanBackbone:
