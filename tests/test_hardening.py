@@ -164,9 +164,18 @@ def test_resumes_that_do_not_match_are_refused_by_name(checkpoint, small_config,
     # another segment length
     assert _generate(checkpoint, story, out, "--resume", str(session), "--segment-frames", "4") == 2
     assert "2-frame segments" in _error(capsys)
-    # new sampling settings are applied and said
+    # new sampling settings are applied and said (a new seed too: the segments to come draw other noise)
+    saved = session.read_bytes()
     assert _generate(checkpoint, story, out, "--resume", str(session), "--steps", "2") == 0
     assert "steps 1 -> 2" in capsys.readouterr().out
+    runs = {}
+    for seed in ("0", "7"):
+        session.write_bytes(saved)
+        fresh = tmp_path / f"seed{seed}.mp4"
+        shutil.copy(out, fresh)
+        assert _generate(checkpoint, story, fresh, "--resume", str(session), "--seed", seed) == 0
+        runs[seed] = Path(str(fresh) + ".session").read_bytes()
+    assert runs["0"] != runs["7"]
 
     # training: a resumed run with another learning rate or method is refused, naming the keys
     run = tmp_path / "run"

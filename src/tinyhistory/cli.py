@@ -53,6 +53,27 @@ def _cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    """Predicted GPU and RAM peaks and the settings that fit (meta device: seconds, no weights, no GPU)."""
+    from tinyhistory.plan import PlanSettings, make_plan, parse_gib, render_text
+
+    settings = PlanSettings(
+        preset=args.preset,
+        model_path=args.model,
+        gpu_memory_gib=parse_gib(args.gpu_memory, "--gpu-memory"),
+        ram_gib=parse_gib(args.ram, "--ram"),
+        train=not args.generate,
+        generate=not args.train,
+        stage=args.stage,
+        history_seconds=args.history_seconds,
+        height=args.height,
+        width=args.width,
+    )
+    plan = make_plan(settings)
+    print(json.dumps(plan, indent=2) if args.json else render_text(plan))
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
@@ -340,6 +361,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cost.add_argument("--json", action="store_true", help="print a JSON list of rows")
     cost.set_defaults(func=_cmd_cost)
+
+    pl = sub.add_parser(
+        "plan",
+        formatter_class=HELP_FORMAT,
+        help="will it fit? predicted GPU and RAM peaks (unmeasured) and the settings that fit a card",
+    )
+    pl.add_argument("--preset", default="wan2.2-ti2v-5b", help="wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.2-ti2v-5b, …")
+    pl.add_argument("--model", default=None, metavar="DIR", help="take the sizes from this model folder's configs")
+    # Strings, checked by the library: a bad amount is one line (exit 2), not argparse's usage block.
+    pl.add_argument("--gpu-memory", default="24", metavar="GIB", help="memory of one GPU (GiB)")
+    pl.add_argument("--ram", default="64", metavar="GIB", help="system RAM of the machine (GiB)")
+    what = pl.add_mutually_exclusive_group()
+    what.add_argument("--train", action="store_true", help="plan training only (default: training and generation)")
+    what.add_argument("--generate", action="store_true", help="plan generation only")
+    pl.add_argument("--stage", default="frame-query", choices=["frame-query", "ar"], help="the training stage")
+    pl.add_argument("--history-seconds", type=positive_float, default=20.0, help="history length (s)")
+    pl.add_argument("--height", type=positive_int, default=480)
+    pl.add_argument("--width", type=positive_int, default=832)
+    pl.add_argument("--json", action="store_true", help="print JSON")
+    pl.set_defaults(func=_cmd_plan)
 
     tr = sub.add_parser(
         "train",

@@ -24,7 +24,8 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from tinyhistory.config import apply_overrides
-from tinyhistory.data.video import VideoAppender, count_video_frames, iter_video_chunks
+from tinyhistory.data.mp4 import GrowingMp4
+from tinyhistory.data.video import count_video_frames, iter_video_chunks
 from tinyhistory.generate.session import (
     GenerationSession,
     SamplingSettings,
@@ -250,12 +251,12 @@ class _growing_video:
     def __init__(self, out: Path, fps: float, height: int, width: int, resume, sheet: ContactSheet):
         self.out, self.fps, self.height, self.width, self.resume, self.sheet = out, fps, height, width, resume, sheet
 
-    def __enter__(self) -> VideoAppender:
+    def __enter__(self) -> GrowingMp4:
         previous = None
         if self.resume is not None and self.out.is_file():
             previous = self.out.with_name(self.out.name + ".previous.mp4")
             self.out.replace(previous)
-        self.video = VideoAppender(self.out, self.fps, self.height, self.width)
+        self.video = GrowingMp4(self.out, self.fps, self.height, self.width)
         if previous is not None:
             for chunk in iter_video_chunks(previous, self.fps, (self.height, self.width)):
                 self.video.append(chunk)
@@ -264,7 +265,7 @@ class _growing_video:
         return self.video
 
     def __exit__(self, *exc) -> None:
-        self.video.close()
+        pass  # every segment is on disk as soon as it is appended
 
 
 class ContactSheet:

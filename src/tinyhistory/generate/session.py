@@ -451,7 +451,9 @@ class GenerationSession:
         session.latents = tensors["latents"]
         if "first_frame" in tensors:
             session.first_frame = tensors["first_frame"].to(session.device)
-        session.generator.set_state(tensors["generator"])
+        if settings.seed == saved.seed:
+            session.generator.set_state(tensors["generator"])  # continue the saved noise exactly
+        # (a new seed starts the noise of the segments to come afresh: ``GenerationSession`` seeded it)
         for name, stream in session._streams().items():
             prefix = f"{name}."
             state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
