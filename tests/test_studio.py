@@ -239,6 +239,11 @@ def test_studio_in_a_browser(app, browser, tmp_path):
     assert abs(duration - 7 * SEGMENT / 8) < 0.2
     downloads = text(page, "#downloads").replace("\n", "")  # (the list shows a name's stem and suffix apart)
     assert all(name in downloads for name in ("story.mp4", "story.mp4.png", "story.mp4.session"))
+    links = page.locator("#downloads a[download]")
+    mp4_link = next(i for i in range(links.count()) if links.nth(i).get_attribute("href").endswith("story.mp4"))
+    with page.expect_download() as download:  # the mp4 as a person downloads it, counted with PyAV
+        links.nth(mp4_link).click()
+    assert len(decoded(Path(download.value.path()))) == 7 * SEGMENT
     screenshot(page, tmp_path / "studio.png")
     if os.environ.get("TINYHISTORY_STUDIO_SCREENSHOT"):
         shutil.copyfile(tmp_path / "studio.png", os.environ["TINYHISTORY_STUDIO_SCREENSHOT"])
