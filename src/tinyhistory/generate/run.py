@@ -140,31 +140,12 @@ def generate(
         if path is not None and not path.is_file():
             raise FileNotFoundError(f"{flag}: file not found: {path}")
     outputs = plan_outputs(Path(out), [checkpoint, storyboard, history, image], resume, overwrite)
-    model, cfg = load_model(checkpoint, merge=True, model_path=model_path)
-    if cfg.train.stage != "ar":
-        print(
-            f"[generate] warning: {checkpoint} was trained for frame query (stage I), not for generation; "
-            "continuations will be poor (train stage II with --stage ar --init-from it)"
-        )
-    if overrides:
-        cfg = apply_overrides(cfg, overrides)
-    if preset is not None and cfg.preset != preset:
-        raise ValueError(f"{checkpoint} was trained with preset {cfg.preset!r}, not {preset!r}")
     story = Storyboard.load(storyboard)
+    model, cfg, codec, encode_text, device = load_for_generation(checkpoint, preset, model_path, offload, overrides)
     saved = GenerationSession.read_settings(resume) if resume is not None else None
     if isinstance(settings, SamplingSettings):
         settings = asdict(settings)
     settings = sampling_settings(cfg, settings or {}, saved, resume)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if offload:
-        model.producers.to(device)
-        model.enhancers.to(device)
-        enable_offload(model, device)
-    else:
-        model.to(device)
-    # The VAE stays on the device (0.5 GB for Wan 2.1, 2.8 GB for Wan 2.2 in float32): its causal caches live there.
-    codec = build_codec(cfg).to(device)
-    encode_text = PromptEncoder(cfg.text, device, offload)  # built once; with --offload it waits on the CPU
 
     out, session_path, sheet_path, log_path = outputs
     height, width = frame_shape(cfg.data)
@@ -212,6 +193,32 @@ def generate(
         "generated_frames": written,
         "seconds": written / fps,
     }
+
+
+def load_for_generation(checkpoint, preset: str | None, model_path: str | None, offload: bool, overrides=()):
+    """A stage-II checkpoint ready to generate on this machine's device: ``(model, cfg, codec, encode_text,
+    device)`` (the CLI and the studio). ``overrides``: ``section.key=value`` for the checkpoint's config."""
+    model, cfg = load_model(checkpoint, merge=True, model_path=model_path)
+    if cfg.train.stage != "ar":
+        print(
+            f"[generate] warning: {checkpoint} was trained for frame query (stage I), not for generation; "
+            "continuations will be poor (train stage II with --stage ar --init-from it)"
+        )
+    if overrides:
+        cfg = apply_overrides(cfg, list(overrides))
+    if preset is not None and cfg.preset != preset:
+        raise ValueError(f"{checkpoint} was trained with preset {cfg.preset!r}, not {preset!r}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if offload:
+        model.producers.to(device)
+        model.enhancers.to(device)
+        enable_offload(model, device)
+    else:
+        model.to(device)
+    # The VAE stays on the device (0.5 GB for Wan 2.1, 2.8 GB for Wan 2.2 in float32): its causal caches live there.
+    codec = build_codec(cfg).to(device)
+    encode_text = PromptEncoder(cfg.text, device, offload)  # built once; with --offload it waits on the CPU
+    return model.eval(), cfg, codec, encode_text, device
 
 
 def plan_outputs(out: Path, inputs: list, resume, overwrite: bool) -> tuple[Path, Path, Path, Path]:

@@ -63,12 +63,8 @@ class Loaded:
         offload: bool = False,
         overrides: list[str] = (),
     ) -> Loaded:
-        from tinyhistory.config import apply_overrides
-        from tinyhistory.generate.run import enable_offload
+        from tinyhistory.generate.run import load_for_generation
         from tinyhistory.paths import resolve_path
-        from tinyhistory.system import build_codec
-        from tinyhistory.text.cache import PromptEncoder
-        from tinyhistory.train.checkpoint import load_model
 
         if checkpoint is None:
             if preset not in (None, "tiny"):
@@ -76,21 +72,10 @@ class Loaded:
                     f"--checkpoint is needed for preset {preset!r} (a stage-II run folder, e.g. RUN/final)"
                 )
             checkpoint = resolve_path(TINY_CHECKPOINT)
-        model, cfg = load_model(checkpoint, merge=True, model_path=model_path)
-        if overrides:
-            cfg = apply_overrides(cfg, list(overrides))
-        if preset is not None and cfg.preset != preset:
-            raise ValueError(f"{checkpoint} was trained with preset {cfg.preset!r}, not {preset!r}")
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if offload:
-            model.producers.to(device)
-            model.enhancers.to(device)
-            enable_offload(model, device)
-        else:
-            model.to(device)
-        codec = build_codec(cfg).to(device)
-        encode_text = PromptEncoder(cfg.text, device, offload)
-        return cls(model.eval(), cfg, codec, encode_text, device, str(checkpoint), offload)
+        model, cfg, codec, encode_text, device = load_for_generation(
+            checkpoint, preset, model_path, offload, overrides
+        )
+        return cls(model, cfg, codec, encode_text, device, str(checkpoint), offload)
 
     @property
     def fps(self) -> float:
