@@ -92,3 +92,16 @@ def test_framewise_codec_streams_are_the_plain_calls():
     stream = LowResStream(codec, Rate.parse("4x4x2"))
     lr = torch.cat([stream.push(p) for p in _split(pixels, [1, 4, 3])], dim=2)
     torch.testing.assert_close(lr, lowres_latents(pixels, Rate.parse("4x4x2"), codec))
+
+
+def test_lowres_frames_that_are_no_multiple_of_the_vae_factor_are_cropped_like_the_hr_grid():
+    """480×832 at 4×4 gives 120×208 LR frames, which Wan 2.2's 16× VAE cannot encode: the remainder is cropped (the HR
+    token grid floors it away too). Here 96×160 → 24×40 LR frames → 16×32."""
+    codec = WanVAECodec(wan22_tiny_vae())
+    rate = Rate.parse("4x4x2")
+    pixels = _pixels(frames=1 + 4 * 3, size=96)[..., :96].repeat(1, 1, 1, 1, 2)[..., :160]  # (1, 3, 13, 96, 160)
+    whole = lowres_latents(pixels, rate, codec)
+    assert whole.shape[-2:] == (1, 2)
+    stream = LowResStream(codec, rate)
+    parts = torch.cat([stream.push(p) for p in _split(pixels, [6, 7])], dim=2)
+    torch.testing.assert_close(parts, whole, atol=1e-5, rtol=1e-5)

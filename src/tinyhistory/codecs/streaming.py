@@ -183,6 +183,7 @@ class LowResStream:
     def __init__(self, codec, rate: Rate):
         self.rate = rate
         self.first_group = 1 + codec.temporal_factor * (rate.t - 1)
+        self.spatial_factor = codec.spatial_factor
         self.encoder = codec.stream_encoder()
         self.reset()
 
@@ -207,7 +208,8 @@ class LowResStream:
             self.groups += 1
         self._pending = x[:, :, start:] if start < x.shape[2] else None
         lowres = torch.cat(means, dim=2) if means else x[:, :, :0]
-        return self.encoder.push(lowres)
+        s = self.spatial_factor  # the codec encodes whole multiples of its factor (see history.base.crop_to_codec)
+        return self.encoder.push(lowres[..., : lowres.shape[-2] // s * s, : lowres.shape[-1] // s * s])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}

@@ -63,7 +63,19 @@ def downsample_pixels(pixels: torch.Tensor, rate: Rate, temporal_factor: int = 1
 
 def lowres_latents(pixels: torch.Tensor, rate: Rate, codec: Codec) -> torch.Tensor:
     """The LR branch's input (SPEC §3.2): the pixel video downsampled by the rate, through the base codec."""
-    return codec.encode(downsample_pixels(pixels, rate, codec.temporal_factor))
+    return codec.encode(crop_to_codec(downsample_pixels(pixels, rate, codec.temporal_factor), codec))
+
+
+def crop_to_codec(pixels: torch.Tensor, codec: Codec) -> torch.Tensor:
+    """Keep the top-left ``(H, W)`` that are multiples of the codec's spatial factor (floor, SPEC §9).
+
+    The LR frames are the HR frames divided by the rate, e.g. 480×832 → 120×208 at 4×4, which Wan 2.2's 16× VAE
+    cannot encode (120 is not a multiple of 16). The HR branch's token grid floors the same rows and columns away
+    (480/16/2/4 = 3.75 → 3 rows), so cropping the remainder keeps both branches on the same grid.
+    """
+    s = codec.spatial_factor
+    h, w = pixels.shape[-2:]
+    return pixels[..., : h // s * s, : w // s * s]
 
 
 def lowres_latents_per_rate(
