@@ -116,3 +116,14 @@ def test_a_session_and_training_run_with_the_cache(small_config, tmp_path):
     frames = session.extend("a", seconds=0.5)
     assert frames.shape == (4, 64, 64, 3) and session.records[-1].context_tokens > 0
     assert isinstance(session.context(), ContextTokens)
+
+
+def test_a_model_without_the_cache_built_on_a_cached_backbone_attends_fully_again(models, small_config):
+    full, cached = models
+    x, t, text, context, positions = _inputs(full)
+    extra = (*SMALL_AR, "history.sliding_window=2", "history.cross_attention=true", "backbone.num_layers=2")
+    again = HistoryDiT.from_config(small_config(*extra), backbone=cached.backbone)
+    again.producers, again.enhancers = cached.producers, cached.enhancers
+    assert not again.backbone.kv_cache
+    with torch.no_grad():
+        torch.testing.assert_close(again(x, t, text, context, positions), full(x, t, text, context, positions))

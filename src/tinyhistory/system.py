@@ -127,6 +127,8 @@ class HistoryDiT(nn.Module):
             )
         if cfg.history.kv_cache:
             backbone.use_kv_cache()
+        elif backbone.kv_cache:
+            backbone.use_full_attention()
         return cls(backbone, producers, cfg.history.sliding_window, enhancers)
 
     @property

@@ -170,6 +170,15 @@ class WanBackbone(nn.Module):
             block.attn1.set_processor(HistoryAttnProcessor(self._plan, i))
         self.kv_cache = True
 
+    def use_full_attention(self) -> None:
+        """Back to the stock processors: every token attends to every token (a run without ``history.kv_cache``
+        started from a checkpoint trained with it)."""
+        from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+        for block in self.transformer.blocks:
+            block.attn1.set_processor(WanAttnProcessor())
+        self.kv_cache = False
+
     @torch.no_grad()
     def build_context_cache(self, context: ContextTokens, text: TextCondition, after_block=None) -> ContextCache:
         """Run the context tokens alone through the blocks (time 0) and keep every block's keys and values."""
