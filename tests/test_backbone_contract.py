@@ -2,19 +2,21 @@
 
 Each family is a tiny random-weight model folder in the Hub layout, written by the pipeline's own
 ``save_pretrained`` and loaded back through the adapter's real ``from_pretrained``. A new family adds one entry to
-``FAMILIES`` (a folder maker, the stock forward and the stock RoPE table) and must pass every test here.
+``FAMILIES`` (a folder maker, the stock forward, the stock RoPE table and, where the family needs more than token
+states, its text condition) and must pass every test here.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from tiny_model_folders import wan21_t2v_folder, wan22_ti2v_folder
+from tiny_model_folders import hunyuan_folder, wan21_t2v_folder, wan22_ti2v_folder
 
 from tinyhistory.backbones import ContextTokens
 from tinyhistory.config import HistoryConfig
@@ -28,21 +30,61 @@ class Family:
     name: str
     registry_name: str
     make_folder: object  # Path -> Path
-    stock_forward: object  # (transformer, x, t in [0, 1], text states) -> velocity
-    stock_rope: object  # (transformer, x) -> (cos, sin)
+    stock_forward: object  # (transformer, x, t in [0, 1], TextCondition) -> velocity
+    stock_rope: object  # (transformer, x) -> (cos, sin), shaped like backbone.rotary's
+    lora_count: Callable = lambda backbone: len(backbone.blocks) * 10 * 2  # LoRA keys expected (A and B)
+    lora_keys: str = r"transformer\.blocks\.\d+\."  # every LoRA key matches this
+    # (transformer config, batch, generator) -> TextCondition; default: random token states only
+    text: Callable | None = None
 
 
-def _wan_stock_forward(transformer, x, t, states):
-    return transformer(x, t * 1000, states).sample
+def _wan_stock_forward(transformer, x, t, text):
+    return transformer(x, t * 1000, text.states).sample
 
 
 def _wan_stock_rope(transformer, x):
     return transformer.rope(x)
 
 
+def _hunyuan_text(config, b, g):
+    """Llama states with a left-aligned prompt mask (the second prompt shorter, padding zeroed) and CLIP pooled."""
+    states = torch.randn(b, 5, config.text_embed_dim, generator=g)
+    mask = torch.ones(b, 5, dtype=torch.long)
+    mask[1:, 3:] = 0
+    states = states * mask[..., None]
+    return TextCondition(states, mask, torch.randn(b, config.pooled_projection_dim, generator=g))
+
+
+def _hunyuan_stock_forward(transformer, x, t, text):
+    b = x.shape[0]
+    guidance = torch.full((b,), 6.0 * 1000.0)  # the pipeline's guidance_scale default, times 1000 as it does
+    return transformer(x, t * 1000, text.states, text.mask, text.pooled, guidance).sample
+
+
+def _hunyuan_stock_rope(transformer, x):
+    cos, sin = transformer.rope(x)  # (S, head_dim), shared by the batch
+    return cos[None], sin[None]
+
+
+def _hunyuan_lora_count(backbone):
+    tr = backbone.transformer
+    # dual-stream: 8 attention projections (image and text streams) + 2 FFN layers per stream; single: q/k/v + 2
+    return (len(tr.transformer_blocks) * 12 + len(tr.single_transformer_blocks) * 5) * 2
+
+
 FAMILIES = [
     Family("wan2.1-t2v", "wan", wan21_t2v_folder, _wan_stock_forward, _wan_stock_rope),
     Family("wan2.2-ti2v", "wan", wan22_ti2v_folder, _wan_stock_forward, _wan_stock_rope),
+    Family(
+        "hunyuanvideo",
+        "hunyuan",
+        hunyuan_folder,
+        _hunyuan_stock_forward,
+        _hunyuan_stock_rope,
+        lora_count=_hunyuan_lora_count,
+        lora_keys=r"transformer\.(single_)?transformer_blocks\.\d+\.",
+        text=_hunyuan_text,
+    ),
 ]
 
 
@@ -56,15 +98,16 @@ def _load(fam: Family, folder: Path):
     return BACKBONES.get(fam.registry_name).from_pretrained(folder).eval()
 
 
-def _inputs(backbone, b: int = 2, frames: int = 3):
+def _inputs(backbone, b: int = 2, frames: int = 3, fam: Family | None = None):
     g = torch.Generator().manual_seed(0)
     channels = backbone.in_channels
-    text_dim = backbone.transformer.config.text_dim
-    return (
-        torch.randn(b, channels, frames, 8, 8, generator=g),
-        torch.tensor([0.3, 0.8])[:b],
-        TextCondition(torch.randn(b, 5, text_dim, generator=g)),
-    )
+    config = backbone.transformer.config
+    x = torch.randn(b, channels, frames, 8, 8, generator=g)
+    if fam is not None and fam.text is not None:
+        text = fam.text(config, b, g)
+    else:
+        text = TextCondition(torch.randn(b, 5, config.text_dim, generator=g))
+    return x, torch.tensor([0.3, 0.8])[:b], text
 
 
 def _encoder(backbone):
@@ -78,16 +121,17 @@ def test_architecture_comes_from_the_folder(family):
     config = json.loads((folder / "transformer" / "config.json").read_text())
     assert backbone.hidden_dim == config["num_attention_heads"] * config["attention_head_dim"]
     assert backbone.in_channels == config["in_channels"]
-    assert len(backbone.blocks) == config["num_layers"]
+    # every block after_block sees (HunyuanVideo: the dual-stream then the single-stream blocks)
+    assert len(backbone.blocks) == config["num_layers"] + config.get("num_single_layers", 0)
 
 
 def test_no_context_equals_the_stock_forward(family):
     fam, folder = family
     backbone = _load(fam, folder)
-    x, t, text = _inputs(backbone)
+    x, t, text = _inputs(backbone, fam=fam)
     empty = ContextTokens(torch.zeros(2, 0, backbone.hidden_dim), torch.zeros(2, 0, 3))
     with torch.no_grad():
-        stock = fam.stock_forward(backbone.transformer, x, t, text.states)
+        stock = fam.stock_forward(backbone.transformer, x, t, text)
         torch.testing.assert_close(backbone(x, t, text), stock, atol=1e-6, rtol=1e-5)
         # the prepend/slice path with an empty context and explicit integer positions, too
         torch.testing.assert_close(
@@ -100,7 +144,8 @@ def test_integer_rope_equals_the_stock_table(family):
     backbone = _load(fam, folder)
     x = torch.zeros(1, backbone.in_channels, 3, 8, 8)
     stock_cos, stock_sin = fam.stock_rope(backbone.transformer, x)
-    t, h, w = torch.meshgrid(torch.arange(3), torch.arange(4), torch.arange(4), indexing="ij")
+    pt, ph, pw = backbone.patch_size
+    t, h, w = torch.meshgrid(torch.arange(3 // pt), torch.arange(8 // ph), torch.arange(8 // pw), indexing="ij")
     cos, sin = backbone.rotary(torch.stack([t, h, w], -1).reshape(1, -1, 3))
     torch.testing.assert_close(cos, stock_cos)
     torch.testing.assert_close(sin, stock_sin)
@@ -109,7 +154,7 @@ def test_integer_rope_equals_the_stock_table(family):
 def test_context_changes_the_output_and_its_positions_matter(family):
     fam, folder = family
     backbone = _load(fam, folder)
-    x, t, text = _inputs(backbone)
+    x, t, text = _inputs(backbone, fam=fam)
     tokens = torch.randn(2, 4, backbone.hidden_dim, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         base = backbone(x, t, text)
@@ -127,7 +172,7 @@ def test_gradients_reach_the_history_encoder_through_a_frozen_base_with_lora(fam
     encoder = _encoder(backbone)
     c = backbone.in_channels
     context = encoder(torch.randn(2, c, 4, 16, 16), torch.randn(2, c, 2, 4, 4), backbone.patch_embed)
-    x, t, text = _inputs(backbone)
+    x, t, text = _inputs(backbone, fam=fam)
     backbone.enable_gradient_checkpointing()
     backbone(x, t, text, context).square().mean().backward()
     assert encoder.hr.proj.weight.grad.abs().sum() > 0  # zero-initialised, so its weight gets gradient first
@@ -141,7 +186,7 @@ def test_save_and_load_round_trip(family, tmp_path):
     backbone = _load(fam, folder)
     backbone.save_pretrained(tmp_path / "transformer")
     loaded = BACKBONES.get(fam.registry_name).from_transformer_folder(tmp_path / "transformer").eval()
-    x, t, text = _inputs(backbone)
+    x, t, text = _inputs(backbone, fam=fam)
     ctx = ContextTokens(torch.randn(2, 4, backbone.hidden_dim), torch.rand(2, 4, 3) * 4)
     with torch.no_grad():
         assert torch.equal(backbone(x, t, text, ctx), loaded(x, t, text, ctx))
@@ -154,10 +199,10 @@ def test_lora_lands_only_in_the_blocks(family):
     add_lora(backbone, rank=4)
     keys = list(lora_state_dict(backbone))
     assert keys
-    block = re.compile(r"transformer\.blocks\.\d+\.")
+    block = re.compile(fam.lora_keys)
     assert all(block.match(k) for k in keys), [k for k in keys if not block.match(k)]
-    # every block gets every target: attention (self, cross) q/k/v/out and both FFN layers, A and B
-    assert len(keys) == len(backbone.blocks) * 10 * 2
+    # every block gets every target (Wan: attention (self, cross) q/k/v/out and both FFN layers), A and B
+    assert len(keys) == fam.lora_count(backbone)
     assert not any("lora_" in n for n, _ in encoder.named_parameters())
     trainable = {n for n, p in backbone.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
@@ -175,6 +220,7 @@ def test_bad_folders_name_the_folder_and_what_is_missing(family, tmp_path):
     with pytest.raises(ValueError, match="lacks transformer_2/"):
         adapter.from_pretrained(folder, subfolder="transformer_2")
     index = json.loads((folder / "model_index.json").read_text())
-    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "HunyuanVideoPipeline"}))
-    with pytest.raises(ValueError, match=f"holds a HunyuanVideoPipeline model, not the {fam.registry_name!r} family"):
+    other = next(p for p in ("HunyuanVideoPipeline", "WanPipeline") if p not in adapter.pipelines)
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": other}))
+    with pytest.raises(ValueError, match=f"holds a {other} model, not the {fam.registry_name!r} family"):
         adapter.from_pretrained(folder)

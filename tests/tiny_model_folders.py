@@ -8,7 +8,8 @@ and write it with the pipeline's own ``save_pretrained`` (``model_index.json``, 
 
 - ``wan21_t2v_folder``: Wan 2.1 T2V (16 latent channels, 8× space, 4× time VAE);
 - ``wan22_ti2v_folder``: Wan 2.2 TI2V-5B (48 latent channels, 16× space VAE, ``expand_timesteps=True``);
-- ``wan22_a14b_folder``: Wan 2.2 A14B (two transformers, ``boundary_ratio=0.875``, Wan 2.1 VAE).
+- ``wan22_a14b_folder``: Wan 2.2 A14B (two transformers, ``boundary_ratio=0.875``, Wan 2.1 VAE);
+- ``hunyuan_folder``: HunyuanVideo (Llama + CLIP text encoders, ``text_encoder_2/`` and ``tokenizer_2/`` too).
 
 Every module is seeded, so the same call writes the same weights (the folders are reproducible); each call takes
 well under a second on a CPU.
@@ -21,9 +22,9 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-from tiny_text_models import save_umt5
+from tiny_text_models import save_hunyuan_text, save_umt5
 from tiny_vaes import wan22_tiny_vae
-from transformers import AutoTokenizer, UMT5EncoderModel
+from transformers import AutoTokenizer, CLIPTextModel, LlamaModel, UMT5EncoderModel
 
 
 def tiny_wan_transformer(channels: int, seed: int, text_dim: int) -> WanTransformer3DModel:
@@ -122,3 +123,55 @@ def wan22_a14b_folder(path: Path) -> Path:
     The experts have different seeds (0 and 1), so a test can tell which one ran.
     """
     return _save_pipeline(path, channels=16, experts=2, vae=wan21_tiny_vae(), flow_shift=3.0, boundary_ratio=0.875)
+
+
+def hunyuan_folder(path: Path) -> Path:
+    """A HunyuanVideo-shaped diffusers repo at ``path``: a 1 + 1-block MM-DiT (2 heads × 10, RoPE axes 2/4/4,
+    guidance-embedded, 4 latent channels), the HunyuanVideo VAE at diffusers' test size, the tiny Llama (text 16)
+    and CLIP (pooled 8) of ``tiny_text_models.save_hunyuan_text`` and the flow-matching Euler scheduler (shift 7).
+    """
+    from diffusers import (
+        AutoencoderKLHunyuanVideo,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+        HunyuanVideoTransformer3DModel,
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_hunyuan_text(Path(tmp), seed=0)
+        text_encoder = LlamaModel.from_pretrained(Path(tmp) / "text_encoder").eval()
+        tokenizer = AutoTokenizer.from_pretrained(Path(tmp) / "tokenizer")
+        text_encoder_2 = CLIPTextModel.from_pretrained(Path(tmp) / "text_encoder_2").eval()
+        tokenizer_2 = AutoTokenizer.from_pretrained(Path(tmp) / "tokenizer_2")
+    torch.manual_seed(0)
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=10,
+        num_layers=1,
+        num_single_layers=1,
+        num_refiner_layers=1,
+        patch_size=1,
+        patch_size_t=1,
+        guidance_embeds=True,
+        text_embed_dim=text_encoder.config.hidden_size,
+        pooled_projection_dim=text_encoder_2.config.hidden_size,
+        rope_axes_dim=(2, 4, 4),
+    ).eval()
+    torch.manual_seed(0)
+    vae = AutoencoderKLHunyuanVideo(
+        latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4
+    ).eval()
+    pipe = HunyuanVideoPipeline(
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(path)
+    return path

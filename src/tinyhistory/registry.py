@@ -35,7 +35,13 @@ class Registry:
         return found
 
 
-BACKBONES = Registry("backbone.family", {"wan": "tinyhistory.backbones.wan:WanBackbone"})
+BACKBONES = Registry(
+    "backbone.family",
+    {
+        "wan": "tinyhistory.backbones.wan:WanBackbone",
+        "hunyuan": "tinyhistory.backbones.hunyuan:HunyuanBackbone",
+    },
+)
 
 CODECS = Registry(
     "codec.kind",
