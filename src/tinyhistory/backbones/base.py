@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -149,3 +151,57 @@ def grid_positions(
     pos[..., 1] = rows[None, None, :, None]
     pos[..., 2] = cols[None, None, None, :]
     return pos.reshape(b, t * height * width, 3)
+
+
+@contextmanager
+def naming_dit_folder(folder: Path):
+    """A DiT folder that diffusers cannot load (truncated weights, a broken config) as one line naming it."""
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{folder}: cannot load this DiT folder ({first})") from None
+    except Exception as exc:  # safetensors' own error types for a damaged file
+        raise ValueError(f"{folder}: cannot load this DiT folder ({type(exc).__name__}: {exc})") from None
+
+
+class DiffusersBackbone(nn.Module):
+    """What every adapter around a stock diffusers DiT does the same way: loading it from a user's folder or a saved
+    one, saving it, and the pieces read straight off the transformer. A family sets ``model_class`` (the diffusers
+    transformer class) and ``patch_embedding``, and writes its own forward, RoPE and ``from_config``."""
+
+    model_class: ClassVar[type]
+    transformer: nn.Module
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, subfolder: str = "transformer", dtype: torch.dtype = torch.float32):
+        """The DiT of a user's model folder, its architecture from ``<subfolder>/config.json`` (never downloaded)."""
+        check_model_folder(folder, cls, (subfolder,))
+        with naming_dit_folder(Path(folder) / subfolder):
+            transformer = cls.model_class.from_pretrained(
+                folder, subfolder=subfolder, torch_dtype=dtype, local_files_only=True, use_safetensors=True
+            )
+        return cls(transformer)
+
+    @classmethod
+    def from_transformer_folder(cls, folder: str | Path, dtype: torch.dtype = torch.float32):
+        """A DiT saved by :meth:`save_pretrained` (a fully trained tiny DiT, or a LoRA checkpoint's base)."""
+        with naming_dit_folder(Path(folder)):
+            transformer = cls.model_class.from_pretrained(
+                folder, torch_dtype=dtype, use_safetensors=True, local_files_only=True
+            )
+        return cls(transformer)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        self.transformer.save_pretrained(folder, safe_serialization=True)
+
+    @property
+    def num_heads(self) -> int:
+        return self.transformer.config.num_attention_heads
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.transformer.enable_gradient_checkpointing()
+
+    def patch_embed(self, latents: torch.Tensor) -> torch.Tensor:
+        """``(B, C, T, H, W)`` → ``(B, D, T/pt, H/ph, W/pw)`` with the DiT's own first layer (floor on odd sizes)."""
+        return self.patch_embedding(latents)

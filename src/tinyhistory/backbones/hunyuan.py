@@ -28,29 +28,15 @@ the noisy targets without a dedicated processor for the dual- and single-stream 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from diffusers import HunyuanVideoTransformer3DModel
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from torch import nn
 
-from tinyhistory.backbones.base import ContextTokens, check_model_folder, grid_positions
+from tinyhistory.backbones.base import ContextTokens, DiffusersBackbone, grid_positions
 from tinyhistory.flow import TIMESTEP_SCALE
 from tinyhistory.text.condition import TextCondition
-
-
-@contextmanager
-def _naming(folder: Path):
-    """A DiT folder that diffusers cannot load (truncated weights, a broken config) as one line naming it."""
-    try:
-        yield
-    except (OSError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{folder}: cannot load this DiT folder ({first})") from None
-    except Exception as exc:  # safetensors' own error types for a damaged file
-        raise ValueError(f"{folder}: cannot load this DiT folder ({type(exc).__name__}: {exc})") from None
 
 
 def _rope_axes(head_dim: int) -> tuple[int, int, int]:
@@ -60,9 +46,10 @@ def _rope_axes(head_dim: int) -> tuple[int, int, int]:
     return t, h, head_dim - t - h
 
 
-class HunyuanBackbone(nn.Module):
+class HunyuanBackbone(DiffusersBackbone):
     """``velocity = backbone(noisy_latents, t, text, context, frame_positions)``."""
 
+    model_class = HunyuanVideoTransformer3DModel
     family = "hunyuan"
     # Pipelines whose folders hold a HunyuanVideo DiT (model_index.json ``_class_name``).
     pipelines = ("HunyuanVideoPipeline", "HunyuanVideoImageToVideoPipeline", "HunyuanVideoFramepackPipeline")
@@ -110,27 +97,6 @@ class HunyuanBackbone(nn.Module):
 
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(
-        cls, folder: str | Path, subfolder: str = "transformer", dtype: torch.dtype = torch.float32
-    ) -> HunyuanBackbone:
-        """The DiT of a user's model folder, its architecture from ``<subfolder>/config.json`` (never downloaded)."""
-        check_model_folder(folder, cls, (subfolder,))
-        with _naming(Path(folder) / subfolder):
-            transformer = HunyuanVideoTransformer3DModel.from_pretrained(
-                folder, subfolder=subfolder, torch_dtype=dtype, local_files_only=True, use_safetensors=True
-            )
-        return cls(transformer)
-
-    @classmethod
-    def from_transformer_folder(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> HunyuanBackbone:
-        """A DiT saved by :meth:`save_pretrained` (a LoRA checkpoint's base)."""
-        with _naming(Path(folder)):
-            transformer = HunyuanVideoTransformer3DModel.from_pretrained(
-                folder, torch_dtype=dtype, use_safetensors=True, local_files_only=True
-            )
-        return cls(transformer)
-
-    @classmethod
     def from_config(cls, b) -> HunyuanBackbone:
         """A randomly initialised DiT from the ``[backbone]`` table: ``num_layers`` dual- and as many single-stream
         blocks, ``text_dim`` for both the token states and the pooled vector, the RoPE split scaled from 128."""
@@ -153,9 +119,6 @@ class HunyuanBackbone(nn.Module):
             )
         )
 
-    def save_pretrained(self, folder: str | Path) -> None:
-        self.transformer.save_pretrained(folder, safe_serialization=True)
-
     def portable_lora(self, state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
         """The diffusers-keyed LoRA ``state`` unchanged: ``HunyuanVideoPipeline.load_lora_weights`` reads these
         ``transformer.<module>.lora_A/B.weight`` keys, and ComfyUI converts diffusers-keyed HunyuanVideo LoRAs on
@@ -175,17 +138,6 @@ class HunyuanBackbone(nn.Module):
         (``after_block(i, …)`` indexes this list)."""
         tr = self.transformer
         return nn.ModuleList([*tr.transformer_blocks, *tr.single_transformer_blocks])
-
-    @property
-    def num_heads(self) -> int:
-        return self.transformer.config.num_attention_heads
-
-    def enable_gradient_checkpointing(self) -> None:
-        self.transformer.enable_gradient_checkpointing()
-
-    def patch_embed(self, latents: torch.Tensor) -> torch.Tensor:
-        """``(B, C, T, H, W)`` → ``(B, D, T/pt, H/ph, W/pw)`` with the DiT's own first layer (floor on odd sizes)."""
-        return self.transformer.x_embedder.proj(latents)
 
     def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE (cos, sin), each ``(B, S, head_dim)``, for explicit ``(B, S, 3)`` positions.

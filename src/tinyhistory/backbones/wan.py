@@ -19,16 +19,14 @@ preset), the LoRA target pattern (anchored to ``blocks.N``), and the extra LoRA 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from diffusers import WanTransformer3DModel
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from torch import nn
 
-from tinyhistory.backbones.base import ContextTokens, check_model_folder, grid_positions
+from tinyhistory.backbones.base import ContextTokens, DiffusersBackbone, grid_positions
 from tinyhistory.backbones.wan_lora_format import to_original_layout
 from tinyhistory.flow import TIMESTEP_SCALE
 from tinyhistory.text.condition import TextCondition
@@ -110,17 +108,6 @@ class HistoryAttnProcessor:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-@contextmanager
-def _naming(folder: Path):
-    """A DiT folder that diffusers cannot load (truncated weights, a broken config) as one line naming it."""
-    try:
-        yield
-    except (OSError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{folder}: cannot load this DiT folder ({first})") from None
-    except Exception as exc:  # safetensors' own error types for a damaged file
-        raise ValueError(f"{folder}: cannot load this DiT folder ({type(exc).__name__}: {exc})") from None
-
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """RoPE on interleaved pairs, the arithmetic of diffusers' ``WanAttnProcessor``."""
@@ -132,9 +119,10 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return out.type_as(x)
 
 
-class WanBackbone(nn.Module):
+class WanBackbone(DiffusersBackbone):
     """``velocity = backbone(noisy_latents, t, text, context, frame_positions)``."""
 
+    model_class = WanTransformer3DModel
     family = "wan"
     # Pipelines whose folders hold a Wan DiT (model_index.json ``_class_name``).
     pipelines = ("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline", "WanVACEPipeline")
@@ -206,27 +194,6 @@ class WanBackbone(nn.Module):
 
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(
-        cls, folder: str | Path, subfolder: str = "transformer", dtype: torch.dtype = torch.float32
-    ) -> WanBackbone:
-        """The DiT of a user's model folder, its architecture from ``<subfolder>/config.json`` (never downloaded)."""
-        check_model_folder(folder, cls, (subfolder,))
-        with _naming(Path(folder) / subfolder):
-            transformer = WanTransformer3DModel.from_pretrained(
-                folder, subfolder=subfolder, torch_dtype=dtype, local_files_only=True, use_safetensors=True
-            )
-        return cls(transformer)
-
-    @classmethod
-    def from_transformer_folder(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> WanBackbone:
-        """A DiT saved by :meth:`save_pretrained` (a fully trained tiny DiT, or a LoRA checkpoint's base)."""
-        with _naming(Path(folder)):
-            transformer = WanTransformer3DModel.from_pretrained(
-                folder, torch_dtype=dtype, use_safetensors=True, local_files_only=True
-            )
-        return cls(transformer)
-
-    @classmethod
     def from_config(cls, b) -> WanBackbone:
         """A randomly initialised DiT from the ``[backbone]`` table (the tiny preset trains it from scratch)."""
         return cls(
@@ -243,9 +210,6 @@ class WanBackbone(nn.Module):
             )
         )
 
-    def save_pretrained(self, folder: str | Path) -> None:
-        self.transformer.save_pretrained(folder, safe_serialization=True)
-
     def portable_lora(self, state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
         """The diffusers-keyed LoRA ``state`` in the original Wan / ComfyUI layout (both ComfyUI and
         ``WanPipeline.load_lora_weights`` read it)."""
@@ -260,17 +224,6 @@ class WanBackbone(nn.Module):
     @property
     def blocks(self) -> nn.ModuleList:
         return self.transformer.blocks
-
-    @property
-    def num_heads(self) -> int:
-        return self.transformer.config.num_attention_heads
-
-    def enable_gradient_checkpointing(self) -> None:
-        self.transformer.enable_gradient_checkpointing()
-
-    def patch_embed(self, latents: torch.Tensor) -> torch.Tensor:
-        """``(B, C, T, H, W)`` → ``(B, D, T/pt, H/ph, W/pw)`` with the DiT's own first layer (floor on odd sizes)."""
-        return self.transformer.patch_embedding(latents)
 
     def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE (cos, sin), each ``(B, S, 1, head_dim)``, for explicit ``(B, S, 3)`` positions."""
