@@ -84,12 +84,17 @@ class SegmentRecord:
     pixel_frames: int = 0
 
 
-def folder_scheduler_config(cfg) -> dict | None:
-    """The model folder's ``scheduler/scheduler_config.json`` (the pipeline's sampler), or None."""
+def _folder_json(cfg, relative: str) -> dict | None:
+    """A JSON file of the run's model folder (``model.path``), or None without a folder or that file."""
     if not cfg.model.path:
         return None
-    path = resolve_path(cfg.model.path) / "scheduler" / "scheduler_config.json"
+    path = resolve_path(cfg.model.path) / relative
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def folder_scheduler_config(cfg) -> dict | None:
+    """The model folder's ``scheduler/scheduler_config.json`` (the pipeline's sampler), or None."""
+    return _folder_json(cfg, "scheduler/scheduler_config.json")
 
 
 def make_scheduler(settings: SamplingSettings, folder_config: dict | None = None):
@@ -115,11 +120,10 @@ def low_noise_expert(cfg, dtype: torch.dtype):
     The history encoder and the LoRA are trained on the high-noise expert only (the paper's choice, t ≥ 0.875): it
     lays out the scene and motion, which the history steers; the low-noise expert refines detail from the text and
     the partly denoised latent alone, with no history tokens."""
-    if not cfg.model.path or cfg.model.transformer != "transformer":
+    if cfg.model.transformer != "transformer":
         return None, None
+    meta = _folder_json(cfg, "model_index.json") or {}
     folder = resolve_path(cfg.model.path)
-    index = folder / "model_index.json"
-    meta = json.loads(index.read_text()) if index.is_file() else {}
     if meta.get("boundary_ratio") is None or not (folder / "transformer_2").is_dir():
         return None, None
     from tinyhistory.registry import BACKBONES
@@ -131,10 +135,7 @@ def low_noise_expert(cfg, dtype: torch.dtype):
 def folder_conditions_first_frame(cfg) -> bool:
     """Whether the model folder's pipeline conditions on an image through a clean first latent frame (Wan 2.2
     TI2V-5B: ``expand_timesteps`` in ``model_index.json``)."""
-    if not cfg.model.path:
-        return False
-    index = resolve_path(cfg.model.path) / "model_index.json"
-    return index.is_file() and bool(json.loads(index.read_text()).get("expand_timesteps", False))
+    return bool((_folder_json(cfg, "model_index.json") or {}).get("expand_timesteps", False))
 
 
 def frame_shape(data) -> tuple[int, int]:
