@@ -40,6 +40,12 @@ def require_folder(path: str | Path, key: str, kind: str, what: str) -> Path:
     return Path(path)
 
 
+def crop_to_factor(pixels: torch.Tensor, factor: int) -> torch.Tensor:
+    """Keep the top-left ``(H, W)`` of ``(..., H, W)`` pixels that are multiples of a codec's spatial ``factor``."""
+    h, w = pixels.shape[-2:]
+    return pixels[..., : h // factor * factor, : w // factor * factor]
+
+
 def load_vae(model_class, path: str | Path, dtype: torch.dtype, what: str):
     """A diffusers VAE from a local folder (never downloaded): a model repo's ``vae/`` subfolder, or the VAE folder."""
     path = Path(path)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tinyhistory.codecs.base import crop_to_factor
 from tinyhistory.geometry import Rate
 
 _REPEAT = "Rep"  # diffusers' marker in a Wan feature cache: "the first chunk was seen; pad by repetition"
@@ -208,8 +209,8 @@ class LowResStream:
             self.groups += 1
         self._pending = x[:, :, start:] if start < x.shape[2] else None
         lowres = torch.cat(means, dim=2) if means else x[:, :, :0]
-        s = self.spatial_factor  # the codec encodes whole multiples of its factor (see history.base.crop_to_codec)
-        return self.encoder.push(lowres[..., : lowres.shape[-2] // s * s, : lowres.shape[-1] // s * s])
+        # the codec encodes whole multiples of its factor (see history.base.crop_to_codec)
+        return self.encoder.push(crop_to_factor(lowres, self.spatial_factor))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}

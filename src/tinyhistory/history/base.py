@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from tinyhistory.backbones.base import ContextTokens, grid_positions
-from tinyhistory.codecs.base import Codec
+from tinyhistory.codecs.base import Codec, crop_to_factor
 from tinyhistory.geometry import Rate
 
 
@@ -73,9 +73,7 @@ def crop_to_codec(pixels: torch.Tensor, codec: Codec) -> torch.Tensor:
     cannot encode (120 is not a multiple of 16). The HR branch's token grid floors the same rows and columns away
     (480/16/2/4 = 3.75 → 3 rows), so cropping the remainder keeps both branches on the same grid.
     """
-    s = codec.spatial_factor
-    h, w = pixels.shape[-2:]
-    return pixels[..., : h // s * s, : w // s * s]
+    return crop_to_factor(pixels, codec.spatial_factor)
 
 
 def lowres_latents_per_rate(
