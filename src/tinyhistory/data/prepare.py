@@ -342,10 +342,10 @@ def write_manifest(
     """
     out = Path(out)
     rows = []
-    wanted = set(shards)
-    sources = {CachedVideo.open(out / name).source for name in wanted}
-    earlier = [row["shard"] for row in _manifest_rows(out) if row.get("shard") not in wanted]
-    kept, pruned = [], []
+    videos = {name: CachedVideo.open(out / name) for name in set(shards)}  # each shard's header read once
+    sources = {video.source for video in videos.values()}
+    earlier = [row["shard"] for row in _manifest_rows(out) if row.get("shard") not in videos]
+    pruned = []
     for name in earlier:
         try:
             video = CachedVideo.open(out / name)
@@ -353,11 +353,12 @@ def write_manifest(
             continue  # gone or damaged: a rerun of its video re-encodes it
         same = config is not None and video.config == json.loads(json.dumps(config))
         if same and video.source not in sources:
-            (pruned if prune else kept).append(name)
-    wanted |= set(kept)
-    stale = sorted(shards_on_disk(out) - wanted)
-    for name in sorted(wanted):
-        video = CachedVideo.open(out / name)
+            if prune:
+                pruned.append(name)
+            else:
+                videos[name] = video
+    stale = sorted(shards_on_disk(out) - set(videos))
+    for name, video in sorted(videos.items()):
         rows.append(
             {
                 "shard": name,
