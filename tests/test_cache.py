@@ -83,9 +83,10 @@ def test_text_for_follows_the_storyboard(cache, small_config):
     picks = torch.tensor([[phone, 0], [phone, 10], [bikes, 30]])
     # target frames 4..8 of each window: 0.5–1 s (shot 0), 1.75–2.25 s → midpoint 2 s (ties go to the earlier shot)
     text = sampler.text_for(picks, 4, 8)
-    torch.testing.assert_close(text, torch.stack([a, a, c]), atol=2e-3, rtol=0)  # cached as float16
+    torch.testing.assert_close(text.states, torch.stack([a, a, c]), atol=2e-3, rtol=0)  # cached as float16
+    assert text.mask is None and text.pooled is None  # MiniLM gives token states only
     text = sampler.text_for(picks, 6, 8)  # 2.0–2.25 s: inside shot 1
-    torch.testing.assert_close(text[1], b, atol=2e-3, rtol=0)
+    torch.testing.assert_close(text.states[1], b, atol=2e-3, rtol=0)
 
 
 def test_trainer_reads_the_cache(cache, small_config, tmp_path, monkeypatch):

@@ -134,3 +134,24 @@ def test_model_configs_are_the_real_sizes():
 
     assert sum(p.numel() for p in meta_transformer(PRESET_MODELS["wan2.2-ti2v-5b"]).parameters()) == 4_999_787_712
     assert sum(p.numel() for p in meta_transformer(PRESET_MODELS["wan2.1-t2v-14b"]).parameters()) == 14_288_491_584
+
+
+def test_hunyuanvideo_is_counted_at_its_real_size_with_the_papers_token_counts():
+    """The embedded HunyuanVideo config builds the paper's 12.8B DiT; at 480×832 and 24 fps the full context of 20 s
+    and 60 s is the paper's 187,200 and 561,600 tokens, and one 4×4×2 encoder gives 5,460 tokens for 20 s."""
+    from tinyhistory.model_configs import COST_PRESET_MODELS, meta_transformer
+
+    assert sum(p.numel() for p in meta_transformer(COST_PRESET_MODELS["hunyuanvideo"]).parameters()) == 12_821_012_544
+    settings = CostSettings(
+        preset="hunyuanvideo",
+        history_seconds=(20.0, 60.0),
+        methods=("no_history", "full", "proposed"),
+        proposed_rates=(("4x4x2",),),
+        kv_cache=False,
+    )
+    rows = {(r.method, r.history_seconds): r for r in cost_rows(settings)}
+    assert rows["full", 20.0].context_tokens == 187_200 and rows["full", 60.0].context_tokens == 561_600
+    assert rows["proposed", 20.0].context_tokens == 5_460
+    # the history costs the DiT more the longer it is; none is free
+    assert 0 < rows["proposed", 20.0].history_overhead < rows["proposed", 60.0].history_overhead
+    assert rows["proposed", 60.0].history_overhead < rows["full", 20.0].history_overhead

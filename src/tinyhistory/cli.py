@@ -214,6 +214,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         "sampler": args.sampler,
         "steps": args.steps,
         "guidance": args.guidance,
+        "distilled_guidance": args.distilled_guidance,
         "seed": args.seed,
         "segment_frames": args.segment_frames,
         "flow_shift": args.flow_shift,
@@ -519,7 +520,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ge.add_argument("--steps", type=positive_int, default=None, help="sampling steps per segment (default 20)")
     ge.add_argument(
-        "--guidance", type=non_negative_float, default=None, help="classifier-free guidance scale (1 = off; default 3)"
+        "--guidance",
+        type=non_negative_float,
+        default=None,
+        help="classifier-free guidance scale (1 = off; default 3, HunyuanVideo 1: it is guidance-distilled)",
+    )
+    ge.add_argument(
+        "--distilled-guidance",
+        type=non_negative_float,
+        default=None,
+        help="the embedded guidance of a guidance-distilled DiT (HunyuanVideo; default 6.0, the pipeline's)",
     )
     ge.add_argument("--seed", type=int, default=None, help="default 0")
     ge.add_argument(

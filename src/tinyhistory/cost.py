@@ -49,10 +49,9 @@ from tinyhistory.geometry import BaseGeometry, Rate, get_base, history_grid, tem
 from tinyhistory.history.base import tokens_from_grid
 from tinyhistory.history.patchifier import LargePatchifier
 from tinyhistory.history.streaming import IncrementalHistory
-from tinyhistory.model_configs import PRESET_MODELS, meta_transformer
+from tinyhistory.model_configs import COST_PRESET_MODELS, meta_transformer
 from tinyhistory.registry import BACKBONES
 from tinyhistory.system import HistoryDiT
-from tinyhistory.text.condition import TextCondition
 
 METHODS = ("no_history", "full", "window", "framepack", "proposed")
 # Rate sets of the proposed encoder reported by default: the paper's 4×4×2, a lighter 2×2×2 and two encoders.
@@ -129,7 +128,7 @@ def meta_backbone(cfg: RunConfig) -> Backbone:
     preset without one (tiny) builds its DiT from its ``[backbone]`` table.
     """
     adapter = BACKBONES.get(cfg.backbone.family)
-    name = PRESET_MODELS.get(cfg.preset)
+    name = COST_PRESET_MODELS.get(cfg.preset)
     if name is not None:
         return adapter(meta_transformer(name))
     with torch.device("meta"):
@@ -196,7 +195,7 @@ class CostModel:
         self.width = s.width or data.width or data.size
         self.fps = s.fps or data.fps
         self.backbone = meta_backbone(self.cfg)
-        self.model_name = PRESET_MODELS.get(s.preset, f"{s.preset} [backbone] table")
+        self.model_name = COST_PRESET_MODELS.get(s.preset, f"{s.preset} [backbone] table")
         bb, base = self.backbone, self.base
         if (bb.in_channels, bb.hidden_dim) != (base.latent_channels, base.hidden_dim):
             raise RuntimeError(f"geometry base {base.name!r} disagrees with the DiT of preset {s.preset!r}")
@@ -212,9 +211,8 @@ class CostModel:
                     f"{seconds:g} s hold no latent frame at {self.fps:g} fps (one latent frame is "
                     f"{self.base.vae_temporal} frames)"
                 )
-        transformer = bb.transformer
         self.text_tokens = self.cfg.text.max_tokens
-        self.text = TextCondition(torch.empty(1, self.text_tokens, transformer.config.text_dim, device="meta"))
+        self.text = bb.blank_text(1, self.text_tokens, "meta")
         self.dit = HistoryDiT(bb, nn.ModuleList())
         self.kv_dit = self._kv_model() if s.kv_cache else None
         self._step_memo: dict[int, int] = {}  # context tokens → FLOPs of one step

@@ -22,7 +22,7 @@ the original TI2V-5B, whose image conditioning is per-token timesteps, not CLIP)
 from __future__ import annotations
 
 import torch
-from diffusers import WanTransformer3DModel
+from diffusers import HunyuanVideoTransformer3DModel, WanTransformer3DModel
 
 _WAN21_KEYS: dict = {
     "_class_name": "WanTransformer3DModel",
@@ -80,6 +80,39 @@ PRESET_MODELS: dict[str, str] = {
 }
 
 
+# HunyuanVideo's DiT: hunyuanvideo-community/HunyuanVideo transformer/config.json (diffusers' convert script writes
+# the HunyuanVideoTransformer3DModel defaults, which are this model: 24 heads × 128, 20 dual- + 40 single-stream
+# blocks, 2 refiner layers, Llama text 4096, CLIP pooled 768, RoPE 16/56/56 at θ 256, guidance embedding). Counted by
+# `tinyhistory cost`; the memory model and the planner model the Wan DiTs above (with their VAEs and UMT5) only.
+HUNYUAN_CONFIGS: dict[str, dict] = {
+    "HunyuanVideo": {
+        "_class_name": "HunyuanVideoTransformer3DModel",
+        "attention_head_dim": 128,
+        "guidance_embeds": True,
+        "in_channels": 16,
+        "mlp_ratio": 4.0,
+        "num_attention_heads": 24,
+        "num_layers": 20,
+        "num_refiner_layers": 2,
+        "num_single_layers": 40,
+        "out_channels": 16,
+        "patch_size": 2,
+        "patch_size_t": 1,
+        "pooled_projection_dim": 768,
+        "qk_norm": "rms_norm",
+        "rope_axes_dim": [16, 56, 56],
+        "rope_theta": 256.0,
+        "text_embed_dim": 4096,
+    }
+}
+# Presets whose DiT the cost model counts beyond PRESET_MODELS (which the planner also covers).
+COST_PRESET_MODELS: dict[str, str] = {**PRESET_MODELS, "hunyuanvideo": "HunyuanVideo"}
+_CLASSES = {
+    "WanTransformer3DModel": WanTransformer3DModel,
+    "HunyuanVideoTransformer3DModel": HunyuanVideoTransformer3DModel,
+}
+
+
 def hf_kwargs(config: dict) -> dict:
     """A config.json dict → constructor kwargs (drops diffusers' ``_class_name`` / ``_diffusers_version``)."""
     return {k: v for k, v in config.items() if not k.startswith("_")}
@@ -87,13 +120,15 @@ def hf_kwargs(config: dict) -> dict:
 
 def get_config(name: str) -> dict:
     """The embedded ``config.json`` of model ``name`` (a key of :data:`CONFIGS`); a ValueError names the known ones."""
+    configs = {**CONFIGS, **HUNYUAN_CONFIGS}
     try:
-        return CONFIGS[name]
+        return configs[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; embedded configs: {', '.join(CONFIGS)}") from None
+        raise ValueError(f"unknown model {name!r}; embedded configs: {', '.join(configs)}") from None
 
 
-def meta_transformer(name: str) -> WanTransformer3DModel:
+def meta_transformer(name: str) -> WanTransformer3DModel | HunyuanVideoTransformer3DModel:
     """The real-size DiT ``name`` on the ``meta`` device: exact shapes, no weights, no memory."""
+    config = get_config(name)
     with torch.device("meta"):
-        return WanTransformer3DModel(**hf_kwargs(get_config(name)))
+        return _CLASSES[config["_class_name"]](**hf_kwargs(config))

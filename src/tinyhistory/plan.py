@@ -215,10 +215,12 @@ class ModelFacts:
         cfg = load_config(s.preset, overrides=[f'train.stage="{s.stage}"'])
         ar = load_config(s.preset, overrides=['train.stage="ar"'])
         if cfg.backbone.family != "wan" or cfg.codec.kind != "wan" or cfg.text.kind != "umt5":
-            raise ValueError(
-                f"plan covers the real Wan presets ({', '.join(PRESET_MODELS)}); {s.preset!r} is a "
-                f"{cfg.codec.kind}-codec preset that runs on a CPU"
+            what = (
+                "a CPU preset"
+                if cfg.codec.kind == "pixel"
+                else f"a {cfg.backbone.family} preset (its FLOPs: tinyhistory cost --preset {s.preset})"
             )
+            raise ValueError(f"plan covers the real Wan presets ({', '.join(PRESET_MODELS)}); {s.preset!r} is {what}")
         if cfg.history.method not in ("proposed", "only_lr", "without_lr"):
             raise ValueError(
                 f"plan covers the history encoder (proposed, only_lr, without_lr), not {cfg.history.method}"

@@ -172,6 +172,11 @@ class DiffusersBackbone(nn.Module):
 
     model_class: ClassVar[type]
     transformer: nn.Module
+    # Classifier-free guidance `generate` uses unless told (1 = off): the project's 3 for Wan; guidance-distilled
+    # families (HunyuanVideo) set 1, as their pipelines do.
+    default_guidance: ClassVar[float] = 3.0
+    # The transformer's ModuleLists of blocks (what `generate --offload` moves to the GPU one block at a time).
+    block_lists: ClassVar[tuple[str, ...]] = ("blocks",)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, subfolder: str = "transformer", dtype: torch.dtype = torch.float32):

@@ -71,6 +71,9 @@ class HunyuanBackbone(DiffusersBackbone):
     # reads them directly, and ComfyUI's LoRA loader maps diffusers-keyed HunyuanVideo LoRAs itself. There is no
     # second layout worth writing, so the portable file is the same state (see :meth:`portable_lora`).
     portable_lora_file = "lora_hunyuan_diffusers.safetensors"
+    # Guidance-distilled: the pipeline's ``true_cfg_scale`` is 1 (one branch); the embedded ``guidance`` steers.
+    default_guidance = 1.0
+    block_lists = ("transformer_blocks", "single_transformer_blocks")
 
     def __init__(self, transformer: HunyuanVideoTransformer3DModel, guidance: float = 6.0):
         super().__init__()
@@ -127,6 +130,16 @@ class HunyuanBackbone(DiffusersBackbone):
         return dict(state)
 
     # -- pieces ---------------------------------------------------------------------------------------------
+    def blank_text(self, batch: int, tokens: int, device: str | torch.device = "cpu") -> TextCondition:
+        """An uninitialised condition of the shapes this DiT reads (Llama states, a full mask, CLIP's pooled
+        vector), for FLOP and memory counts."""
+        cfg = self.transformer.config
+        return TextCondition(
+            torch.empty(batch, tokens, cfg.text_embed_dim, device=device),
+            torch.ones(batch, tokens, dtype=torch.long, device=device),
+            torch.empty(batch, cfg.pooled_projection_dim, device=device),
+        )
+
     @property
     def patch_embedding(self) -> nn.Conv3d:
         """The DiT's first layer (the Large Patchifier baseline is initialised from it)."""
@@ -220,7 +233,7 @@ class HunyuanBackbone(DiffusersBackbone):
 
         # The stock processors take one RoPE table for the whole batch; samples at different positions (frame
         # queries at random Ω) run block by block in per-sample slices, so ``after_block`` still sees the batch.
-        shared = bool((positions == positions[:1]).all())
+        shared = b == 1 or bool((positions == positions[:1]).all())  # (one sample: nothing to compare, even on meta)
         checkpointing = torch.is_grad_enabled() and tr.gradient_checkpointing
 
         def call(block, hs, enc, te, am, rope):

@@ -216,6 +216,10 @@ class WanBackbone(DiffusersBackbone):
         return to_original_layout(state, alpha)
 
     # -- pieces ---------------------------------------------------------------------------------------------
+    def blank_text(self, batch: int, tokens: int, device: str | torch.device = "cpu") -> TextCondition:
+        """An uninitialised condition of the shapes this DiT reads (UMT5 states), for FLOP and memory counts."""
+        return TextCondition(torch.empty(batch, tokens, self.transformer.config.text_dim, device=device))
+
     @property
     def patch_embedding(self) -> nn.Conv3d:
         """The DiT's first layer (the Large Patchifier baseline is initialised from it)."""

@@ -6,8 +6,9 @@ per-channel mean/std as in Wan. We take the posterior's mode, as ``HunyuanVideoI
 (``sample_mode="argmax"``), so cached latents are deterministic. The VAE is causal in time: ``1 + 4k`` frames become
 ``1 + k`` latent frames; 16 channels, 8×8 spatial for the released model.
 
-``tiling`` and ``slicing`` are diffusers' own memory savers for small GPUs (tiles in space and time, one sample at a
-time).
+Streaming (generation) is windowed, not exact: the VAE's GroupNorms normalise over time, so no piecewise call equals
+a whole-video call (``codecs/streaming.py``). ``tiling`` and ``slicing`` are diffusers' own memory savers for small
+GPUs (tiles in space and time, one sample at a time).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from diffusers import AutoencoderKLHunyuanVideo
 
 from tinyhistory.codecs.base import load_vae, require_folder
+from tinyhistory.codecs.streaming import WindowedStreamDecoder, WindowedStreamEncoder
 
 
 class HunyuanVAECodec:
@@ -30,6 +32,9 @@ class HunyuanVAECodec:
         self.spatial_factor: int = cfg.spatial_compression_ratio
         self.temporal_factor: int = cfg.temporal_compression_ratio
         self.scaling_factor: float = float(cfg.scaling_factor)
+        # Streams see this many latent frames before each new piece: one temporal tile of diffusers' own long-video
+        # path (``tile_sample_min_num_frames`` 16 frames = 4 latents), so a piece has the context a tile has.
+        self.stream_context: int = vae.tile_sample_min_num_frames // self.temporal_factor
         if tiling:
             vae.enable_tiling()
         if slicing:
@@ -51,13 +56,16 @@ class HunyuanVAECodec:
         self.vae.to(device)
         return self
 
-    def stream_encoder(self):
-        raise ValueError(
-            "the HunyuanVideo VAE cannot be streamed exactly (diffusers' causal convs keep no cache between calls), "
-            "so streaming generation does not support it yet"
+    def stream_encoder(self) -> WindowedStreamEncoder:
+        """Pixels in pieces → latents, each piece encoded after a context of :attr:`stream_context` latents' worth of
+        frames. Not exact (see ``codecs/streaming.py``: this VAE normalises over time)."""
+        return WindowedStreamEncoder(
+            self.encode, self.temporal_factor, self.stream_context, self.latent_channels, self.spatial_factor
         )
 
-    stream_decoder = stream_encoder
+    def stream_decoder(self) -> WindowedStreamDecoder:
+        """Latents in pieces → pixels, each piece decoded after the last :attr:`stream_context` latents (not exact)."""
+        return WindowedStreamDecoder(self.decode, self.temporal_factor, self.stream_context)
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:

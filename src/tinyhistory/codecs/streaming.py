@@ -11,9 +11,15 @@ per-layer causal cache is carried from one call to the next:
   pieces gives the output of one whole call (the 1×1×1 ``quant_conv`` / ``post_quant_conv`` have no temporal reach).
   Pixels that do not yet fill a chunk wait for the next call.
 * **Framewise codecs** (the tiny preset's pixel codec): each frame on its own, nothing to carry.
-* **HunyuanVideo** (``AutoencoderKLHunyuanVideo``): diffusers' causal convs pad each call's input with its own first
-  frame and keep no cache, so a video encoded in pieces is not the video encoded whole; it has no stream here (its
-  backbone does not exist yet either; the HunyuanVideo issue decides what it does instead).
+* **HunyuanVideo** (``AutoencoderKLHunyuanVideo``): *not exact, by construction of the VAE*. Its GroupNorms
+  normalise over time as well as space (``nn.GroupNorm`` on ``(B, C, T, H, W)``), so every latent depends on every
+  frame of the call, later ones included: no split of a video into pieces gives the latents of one whole call, and
+  diffusers itself never encodes or decodes a long video whole (``_temporal_tiled_encode`` / ``_decode``: 17-frame
+  tiles every 12 frames, blended). :class:`WindowedStreamEncoder` / :class:`WindowedStreamDecoder` do the analogous
+  thing causally: each new piece is encoded (decoded) together with a left context of the last few latents' worth
+  of input, the context's part of the output is dropped, and what is emitted is final (no later correction, so a
+  growing video file and a resumed session stay consistent). The first piece is one whole call. The deviation from a
+  whole-video call is measured in ``tests/test_codec_streaming.py``.
 
 :class:`LowResStream` feeds the history encoder's LR branch: pixels downsampled by the rate, grouped in time so
 that LR latent ``b`` covers exactly the pixels of the HR branch's temporal block ``b`` (see
@@ -148,6 +154,10 @@ class WanStreamDecoder:
             out = unpatchify(out, patch_size=vae.config.patch_size)
         return out.clamp(-1.0, 1.0).float().to(latents.device)
 
+    def prime(self, latents: torch.Tensor) -> None:
+        """Latents whose pixels the caller has already (a starting video): the causal cache must see them all."""
+        self.push(latents)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return _cache_state("cache", self._cache) | {"latents_in": torch.tensor(self.latents_in)}
 
@@ -170,11 +180,109 @@ class FramewiseStream:
         self.count += x.shape[2]
         return self.call(x)
 
+    def prime(self, x: torch.Tensor) -> None:
+        """Input whose output the caller has already: nothing to carry, only counted."""
+        self.count += x.shape[2]
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"count": torch.tensor(self.count)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.count = int(state["count"])
+
+
+class WindowedStreamEncoder:
+    """Pixels ``(B, 3, n, H, W)``, any n per call → latents of a causal codec that cannot carry a cache (HunyuanVideo).
+
+    The first call encodes its first ``1 + f·k`` frames as one video; after that, every ``f`` new frames make one
+    latent, encoded as the last latents of a window ``[context ; new frames]`` whose context is the last
+    ``1 + f·context`` frames already encoded (the window's first frame stands alone, as a causal VAE's first frame
+    does, so the new frames fall on whole latents). Frames that do not yet fill ``f`` wait for the next call.
+    """
+
+    def __init__(self, encode, temporal_factor: int, context: int, latent_channels: int, spatial_factor: int):
+        if context < 1:
+            raise ValueError(f"a windowed stream needs a context of at least 1 latent frame, got {context}")
+        self.encode = encode
+        self.f = temporal_factor
+        self.context = context
+        self.latent_channels = latent_channels
+        self.spatial_factor = spatial_factor
+        self.reset()
+
+    def reset(self) -> None:
+        self._tail: torch.Tensor | None = None  # (B, 3, 1 + f·j, H, W), j ≤ context: the last frames encoded
+        self._pending: torch.Tensor | None = None  # frames not yet making a whole latent
+
+    @torch.no_grad()
+    def push(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels if self._pending is None else torch.cat([self._pending, pixels], dim=2)
+        if self._tail is None:
+            take = 1 + (x.shape[2] - 1) // self.f * self.f if x.shape[2] else 0
+            window, new_latents = x[:, :, :take], None
+        else:
+            take = x.shape[2] // self.f * self.f
+            window, new_latents = torch.cat([self._tail.to(x.device), x[:, :, :take]], dim=2), take // self.f
+        self._pending = x[:, :, take:] if take < x.shape[2] else None
+        if take == 0:
+            b, _, _, h, w = x.shape
+            return x.new_zeros(b, self.latent_channels, 0, h // self.spatial_factor, w // self.spatial_factor)
+        latents = self.encode(window)
+        latents = latents if new_latents is None else latents[:, :, -new_latents:]
+        kept = min(self.context, (window.shape[2] - 1) // self.f)
+        self._tail = window[:, :, -(1 + self.f * kept) :].contiguous()
+        return latents
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        parts = {"tail": self._tail, "pending": self._pending}
+        return {name: t.cpu().contiguous() for name, t in parts.items() if t is not None}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._tail, self._pending = state.get("tail"), state.get("pending")
+
+
+class WindowedStreamDecoder:
+    """Latents ``(B, C, m, h, w)``, any m per call → pixels of a causal codec that cannot carry a cache.
+
+    The first call decodes its latents as one video (``1 + f·(m − 1)`` frames); every later call decodes the window
+    ``[last ≤ context latents ; new latents]`` and keeps the new latents' ``f·m`` frames.
+    """
+
+    def __init__(self, decode, temporal_factor: int, context: int):
+        if context < 1:
+            raise ValueError(f"a windowed stream needs a context of at least 1 latent frame, got {context}")
+        self.decode = decode
+        self.f = temporal_factor
+        self.context = context
+        self.reset()
+
+    def reset(self) -> None:
+        self._tail: torch.Tensor | None = None  # (B, C, ≤ context, h, w): the last latents decoded
+
+    @torch.no_grad()
+    def push(self, latents: torch.Tensor) -> torch.Tensor:
+        m = latents.shape[2]
+        if m == 0:
+            b, _, _, h, w = latents.shape
+            return latents.new_zeros(b, 3, 0, h, w)
+        window = latents if self._tail is None else torch.cat([self._tail.to(latents.device), latents], dim=2)
+        pixels = self.decode(window)
+        if self._tail is not None:
+            pixels = pixels[:, :, -self.f * m :]
+        self.prime(window)
+        return pixels
+
+    def prime(self, latents: torch.Tensor) -> None:
+        """Latents whose pixels the caller has already (a starting video): only the last ``context`` are kept as
+        the next window's context, so a long starting history is never decoded."""
+        if latents.shape[2]:
+            self._tail = latents[:, :, -self.context :].contiguous()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {} if self._tail is None else {"tail": self._tail.cpu().contiguous()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._tail = state.get("tail")
 
 
 class LowResStream:

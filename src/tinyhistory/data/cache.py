@@ -35,6 +35,7 @@ from tinyhistory.codecs.base import check_causal_frames
 from tinyhistory.config import RunConfig
 from tinyhistory.geometry import Rate, temporal_block
 from tinyhistory.paths import resolve_path
+from tinyhistory.text.cache import encode_condition
 from tinyhistory.text.condition import TextCondition
 from tinyhistory.text.storyboard import Storyboard
 
@@ -87,7 +88,9 @@ class CachedVideo:
     storyboard: Storyboard
     hr_keys: list[str]  # per window, "w{i}.hr_latents.{shape}.{dtype}"
     lr_keys: dict[str, list[str]]  # rate → per window
-    text_keys: list[str]  # per shot
+    text_keys: list[str]  # per shot: the token states
+    text_mask_keys: list[str]  # per shot, where the text encoder gives a mask (HunyuanVideo), else empty
+    text_pooled_keys: list[str]  # per shot, where the text encoder gives a pooled vector (HunyuanVideo), else empty
     window_latents: list[int]  # latent frames of each window (a framewise cache may end in a shorter one)
     window_frames: int  # pixel frames per (full) window
     latent_shape: tuple[int, int, int]  # (channels, height, width) of the HR latents
@@ -118,7 +121,7 @@ class CachedVideo:
                 lr_keys.setdefault(parts[2], []).append(key)
         for rate, names in lr_keys.items():
             lr_keys[rate] = sorted(names, key=lambda k: int(k.split(".")[0][1:]))
-        text_keys = sorted((k for k in keys if k.startswith("text.")), key=lambda k: int(k.split(".")[1]))
+        text_keys = {kind: _per_shot(keys, kind) for kind in ("text", "text_mask", "text_pooled")}
         shapes = [tensor_shape(key) for key in hr_keys]  # (C, T, H, W) per window
         return cls(
             shard=shard,
@@ -132,12 +135,19 @@ class CachedVideo:
             storyboard=Storyboard.from_dict(json.loads(meta["storyboard"]), f"{shard} storyboard"),
             hr_keys=hr_keys,
             lr_keys=lr_keys,
-            text_keys=text_keys,
+            text_keys=text_keys["text"],
+            text_mask_keys=text_keys["text_mask"],
+            text_pooled_keys=text_keys["text_pooled"],
             window_latents=[shape[1] for shape in shapes],
             window_frames=int(meta["window_frames"]),
             latent_shape=(shapes[0][0], shapes[0][2], shapes[0][3]),
             config=json.loads(meta["config"]),
         )
+
+
+def _per_shot(keys: list[str], kind: str) -> list[str]:
+    """A shard's ``"{kind}.{j}.<shape>.<dtype>"`` tensor names in shot order ``j``."""
+    return sorted((k for k in keys if k.split(".")[0] == kind), key=lambda k: int(k.split(".")[1]))
 
 
 @dataclass(frozen=True)
@@ -178,9 +188,14 @@ def write_empty_prompt(cache: Path, text, text_encoder) -> None:
         with safe_open(str(path), "pt") as f:
             if f.metadata() == identity:
                 return
-    states = text_encoder().encode([""])[0].to(torch.float32).contiguous()  # (L, D)
+    empty = encode_condition(text_encoder(), [""]).to("cpu")
+    tensors = {"states": empty.states[0].to(torch.float32).contiguous()}  # (L, D)
+    if empty.mask is not None:
+        tensors["mask"] = empty.mask[0].contiguous()  # (L,)
+    if empty.pooled is not None:
+        tensors["pooled"] = empty.pooled[0].to(torch.float32).contiguous()  # (P,)
     tmp = path.with_suffix(".tmp")
-    save_file({"states": states}, str(tmp), metadata=identity)
+    save_file(tensors, str(tmp), metadata=identity)
     tmp.replace(path)
 
 
@@ -194,7 +209,9 @@ def read_empty_prompt(cfg: RunConfig) -> TextCondition | None:
     with safe_open(str(path), "pt") as f:
         if f.metadata() != _text_identity(cfg.text):
             return None
-        return TextCondition(f.get_tensor("states")[None])
+        names = set(f.keys())
+        mask, pooled = (f.get_tensor(k)[None] if k in names else None for k in ("mask", "pooled"))
+        return TextCondition(f.get_tensor("states")[None], mask, pooled)
 
 
 def _identity(config: dict) -> dict:
@@ -331,9 +348,9 @@ class CacheSampler:
                     lr[i].append(self._slice(video, run, keys, offset // rate.t, self.frames // rate.t, rate.t))
         return None, torch.stack(hr).float(), [torch.stack(x).float() if x else None for x in lr]
 
-    def text_for(self, picks: torch.Tensor, first: int, last: int) -> torch.Tensor | None:
-        """Embeddings ``(B, L, D)`` of the shot nearest to latent frames ``[first, last)`` of each window, or None
-        when the cache holds no text (then the run's caption applies)."""
+    def text_for(self, picks: torch.Tensor, first: int, last: int) -> TextCondition | None:
+        """The condition (states ``(B, L, D)``, and mask and pooled vector where cached) of the shot nearest to latent
+        frames ``[first, last)`` of each window, or None when the cache holds no text (the run's caption applies)."""
         out = []
         for run_index, offset in picks.tolist():
             run = self.runs[run_index]
@@ -343,8 +360,11 @@ class CacheSampler:
             start_frame = video.window_starts[run.windows[0]] + (offset + first) * video.temporal_factor
             end_frame = video.window_starts[run.windows[0]] + (offset + last) * video.temporal_factor
             shot = video.storyboard.shot_index_for(start_frame / video.fps, end_frame / video.fps)
-            out.append(self._handle(video.shard).get_tensor(video.text_keys[shot]))
-        return torch.stack(out).float()
+            shard = self._handle(video.shard)
+            mask = shard.get_tensor(video.text_mask_keys[shot]).long()[None] if video.text_mask_keys else None
+            pooled = shard.get_tensor(video.text_pooled_keys[shot]).float()[None] if video.text_pooled_keys else None
+            out.append(TextCondition(shard.get_tensor(video.text_keys[shot]).float()[None], mask, pooled))
+        return TextCondition.cat(out)
 
     def _slice(self, video: CachedVideo, run: Run, keys: list[str], start: int, length: int, per: int):
         """Latent frames ``[start, start + length)`` of the run (``per``: latent frames per entry), across windows."""
@@ -405,7 +425,7 @@ def _heldout_hint(videos: list[CachedVideo], part: str) -> str:
     if part != "heldout" or not videos or any(v.framewise for v in videos):
         return ""
     if not causal:
-        return " (each video holds one window: hold out whole videos with data.heldout_split=\"videos\")"
+        return ' (each video holds one window: hold out whole videos with data.heldout_split="videos")'
     needed = min(1.0 - v.window_starts[-1] / v.frames for v in causal)
     return f" (a causal window is held out whole: heldout_fraction >= {math.ceil(needed * 100) / 100:.2f} here)"
 

@@ -8,7 +8,7 @@ prompt. One shard per video:
 
     OUT/shards/<key>.safetensors   tensors "w{i}.hr_latents.{C}x{T}x{H}x{W}.{dtype}",
                                    "w{i}.lr_latents.{rate}.{shape}.{dtype}", "text.{j}.{L}x{D}.{dtype}"
-                                   (HunyuanVideo: also "text_pooled.{j}.{D}.{dtype}")
+                                   (HunyuanVideo: also "text_mask.{j}.{L}.bool", "text_pooled.{j}.{P}.{dtype}")
                                    metadata: source path and hash, fps, window starts, prompts (JSON)
     OUT/manifest.jsonl             one line per cached video, rebuilt from the shards' metadata at the end
     OUT/report.json                done / reused / skipped (with reasons) / set aside / pruned / throughput / stale
@@ -49,6 +49,7 @@ from tinyhistory.data.video import choose_bucket, decode_video, probe_video
 from tinyhistory.geometry import Rate, temporal_block
 from tinyhistory.history import lowres_latents
 from tinyhistory.system import build_codec, check_model_parts
+from tinyhistory.text.cache import encode_condition
 from tinyhistory.text.storyboard import Storyboard
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".gif"}
@@ -211,15 +212,18 @@ def encode_windows(
 
 
 def encode_prompts_of(board: Storyboard, text_encoder) -> dict[str, torch.Tensor]:
-    """One embedding per shot (and HunyuanVideo's pooled CLIP vector per shot), float16 on CPU."""
-    prompts = [shot.prompt for shot in board.shots]
+    """One condition per shot, on CPU: token states (float16), and where the encoder gives them (HunyuanVideo) the
+    attention mask (bool) and the pooled CLIP vector (float16)."""
+    condition = encode_condition(text_encoder, [shot.prompt for shot in board.shots]).to("cpu")
     tensors = {}
-    for j, emb in enumerate(text_encoder.encode(prompts)):
-        emb = emb.to("cpu", torch.float16).contiguous()
+    for j in range(len(condition)):
+        emb = condition.states[j].to(torch.float16).contiguous()
         tensors[f"text.{j}.{_shape(emb)}.float16"] = emb
-    if getattr(text_encoder, "pooled_dim", 0):
-        for j, pooled in enumerate(text_encoder.encode_pooled(prompts)):
-            pooled = pooled.to("cpu", torch.float16).contiguous()
+        if condition.mask is not None:
+            mask = condition.mask[j].bool().contiguous()
+            tensors[f"text_mask.{j}.{_shape(mask)}.bool"] = mask
+        if condition.pooled is not None:
+            pooled = condition.pooled[j].to(torch.float16).contiguous()
             tensors[f"text_pooled.{j}.{_shape(pooled)}.float16"] = pooled
     return tensors
 
@@ -263,7 +267,7 @@ def prepare(
             if item.storyboard is None and not caption:
                 raise ValueError(
                     "no prompt: give a storyboard (<stem>.json) or caption (<stem>.txt) beside the video, a JSONL "
-                    "line with one, or a default caption with --set text.caption=\"...\""
+                    'line with one, or a default caption with --set text.caption="..."'
                 )
             # The prompts are part of the key: a changed storyboard or caption is encoded again.
             prompts = item.storyboard.to_dict() if item.storyboard else {"caption": caption}

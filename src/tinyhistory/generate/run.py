@@ -29,10 +29,11 @@ from tinyhistory.data.video import count_video_frames, iter_video_chunks
 from tinyhistory.generate.session import (
     GenerationSession,
     SamplingSettings,
-    folder_scheduler_config,
+    folder_sampler,
     frame_shape,
 )
 from tinyhistory.paths import resolve_path
+from tinyhistory.registry import BACKBONES
 from tinyhistory.system import build_codec
 from tinyhistory.text.cache import PromptEncoder
 from tinyhistory.text.storyboard import Storyboard
@@ -77,10 +78,10 @@ def offload_blocks(backbone, device: torch.device, home: str = "cpu") -> None:
         offload_type="block_level",
         num_blocks_per_group=1,
     )
-    # diffusers puts everything outside ``blocks`` in a group onloaded by the transformer's own forward, which the
-    # adapter never calls: those modules (a small part of the weights) live on the device instead.
+    # diffusers puts everything outside the block lists in a group onloaded by the transformer's own forward, which
+    # the adapter never calls: those modules (a small part of the weights) live on the device instead.
     for name, child in transformer.named_children():
-        if name != "blocks":
+        if name not in backbone.block_lists:
             child.to(device)
     for parameter in transformer.parameters(recurse=False):  # scale_shift_table
         parameter.data = parameter.data.to(device)
@@ -88,7 +89,8 @@ def offload_blocks(backbone, device: torch.device, home: str = "cpu") -> None:
 
 def sampling_settings(cfg, given: dict, saved: SamplingSettings | None, resume: str | Path | None) -> SamplingSettings:
     """This run's sampling settings: the flags given, else the saved session's (``--resume``), else the defaults
-    (the preset's 1-s segment; UniPC as the pipeline's scheduler when the model folder has one, else Euler).
+    (the preset's 1-s segment; the model folder's sampler, UniPC for Wan, Euler for HunyuanVideo and without a
+    folder; the family's classifier-free guidance, off for guidance-distilled HunyuanVideo).
 
     A resumed session takes new steps, guidance, sampler, flow shift or seed for what comes next (and says so);
     the segment length is fixed by the session (positions and blocks depend on it)."""
@@ -106,7 +108,8 @@ def sampling_settings(cfg, given: dict, saved: SamplingSettings | None, resume: 
         return SamplingSettings(**(asdict(saved) | given))
     defaults = {
         "segment_frames": cfg.train.segment_frames,
-        "sampler": "unipc" if folder_scheduler_config(cfg) else "euler",
+        "sampler": folder_sampler(cfg),
+        "guidance": BACKBONES.get(cfg.backbone.family).default_guidance,
     }
     return SamplingSettings(**(defaults | given))
 

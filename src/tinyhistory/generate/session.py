@@ -53,7 +53,10 @@ SAMPLERS = ("euler", "unipc")
 class SamplingSettings:
     sampler: str = "euler"
     steps: int = 20
-    guidance: float = 3.0
+    guidance: float = 3.0  # classifier-free guidance (1 = off); `generate` defaults to the family's (HunyuanVideo: 1)
+    # The embedded guidance of a guidance-distilled DiT (HunyuanVideo: the pipeline's ``guidance_scale``, 6.0); models
+    # without a guidance embedding ignore it.
+    distilled_guidance: float = 6.0
     seed: int = 0
     segment_frames: int = 8  # latent frames per segment (about one second at the tiny preset's 8 fps)
     # The scheduler's time shift; 0 = the model folder's scheduler config (the pipeline's), else 1.
@@ -66,8 +69,10 @@ class SamplingSettings:
             raise ValueError(f"steps and segment_frames must be positive, got {self.steps} and {self.segment_frames}")
         if not math.isfinite(self.flow_shift) or self.flow_shift < 0:
             raise ValueError(f"flow_shift must be a finite number >= 0 (0 = the model folder's), got {self.flow_shift}")
-        if not math.isfinite(self.guidance) or self.guidance < 0:
-            raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance}")
+        for name in ("guidance", "distilled_guidance"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
 
 @dataclass
@@ -102,15 +107,27 @@ def make_scheduler(settings: SamplingSettings, folder_config: dict | None = None
     sigmas, its flow shift) as ``WanPipeline`` builds it; ``settings.flow_shift`` > 0 replaces the shift."""
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
-    folder_shift = float((folder_config or {}).get("flow_shift", 1.0))
+    folder_config = folder_config or {}
+    kind = folder_config.get("_class_name")
+    # UniPC calls its shift ``flow_shift`` (Wan), the flow-matching Euler scheduler ``shift`` (HunyuanVideo).
+    folder_shift = float(folder_config.get("flow_shift", folder_config.get("shift", 1.0)))
     shift = settings.flow_shift or folder_shift
     if settings.sampler == "unipc":
-        if folder_config and folder_config.get("_class_name") == "UniPCMultistepScheduler":
+        if kind == "UniPCMultistepScheduler":
             return UniPCMultistepScheduler.from_config(folder_config, flow_shift=shift)
         return UniPCMultistepScheduler(
             prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift, num_train_timesteps=1000
         )
+    if kind == "FlowMatchEulerDiscreteScheduler":
+        return FlowMatchEulerDiscreteScheduler.from_config(folder_config, shift=shift)
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+
+
+def folder_sampler(cfg) -> str:
+    """The sampler the model folder's pipeline uses: Euler where its scheduler is the flow-matching Euler one
+    (HunyuanVideo) or where there is no folder, else UniPC (Wan)."""
+    config = folder_scheduler_config(cfg)
+    return "euler" if not config or config.get("_class_name") == "FlowMatchEulerDiscreteScheduler" else "unipc"
 
 
 def low_noise_expert(cfg, dtype: torch.dtype):
@@ -266,7 +283,7 @@ class GenerationSession:
                 continue
             pixels = to_pixels(chunk[drop:])[None]
             latents = self.encoder.push(pixels)
-            self.decoder.push(latents.to(self.device))  # the decoder's causal cache must have seen the history
+            self.decoder.prime(latents.to(self.device))  # the decoder's causal context must have seen the history
             self._append(latents, pixels)
         self.origin = self.history_frames
 
@@ -312,6 +329,8 @@ class GenerationSession:
         n = frames or s.segment_frames
         started = time.perf_counter()
         text = self._prompt_embedding(prompt)
+        if hasattr(self.model.backbone, "guidance"):  # a guidance-distilled DiT (HunyuanVideo)
+            self.model.backbone.guidance = s.distilled_guidance
         shape = (1, *self.latents.shape[1:2], n, *self.latents.shape[3:])
         noise = torch.randn(shape, generator=self.generator).to(self.device)
         positions = torch.arange(self.history_frames, self.history_frames + n, device=self.device)[None]
@@ -422,7 +441,7 @@ class GenerationSession:
     @staticmethod
     def read_settings(path: str | Path) -> SamplingSettings:
         """The sampling settings a session file was made with."""
-        return SamplingSettings(**_session_meta(Path(path))["settings"])
+        return SamplingSettings(**session_meta(Path(path))["settings"])
 
     @classmethod
     def load(
@@ -431,7 +450,7 @@ class GenerationSession:
         """Continue a saved session. ``settings``: other sampling settings for what comes next (the segment length
         must stay: positions and blocks depend on it); default: the saved ones."""
         path = Path(path)
-        meta = _session_meta(path)
+        meta = session_meta(path)
         if meta.get("version") != 2:
             raise ValueError(f"{path}: a session file of an older tinyhistory (before latent-time sessions)")
         saved = SamplingSettings(**meta["settings"])
@@ -468,7 +487,8 @@ class GenerationSession:
         return session
 
 
-def _session_meta(path: Path) -> dict:
+def session_meta(path: Path) -> dict:
+    """A saved session's metadata (settings, log, identity), with an error that names a file that is not one."""
     from safetensors import safe_open
 
     if not path.is_file():

@@ -63,7 +63,20 @@ def downsample_pixels(pixels: torch.Tensor, rate: Rate, temporal_factor: int = 1
 
 def lowres_latents(pixels: torch.Tensor, rate: Rate, codec: Codec) -> torch.Tensor:
     """The LR branch's input (SPEC §3.2): the pixel video downsampled by the rate, through the base codec."""
-    return codec.encode(crop_to_codec(downsample_pixels(pixels, rate, codec.temporal_factor), codec))
+    lowres = downsample_pixels(pixels, rate, codec.temporal_factor)
+    return codec.encode(crop_to_codec(floor_to_causal_frames(lowres, codec.temporal_factor), codec))
+
+
+def floor_to_causal_frames(pixels: torch.Tensor, temporal_factor: int) -> torch.Tensor:
+    """The first ``1 + f·k`` frames of ``(B, 3, T, H, W)`` pixels, the most a causal VAE (factor f > 1) encodes whole.
+
+    The LR video rarely has that length (17 frames at rT = 2: 1 + 6 LR frames), and its leftover frames make no
+    whole latent. Wan's VAE drops them itself (it encodes frame 0, then whole 4-frame chunks); HunyuanVideo's refuses
+    the length, so the floor is taken here, once, for every causal codec alike.
+    """
+    if temporal_factor <= 1 or pixels.shape[2] == 0:
+        return pixels
+    return pixels[:, :, : 1 + (pixels.shape[2] - 1) // temporal_factor * temporal_factor]
 
 
 def crop_to_codec(pixels: torch.Tensor, codec: Codec) -> torch.Tensor:

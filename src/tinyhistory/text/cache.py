@@ -1,9 +1,10 @@
-"""Prompt embeddings through an optional on-disk cache (``text.cache``), so a run need not load the text encoder.
+"""Prompt conditions through an optional on-disk cache (``text.cache``), so a run need not load the text encoder.
 
-The cache is a safetensors file of ``(L, D)`` embeddings keyed by a hash of (encoder kind, max tokens, model folder,
-prompt): a change of encoder, length or weights folder never returns a stale entry. Prompts missing from the cache
-are encoded with the configured encoder and written back (atomically). With ``text.cache`` empty, prompts are simply
-encoded.
+The cache is a safetensors file of ``(L, D)`` token states keyed by a hash of (encoder kind, max tokens, model
+folder, prompt), with ``KEY.mask`` ``(L,)`` and ``KEY.pooled`` ``(P,)`` beside them for encoders that give them
+(HunyuanVideo): a change of encoder, length or weights folder never returns a stale entry. Prompts missing from the
+cache are encoded with the configured encoder and written back (atomically). With ``text.cache`` empty, prompts are
+simply encoded.
 """
 
 from __future__ import annotations
@@ -54,25 +55,27 @@ class PromptEncoder:
         self.offload = offload and self.device.type != "cpu"
         self._encoder = None
 
-    def encode(self, prompts: list[str]) -> torch.Tensor:
+    def encode_condition(self, prompts: list[str]) -> TextCondition:
         if self._encoder is None:
             home = "cpu" if self.offload else self.device
             self._encoder = build_text_encoder(self.cfg, home, torch.bfloat16 if self.offload else None)
         if not self.offload:
-            return self._encoder.encode(prompts)
+            return encode_condition(self._encoder, prompts)
         self._encoder.to(self.device)
         try:
-            return self._encoder.encode(prompts)
+            return encode_condition(self._encoder, prompts)
         finally:
             self._encoder.to("cpu")
 
     def __call__(self, prompts: list[str]) -> TextCondition:
-        return TextCondition(encode_prompt_states(self.cfg, prompts, encoder=lambda: self))
+        return encode_prompts(self.cfg, prompts, encoder=lambda: self)
 
 
-def encode_prompts(cfg: TextConfig, prompts: list[str]) -> TextCondition:
-    """``prompts`` → a condition of ``(B, max_tokens, D)`` float32 states, from ``cfg.cache`` where possible."""
-    return TextCondition(encode_prompt_states(cfg, prompts))
+def encode_condition(encoder, prompts: list[str]) -> TextCondition:
+    """What ``encoder`` gives for ``prompts``: its ``encode_condition`` where it has one (HunyuanVideo: states, mask
+    and CLIP's pooled vector), else its token states alone (UMT5, MiniLM)."""
+    full = getattr(encoder, "encode_condition", None)
+    return full(prompts) if full is not None else TextCondition(encoder.encode(prompts))
 
 
 def empty_prompt(cfg: TextConfig, like: TextCondition | None = None) -> TextCondition:
@@ -83,12 +86,13 @@ def empty_prompt(cfg: TextConfig, like: TextCondition | None = None) -> TextCond
     return encode_prompts(cfg, [""])
 
 
-def encode_prompt_states(cfg: TextConfig, prompts: list[str], encoder=None) -> torch.Tensor:
-    """``prompts`` → ``(B, max_tokens, D)`` float32 states, from ``cfg.cache`` where possible. ``encoder``: a
-    callable giving the object that encodes the misses (default: build the configured encoder)."""
+def encode_prompts(cfg: TextConfig, prompts: list[str], encoder=None) -> TextCondition:
+    """``prompts`` → a condition of ``(B, max_tokens, D)`` float32 states (with the encoder's mask and pooled
+    vector, if it gives them), from ``cfg.cache`` where possible. ``encoder``: a callable giving the object that
+    encodes the misses (default: build the configured encoder)."""
     encoder = encoder or (lambda: build_text_encoder(cfg))
     if not cfg.cache:
-        return encoder().encode(prompts)
+        return encode_condition(encoder(), prompts).to("cpu").map(_float_but_mask)
     path = Path(cfg.cache)
     cached: dict[str, torch.Tensor] = {}
     if path.is_file():
@@ -99,11 +103,25 @@ def encode_prompt_states(cfg: TextConfig, prompts: list[str], encoder=None) -> t
     key = {p: prompt_key(cfg.kind, cfg.max_tokens, p, cfg.path) for p in prompts}
     missing = sorted(p for p in key if key[p] not in cached)
     if missing:
-        fresh = encoder().encode(missing)
-        for prompt, embedding in zip(missing, fresh, strict=True):
-            cached[key[prompt]] = embedding.contiguous()
+        fresh = encode_condition(encoder(), missing).to("cpu")
+        for i, prompt in enumerate(missing):
+            cached[key[prompt]] = fresh.states[i].contiguous()
+            if fresh.mask is not None:
+                cached[f"{key[prompt]}.mask"] = fresh.mask[i].contiguous()
+            if fresh.pooled is not None:
+                cached[f"{key[prompt]}.pooled"] = fresh.pooled[i].contiguous()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         save_file(cached, str(tmp))
         tmp.replace(path)
-    return torch.stack([cached[key[p]] for p in prompts]).float()
+
+    def stacked(suffix: str) -> torch.Tensor | None:
+        names = [key[p] + suffix for p in prompts]
+        return torch.stack([cached[n] for n in names]) if all(n in cached for n in names) else None
+
+    return TextCondition(stacked("").float(), stacked(".mask"), stacked(".pooled")).map(_float_but_mask)
+
+
+def _float_but_mask(x: torch.Tensor) -> torch.Tensor:
+    """States and pooled vectors in float32; a mask keeps its integer or bool dtype."""
+    return x.float() if x.is_floating_point() else x

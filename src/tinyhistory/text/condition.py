@@ -29,7 +29,8 @@ class TextCondition:
     def __len__(self) -> int:
         return self.states.shape[0]
 
-    def _map(self, fn) -> TextCondition:
+    def map(self, fn) -> TextCondition:
+        """``fn`` applied to every tensor the condition holds (states, and mask and pooled where present)."""
         return TextCondition(
             fn(self.states),
             fn(self.mask) if self.mask is not None else None,
@@ -37,13 +38,13 @@ class TextCondition:
         )
 
     def to(self, device: torch.device | str) -> TextCondition:
-        return self._map(lambda x: x.to(device))
+        return self.map(lambda x: x.to(device))
 
     def expand(self, batch: int) -> TextCondition:
         """A one-prompt condition repeated for ``batch`` samples."""
         if len(self) != 1:
             raise ValueError(f"only a single-prompt condition can be expanded, this one has {len(self)}")
-        return self._map(lambda x: x.expand(batch, *x.shape[1:]))
+        return self.map(lambda x: x.expand(batch, *x.shape[1:]))
 
     def where(self, keep: torch.Tensor, other: TextCondition) -> TextCondition:
         """Per sample: this condition where ``keep`` ``(B,)`` is true, else ``other`` (one prompt, broadcast)."""
@@ -74,4 +75,4 @@ class TextCondition:
 
     def zeros_like(self) -> TextCondition:
         """One all-zero prompt shaped like this condition's samples."""
-        return self._map(lambda x: torch.zeros_like(x[:1]))
+        return self.map(lambda x: torch.zeros_like(x[:1]))

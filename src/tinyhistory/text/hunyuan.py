@@ -11,10 +11,10 @@ module repeats the pipeline's steps instead of approximating them:
 * the CLIP-L text encoder's ``pooler_output`` (``text_encoder_2`` / ``tokenizer_2``, 77 tokens), which the DiT adds
   to its timestep embedding.
 
-:meth:`HunyuanTextEncoder.encode_prompt` returns the pipeline's three outputs unchanged; :meth:`encode` (the text
-encoder protocol) zeroes the states where the mask is 0, so a cache of ``(L, D)`` tensors keeps the mask recoverable
-and padding never carries information. Loads from a local HunyuanVideo diffusers folder only (safetensors, nothing
-downloaded).
+:meth:`HunyuanTextEncoder.encode_prompt` returns the pipeline's three outputs unchanged; :meth:`encode_condition`
+(what training and generation use) gives the typed condition, states zeroed where the mask is 0 so padding never
+carries information, with the mask and the pooled vector. Loads from a local HunyuanVideo diffusers folder only
+(safetensors, nothing downloaded).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from tinyhistory.codecs.base import require_folder
+from tinyhistory.text.condition import TextCondition
 
 SUBFOLDERS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 
@@ -115,6 +116,13 @@ class HunyuanTextEncoder:
         """``prompts`` → ``(B, max_tokens, text_dim)`` float32, zero where the attention mask is 0."""
         states, mask = self._llama(prompts)
         return states * mask.unsqueeze(-1).to(states.dtype)
+
+    @torch.no_grad()
+    def encode_condition(self, prompts: list[str]) -> TextCondition:
+        """What the DiT takes: the states of :meth:`encode` (zero under the mask), the mask ``(B, L)`` int64 and
+        CLIP's pooled vector ``(B, pooled_dim)``."""
+        states, mask = self._llama(prompts)
+        return TextCondition(states * mask.unsqueeze(-1).to(states.dtype), mask, self.encode_pooled(prompts))
 
     @torch.no_grad()
     def encode_pooled(self, prompts: list[str]) -> torch.Tensor:

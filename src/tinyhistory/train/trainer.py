@@ -79,8 +79,8 @@ def make_samplers(cfg: RunConfig, model: HistoryDiT) -> tuple[Sampler, Sampler]:
 def sample_text(sampler: Sampler, picks: torch.Tensor, span: tuple[int, int], caption) -> TextCondition:
     """Each sample's prompt: the storyboard shot nearest to latent frames ``span`` of its window (the objective says
     which span) when the data has storyboards; else the run's caption."""
-    states = sampler.text_for(picks, *span)
-    return caption().expand(len(picks)) if states is None else TextCondition(states)
+    cached = sampler.text_for(picks, *span)
+    return caption().expand(len(picks)) if cached is None else cached
 
 
 def batch_for(cfg: RunConfig, sampler: Sampler, picks: torch.Tensor, generator, caption):
