@@ -49,6 +49,7 @@ CODECS = Registry(
         "pixel": "tinyhistory.codecs.pixel:PixelUnshuffleCodec",
         "wan": "tinyhistory.codecs.wan:WanVAECodec",
         "hunyuan": "tinyhistory.codecs.hunyuan:HunyuanVAECodec",
+        "learned": "tinyhistory.codecs.learned:LearnedCodec",
     },
 )
 
