@@ -200,6 +200,13 @@ class DiffusersBackbone(nn.Module):
     def save_pretrained(self, folder: str | Path) -> None:
         self.transformer.save_pretrained(folder, safe_serialization=True)
 
+    def write_model_index(self, folder: str | Path) -> None:
+        """``folder/model_index.json`` naming this family's pipeline and its ``transformer/``, so a checkpoint that
+        holds a whole trained DiT is itself a base-model folder (``--model DIR``): how the tiny preset's pretrained
+        base is used, frozen under a LoRA, exactly as a user's Wan folder is."""
+        index = {"_class_name": self.pipelines[0], "transformer": ["diffusers", type(self.transformer).__name__]}
+        (Path(folder) / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
     @property
     def num_heads(self) -> int:
         return self.transformer.config.num_attention_heads

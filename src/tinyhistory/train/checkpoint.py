@@ -48,6 +48,7 @@ def save_weights(model: HistoryDiT, cfg: RunConfig, folder: str | Path, dtype: t
             # save_pretrained writes the module's own tensors, so cast a copy (the small models this is used for)
             backbone = copy.deepcopy(backbone).to(dtype)
         backbone.save_pretrained(folder / "transformer")
+        backbone.write_model_index(folder)  # the folder can be the frozen base of a LoRA run (--model FOLDER)
     metadata = {"methods": cfg.history.method, "rates": ",".join(cfg.history.rates)}
     for modules, name in ((model.producers, ENCODER_FILE), (model.enhancers, CROSS_ATTENTION_FILE)):
         if len(modules):

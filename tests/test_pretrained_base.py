@@ -1,0 +1,44 @@
+"""A whole DiT trained by tinyhistory (the tiny preset's text-to-video pretraining: no history, `train.dit = "full"`)
+is itself a base-model folder: `--model RUN/final` trains a LoRA and an encoder on it, frozen, as on a user's Wan
+folder."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from conftest import SMALL_OVERRIDES
+from safetensors.torch import load_file
+
+from tinyhistory.cli import main
+from tinyhistory.train.checkpoint import load_model
+
+SETS = [a for o in SMALL_OVERRIDES for a in ("--set", o)]
+
+
+def test_a_pretrained_tiny_dit_is_the_frozen_base_of_a_lora_run(tmp_path):
+    base_run, lora_run = tmp_path / "base", tmp_path / "lora"
+    pretrain = ["train", "--stage", "ar", "--preset", "tiny", "--steps", "2", "--no-progress", *SETS]
+    pretrain += ["--set", 'history.method="no_history"', "--set", "train.lora_rank=0", "--set", "train.batch_size=1"]
+    assert (
+        main([*pretrain, "--set", "train.history_frames=16", "--set", "train.segment_frames=8", "--out", str(base_run)])
+        == 0
+    )
+    index = json.loads((base_run / "final" / "model_index.json").read_text())
+    assert index == {"_class_name": "WanPipeline", "transformer": ["diffusers", "WanTransformer3DModel"]}
+
+    stage1 = ["train", "--stage", "frame-query", "--preset", "tiny", "--model", str(base_run / "final"), *SETS]
+    stage1 += ["--set", 'train.dit="lora"', "--set", "train.lora_rank=4", "--set", 'model.dtype="float32"']
+    assert main([*stage1, "--steps", "2", "--no-progress", "--out", str(lora_run)]) == 0
+    names = {p.name for p in (lora_run / "final").iterdir()}
+    assert "transformer" not in names and {"lora.safetensors", "history_encoder.safetensors"} <= names
+
+    # the base stayed frozen: the LoRA run's model without its LoRA is the pretrained DiT, weight for weight
+    ours, cfg = load_model(lora_run / "final", with_lora=False)
+    assert cfg.model.path == str(base_run / "final") and cfg.train.dit == "lora"
+    pretrained = load_file(str(next((base_run / "final" / "transformer").glob("*.safetensors"))))
+    mine = ours.backbone.transformer.state_dict()
+    assert pretrained.keys() == mine.keys() and all(torch.equal(pretrained[k], mine[k]) for k in pretrained)
+    assert any(
+        v.abs().sum() > 0 for k, v in load_file(str(lora_run / "final" / "lora.safetensors")).items() if "lora_B" in k
+    )
