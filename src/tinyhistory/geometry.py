@@ -92,6 +92,8 @@ BASES: dict[str, BaseGeometry] = {
     "hunyuanvideo": BaseGeometry("hunyuanvideo", 8, 4, (1, 2, 2), 16, 3072),
     # The embedded tiny preset: lossless pixel-unshuffle (4×4 spatial, no temporal compression).
     "tiny": BaseGeometry("tiny", 4, 1, (1, 2, 2), 48, 256),
+    # The miniature of the paper (preset ``miniature``): the learned framewise codec (8× spatial, 16 channels).
+    "miniature": BaseGeometry("miniature", 8, 1, (1, 2, 2), 16, 256),
 }
 
 

@@ -44,16 +44,18 @@ def build_backbone(cfg: RunConfig) -> Backbone:
 
 def check_model_parts(cfg: RunConfig) -> None:
     """Before caching: the user's folder (``model.path``) must be of the preset's family and hold the VAE and the
-    text encoder that the config takes from it (a ValueError names the folder, the missing part and the layout)."""
+    text encoder that the config takes from it (a ValueError names the folder, the missing part and the layout).
+    Caching needs no DiT, so a folder that gives neither is not checked (the miniature caches its footage before
+    its base model exists)."""
     if not cfg.model.path:
         return
-    folder = resolve_path(cfg.model.path)
     parts = []
     if cfg.codec.path == cfg.model.path:
         parts.append("vae")
     if cfg.text.path == cfg.model.path:
         parts += ["text_encoder", "tokenizer"]
-    check_model_folder(folder, BACKBONES.get(cfg.backbone.family), tuple(parts))
+    if parts:
+        check_model_folder(resolve_path(cfg.model.path), BACKBONES.get(cfg.backbone.family), tuple(parts))
 
 
 def build_producers(cfg: RunConfig, backbone: Backbone) -> nn.ModuleList:

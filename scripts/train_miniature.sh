@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The miniature of the paper (preset `miniature`, issue 13), from the footage to the stage-II models, with the
+# project's own commands only. Every step resumes when the script is run again (each writes RUNS/<step>/last).
+#
+#   1. codec:  a framewise 8x autoencoder (L1 + LPIPS) on the footage's training part
+#   2. cache:  the footage's latents (learned codec) and its caption (MiniLM), once
+#   3. base:   the tiny Wan DiT pretrained as a text-to-video model (no history, the whole DiT trains)
+#   4. stage I: frame query on the frozen base, LoRA + encoder, for the proposed encoder, the Large Patchifier and
+#               no history (same base, same steps)
+#   5. stage II: next-segment prediction, a fresh LoRA, the stage-I encoder keeps training
+#
+# Usage: bash scripts/train_miniature.sh [RUNS_DIR]   (defaults: runs/miniature; steps from the environment)
+# Then copy RUNS/codec (config.json, codec.safetensors, metrics.json, log.jsonl) to checkpoints/miniature/codec and
+# RUNS/base/final to checkpoints/miniature/base (the preset's codec.path; stage I takes --model).
+set -euo pipefail
+RUNS=${1:-runs/miniature}
+CODEC_STEPS=${CODEC_STEPS:-4000}
+BASE_STEPS=${BASE_STEPS:-6000}
+STAGE1_STEPS=${STAGE1_STEPS:-3000}
+STAGE2_STEPS=${STAGE2_STEPS:-1500}
+TINYHISTORY=${TINYHISTORY:-tinyhistory}
+mkdir -p "$RUNS"
+CODEC=(--set "codec.path=\"$RUNS/codec\"" --set "data.cache=\"$RUNS/cache\"")
+
+"$TINYHISTORY" codec train --video assets/bbb_128px_8fps.mp4 --size 128 --fps 8 --heldout-fraction 0.2 \
+  --steps "$CODEC_STEPS" --no-progress --out "$RUNS/codec"
+
+# the cache holds the training part and the held-out tail (each window is tagged by the split)
+"$TINYHISTORY" data prepare --preset miniature --input assets/bbb_128px_8fps.mp4 --out "$RUNS/cache" \
+  --set "codec.path=\"$RUNS/codec\""
+
+"$TINYHISTORY" train --stage ar --preset miniature "${CODEC[@]}" --set 'model.path=""' --set 'train.dit="full"' \
+  --set 'history.method="no_history"' --set train.lora_rank=0 --set train.learning_rate=3e-4 \
+  --set train.history_frames=16 --set train.batch_size=8 --steps "$BASE_STEPS" --no-progress --out "$RUNS/base"
+
+for method in proposed large_patchifier no_history; do
+  OMP_NUM_THREADS=1 "$TINYHISTORY" train --stage frame-query --preset miniature --method "$method" \
+    --model "$RUNS/base/final" "${CODEC[@]}" --steps "$STAGE1_STEPS" --no-progress --out "$RUNS/stage1/$method" \
+    > "$RUNS/stage1.$method.out" 2>&1 &
+done
+wait
+
+for method in proposed no_history; do
+  OMP_NUM_THREADS=1 "$TINYHISTORY" train --stage ar --preset miniature --init-from "$RUNS/stage1/$method/final" \
+    "${CODEC[@]}" --steps "$STAGE2_STEPS" --no-progress --out "$RUNS/stage2/$method" > "$RUNS/stage2.$method.out" 2>&1 &
+done
+wait
