@@ -24,6 +24,13 @@ SMALL_OVERRIDES = [
     "train.log_every=1",
 ]
 
+# What a real preset's LoRA run needs to be small on a CPU (the architecture comes from the model folder), as CLI flags.
+LORA_RUN_FLAGS = [
+    "--set", "train.batch_size=1", "--set", 'data.heldout_split="videos"', "--set", "data.heldout_fraction=0.5",
+    "--set", "train.warmup_steps=1", "--set", "history.channels=[8, 16, 32, 32]", "--set", "history.attention_heads=2",
+    "--set", "train.lora_rank=4", "--no-progress",
+]  # fmt: skip
+
 
 @pytest.fixture
 def tiny_wan():

@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
+from conftest import LORA_RUN_FLAGS
 from diffusers import HunyuanVideoPipeline
 from safetensors.torch import load_file
 from tiny_model_folders import hunyuan_folder
-from video_files import write_test_video
+from video_files import captioned_videos, count_frames
 
 from tinyhistory.cli import main
 from tinyhistory.data.cache import CacheSampler
@@ -36,34 +36,13 @@ SIZES = [
     "--set", "data.height=64", "--set", "data.width=64", "--set", "data.fps=8",
     "--set", "data.window_frames=17", "--set", "train.history_frames=17",
 ]  # fmt: skip
-TRAIN = [
-    "--set", "train.batch_size=1", "--set", 'data.heldout_split="videos"', "--set", "data.heldout_fraction=0.5",
-    "--set", "train.warmup_steps=1", "--set", "history.channels=[8, 16, 32, 32]", "--set", "history.attention_heads=2",
-    "--set", "train.lora_rank=4", "--no-progress",
-]  # fmt: skip
-
-
-def _frame_count(path: Path) -> int:
-    import av
-
-    with av.open(str(path)) as container:
-        return sum(1 for _ in container.decode(video=0))
-
-
-def _videos(folder: Path) -> Path:
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for name in ("a.mp4", "b.mp4"):
-        base = rng.integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
-        write_test_video(folder / name, np.concatenate([np.roll(base, 4 * i, axis=2) for i in range(24)]))
-        (folder / name).with_suffix(".txt").write_text(PROMPT)
-    return folder
+TRAIN = LORA_RUN_FLAGS
 
 
 def test_hunyuanvideo_prepares_trains_both_stages_exports_a_stock_lora_and_streams_a_storyboard(tmp_path):
     model_dir = hunyuan_folder(tmp_path / "model")
     cache, run1, run2 = tmp_path / "cache", tmp_path / "run1", tmp_path / "run2"
-    videos = _videos(tmp_path / "videos")
+    videos = captioned_videos(tmp_path / "videos", 64, PROMPT)
     model = ["--preset", "hunyuanvideo", "--model", str(model_dir)]
     # 17-frame windows: the LR video at rT = 2 is 1 + 8 frames after the causal first group, floored to 1 + 4k
     assert main(["data", "prepare", *model, "--input", str(videos), "--out", str(cache), *SIZES]) == 0
@@ -120,14 +99,14 @@ def test_hunyuanvideo_prepares_trains_both_stages_exports_a_stock_lora_and_strea
     generate += [str(story), "--steps", "2", "--segment-frames", "2", "--no-progress"]
     generate += ["--set", "data.height=64", "--set", "data.width=64"]
     assert main([*generate, "--out", str(out)]) == 0
-    assert _frame_count(out) == 5 + 8  # 2 segments of 2 latent frames: 1 + 4, then 4·2 frames
+    assert count_frames(out) == 5 + 8  # 2 segments of 2 latent frames: 1 + 4, then 4·2 frames
     log = [json.loads(line) for line in (tmp_path / "gen" / "x.mp4.segments.jsonl").read_text().splitlines()]
     assert [r["pixel_frames"] for r in log] == [5, 8] and log[1]["context_tokens"] > 0
     session = session_meta(Path(str(out) + ".session"))["settings"]
     assert session["guidance"] == 1.0 and session["distilled_guidance"] == 6.0 and session["sampler"] == "euler"
     continued = tmp_path / "gen" / "y.mp4"
     assert main([*generate, "--out", str(continued), "--history", str(videos / "a.mp4")]) == 0
-    assert _frame_count(continued) == 8 + 8
+    assert count_frames(continued) == 8 + 8
     story.write_text(json.dumps({"shots": [{"start": 0, "end": 3, "prompt": PROMPT}]}))
     assert main([*generate, "--out", str(out), "--resume", str(out) + ".session", "--distilled-guidance", "4"]) == 0
-    assert _frame_count(out) == 5 + 8 + 8
+    assert count_frames(out) == 5 + 8 + 8

@@ -12,16 +12,16 @@ what trained and never the base model; the stage-II LoRA in the ComfyUI layout l
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import LORA_RUN_FLAGS
 from diffusers import WanPipeline
 from PIL import Image
 from safetensors.torch import load_file
 from tiny_model_folders import wan21_t2v_folder, wan22_a14b_folder, wan22_ti2v_folder
-from video_files import write_test_video
+from video_files import captioned_videos, count_frames
 
 from tinyhistory.cli import main
 from tinyhistory.config import load_config
@@ -39,36 +39,14 @@ SIZES = [
     "--set", "data.height=128", "--set", "data.width=128", "--set", "data.fps=8",
     "--set", "data.window_frames=17", "--set", "train.history_frames=17",
 ]  # fmt: skip
-TRAIN = [
-    "--set", "train.batch_size=1", "--set", 'data.heldout_split="videos"', "--set", "data.heldout_fraction=0.5",
-    "--set", "train.warmup_steps=1", "--set", "history.channels=[8, 16, 32, 32]", "--set", "history.attention_heads=2",
-    "--set", "train.lora_rank=4", "--no-progress",
-]  # fmt: skip
-
-
-def _frame_count(path: Path) -> int:
-    import av
-
-    with av.open(str(path)) as container:
-        return sum(1 for _ in container.decode(video=0))
-
-
-def _videos(folder: Path) -> Path:
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for name in ("a.mp4", "b.mp4"):
-        base = rng.integers(0, 256, (1, 128, 128, 3), dtype=np.uint8)
-        frames = np.concatenate([np.roll(base, 4 * i, axis=2) for i in range(24)])  # a moving picture
-        write_test_video(folder / name, frames)
-        (folder / name).with_suffix(".txt").write_text("a cat walks on the grass")  # musubi-style caption sidecar
-    return folder
+TRAIN = LORA_RUN_FLAGS
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_prepares_trains_both_stages_and_exports_a_portable_lora(preset, tmp_path):
     model_dir = PRESETS[preset](tmp_path / "model")
     cache, run1, run2 = tmp_path / "cache", tmp_path / "run1", tmp_path / "run2"
-    videos = _videos(tmp_path / "videos")
+    videos = captioned_videos(tmp_path / "videos", 128, "a cat walks on the grass")
     model = ["--preset", preset, "--model", str(model_dir)]
     assert main(["data", "prepare", *model, "--input", str(videos), "--out", str(cache), *SIZES]) == 0
     from_cache = ["--set", f'data.cache="{cache}"', *SIZES, *TRAIN]
@@ -114,28 +92,28 @@ def test_preset_prepares_trains_both_stages_and_exports_a_portable_lora(preset, 
     generate += ["--steps", "2", "--segment-frames", "2", "--no-progress", "--set", "data.height=128"]
     generate += ["--set", "data.width=128"]
     assert main([*generate, "--out", str(out)]) == 0
-    assert _frame_count(out) == 5 + 8  # 2 segments of 2 latent frames (1 s at 8 fps): 1 + 4, then 4·2 frames
+    assert count_frames(out) == 5 + 8  # 2 segments of 2 latent frames (1 s at 8 fps): 1 + 4, then 4·2 frames
     assert (tmp_path / "gen" / "x.mp4.png").stat().st_size > 500
     log = [json.loads(line) for line in (tmp_path / "gen" / "x.mp4.segments.jsonl").read_text().splitlines()]
     assert [r["pixel_frames"] for r in log] == [5, 8] and [r["start_s"] for r in log] == [0.0, 1.0]
     assert log[1]["context_tokens"] > 0  # the first segment's latents are history for the second
     continued = tmp_path / "gen" / "y.mp4"
     assert main([*generate, "--out", str(continued), "--history", str(videos / "a.mp4")]) == 0
-    assert _frame_count(continued) == 8 + 8  # after a video, every segment is 4·2 frames
+    assert count_frames(continued) == 8 + 8  # after a video, every segment is 4·2 frames
     still = tmp_path / "still.png"
     Image.fromarray(np.full((128, 128, 3), 90, np.uint8)).save(still)
     from_image = tmp_path / "gen" / "z.mp4"
     assert main([*generate, "--out", str(from_image), "--image", str(still)]) == 0
     # TI2V-5B: the image is the first frame of the first segment (its own conditioning); others: one history block
-    assert _frame_count(from_image) == (5 + 8 if preset == "wan2.2-ti2v-5b" else 8 + 8)
+    assert count_frames(from_image) == (5 + 8 if preset == "wan2.2-ti2v-5b" else 8 + 8)
     story.write_text(json.dumps({"shots": [{"start": 0, "end": 3, "prompt": "a cat walks on the grass"}]}))
     assert main([*generate, "--out", str(out), "--resume", str(out) + ".session", "--guidance", "2"]) == 0
-    assert _frame_count(out) == 5 + 8 + 8
+    assert count_frames(out) == 5 + 8 + 8
 
 
 def test_data_prepare_names_a_folder_that_lacks_a_part_or_holds_another_family(tmp_path, capsys):
     model_dir = wan21_t2v_folder(tmp_path / "model")
-    videos = _videos(tmp_path / "videos")
+    videos = captioned_videos(tmp_path / "videos", 128, "a cat walks on the grass")
     args = ["data", "prepare", "--preset", "wan2.1-t2v-1.3b", "--model", str(model_dir), "--input", str(videos)]
     (model_dir / "vae").rename(tmp_path / "vae")
     assert main([*args, "--out", str(tmp_path / "c1"), *SIZES]) == 2
@@ -175,7 +153,7 @@ def test_a_lora_run_resumes_exactly_and_the_empty_prompt_is_the_encoded_one(tmp_
 
     model_dir = wan21_t2v_folder(tmp_path / "model")
     cache = tmp_path / "cache"
-    videos = _videos(tmp_path / "videos")
+    videos = captioned_videos(tmp_path / "videos", 128, "a cat walks on the grass")
     preset = ["--preset", "wan2.1-t2v-1.3b", "--model", str(model_dir)]
     assert main(["data", "prepare", *preset, "--input", str(videos), "--out", str(cache), *SIZES]) == 0
     sets = [a for a in (*SIZES, *TRAIN) if a not in ("--set", "--no-progress")]

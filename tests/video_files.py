@@ -75,3 +75,21 @@ def write_video_without_frames(path: Path) -> Path:
         for packet in [*audio.encode(silence), *audio.encode()]:
             container.mux(packet)
     return path
+
+
+def count_frames(path: Path) -> int:
+    """Frames PyAV decodes from ``path``."""
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def captioned_videos(folder: Path, size: int, caption: str) -> Path:
+    """``folder/a.mp4`` and ``b.mp4``: 24 frames of ``size``² random pixels scrolling right (a moving picture), each
+    with a musubi-style ``.txt`` caption beside it."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.mp4", "b.mp4"):
+        base = rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+        write_test_video(folder / name, np.concatenate([np.roll(base, 4 * i, axis=2) for i in range(24)]))
+        (folder / name).with_suffix(".txt").write_text(caption)
+    return folder
