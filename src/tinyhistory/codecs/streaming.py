@@ -19,7 +19,7 @@ per-layer causal cache is carried from one call to the next:
   thing causally: each new piece is encoded (decoded) together with a left context of the last few latents' worth
   of input, the context's part of the output is dropped, and what is emitted is final (no later correction, so a
   growing video file and a resumed session stay consistent). The first piece is one whole call. The deviation from a
-  whole-video call is measured in ``tests/test_codec_streaming.py``.
+  whole-video call is measured in ``tests/test_codec_hunyuan.py``.
 
 :class:`LowResStream` feeds the history encoder's LR branch: pixels downsampled by the rate, grouped in time so
 that LR latent ``b`` covers exactly the pixels of the HR branch's temporal block ``b`` (see
