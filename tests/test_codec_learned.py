@@ -99,3 +99,22 @@ def test_bad_folders_and_inputs_are_named(tmp_path, video, capsys):
         train_codec(_settings(video, tmp_path / "x", size=36), progress=False)
     assert main(["codec", "train", "--video", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "y")]) == 2
     assert "missing.mp4" in capsys.readouterr().err
+
+
+def test_a_lossy_codec_adds_its_reconstruction_as_the_frame_query_ceiling(video, tmp_path):
+    """The references of the frame-query protocol gain the codec's own reconstruction of the queried frames (what
+    any model painting through it can at best reach); the lossless pixel codec's would be exact and is left out."""
+    from tinyhistory.data.clip import to_pixels
+    from tinyhistory.data.video import decode_video
+    from tinyhistory.eval.frame_query import eval_set_for_clip, reference_metrics
+
+    train_codec(_settings(video, tmp_path / "codec", steps=2), progress=False)
+    pixels = to_pixels(decode_video(video, fps=10.0, size=32))  # (3, T, 32, 32)
+    for kind, expected in (("learned", True), ("pixel", False)):
+        sets = [f'codec.kind="{kind}"', f'codec.path="{tmp_path / "codec"}"', "backbone.in_channels=4", "data.size=32"]
+        cfg = load_config("tiny", overrides=[*sets, "train.history_frames=8", 'history.rates=["2x2x2"]'])
+        eval_set, codec = eval_set_for_clip(pixels, cfg, windows=2, queries=1)
+        refs = reference_metrics(eval_set, pixels, codec)
+        assert ("codec_reconstruction" in refs) is expected
+        if expected:
+            assert 5 < refs["codec_reconstruction"]["psnr"] < 60

@@ -137,7 +137,8 @@ def run_demo(
     results: dict = {
         "protocol": (
             f"{EVAL_WINDOWS} evenly spaced held-out windows of {base_cfg.train.history_frames} frames "
-            f"({base_cfg.train.history_frames / base_cfg.data.fps:.0f} s at {base_cfg.data.fps:g} fps, 64x64) "
+            f"({base_cfg.train.history_frames / base_cfg.data.fps:.0f} s at {base_cfg.data.fps:g} fps, "
+            f"{base_cfg.data.size}x{base_cfg.data.size}) "
             f"from the last {base_cfg.data.heldout_fraction:.0%} of the clip; {EVAL_QUERIES} fixed-seed query frames "
             "per window; history masked as in training; PSNR/SSIM of frames sampled with 20 Euler steps; "
             "one-step = x0 estimate from pure noise."
@@ -158,7 +159,7 @@ def run_demo(
         metrics["steps"] = trained_steps(folders[method])
         results["methods"][method] = metrics
         samples[method] = sampled
-    results["references"] = reference_metrics(eval_set, clip.train)
+    results["references"] = reference_metrics(eval_set, clip.train, codec)
 
     # Fig. 5-style grid: the first query frame of 8 windows.
     picks = list(range(0, EVAL_WINDOWS, EVAL_WINDOWS // 8))[:8]

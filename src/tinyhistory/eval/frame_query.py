@@ -162,11 +162,20 @@ def evaluate_method(
     return metrics, sampled_px
 
 
-def reference_metrics(eval_set: FrameQuerySet, train_pixels: torch.Tensor) -> dict:
-    """Trivial references on the queried frames: average training frame; 8×8 and 16×16 thumbnails upsampled."""
+def reference_metrics(eval_set: FrameQuerySet, train_pixels: torch.Tensor, codec=None) -> dict:
+    """Trivial references on the queried frames: average training frame; 8×8 and 16×16 thumbnails upsampled; and,
+    given a lossy ``codec``, its reconstruction of the true frames (the ceiling of any model that paints through it;
+    a lossless codec's is exact and left out)."""
     truth = queried_pixels(eval_set)  # (B, 3, k, H, W)
     true = _frames(truth)
     b, c, k, h, w = truth.shape
+    ceiling = {}
+    if codec is not None:
+        recon = _frames(codec.decode(codec.encode(truth)))
+        if not np.array_equal(recon, true):
+            ceiling = {
+                "codec_reconstruction": {"psnr": mean_metric(psnr, true, recon), "ssim": mean_metric(ssim, true, recon)}
+            }
     mean_frame = train_pixels.mean(dim=1)  # (3, H, W)
     average = _frames(mean_frame[None, :, None].expand(b, c, k, h, w))
     out = {
@@ -180,7 +189,7 @@ def reference_metrics(eval_set: FrameQuerySet, train_pixels: torch.Tensor) -> di
             "psnr": mean_metric(psnr, true, frames),
             "ssim": mean_metric(ssim, true, frames),
         }
-    return out
+    return out | ceiling
 
 
 def frame_query_report(

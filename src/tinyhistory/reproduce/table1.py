@@ -227,7 +227,7 @@ def reproduce_table1(
                 f"loss {metrics['heldout_loss']:.4f}"
             )
         results["rows"].append(entry)
-    results["references"] = reference_metrics(eval_set, clip.train)
+    results["references"] = reference_metrics(eval_set, clip.train, codec)
 
     scored = [r for r in results["rows"] if "ours" in r]
     results["kendall_tau"] = {
