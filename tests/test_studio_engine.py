@@ -20,7 +20,7 @@ from tinyhistory.studio.engine import Loaded, Request, Studio
 from tinyhistory.studio.uploads import UploadError, check_image, check_session, check_video
 from tinyhistory.text.storyboard import Storyboard
 
-STAGE2 = "checkpoints/tiny/stage2"
+STAGE2 = "checkpoints/miniature/stage2"
 
 
 def _cli_message(data: dict, tmp_path) -> str:
@@ -88,13 +88,13 @@ def test_what_the_page_says_a_history_costs_is_what_the_session_holds(method):
     settings = SamplingSettings(steps=1, segment_frames=8)
     for frames in (1, 2, 3, 8, 13):
         session = GenerationSession(loaded.model, loaded.cfg, loaded.codec, _no_text, settings, loaded.device)
-        session.start_from_video(np.zeros((frames, 64, 64, 3), dtype=np.uint8))
+        session.start_from_video(np.zeros((frames, 128, 128, 3), dtype=np.uint8))
         context = session.context()
         cost = history_cost(loaded, frames)
         assert cost.kept_frames == session.pixel_frames and cost.latent_frames == session.history_frames
         assert cost.context_tokens == (context.num_tokens if context is not None else 0)
     session = GenerationSession(loaded.model, loaded.cfg, loaded.codec, _no_text, settings, loaded.device)
-    session.start_from_image(np.zeros((64, 64, 3), dtype=np.uint8))
+    session.start_from_image(np.zeros((128, 128, 3), dtype=np.uint8))
     context = session.context()
     assert image_cost(loaded).context_tokens == (context.num_tokens if context is not None else 0)
 

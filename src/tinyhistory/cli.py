@@ -217,6 +217,8 @@ def _cmd_reproduce_table1(args: argparse.Namespace) -> int:
         overrides=list(args.set or []),
         jobs=args.jobs,
         windows=args.windows,
+        seeds=args.seeds,
+        seeded_rows=args.seeded_rows.split(",") if args.seeded_rows else None,
     )
     return 0
 
@@ -273,6 +275,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         stage2=not args.no_stage2,
         sample_steps=args.sample_steps,
         cache=args.cache,
+        preset=args.preset,
     )
     return 0
 
@@ -477,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a framewise 8x autoencoder (L1 + LPIPS) on a video's training part; rerun to resume",
     )
     ct.add_argument("--video", default="assets/bbb_128px_8fps.mp4", help="the footage (its tail is held out)")
-    ct.add_argument("--out", default="checkpoints/tiny/codec", help="the run folder; the codec is written there")
+    ct.add_argument("--out", default="runs/miniature/codec", help="the run folder; the codec is written there")
     ct.add_argument("--fps", type=positive_float, default=8.0)
     ct.add_argument("--size", type=positive_int, default=128, help="square frames of SIZE pixels")
     ct.add_argument("--start", type=non_negative_float, default=0.0, help="seconds into the video")
@@ -547,6 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     t1.add_argument("--rows", default=None, help="comma-separated row keys (default: all seven)")
     t1.add_argument("--jobs", type=positive_int, default=1, help="rows trained at once (subprocesses)")
     t1.add_argument("--windows", type=positive_int, default=24, help="held-out evaluation windows")
+    t1.add_argument("--seeds", type=positive_int, default=1, help="train each seeded row with seeds 0..K-1")
+    t1.add_argument("--seeded-rows", default=None, help="comma-separated rows that get --seeds (default: all)")
     t1.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every row")
     t1.set_defaults(func=_cmd_reproduce_table1)
 
@@ -596,8 +601,11 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--no-progress", action="store_true")
     ge.set_defaults(func=_cmd_generate)
 
-    demo = sub.add_parser("demo", formatter_class=HELP_FORMAT, help="the embedded tiny end-to-end demo")
+    demo = sub.add_parser("demo", formatter_class=HELP_FORMAT, help="the embedded end-to-end demo (miniature)")
     demo.add_argument("--out", default="demo_out")
+    demo.add_argument(
+        "--preset", default="miniature", help="the preset the checkpoints were trained with (footage, codec, caption)"
+    )
     demo.add_argument("--checkpoints", default=None, help="folder with the committed checkpoints (and stage2/)")
     demo.add_argument("--finetune-steps", type=positive_int, default=40, help="steps of the live fine-tune")
     demo.add_argument("--from-scratch", action="store_true", help="retrain every model (hours on a CPU)")
@@ -616,7 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a local web page: storyboard editor + streaming generation (the studio extra)",
     )
     st.add_argument("--preset", default=None, help="check that the checkpoint was trained with this preset")
-    st.add_argument("--checkpoint", default=None, help="a stage-II checkpoint folder (default: the tiny preset's)")
+    st.add_argument(
+        "--checkpoint", default=None, help="a stage-II checkpoint folder (default: the demo's miniature model)"
+    )
     st.add_argument("--model", default=None, metavar="DIR", help="the base model folder, if not the one trained on")
     st.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     st.add_argument("--port", type=int, default=7860)

@@ -1,11 +1,12 @@
-"""The embedded end-to-end demo (``make demo`` → ``tinyhistory demo --out DIR``).
+"""The embedded end-to-end demo (``make demo`` → ``tinyhistory demo --out DIR``), on the ``miniature`` preset.
 
-0. ``data prepare`` the demo clip into ``DIR/cache`` (latent windows + text embeddings); every training below reads
-   that cache, as a user's run does.
-1. Load the three committed stage-I checkpoints (proposed 4×4×2, Large Patchifier 4×4×2, no history), trained for
-   the same number of steps by ``scripts/train_demo_checkpoints.sh`` (``--from-scratch`` retrains them instead).
-2. Evaluate frame-query reconstruction on the held-out last 20 % of the demo clip (never trained on), beside
-   trivial references computed on the same frames.
+0. ``data prepare`` the demo footage into ``DIR/cache`` (latent windows of the learned codec + text embeddings);
+   every training below reads that cache, as a user's run does.
+1. Load the three committed stage-I checkpoints (proposed 4×4×2, Large Patchifier 4×4×2, no history): a LoRA and a
+   history producer each, on the same frozen pretrained base, trained for the same number of steps by
+   ``scripts/train_miniature.sh`` (``--from-scratch`` retrains everything instead: the codec, the base, the rows).
+2. Evaluate frame-query reconstruction on the held-out last 20 % of the footage (never trained on), beside trivial
+   references and the codec's own reconstruction (the ceiling) computed on the same frames.
 3. Run a short live stage-I fine-tune of the proposed model with a progress bar (the training path, working).
 
 Writes ``DIR/results.json``, ``DIR/results.md`` and ``DIR/frame_query.png``.
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tinyhistory.codecs.learned_train import CodecTrainSettings, train_codec
 from tinyhistory.config import RunConfig, load_config
 from tinyhistory.data.clip import clip_from_config, to_uint8
 from tinyhistory.data.prepare import run_prepare
@@ -42,7 +44,21 @@ from tinyhistory.train.trainer import train
 
 METHODS = ("proposed", "large_patchifier", "no_history")
 LABELS = {"proposed": "Proposed 4x4x2", "large_patchifier": "Large Patchifier 4x4x2", "no_history": "No history"}
-DEFAULT_CHECKPOINTS = PROJECT_ROOT / "checkpoints" / "tiny"
+DEMO_PRESET = "miniature"
+DEFAULT_CHECKPOINTS = PROJECT_ROOT / "checkpoints" / DEMO_PRESET
+# ``--from-scratch`` for a preset with a learned codec and a frozen pretrained base (scripts/train_miniature.sh):
+CODEC_STEPS = 4000  # `tinyhistory codec train`, batch 16, L1 + 0.5·LPIPS
+BASE_PRETRAINING = [  # `tinyhistory train --stage ar`: the whole DiT as a text-to-video model, no history
+    'train.stage="ar"',
+    'model.path=""',
+    'train.dit="full"',
+    'history.method="no_history"',
+    "train.lora_rank=0",
+    "train.learning_rate=3e-4",
+    "train.history_frames=16",
+    "train.batch_size=8",
+    "train.steps=6000",
+]
 EVAL_WINDOWS = 24
 EVAL_QUERIES = 2
 
@@ -53,7 +69,7 @@ def _fmt(value: float | None) -> str:
 
 def _markdown(results: dict) -> str:
     lines = [
-        "# Frame-query reconstruction on held-out frames (tiny preset)",
+        f"# Frame-query reconstruction on held-out frames ({results['preset']} preset)",
         "",
         f"{results['protocol']}",
         "",
@@ -94,6 +110,34 @@ def prepare_demo_cache(cfg: RunConfig, cache: Path) -> Path:
     return cache
 
 
+def train_foundations(preset: str, out: Path) -> list[str]:
+    """What ``--from-scratch`` trains before the Table-1 rows: the preset's learned codec and its pretrained base
+    (the miniature's steps 1–3 of ``scripts/train_miniature.sh``, with the same settings); returns the overrides that
+    point the rest of the demo at them. A preset with a fixed codec and a whole DiT training (``tiny``) needs none."""
+    cfg = load_config(preset)
+    overrides: list[str] = []
+    if cfg.codec.kind == "learned":
+        settings = CodecTrainSettings(
+            video=str(resolve_path(cfg.data.video)),
+            out=str(out / "codec"),
+            fps=cfg.data.fps,
+            size=cfg.data.size,
+            heldout_fraction=cfg.data.heldout_fraction,
+            steps=CODEC_STEPS,
+        )
+        print(f"[demo] training the {preset} codec for {settings.steps} steps")
+        train_codec(settings, progress=False)
+        overrides.append(f'codec.path="{out / "codec"}"')
+    if cfg.train.dit == "lora" and not cfg.model.path:
+        base_overrides = [*overrides, *BASE_PRETRAINING, f'data.cache="{out / "cache"}"']
+        prepare_demo_cache(load_config(preset, overrides=overrides), out / "cache")
+        base_cfg = load_config(preset, overrides=base_overrides)
+        print(f"[demo] pretraining the {preset} base (text-to-video, no history) for {base_cfg.train.steps} steps")
+        train(base_cfg, out / "base")
+        overrides.append(f'model.path="{out / "base" / "final"}"')
+    return overrides
+
+
 def run_demo(
     out: Path,
     from_scratch: bool = False,
@@ -102,21 +146,24 @@ def run_demo(
     stage2: bool = True,
     sample_steps: int = 20,
     cache: str | Path | None = None,
+    preset: str = DEMO_PRESET,
 ) -> dict:
     """Run the demo into ``out``; ``cache``: train from this `data prepare` cache (e.g. of your own videos) instead
-    of caching the demo clip. Evaluation always uses the demo clip's held-out part."""
+    of caching the demo clip. Evaluation always uses the demo clip's held-out part. ``preset``: the preset the
+    checkpoints were trained with (its footage, codec and caption)."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     torch.manual_seed(0)
-    base_cfg = load_config("tiny")
     ckpt_root = Path(checkpoints) if checkpoints else DEFAULT_CHECKPOINTS
+    foundations = train_foundations(preset, out) if from_scratch else []
+    base_cfg = load_config(preset, overrides=foundations)
 
     own_cache = cache is None
     cache = prepare_demo_cache(base_cfg, out / "cache") if own_cache else Path(cache).resolve()
     folders: dict[str, Path] = {}
     for method in METHODS:
         if from_scratch:
-            cfg = load_config("tiny", overrides=[f'history.method="{method}"', f'data.cache="{cache}"'])
+            cfg = load_config(preset, overrides=[*foundations, f'history.method="{method}"', f'data.cache="{cache}"'])
             print(f"[demo] training {method} from scratch for {cfg.train.steps} steps")
             train(cfg, out / "train" / method)
             folders[method] = out / "train" / method / "final"
@@ -126,7 +173,7 @@ def run_demo(
             if not (folders[method] / "config.json").is_file():
                 raise FileNotFoundError(
                     f"no committed checkpoint for {method!r} in {folders[method]}; "
-                    "run `tinyhistory demo --from-scratch` or scripts/train_demo_checkpoints.sh"
+                    "run `tinyhistory demo --from-scratch` or scripts/train_miniature.sh"
                 )
 
     print("[demo] loading the held-out part of the demo clip and the text encoder")
@@ -135,6 +182,7 @@ def run_demo(
     eval_set, codec = eval_set_for_clip(clip.heldout, base_cfg, EVAL_WINDOWS, EVAL_QUERIES, seed=0)
 
     results: dict = {
+        "preset": preset,
         "protocol": (
             f"{EVAL_WINDOWS} evenly spaced held-out windows of {base_cfg.train.history_frames} frames "
             f"({base_cfg.train.history_frames / base_cfg.data.fps:.0f} s at {base_cfg.data.fps:g} fps, "
@@ -170,7 +218,7 @@ def run_demo(
 
     if finetune_steps > 0:
         cfg = load_config(
-            "tiny",
+            preset,
             overrides=[
                 'history.method="proposed"',
                 f'data.cache="{cache}"',
@@ -196,8 +244,8 @@ def run_demo(
             "heldout_loss_after": after["heldout_loss"],
         }
     if stage2:
-        stage2_ckpts = stage2_folders(out, ckpt_root, folders, from_scratch, cache)
-        results["stage2"] = run_stage2(out, clip.heldout, stage2_ckpts, sample_steps)
+        stage2_ckpts = stage2_folders(out, ckpt_root, folders, from_scratch, cache, preset, foundations)
+        results["stage2"] = run_stage2(out, clip.heldout, stage2_ckpts, sample_steps, preset, foundations)
     results["seconds"] = time.time() - started
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(_markdown(results))

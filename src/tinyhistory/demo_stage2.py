@@ -1,8 +1,8 @@
 """The demo's second half: stage-II models, history measured, and a long continuation of the held-out clip.
 
-1. Load the three committed stage-II checkpoints (``scripts/train_stage2_checkpoints.sh``: the proposed encoder, a
-   sliding window of about the same token count, no history), trained for the same number of steps
-   (``--from-scratch`` trains them from the demo's stage-I checkpoints instead).
+1. Load the three committed stage-II checkpoints (``scripts/train_miniature.sh``: the proposed encoder, a sliding
+   window of about the same token count, no history; each a fresh LoRA on the same frozen base), trained for the same
+   number of steps (``--from-scratch`` trains them from the demo's stage-I checkpoints instead).
 2. Teacher-forced next-segment prediction on held-out windows: each model sees the true 11-s history and
    generates the next second from the same noise; PSNR/SSIM/features against the true second.
 3. With the proposed model, stream a continuation of the held-out part from a small storyboard:
@@ -36,7 +36,8 @@ LABELS = {
     "proposed_history_removed": "Proposed model, history removed",
     "proposed_history_foreign": "Proposed model, another window's history",
 }
-# stage-II model → (stage-I starting point, extra overrides); the same as scripts/train_stage2_checkpoints.sh
+# stage-II model → (stage-I starting point, extra overrides); the same as scripts/train_miniature.sh. On a frozen base
+# (train.dit = "lora") a stage-II run starts a fresh LoRA, so the start contributes only its history encoder.
 RECIPES = {
     "proposed": ("proposed", []),
     "window": ("no_history", ["history.sliding_window=3"]),
@@ -49,14 +50,22 @@ CONTINUATION_HISTORY = 96  # the first 12 s of the held-out part
 
 
 def stage2_folders(
-    out: Path, ckpt_root: Path, stage1: dict[str, Path], from_scratch: bool, cache: Path
+    out: Path,
+    ckpt_root: Path,
+    stage1: dict[str, Path],
+    from_scratch: bool,
+    cache: Path,
+    preset: str,
+    foundations: list[str] | None = None,
 ) -> dict[str, Path]:
-    """The committed stage-II checkpoints, or (``from_scratch``) the same recipes trained from the demo's cache."""
+    """The committed stage-II checkpoints, or (``from_scratch``) the same recipes trained from the demo's cache
+    (``foundations``: the overrides naming the codec and base that ``--from-scratch`` trained)."""
     folders = {}
     for name in MODELS:
         if from_scratch:
             start, overrides = RECIPES[name]
-            cfg = load_config("tiny", overrides=['train.stage="ar"', f'data.cache="{cache}"', *overrides])
+            sets = [*(foundations or []), 'train.stage="ar"', f'data.cache="{cache}"', *overrides]
+            cfg = load_config(preset, overrides=sets)
             print(f"[demo] stage II: training {name} from the stage-I {start} model for {cfg.train.steps} steps")
             run = out / "train_stage2" / name
             train(cfg, run, init_from=stage1[start])
@@ -67,14 +76,21 @@ def stage2_folders(
             if not (folders[name] / "config.json").is_file():
                 raise FileNotFoundError(
                     f"no committed stage-II checkpoint {name!r} in {folders[name]}; run "
-                    "`tinyhistory demo --from-scratch` or scripts/train_stage2_checkpoints.sh"
+                    "`tinyhistory demo --from-scratch` or scripts/train_miniature.sh"
                 )
     return folders
 
 
-def run_stage2(out: Path, heldout: torch.Tensor, folders: dict[str, Path], sample_steps: int = 20) -> dict:
+def run_stage2(
+    out: Path,
+    heldout: torch.Tensor,
+    folders: dict[str, Path],
+    sample_steps: int,
+    preset: str,
+    foundations: list[str] | None = None,
+) -> dict:
     """Teacher-forced comparison and the continuation; returns the results section (``results["stage2"]``)."""
-    base_cfg = load_config("tiny", overrides=['train.stage="ar"'])
+    base_cfg = load_config(preset, overrides=[*(foundations or []), 'train.stage="ar"'])
     from tinyhistory.eval.features import MobileNetV2Features
     from tinyhistory.system import build_codec
 

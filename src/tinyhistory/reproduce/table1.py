@@ -9,6 +9,11 @@ Training runs as ``tinyhistory train`` subprocesses (``--jobs`` at a time), each
 a finished row is not retrained, so running the command again only re-evaluates. A row whose training fails is
 reported in the table and the others carry on.
 
+Seeds (``--seeds K``): the rows named by ``seeded_rows`` (default: all) are trained K times with ``train.seed`` =
+0 … K−1 (seed 0 in ``runs/<row>``, seed s in ``runs/<row>.seed<s>``), each scored on the same evaluation set; the
+table gives the mean ± the sample standard deviation over seeds, and Kendall's tau orders the means. One seed says
+nothing about how much of a gap between rows is the seed's.
+
 Outputs: ``table1.json``, ``table1.md`` (our numbers beside the paper's, with context tokens), ``table1.png``
 (PSNR against context tokens per second, ours and the paper's) and ``table1_grid.png`` (Fig. 5 layout).
 """
@@ -78,13 +83,27 @@ def select_rows(keys: list[str] | None) -> list[Row]:
     return [known[k] for k in keys]
 
 
-def _train_args(row: Row, preset: str, steps: int, out: Path, overrides: list[str]) -> list[str]:
+@dataclass(frozen=True)
+class Job:
+    """One training run: a row with one seed."""
+
+    row: Row
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return self.row.key if self.seed == 0 else f"{self.row.key}.seed{self.seed}"
+
+
+def _train_args(job: Job, preset: str, steps: int, out: Path, overrides: list[str]) -> list[str]:
     args = [sys.executable, "-m", "tinyhistory.cli", "train", "--stage", "frame-query", "--preset", preset]
-    args += ["--method", row.method, "--steps", str(steps), "--no-progress", "--out", str(out)]
-    for rate in row.rates:
+    args += ["--method", job.row.method, "--steps", str(steps), "--no-progress", "--out", str(out)]
+    for rate in job.row.rates:
         args += ["--rate", rate]
     for item in overrides:
         args += ["--set", item]
+    if job.seed:
+        args += ["--set", f"train.seed={job.seed}"]
     return args
 
 
@@ -95,44 +114,46 @@ def _finished(run: Path, steps: int) -> bool:
     return json.loads(summary.read_text()).get("steps") == steps
 
 
-def train_rows(rows: list[Row], preset: str, steps: int, out: Path, overrides: list[str], jobs: int) -> dict:
-    """Train every unfinished row as a subprocess, ``jobs`` at a time; returns ``{row key: "ok" | error text}``."""
+def train_jobs(todo: list[Job], preset: str, steps: int, out: Path, overrides: list[str], jobs: int) -> dict:
+    """Train every unfinished job as a subprocess, ``jobs`` at a time; returns ``{job name: "ok" | error text}``."""
     status: dict[str, str] = {}
-    pending = [r for r in rows if not _finished(out / "runs" / r.key, steps)]
-    for r in rows:
-        if r not in pending:
-            status[r.key] = "ok"
-            print(f"[table1] {r.key}: already trained for {steps} steps")
+    pending = [j for j in todo if not _finished(out / "runs" / j.name, steps)]
+    for j in todo:
+        if j not in pending:
+            status[j.name] = "ok"
+            print(f"[table1] {j.name}: already trained for {steps} steps")
     threads = max(1, (os.cpu_count() or 1) // max(1, min(jobs, len(pending) or 1)))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    running: list[tuple[Row, subprocess.Popen, object]] = []
+    running: list[tuple[Job, subprocess.Popen, object]] = []
     while pending or running:
         while pending and len(running) < jobs:
-            row = pending.pop(0)
-            run = out / "runs" / row.key
+            job = pending.pop(0)
+            run = out / "runs" / job.name
             run.mkdir(parents=True, exist_ok=True)
-            log = open(out / "runs" / f"{row.key}.log", "a")
-            print(f"[table1] training {row.key} for {steps} steps (log: {log.name})")
-            running.append(
-                (
-                    row,
-                    subprocess.Popen(
-                        _train_args(row, preset, steps, run, overrides), stdout=log, stderr=subprocess.STDOUT, env=env
-                    ),
-                    log,
-                )
-            )
+            log = open(out / "runs" / f"{job.name}.log", "a")
+            print(f"[table1] training {job.name} for {steps} steps (log: {log.name})")
+            args = _train_args(job, preset, steps, run, overrides)
+            running.append((job, subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env), log))
         time.sleep(1.0)
         for item in list(running):
-            row, proc, log = item
+            job, proc, log = item
             if proc.poll() is None:
                 continue
             log.close()
             running.remove(item)
-            ok = proc.returncode == 0 and _finished(out / "runs" / row.key, steps)
-            status[row.key] = "ok" if ok else f"training failed (exit {proc.returncode}); see runs/{row.key}.log"
-            print(f"[table1] {row.key}: {status[row.key]}")
+            ok = proc.returncode == 0 and _finished(out / "runs" / job.name, steps)
+            status[job.name] = "ok" if ok else f"training failed (exit {proc.returncode}); see runs/{job.name}.log"
+            print(f"[table1] {job.name}: {status[job.name]}")
     return status
+
+
+def mean_and_spread(per_seed: list[dict]) -> tuple[dict, dict]:
+    """The mean of every metric over seeds, and its sample standard deviation (0 for one seed)."""
+    keys = [k for k in per_seed[0] if isinstance(per_seed[0][k], (int, float))]
+    values = {k: np.array([m[k] for m in per_seed], dtype=np.float64) for k in keys}
+    mean = {k: float(v.mean()) for k, v in values.items()}
+    spread = {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()}
+    return mean, spread
 
 
 def restrict_to_rates(eval_set: FrameQuerySet, all_rates: list[str], rates: tuple[str, ...]) -> FrameQuerySet:
@@ -159,14 +180,20 @@ def reproduce_table1(
     jobs: int = 1,
     windows: int = EVAL_WINDOWS,
     queries: int = EVAL_QUERIES,
+    seeds: int = 1,
+    seeded_rows: list[str] | None = None,
 ) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     selected = select_rows(rows)
+    seeded = {r.key for r in select_rows(seeded_rows)} if seeded_rows else {r.key for r in selected}
+    if not seeded <= {r.key for r in selected}:
+        raise ValueError(f"seeded rows {sorted(seeded - {r.key for r in selected})} are not among the selected rows")
     base_cfg = load_config(preset, overrides=list(overrides))
     steps = steps if steps is not None else base_cfg.train.steps
-    status = train_rows(selected, preset, steps, out, list(overrides), jobs)
+    todo = [Job(r, s) for r in selected for s in range(seeds if r.key in seeded else 1)]
+    status = train_jobs(todo, preset, steps, out, list(overrides), jobs)
 
     print("[table1] evaluating on the held-out part of the clip")
     clip = clip_from_config(base_cfg.data)
@@ -186,6 +213,7 @@ def reproduce_table1(
     results: dict = {
         "preset": preset,
         "steps": steps,
+        "seeds": seeds,
         "overrides": list(overrides),
         "protocol": (
             f"{windows} evenly spaced held-out windows of {base_cfg.train.history_frames} frames from the last "
@@ -202,7 +230,7 @@ def reproduce_table1(
             "label": row.label,
             "method": row.method,
             "rates": list(row.rates),
-            "status": status[row.key],
+            "status": status[row.key],  # seed 0's
             "paper": {
                 "psnr": row.paper_psnr,
                 "ssim": row.paper_ssim,
@@ -212,20 +240,28 @@ def reproduce_table1(
         }
         tokens, per_second = context_size(base_cfg, list(row.rates), row.method, base_cfg.train.history_frames)
         entry["context_tokens"], entry["context_tokens_per_s"] = tokens, per_second
-        if status[row.key] == "ok":
-            model, _ = load_model(out / "runs" / row.key / "final")
+        per_seed = []
+        for job in (j for j in todo if j.row == row):
+            if status[job.name] != "ok":
+                entry.setdefault("failed_seeds", {})[job.seed] = status[job.name]
+                continue
+            model, _ = load_model(out / "runs" / job.name / "final")
             model.to(device)
             metrics, sampled = evaluate_method(
                 model, restrict_to_rates(eval_set, all_rates, row.rates), text, codec, lpips=lpips
             )
             metrics.pop("per_window")
-            entry["ours"] = metrics
-            entry["train_log"] = f"runs/{row.key}/train_log.jsonl"
-            samples[row.key] = sampled
+            per_seed.append({"seed": job.seed, **metrics})
+            samples.setdefault(row.key, sampled)  # the grid shows the first trained seed
             print(
-                f"[table1] {row.key}: PSNR {metrics['psnr']:.2f}, SSIM {metrics['ssim']:.3f}, "
+                f"[table1] {job.name}: PSNR {metrics['psnr']:.2f}, SSIM {metrics['ssim']:.3f}, "
                 f"loss {metrics['heldout_loss']:.4f}"
             )
+        if per_seed:
+            scores = [{k: v for k, v in m.items() if k != "seed"} for m in per_seed]
+            entry["ours"], entry["spread"] = mean_and_spread(scores)
+            entry["per_seed"] = per_seed
+            entry["train_log"] = f"runs/{row.key}/train_log.jsonl"
         results["rows"].append(entry)
     results["references"] = reference_metrics(eval_set, clip.train, codec)
 
@@ -264,12 +300,25 @@ def _fmt(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _with_spread(r: dict, key: str, digits: int) -> str:
+    """``mean ± sd (n)`` for a row scored over several seeds, else the value."""
+    value = _fmt(r["ours"].get(key), digits)
+    n = len(r.get("per_seed", ()))
+    return f"{value} ± {r['spread'][key]:.{digits}f} ({n})" if n > 1 and key in r["spread"] else value
+
+
 def markdown(results: dict) -> str:
+    seeds = results.get("seeds", 1)
     lines = [
         f"# Table 1 at small scale ({results['preset']} preset, {results['steps']} steps per row)",
         "",
         results["protocol"],
         "",
+        *(
+            [f"Rows with several seeds: mean ± sample standard deviation (number of seeds); {seeds} seeds at most.", ""]
+            if seeds > 1
+            else []
+        ),
         "| row | ctx tokens (32-frame history) | ctx/s ours | ctx/s paper | PSNR ↑ ours | paper | SSIM ↑ ours | "
         "paper | LPIPS ↓ ours | paper | held-out loss ↓ |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -284,8 +333,8 @@ def markdown(results: dict) -> str:
             continue
         lines.append(
             f"| {r['label']} | {r['context_tokens']} | {r['context_tokens_per_s']:g} | {p['ctx_per_s']} | "
-            f"{o['psnr']:.2f} | {p['psnr']:.2f} | {o['ssim']:.3f} | {p['ssim']:.3f} | {_fmt(o.get('lpips'), 3)} | "
-            f"{p['lpips']:.3f} | {o['heldout_loss']:.4f} |"
+            f"{_with_spread(r, 'psnr', 2)} | {p['psnr']:.2f} | {_with_spread(r, 'ssim', 3)} | {p['ssim']:.3f} | "
+            f"{_with_spread(r, 'lpips', 3)} | {p['lpips']:.3f} | {_with_spread(r, 'heldout_loss', 4)} |"
         )
     lines += ["", "| trivial reference (same frames) | PSNR | SSIM |", "|---|---|---|"]
     for name, ref in results["references"].items():

@@ -1,6 +1,6 @@
 """``tinyhistory studio``: a local web page to write a storyboard and watch it stream into a video.
 
-    tinyhistory studio --preset tiny            # then open http://127.0.0.1:7860
+    tinyhistory studio                          # then open http://127.0.0.1:7860
 
 ``engine`` (the model and the generation thread), ``shots`` (the storyboard table), ``uploads`` (checks on uploaded
 files) and ``mp4`` (the growing video) need no web framework; ``app`` is the Gradio page (the ``studio`` extra).

@@ -29,7 +29,7 @@ import torch
 
 from tinyhistory.data.mp4 import GrowingMp4
 
-TINY_CHECKPOINT = "checkpoints/tiny/stage2/proposed"
+DEMO_CHECKPOINT = "checkpoints/miniature/stage2/proposed"  # the embedded demo's stage-II model
 VIDEO = "story.mp4"  # a run folder holds what ``tinyhistory generate --out DIR/story.mp4`` writes
 
 
@@ -67,11 +67,11 @@ class Loaded:
         from tinyhistory.paths import resolve_path
 
         if checkpoint is None:
-            if preset not in (None, "tiny"):
+            if preset not in (None, "miniature"):
                 raise ValueError(
                     f"--checkpoint is needed for preset {preset!r} (a stage-II run folder, e.g. RUN/final)"
                 )
-            checkpoint = resolve_path(TINY_CHECKPOINT)
+            checkpoint = resolve_path(DEMO_CHECKPOINT)
         model, cfg, codec, encode_text, device = load_for_generation(
             checkpoint, preset, model_path, offload, overrides
         )
