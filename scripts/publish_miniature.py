@@ -9,7 +9,8 @@ Why a script and not `cp -r`: a checkpoint's config.json names the folders it wa
 base, ``codec.path``: the codec, ``data.cache``), and those are the run folders (ignored by git). Publishing points
 them at the committed copies, so `load_model(checkpoints/miniature/proposed)` finds its base and codec on a clean
 clone. The base DiT is written in fp16 (half the bytes; the 40-MB budget for all demo weights) by the project's own
-``save_weights``; the LoRA runs already wrote fp16 (`--save-dtype fp16`). The codec is copied as trained (fp32).
+``save_weights``; the LoRA runs already wrote fp16 (`--save-dtype fp16`). The codec is copied as trained (fp32). The
+runs' ComfyUI-layout LoRA copies are not published (the same weights in another layout; the budget).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def publish_base(run: Path) -> Path:
 def publish_run(run: Path, name: str) -> Path:
     out = DEST / name
     shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(run / "final", out, ignore=shutil.ignore_patterns("state"))
+    # the ComfyUI-layout copy of each LoRA is left out (the same weights again: 1.6 MB a model, 40 MB budget)
+    shutil.copytree(run / "final", out, ignore=shutil.ignore_patterns("state", "lora_wan_comfyui.safetensors"))
     _point_at_published(out / "config.json")
     shutil.copy2(run / "train_log.jsonl", out / "train_log.jsonl")
     return out

@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 from video_files import write_test_video
 
 from tinyhistory.cli import main
+from tinyhistory.demo import run_demo
 
 # Sizes only: the protocol is the preset's. 64-px frames (8×8 latents, 4×4 tokens), one-block DiT, narrow encoder.
 SMALL = [
@@ -68,3 +70,31 @@ def test_the_miniature_protocol_runs_end_to_end_on_a_frozen_pretrained_base(tmp_
         decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
     assert decoded.shape == (8, 64, 64, 3)  # 1 s at 8 fps, through the learned codec's decoder
     assert torch.from_numpy(decoded).float().std() > 1  # a picture, not a constant
+
+
+@pytest.mark.slow
+def test_demo_from_scratch_trains_codec_base_rows_and_stage2_then_scores_them(tmp_path):
+    """`tinyhistory demo --from-scratch` on the miniature: the same steps as scripts/train_miniature.sh (codec → cache
+    → base → three stage-I rows on the frozen base → three stage-II LoRAs), at test size, then the demo's tables."""
+    sizes = [*SMALL, "train.steps=2", "train.checkpoint_every=2", "train.segment_frames=4"]
+    results = run_demo(
+        tmp_path / "demo", from_scratch=True, preset="miniature", overrides=sizes, codec_steps=2,
+        finetune_steps=1, sample_steps=1,
+    )  # fmt: skip
+    demo = tmp_path / "demo"
+    codec = json.loads((demo / "codec" / "metrics.json").read_text())
+    assert codec["steps"] == 2 and codec["frames"] == 192  # held-out frames of the footage, never trained on
+    base = json.loads((demo / "base" / "final" / "config.json").read_text())
+    assert base["train"]["dit"] == "full" and base["history"]["method"] == "no_history"
+    for method in ("proposed", "large_patchifier", "no_history"):
+        cfg = json.loads((demo / "train" / method / "final" / "config.json").read_text())
+        assert cfg["train"]["dit"] == "lora" and cfg["model"]["path"] == str(demo / "base" / "final")
+        assert cfg["codec"]["path"] == str(demo / "codec")
+        assert "transformer" not in {p.name for p in (demo / "train" / method / "final").iterdir()}
+    for name in ("proposed", "window", "none"):
+        cfg = json.loads((demo / "train_stage2" / name / "final" / "config.json").read_text())
+        assert cfg["train"]["stage"] == "ar" and cfg["model"]["path"] == str(demo / "base" / "final")
+    assert set(results["methods"]) == {"proposed", "large_patchifier", "no_history"}
+    assert "codec_reconstruction" in results["references"]  # the learned codec's own ceiling on the same frames
+    assert results["stage2"]["continuation"]["generated_seconds"] >= 20
+    assert "(miniature preset)" in (demo / "results.md").read_text()

@@ -42,3 +42,19 @@ def test_a_pretrained_tiny_dit_is_the_frozen_base_of_a_lora_run(tmp_path):
     assert any(
         v.abs().sum() > 0 for k, v in load_file(str(lora_run / "final" / "lora.safetensors")).items() if "lora_B" in k
     )
+
+    # --init-from a checkpoint of the same stage continues its LoRA (the demo's live fine-tune); a tiny learning rate
+    # keeps it where it was, so a fresh LoRA (B = 0) would show as all-zero lora_B
+    more = tmp_path / "more"
+    tiny_lr = ["--set", "train.learning_rate=1e-12", "--set", "train.encoder_learning_rate=1e-12"]
+    assert main([*stage1, *tiny_lr, "--init-from", str(lora_run / "final"), "--steps", "1", "--no-progress",
+                 "--out", str(more)]) == 0  # fmt: skip
+    before = load_file(str(lora_run / "final" / "lora.safetensors"))
+    after = load_file(str(more / "final" / "lora.safetensors"))
+    assert before.keys() == after.keys() and all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    # stage II from that stage-I checkpoint starts a fresh LoRA (the paper's newly initialised LoRA)
+    stage2 = ["train", "--stage", "ar", "--preset", "tiny", "--init-from", str(lora_run / "final"), *SETS]
+    stage2 += ["--set", 'train.dit="lora"', "--set", "train.lora_rank=4", *tiny_lr, "--set", "train.segment_frames=2"]
+    assert main([*stage2, "--steps", "1", "--no-progress", "--out", str(tmp_path / "s2")]) == 0
+    fresh = load_file(str(tmp_path / "s2" / "final" / "lora.safetensors"))
+    assert all(v.abs().max() < 1e-6 for k, v in fresh.items() if "lora_B" in k)

@@ -464,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     fq = ev_sub.add_parser(
         "frame-query", formatter_class=HELP_FORMAT, help="frame-query reconstruction (Table 1 protocol) on any video"
     )
-    fq.add_argument("--checkpoint", required=True, help="a checkpoint folder (e.g. checkpoints/tiny/proposed)")
+    fq.add_argument("--checkpoint", required=True, help="a checkpoint folder (e.g. checkpoints/miniature/proposed)")
     fq.add_argument("--data", required=True, help="a video file")
     fq.add_argument("--out", required=True)
     fq.add_argument("--windows", type=positive_int, default=24)

@@ -110,12 +110,13 @@ def prepare_demo_cache(cfg: RunConfig, cache: Path) -> Path:
     return cache
 
 
-def train_foundations(preset: str, out: Path) -> list[str]:
+def train_foundations(preset: str, out: Path, sets: list[str], codec_steps: int = CODEC_STEPS) -> list[str]:
     """What ``--from-scratch`` trains before the Table-1 rows: the preset's learned codec and its pretrained base
-    (the miniature's steps 1–3 of ``scripts/train_miniature.sh``, with the same settings); returns the overrides that
-    point the rest of the demo at them. A preset with a fixed codec and a whole DiT training (``tiny``) needs none."""
-    cfg = load_config(preset)
-    overrides: list[str] = []
+    (the miniature's steps 1–3 of ``scripts/train_miniature.sh``, with the same settings); returns ``sets`` (the
+    caller's overrides) plus the overrides that point the rest of the demo at them. A preset with a fixed codec and a
+    whole DiT training (``tiny``) needs neither."""
+    cfg = load_config(preset, overrides=sets)
+    overrides = list(sets)
     if cfg.codec.kind == "learned":
         settings = CodecTrainSettings(
             video=str(resolve_path(cfg.data.video)),
@@ -123,13 +124,13 @@ def train_foundations(preset: str, out: Path) -> list[str]:
             fps=cfg.data.fps,
             size=cfg.data.size,
             heldout_fraction=cfg.data.heldout_fraction,
-            steps=CODEC_STEPS,
+            steps=codec_steps,
         )
         print(f"[demo] training the {preset} codec for {settings.steps} steps")
         train_codec(settings, progress=False)
         overrides.append(f'codec.path="{out / "codec"}"')
     if cfg.train.dit == "lora" and not cfg.model.path:
-        base_overrides = [*overrides, *BASE_PRETRAINING, f'data.cache="{out / "cache"}"']
+        base_overrides = [*overrides, *BASE_PRETRAINING, *sets, f'data.cache="{out / "cache"}"']
         prepare_demo_cache(load_config(preset, overrides=overrides), out / "cache")
         base_cfg = load_config(preset, overrides=base_overrides)
         print(f"[demo] pretraining the {preset} base (text-to-video, no history) for {base_cfg.train.steps} steps")
@@ -147,23 +148,27 @@ def run_demo(
     sample_steps: int = 20,
     cache: str | Path | None = None,
     preset: str = DEMO_PRESET,
+    overrides: list[str] = (),
+    codec_steps: int = CODEC_STEPS,
 ) -> dict:
     """Run the demo into ``out``; ``cache``: train from this `data prepare` cache (e.g. of your own videos) instead
     of caching the demo clip. Evaluation always uses the demo clip's held-out part. ``preset``: the preset the
-    checkpoints were trained with (its footage, codec and caption)."""
+    checkpoints were trained with (its footage, codec and caption); ``overrides``: ``section.key=value`` on every
+    config the demo loads (sizes for tests); ``codec_steps``: the learned codec's steps with ``from_scratch``."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     torch.manual_seed(0)
     ckpt_root = Path(checkpoints) if checkpoints else DEFAULT_CHECKPOINTS
-    foundations = train_foundations(preset, out) if from_scratch else []
-    base_cfg = load_config(preset, overrides=foundations)
+    # the overrides on every config the demo loads (with --from-scratch: naming the codec and base it trained)
+    common = train_foundations(preset, out, list(overrides), codec_steps) if from_scratch else list(overrides)
+    base_cfg = load_config(preset, overrides=common)
 
     own_cache = cache is None
     cache = prepare_demo_cache(base_cfg, out / "cache") if own_cache else Path(cache).resolve()
     folders: dict[str, Path] = {}
     for method in METHODS:
         if from_scratch:
-            cfg = load_config(preset, overrides=[*foundations, f'history.method="{method}"', f'data.cache="{cache}"'])
+            cfg = load_config(preset, overrides=[*common, f'history.method="{method}"', f'data.cache="{cache}"'])
             print(f"[demo] training {method} from scratch for {cfg.train.steps} steps")
             train(cfg, out / "train" / method)
             folders[method] = out / "train" / method / "final"
@@ -220,6 +225,7 @@ def run_demo(
         cfg = load_config(
             preset,
             overrides=[
+                *common,
                 'history.method="proposed"',
                 f'data.cache="{cache}"',
                 f"train.steps={finetune_steps}",
@@ -244,8 +250,8 @@ def run_demo(
             "heldout_loss_after": after["heldout_loss"],
         }
     if stage2:
-        stage2_ckpts = stage2_folders(out, ckpt_root, folders, from_scratch, cache, preset, foundations)
-        results["stage2"] = run_stage2(out, clip.heldout, stage2_ckpts, sample_steps, preset, foundations)
+        stage2_ckpts = stage2_folders(out, ckpt_root, folders, from_scratch, cache, preset, common)
+        results["stage2"] = run_stage2(out, clip.heldout, stage2_ckpts, sample_steps, preset, common)
     results["seconds"] = time.time() - started
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(_markdown(results))

@@ -56,15 +56,15 @@ def stage2_folders(
     from_scratch: bool,
     cache: Path,
     preset: str,
-    foundations: list[str] | None = None,
+    common: list[str] | None = None,
 ) -> dict[str, Path]:
     """The committed stage-II checkpoints, or (``from_scratch``) the same recipes trained from the demo's cache
-    (``foundations``: the overrides naming the codec and base that ``--from-scratch`` trained)."""
+    (``common``: the overrides on every config, e.g. naming the codec and base that ``--from-scratch`` trained)."""
     folders = {}
     for name in MODELS:
         if from_scratch:
             start, overrides = RECIPES[name]
-            sets = [*(foundations or []), 'train.stage="ar"', f'data.cache="{cache}"', *overrides]
+            sets = [*(common or []), 'train.stage="ar"', f'data.cache="{cache}"', *overrides]
             cfg = load_config(preset, overrides=sets)
             print(f"[demo] stage II: training {name} from the stage-I {start} model for {cfg.train.steps} steps")
             run = out / "train_stage2" / name
@@ -87,10 +87,10 @@ def run_stage2(
     folders: dict[str, Path],
     sample_steps: int,
     preset: str,
-    foundations: list[str] | None = None,
+    common: list[str] | None = None,
 ) -> dict:
     """Teacher-forced comparison and the continuation; returns the results section (``results["stage2"]``)."""
-    base_cfg = load_config(preset, overrides=[*(foundations or []), 'train.stage="ar"'])
+    base_cfg = load_config(preset, overrides=[*(common or []), 'train.stage="ar"'])
     from tinyhistory.eval.features import MobileNetV2Features
     from tinyhistory.system import build_codec
 

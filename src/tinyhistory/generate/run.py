@@ -1,6 +1,6 @@
 """``tinyhistory generate``: a storyboard → an mp4, one segment at a time, with the whole history in context.
 
-    tinyhistory generate --preset tiny --checkpoint checkpoints/tiny/stage2/proposed \\
+    tinyhistory generate --checkpoint checkpoints/miniature/stage2/proposed \\
         --storyboard story.json --out story.mp4 [--history clip.mp4 | --image still.png]
 
 Shot times in the storyboard count from the start of the generated part (the given history comes before it).

@@ -40,7 +40,7 @@ from tinyhistory.train.checkpoint import (
     save_weights,
     weights_sha256,
 )
-from tinyhistory.train.lora import add_lora, has_lora
+from tinyhistory.train.lora import LORA_FILE, add_lora, has_lora
 from tinyhistory.train.objectives import drop_text, objective_for
 
 
@@ -111,12 +111,18 @@ def heldout_loss(model: HistoryDiT, cfg: RunConfig, sampler: Sampler, caption, w
     return sum(losses) / windows
 
 
+def has_lora_file(folder: str | Path) -> bool:
+    return (Path(folder) / LORA_FILE).is_file()
+
+
 def prepare_model(cfg: RunConfig, init_from: str | Path | None) -> tuple[HistoryDiT, RunConfig]:
     """A fresh model, or one started from a checkpoint, with what this run trains made trainable.
 
     ``train.dit = "lora"``: the base DiT (the user's folder) stays frozen and a fresh LoRA is attached — in stage I,
     and again in stage II, which keeps the stage-I history encoder but not its LoRA (the paper's "newly initialized
-    LoRA"). ``"full"`` (tiny): the whole DiT trains, and a stage-II ``lora_rank`` > 0 puts a LoRA on the stage-I DiT.
+    LoRA"). From a checkpoint of the *same* stage (a longer or fine-tuned stage I, a stage-II model trained further)
+    the checkpoint's own LoRA goes on training: a fresh one would throw away what that stage learned. ``"full"``
+    (tiny): the whole DiT trains, and a stage-II ``lora_rank`` > 0 puts a LoRA on the stage-I DiT.
     From a checkpoint the architecture (backbone, encoders) is the checkpoint's; this run adds a sliding window,
     cross-attention enhancers (zero-initialised) when it asks for them. ``history.method = "no_history"`` drops the
     checkpoint's encoders (baselines on the same DiT as the proposed model).
@@ -141,7 +147,15 @@ def prepare_model(cfg: RunConfig, init_from: str | Path | None) -> tuple[History
             "(use the same preset for both stages)"
         )
     backbone = init_cfg.backbone
-    if cfg.train.dit == "lora":
+    same_stage = init_cfg.train.stage == cfg.train.stage
+    if cfg.train.dit == "lora" and same_stage and has_lora_file(init_from):
+        if init_cfg.train.lora_rank != cfg.train.lora_rank:
+            raise ValueError(
+                f"{init_from} carries a LoRA of rank {init_cfg.train.lora_rank}; this run (the same stage, so it "
+                f"continues that LoRA) asks for train.lora_rank={cfg.train.lora_rank}"
+            )
+        model, _ = load_model(init_from, model_path=cfg.model.path or None)  # the checkpoint's LoRA, trainable
+    elif cfg.train.dit == "lora":
         add_lora(model.backbone, cfg.train.lora_rank)
     elif cfg.train.lora_rank > 0 and init_cfg.train.lora_rank == 0:
         base = Path(init_from) / "transformer"
