@@ -58,3 +58,9 @@ def test_a_pretrained_tiny_dit_is_the_frozen_base_of_a_lora_run(tmp_path):
     assert main([*stage2, "--steps", "1", "--no-progress", "--out", str(tmp_path / "s2")]) == 0
     fresh = load_file(str(tmp_path / "s2" / "final" / "lora.safetensors"))
     assert all(v.abs().max() < 1e-6 for k, v in fresh.items() if "lora_B" in k)
+
+    # an only-LR row on the frozen base has no encoder weights of its own (the LR branch is the base's patch
+    # embedding): its checkpoint still loads (Table 1 under the miniature protocol)
+    assert main([*stage1, "--method", "only_lr", "--steps", "1", "--no-progress", "--out", str(tmp_path / "lr")]) == 0
+    only_lr, cfg = load_model(tmp_path / "lr" / "final")
+    assert cfg.history.method == "only_lr" and len(only_lr.producers) and not list(only_lr.producers.parameters())

@@ -157,7 +157,10 @@ def _load_modules(model: HistoryDiT, cfg: RunConfig, folder: Path) -> None:
             path = folder / name
             if not path.is_file():
                 raise FileNotFoundError(f"{folder}: this model ({cfg.history.method!r}) needs {name}")
-            dtype = next(modules.parameters()).dtype
+            first = next(modules.parameters(), None)
+            if first is None:  # e.g. only-LR: the DiT's own patch embedding, no weights of its own to load
+                continue
+            dtype = first.dtype
             state = {k: v.to(dtype) for k, v in read_tensors(path, name.removesuffix(".safetensors")).items()}
             try:
                 modules.load_state_dict(state)
