@@ -214,7 +214,7 @@ def _cmd_reproduce_table1(args: argparse.Namespace) -> int:
         preset=args.preset,
         steps=args.steps,
         rows=args.rows.split(",") if args.rows else None,
-        overrides=list(args.set or []),
+        overrides=_model_override(args) + list(args.set or []),
         jobs=args.jobs,
         windows=args.windows,
         seeds=args.seeds,
@@ -546,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t1.add_argument("--preset", default="tiny")
     t1.add_argument("--out", required=True)
+    t1.add_argument("--model", default=None, metavar="DIR", help=MODEL_HELP)
     t1.add_argument("--steps", type=positive_int, default=None, help="training steps per row (default: the preset's)")
     t1.add_argument("--rows", default=None, help="comma-separated row keys (default: all seven)")
     t1.add_argument("--jobs", type=positive_int, default=1, help="rows trained at once (subprocesses)")
