@@ -35,6 +35,7 @@ from tinyhistory.train.checkpoint import (
     base_transformer_reference,
     load_model,
     load_training_state,
+    read_config,
     restore_trained,
     save_training_state,
     save_weights,
@@ -111,10 +112,6 @@ def heldout_loss(model: HistoryDiT, cfg: RunConfig, sampler: Sampler, caption, w
     return sum(losses) / windows
 
 
-def has_lora_file(folder: str | Path) -> bool:
-    return (Path(folder) / LORA_FILE).is_file()
-
-
 def prepare_model(cfg: RunConfig, init_from: str | Path | None) -> tuple[HistoryDiT, RunConfig]:
     """A fresh model, or one started from a checkpoint, with what this run trains made trainable.
 
@@ -132,7 +129,31 @@ def prepare_model(cfg: RunConfig, init_from: str | Path | None) -> tuple[History
         if cfg.train.dit == "lora":
             add_lora(model.backbone, cfg.train.lora_rank)
         return model, cfg
-    model, init_cfg = load_model(init_from, model_path=cfg.model.path or None, with_lora=False)
+    init_cfg = read_config(init_from, cfg.model.path or None)
+    if init_cfg.train.dit != cfg.train.dit:
+        raise ValueError(
+            f"{init_from} was trained with train.dit = {init_cfg.train.dit!r}; this run has {cfg.train.dit!r} "
+            "(use the same preset for both stages)"
+        )
+    # Decided before loading, so the base (a real model: many GB) is read once.
+    new_lora_on_dit = False  # "full": a first LoRA on the stage-I DiT, named by its path and hash
+    if cfg.train.dit == "lora":
+        continues_lora = init_cfg.train.stage == cfg.train.stage and (Path(init_from) / LORA_FILE).is_file()
+        if continues_lora and init_cfg.train.lora_rank != cfg.train.lora_rank:
+            raise ValueError(
+                f"{init_from} carries a LoRA of rank {init_cfg.train.lora_rank}; this run (the same stage, so it "
+                f"continues that LoRA) asks for train.lora_rank={cfg.train.lora_rank}"
+            )
+    elif cfg.train.lora_rank > 0 and init_cfg.train.lora_rank == 0:
+        continues_lora, new_lora_on_dit = False, True
+    elif cfg.train.lora_rank != init_cfg.train.lora_rank:
+        raise ValueError(
+            f"{init_from} carries a LoRA of rank {init_cfg.train.lora_rank}; this run asks for train.lora_rank="
+            f"{cfg.train.lora_rank} (start a new LoRA from a checkpoint without one)"
+        )
+    else:
+        continues_lora = init_cfg.train.lora_rank > 0  # continue the checkpoint's own LoRA
+    model, init_cfg = load_model(init_from, model_path=cfg.model.path or None, with_lora=continues_lora)
     history = dataclasses.replace(
         init_cfg.history,
         sliding_window=cfg.history.sliding_window,
@@ -141,35 +162,14 @@ def prepare_model(cfg: RunConfig, init_from: str | Path | None) -> tuple[History
     )
     if cfg.history.method == "no_history":
         history = dataclasses.replace(history, method="no_history", cross_attention=False)
-    if init_cfg.train.dit != cfg.train.dit:
-        raise ValueError(
-            f"{init_from} was trained with train.dit = {init_cfg.train.dit!r}; this run has {cfg.train.dit!r} "
-            "(use the same preset for both stages)"
-        )
     backbone = init_cfg.backbone
-    same_stage = init_cfg.train.stage == cfg.train.stage
-    if cfg.train.dit == "lora" and same_stage and has_lora_file(init_from):
-        if init_cfg.train.lora_rank != cfg.train.lora_rank:
-            raise ValueError(
-                f"{init_from} carries a LoRA of rank {init_cfg.train.lora_rank}; this run (the same stage, so it "
-                f"continues that LoRA) asks for train.lora_rank={cfg.train.lora_rank}"
-            )
-        model, _ = load_model(init_from, model_path=cfg.model.path or None)  # the checkpoint's LoRA, trainable
-    elif cfg.train.dit == "lora":
-        add_lora(model.backbone, cfg.train.lora_rank)
-    elif cfg.train.lora_rank > 0 and init_cfg.train.lora_rank == 0:
+    if new_lora_on_dit:
         base = Path(init_from) / "transformer"
         backbone = dataclasses.replace(
             backbone, base_transformer=base_transformer_reference(base), base_transformer_sha256=weights_sha256(base)
         )
+    if (cfg.train.dit == "lora" and not continues_lora) or new_lora_on_dit:
         add_lora(model.backbone, cfg.train.lora_rank)
-    elif cfg.train.lora_rank != init_cfg.train.lora_rank:
-        raise ValueError(
-            f"{init_from} carries a LoRA of rank {init_cfg.train.lora_rank}; this run asks for train.lora_rank="
-            f"{cfg.train.lora_rank} (start a new LoRA from a checkpoint without one)"
-        )
-    elif init_cfg.train.lora_rank > 0:  # continue the checkpoint's own LoRA
-        model, _ = load_model(init_from, model_path=cfg.model.path or None)
     cfg = dataclasses.replace(
         cfg, base=init_cfg.base, model=init_cfg.model, codec=init_cfg.codec, backbone=backbone, history=history
     )
