@@ -212,7 +212,7 @@ def run_demo(
         metrics["steps"] = trained_steps(folders[method])
         results["methods"][method] = metrics
         samples[method] = sampled
-    results["references"] = reference_metrics(eval_set, clip.train, codec)
+    results["references"] = reference_metrics(eval_set, clip.train, codec, base_cfg.history.rates)
 
     # Fig. 5-style grid: the first query frame of 8 windows.
     picks = list(range(0, EVAL_WINDOWS, EVAL_WINDOWS // 8))[:8]

@@ -162,10 +162,13 @@ def evaluate_method(
     return metrics, sampled_px
 
 
-def reference_metrics(eval_set: FrameQuerySet, train_pixels: torch.Tensor, codec=None) -> dict:
-    """Trivial references on the queried frames: average training frame; 8×8 and 16×16 thumbnails upsampled; and,
-    given a lossy ``codec``, its reconstruction of the true frames (the ceiling of any model that paints through it;
-    a lossless codec's is exact and left out)."""
+def reference_metrics(
+    eval_set: FrameQuerySet, train_pixels: torch.Tensor, codec=None, rates: list[str] | tuple[str, ...] = ()
+) -> dict:
+    """Trivial references on the queried frames: average training frame; 8×8 and 16×16 thumbnails upsampled; given
+    a lossy ``codec``, its reconstruction of the true frames (the ceiling of any model that paints through it; a
+    lossless codec's is exact and left out); and, for each of ``rates`` (the set's LR latents, in order), what that
+    LR branch hands the DiT, upsampled (:func:`lr_input_frames`: a model with that branch could copy it)."""
     truth = queried_pixels(eval_set)  # (B, 3, k, H, W)
     true = _frames(truth)
     b, c, k, h, w = truth.shape
@@ -189,7 +192,51 @@ def reference_metrics(eval_set: FrameQuerySet, train_pixels: torch.Tensor, codec
             "psnr": mean_metric(psnr, true, frames),
             "ssim": mean_metric(ssim, true, frames),
         }
+    if rates and codec is None:
+        raise ValueError("the LR-input references need the codec that made the set's LR latents")
+    for index, rate in enumerate(rates):
+        frames = _frames(lr_input_frames(eval_set, index, Rate.parse(rate), codec))
+        out[f"lr_input_{rate}_upsampled"] = {
+            "psnr": mean_metric(psnr, true, frames),
+            "ssim": mean_metric(ssim, true, frames),
+        }
     return out | ceiling
+
+
+def psnr_by_scale(truth: torch.Tensor, other: torch.Tensor, sizes: list[int]) -> dict[int, float]:
+    """Mean per-frame PSNR (dB, peak 255 as the frame metrics) of two ``(B, 3, k, H, W)`` videos in [-1, 1], both
+    area-averaged to s×s pixels, per s."""
+    b, c, k, h, w = truth.shape
+
+    def frames(x: torch.Tensor) -> torch.Tensor:  # (B·k, 3, H, W) in [0, 1], as the uint8 frames the metrics see
+        return x.transpose(1, 2).reshape(b * k, c, h, w).float().clamp(-1, 1).add(1).mul(127.5).round().div(255)
+
+    flat_t, flat_o = frames(truth), frames(other)
+    out = {}
+    for size in sizes:
+        mse = (F.adaptive_avg_pool2d(flat_t, size) - F.adaptive_avg_pool2d(flat_o, size)).pow(2).mean(dim=(1, 2, 3))
+        out[size] = float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean())
+    return out
+
+
+def lr_input_frames(eval_set: FrameQuerySet, index: int, rate: Rate, codec: Codec) -> torch.Tensor:
+    """What LR branch ``index`` (of ``rate``) hands the DiT for each queried frame, as pixels: the LR latent of the
+    temporal block holding the frame (clean: the mask spares it), decoded and bilinearly upsampled to full size.
+
+    A reference for models with that LR branch: copying their own input would reach it. Each latent is decoded on its
+    own — exact for a framewise codec; a causal VAE decodes a lone latent as a first frame (an approximation).
+    ``(B, 3, k, H, W)`` in [-1, 1].
+    """
+    lr = eval_set.batch.history_lr[index]  # (B, C, T/rT, h, w)
+    omega = eval_set.batch.omega // rate.t  # (B, k) the LR latent of each queried frame's block
+    b, c, _, h, w = lr.shape
+    k = omega.shape[1]
+    picked = lr.gather(2, omega[:, None, :, None, None].expand(b, c, k, h, w))  # (B, C, k, h, w)
+    lone = picked.transpose(1, 2).reshape(b * k, c, 1, h, w)
+    pixels = codec.decode(lone)[:, :, 0]  # (B·k, 3, H/r, W/r)
+    size = tuple(eval_set.pixels.shape[-2:])
+    up = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
+    return up.reshape(b, k, 3, *size).transpose(1, 2)
 
 
 def frame_query_report(

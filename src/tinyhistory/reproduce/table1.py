@@ -263,7 +263,7 @@ def reproduce_table1(
             entry["per_seed"] = per_seed
             entry["train_log"] = f"runs/{row.key}/train_log.jsonl"
         results["rows"].append(entry)
-    results["references"] = reference_metrics(eval_set, clip.train, codec)
+    results["references"] = reference_metrics(eval_set, clip.train, codec, all_rates)
 
     scored = [r for r in results["rows"] if "ours" in r]
     results["kendall_tau"] = {

@@ -1,0 +1,139 @@
+"""At which spatial scale does a frame-query model stop matching the truth? A diagnostic for issue 13.
+
+The miniature's stage-I models reach ~13.6 dB on held-out frame queries while a 16×16-pixel thumbnail of the truth,
+upsampled, scores 22 dB — yet the LR branch alone hands the DiT a 32×32-pixel thumbnail of every frame pair. This
+script scores checkpoints on the demo's held-out set (the same windows, queries, masks and noise for all, as
+``reproduce table1`` builds it) and, beside the usual PSNR, the PSNR of the sampled and the true frames both
+area-averaged to s×s pixels for s = 2 … full size: a model that knows the layout but cannot paint inside a history
+token scores high at small s and falls towards the average frame as s grows. The average training frame and the
+codec's reconstruction get the same profile, as floor and ceiling, and so does each LR branch's own input (the clean
+LR latent of the queried frame's block, decoded and upsampled): what the DiT could reach by copying it.
+
+Usage (checkpoints must share the history length and preset; each reads the LR rates it was trained with):
+
+    python scripts/frame_query_scales.py --out DIR proposed=checkpoints/miniature/proposed \\
+        no_history=checkpoints/miniature/no_history [--windows 24 --queries 2]
+
+Writes ``DIR/scales.json``, ``DIR/scales.md`` and ``DIR/scales.png`` (the first query of 8 windows: the truth, what
+each LR branch hands the DiT — its LR latent decoded and upsampled — and each model's sample).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tinyhistory.data.clip import clip_from_config, to_uint8
+from tinyhistory.eval.figures import grid_image
+from tinyhistory.eval.frame_query import (
+    eval_set_for_clip,
+    evaluate_method,
+    lr_input_frames,
+    psnr_by_scale,
+    queried_pixels,
+)
+from tinyhistory.geometry import Rate
+from tinyhistory.reproduce.table1 import restrict_to_rates
+from tinyhistory.text.cache import encode_prompts
+from tinyhistory.train.checkpoint import load_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", help="LABEL=CHECKPOINT_FOLDER")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--windows", type=int, default=24)
+    parser.add_argument("--queries", type=int, default=2)
+    args = parser.parse_args()
+    started = time.time()
+    pairs = []
+    for item in args.models:
+        label, sep, folder = item.partition("=")
+        if not sep or not label or not folder:
+            parser.error(f"expected LABEL=CHECKPOINT_FOLDER, got {item!r}")
+        pairs.append((label, Path(folder)))
+
+    loaded = [(label, *load_model(folder)) for label, folder in pairs]
+    base_cfg = loaded[0][2]
+    lengths = {label: cfg.train.history_frames for label, _, cfg in loaded}
+    if len(set(lengths.values())) != 1:
+        raise SystemExit(f"the checkpoints have different history lengths {lengths}; compare like with like")
+    all_rates = sorted({r for _, _, cfg in loaded for r in cfg.history.rates})
+    eval_cfg = dataclasses.replace(base_cfg, history=dataclasses.replace(base_cfg.history, rates=all_rates))
+    clip = clip_from_config(base_cfg.data)
+    eval_set, codec = eval_set_for_clip(clip.heldout, eval_cfg, args.windows, args.queries, seed=0)
+    text = encode_prompts(base_cfg.text, [base_cfg.text.caption])
+    truth = queried_pixels(eval_set)
+    size = truth.shape[-1]
+    sizes = [s for s in (2, 4, 8, 16, 32, 64, 128, 256) if s < size] + [size]
+
+    b, c, k, h, w = truth.shape
+    average = clip.train.mean(dim=1)[None, :, None].expand(b, c, k, h, w)
+    recon = codec.decode(codec.encode(truth))
+    lr_inputs = {
+        f"LR input {rate}, upsampled": lr_input_frames(eval_set, i, Rate.parse(rate), codec)
+        for i, rate in enumerate(all_rates)
+    }
+    results: dict = {
+        "history_frames": base_cfg.train.history_frames,
+        "windows": args.windows,
+        "queries": args.queries,
+        "sizes": sizes,
+        "references": {
+            "average training frame": psnr_by_scale(truth, average, sizes),
+            "codec reconstruction": psnr_by_scale(truth, recon, sizes),
+        }
+        | {label: psnr_by_scale(truth, frames, sizes) for label, frames in lr_inputs.items()},
+        "models": {},
+    }
+    samples = {}
+    for (label, model, cfg), (_, folder) in zip(loaded, pairs, strict=True):
+        print(f"[scales] {label}: {folder} ({cfg.history.method}, rates {cfg.history.rates})")
+        metrics, sampled = evaluate_method(
+            model, restrict_to_rates(eval_set, all_rates, tuple(cfg.history.rates)), text, codec
+        )
+        samples[label] = sampled
+        results["models"][label] = {
+            "checkpoint": str(folder),
+            "method": cfg.history.method,
+            "rates": list(cfg.history.rates),
+            "heldout_loss": metrics["heldout_loss"],
+            "psnr": metrics["psnr"],
+            "psnr_one_step": metrics["psnr_one_step"],
+            "psnr_by_scale": psnr_by_scale(truth, sampled, sizes),
+        }
+    results["seconds"] = round(time.time() - started, 1)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "scales.json").write_text(json.dumps(results, indent=2) + "\n")
+    header = "| | held-out loss | PSNR | one-step PSNR | " + " | ".join(f"{s}×{s}" for s in sizes) + " |"
+    lines = [
+        f"# PSNR by scale: {args.windows} held-out windows of {base_cfg.train.history_frames} frames, "
+        f"{args.queries} queries each",
+        "",
+        "Sampled (20 Euler steps) and true frames both area-averaged to s×s pixels before PSNR.",
+        "",
+        header,
+        "|" + "---|" * (4 + len(sizes)),
+    ]
+    for label, m in results["models"].items():
+        cells = " | ".join(f"{m['psnr_by_scale'][s]:.2f}" for s in sizes)
+        lines.append(f"| {label} | {m['heldout_loss']:.4f} | {m['psnr']:.2f} | {m['psnr_one_step']:.2f} | {cells} |")
+    for label, profile in results["references"].items():
+        lines.append(f"| {label} | | | | " + " | ".join(f"{profile[s]:.2f}" for s in sizes) + " |")
+    (args.out / "scales.md").write_text("\n".join(lines) + "\n")
+    picks = list(range(0, args.windows, max(1, args.windows // 8)))[:8]
+    rows = [("ground truth", np.stack([to_uint8(truth[i])[0] for i in picks]))]
+    rows += [(label, np.stack([to_uint8(lr_inputs[label][i])[0] for i in picks])) for label in lr_inputs]
+    rows += [(label, np.stack([to_uint8(samples[label][i])[0] for i in picks])) for label in samples]
+    grid_image(rows, args.out / "scales.png")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The frame-query diagnostics of issue 13: PSNR by scale, and what an LR branch hands the DiT as pixels."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from tinyhistory.config import load_config
+from tinyhistory.eval.frame_query import (
+    eval_set_for_clip,
+    lr_input_frames,
+    psnr_by_scale,
+    queried_pixels,
+    reference_metrics,
+)
+from tinyhistory.geometry import Rate
+
+
+def test_psnr_by_scale_sees_detail_only_at_the_scales_that_hold_it():
+    """A 16×16 frame against its own 4×4-block average is exact at 2×2 and 4×4 (100 dB, the clamp); detail of ±10
+    levels inside each block is seen from 8×8 on: 10·log10(255²/100) = 28.13 dB, the ordinary PSNR."""
+    torch.manual_seed(0)
+    coarse = torch.randint(20, 236, (2, 3, 1, 4, 4)).float()  # uint8 levels on a 4×4 grid
+    blocky_u8 = coarse.repeat_interleave(4, dim=3).repeat_interleave(4, dim=4)  # (2, 3, 1, 16, 16)
+    detail = torch.tensor([10.0, 10.0, -10.0, -10.0]).repeat(4)  # zero mean over each 4-pixel block, not over 2
+    truth_u8 = blocky_u8 + detail  # varies along the width inside every 4×4 block
+    truth, blocky = truth_u8 / 127.5 - 1, blocky_u8 / 127.5 - 1
+    scores = psnr_by_scale(truth, blocky, [2, 4, 8, 16])
+    assert scores[2] == scores[4] == 100.0
+    assert math.isclose(scores[8], 10 * math.log10(255**2 / 100), rel_tol=1e-5)  # the 2×2 means are off by ±10
+    assert math.isclose(scores[16], scores[8], rel_tol=1e-5)
+
+
+def test_lr_input_frames_are_the_queried_frames_block_averaged_through_a_lossless_codec():
+    """With the lossless pixel codec, the LR branch's input for a queried frame is the area average of its 2-frame
+    block at half the resolution (rate 2×2×2 on the token grid), upsampled back: exactly that, for every query; and
+    the reference row the demo and Table 1 print scores those frames."""
+    torch.manual_seed(0)
+    pixels = torch.rand(3, 24, 32, 32) * 2 - 1  # (3, T, H, W)
+    cfg = load_config("tiny", overrides=["data.size=32", "train.history_frames=8", 'history.rates=["2x2x2"]'])
+    eval_set, codec = eval_set_for_clip(pixels, cfg, windows=3, queries=2)
+    got = lr_input_frames(eval_set, 0, Rate.parse("2x2x2"), codec)  # (B, 3, k, 32, 32)
+    assert got.shape == queried_pixels(eval_set).shape == (3, 3, 2, 32, 32)
+    for w, start in enumerate(eval_set.starts):
+        for q, frame in enumerate(eval_set.batch.omega[w].tolist()):
+            block = pixels[:, start + frame // 2 * 2 : start + frame // 2 * 2 + 2]  # (3, 2, 32, 32)
+            small = F.avg_pool3d(block[None], kernel_size=(2, 2, 2))[:, :, 0]  # (1, 3, 16, 16)
+            expected = F.interpolate(small, size=(32, 32), mode="bilinear", align_corners=False)[0]
+            torch.testing.assert_close(got[w, :, q], expected, atol=1e-5, rtol=0)
+    # the demo's and Table 1's reference row is the same frames under the frame metrics
+    refs = reference_metrics(eval_set, pixels, codec, ["2x2x2"])
+    full = psnr_by_scale(queried_pixels(eval_set), got, [32])[32]
+    assert math.isclose(refs["lr_input_2x2x2_upsampled"]["psnr"], full, rel_tol=1e-4)
