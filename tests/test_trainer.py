@@ -145,3 +145,53 @@ def test_two_processes_draw_their_own_windows_and_resume(tmp_path, capsys):
     result = subprocess.run([*launch, *ar], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "ar" / "final" / "lora.safetensors").is_file()
+
+
+def test_ema_follows_its_recurrence_and_swaps_weights_in_and_out(tmp_path):
+    """shadow ← r·shadow + (1 − r)·w with the warm-up r = min(d, (1 + n)/(10 + n)); frozen weights are not kept;
+    ``applied`` puts the shadow in and the weights back bit for bit; save/load round-trips shadow and count."""
+    from tinyhistory.train.ema import EMA
+
+    model = torch.nn.Linear(3, 2)
+    model.bias.requires_grad_(False)
+    ema = EMA(model, decay=0.5)
+    assert set(ema.shadow) == {"weight"}
+    start = model.weight.detach().clone()
+    expected = start.clone()
+    for n, value in enumerate((1.0, 2.0, 3.0)):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        r = min(0.5, (1 + n) / (10 + n))  # 0.1, 2/11, 0.25
+        expected = r * expected + (1 - r) * value
+        ema.update(model)
+    torch.testing.assert_close(ema.shadow["weight"], expected)
+    with ema.applied(model):
+        torch.testing.assert_close(model.weight.detach(), expected)
+    assert torch.equal(model.weight.detach(), torch.full((2, 3), 3.0))
+    ema.save(tmp_path)
+    again = EMA(model, decay=0.5)
+    again.load(tmp_path)
+    assert again.updates == 3 and torch.equal(again.shadow["weight"], ema.shadow["weight"])
+    with pytest.raises(ValueError, match="train.ema_decay must be in"):
+        EMA(model, decay=1.0)
+
+
+def test_an_ema_run_writes_final_ema_logs_its_loss_and_resumes_exactly(small_config, tmp_path):
+    """``train.ema_decay``: OUT/final_ema/ is a loadable checkpoint holding the EMA (not the last weights), the log
+    and summary carry the EMA's held-out loss, and 2 steps + resume give the same EMA as 4 in one go."""
+    cfg = small_config("train.steps=4", "train.checkpoint_every=2", "train.ema_decay=0.5")
+    summary = train(cfg, tmp_path / "a", progress=False)
+    assert summary["heldout_loss_ema"] > 0 and summary["final_ema"].endswith("final_ema")
+    records = [json.loads(line) for line in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "heldout_loss_ema" in r] == [2, 4]
+    weights, averaged = _weights(tmp_path / "a" / "final"), _weights(tmp_path / "a" / "final_ema")
+    assert any(not torch.equal(weights[k], averaged[k]) for k in weights)
+
+    train(cfg, tmp_path / "b", progress=False, stop_after=2)
+    assert (tmp_path / "b" / "last" / "ema.safetensors").is_file()
+    train(cfg, tmp_path / "b", progress=False)
+    resumed = _weights(tmp_path / "b" / "final_ema")
+    for key in averaged:
+        torch.testing.assert_close(averaged[key], resumed[key], atol=0, rtol=0, msg=key)
+    with pytest.raises(ValueError, match="train.ema_decay must be in"):
+        small_config("train.ema_decay=1.5")

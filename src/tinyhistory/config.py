@@ -247,6 +247,9 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     # Training timesteps t ~ L(0, 1) are kept in [min_t, 1]: Wan 2.2 A14B's high-noise expert serves t >= 0.875 only.
     min_t: float = 0.0
+    # > 0: also keep an exponential moving average of the trained weights with this decay (train/ema.py); the run
+    # then writes OUT/final_ema/ beside OUT/final/ and logs the EMA's held-out loss at every checkpoint.
+    ema_decay: float = 0.0
 
     def validate(self) -> None:
         _choice("train.stage", self.stage, ("frame-query", "ar"))
@@ -255,6 +258,8 @@ class TrainConfig:
             raise ValueError(f"train.dit = 'lora' needs train.lora_rank > 0, got {self.lora_rank}")
         if not 0.0 <= self.min_t < 1.0:
             raise ValueError(f"train.min_t must be in [0, 1), got {self.min_t}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1) (0: no EMA), got {self.ema_decay}")
         if not 0.0 <= self.text_dropout < 1.0:
             raise ValueError(f"train.text_dropout must be in [0, 1), got {self.text_dropout}")
         if self.lora_rank < 0:

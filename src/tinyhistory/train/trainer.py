@@ -41,6 +41,7 @@ from tinyhistory.train.checkpoint import (
     save_weights,
     weights_sha256,
 )
+from tinyhistory.train.ema import EMA
 from tinyhistory.train.lora import LORA_FILE, add_lora, has_lora
 from tinyhistory.train.objectives import drop_text, objective_for
 
@@ -226,6 +227,7 @@ def train(
     # ``model`` stays the plain HistoryDiT (saved, evaluated); ``stage_loss`` is what trains (DDP-wrapped when several).
     stage_loss, optimizer, scheduler = accelerator.prepare(StageLoss(cfg, model), optimizer, scheduler)
     device = accelerator.device
+    ema = EMA(model, tc.ema_decay) if tc.ema_decay > 0 else None  # on the device the model now lives on
 
     # Each process draws its own windows (with one shared seed every rank would train on the same batch).
     generator = torch.Generator().manual_seed(tc.seed + accelerator.process_index)
@@ -236,6 +238,8 @@ def train(
         restore_trained(model, cfg, last)
         rank, processes = accelerator.process_index, accelerator.num_processes
         step = load_training_state(last, optimizer, scheduler, generator, rank, processes)
+        if ema is not None:
+            ema.load(last)
         accelerator.print(f"resumed from {last} at step {step}")
     main = accelerator.is_main_process
     if main:
@@ -265,6 +269,8 @@ def train(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(model)
             step += 1
             bar.update(1)
             if step % tc.log_every == 0 or step == tc.steps:
@@ -284,11 +290,14 @@ def train(
                 due = True
             if due:
                 last_checkpoint = time.time()
-                h = heldout_loss(model, cfg, heldout_sampler, caption)
-                log.write({"step": step, "heldout_loss": round(h, 6)})
+                record = {"step": step, "heldout_loss": round(heldout_loss(model, cfg, heldout_sampler, caption), 6)}
+                if ema is not None:
+                    with ema.applied(model):
+                        record["heldout_loss_ema"] = round(heldout_loss(model, cfg, heldout_sampler, caption), 6)
+                log.write(record)
                 data_rng = gather_object([generator.get_state()])  # every process's sampling RNG, for an exact resume
                 if main:
-                    _atomic_checkpoint(out, model, cfg, optimizer, scheduler, step, data_rng)
+                    _atomic_checkpoint(out, model, cfg, optimizer, scheduler, step, data_rng, ema)
                 accelerator.wait_for_everyone()
     finally:
         stop.restore()
@@ -310,6 +319,12 @@ def train(
         "heldout_loss": heldout_loss(model, cfg, heldout_sampler, caption),
         "final": str(final),
     }
+    if ema is not None:
+        with ema.applied(model):
+            if main:
+                save_weights(model, cfg, out / "final_ema", dtype=save_dtype)
+            summary["heldout_loss_ema"] = heldout_loss(model, cfg, heldout_sampler, caption)
+        summary["final_ema"] = str(out / "final_ema")
     if main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -456,12 +471,16 @@ def _resumable_checkpoint(out: Path) -> Path | None:
     return None
 
 
-def _atomic_checkpoint(out: Path, model, cfg, optimizer, scheduler, step, data_rng: list[torch.Tensor]) -> None:
+def _atomic_checkpoint(
+    out: Path, model, cfg, optimizer, scheduler, step, data_rng: list[torch.Tensor], ema: EMA | None = None
+) -> None:
     """Write ``last.tmp`` completely, then swap it in, so an interrupted write never leaves a half checkpoint."""
     tmp = out / "last.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     save_weights(model, cfg, tmp)
     save_training_state(tmp, optimizer, scheduler, step, data_rng)
+    if ema is not None:
+        ema.save(tmp)
     last = out / "last"
     old = out / "last.old"
     shutil.rmtree(old, ignore_errors=True)
