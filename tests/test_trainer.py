@@ -195,3 +195,24 @@ def test_an_ema_run_writes_final_ema_logs_its_loss_and_resumes_exactly(small_con
         torch.testing.assert_close(averaged[key], resumed[key], atol=0, rtol=0, msg=key)
     with pytest.raises(ValueError, match="train.ema_decay must be in"):
         small_config("train.ema_decay=1.5")
+
+
+def test_a_resume_refuses_changed_settings_by_name_and_reads_missing_ones_as_defaults(small_config, tmp_path):
+    """Steps may change on a resume, what trains may not (named in the error); a setting the checkpoint's config
+    lacks — written before the setting existed — is its default, so such a run resumes unless asked otherwise."""
+    from tinyhistory.train.trainer import check_resume_config
+
+    last = tmp_path / "run" / "last"
+    last.mkdir(parents=True)
+    cfg = small_config()
+    cfg.save(last / "config.json")
+    check_resume_config(small_config("train.steps=99"), last)
+    with pytest.raises(ValueError, match=r"run was trained with other settings \(train.learning_rate: 0.0003 -> 0.5\)"):
+        check_resume_config(small_config("train.learning_rate=0.5"), last)
+
+    older = json.loads((last / "config.json").read_text())
+    del older["train"]["ema_decay"]  # a checkpoint from before train.ema_decay existed
+    (last / "config.json").write_text(json.dumps(older))
+    check_resume_config(small_config(), last)
+    with pytest.raises(ValueError, match=r"train.ema_decay: None -> 0.5"):
+        check_resume_config(small_config("train.ema_decay=0.5"), last)

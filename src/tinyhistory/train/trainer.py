@@ -441,10 +441,19 @@ RESUMABLE_CHANGES = {
 
 
 def check_resume_config(cfg: RunConfig, last: Path) -> None:
-    """A resumed run must train what its checkpoint trained: any other changed setting is refused, by name."""
+    """A resumed run must train what its checkpoint trained: any other changed setting is refused, by name.
+
+    A setting the checkpoint's config does not name (one added to tinyhistory after it was written) counts as its
+    default, so a newer version resumes an older run unless the run now asks for something else.
+    """
     saved = _flatten(json.loads((last / "config.json").read_text()))
     now = _flatten(cfg.to_dict())
-    changed = sorted(k for k in now.keys() | saved.keys() if now.get(k) != saved.get(k) and k not in RESUMABLE_CHANGES)
+    defaults = _flatten(RunConfig().to_dict())
+    changed = sorted(
+        k
+        for k in now.keys() | saved.keys()
+        if now.get(k) != saved.get(k, defaults.get(k)) and k not in RESUMABLE_CHANGES
+    )
     if changed:
         details = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
         raise ValueError(
