@@ -206,10 +206,9 @@ def reference_metrics(
 def psnr_by_scale(truth: torch.Tensor, other: torch.Tensor, sizes: list[int]) -> dict[int, float]:
     """Mean per-frame PSNR (dB, peak 255 as the frame metrics) of two ``(B, 3, k, H, W)`` videos in [-1, 1], both
     area-averaged to s×s pixels, per s."""
-    b, c, k, h, w = truth.shape
 
-    def frames(x: torch.Tensor) -> torch.Tensor:  # (B·k, 3, H, W) in [0, 1], as the uint8 frames the metrics see
-        return x.transpose(1, 2).reshape(b * k, c, h, w).float().clamp(-1, 1).add(1).mul(127.5).round().div(255)
+    def frames(x: torch.Tensor) -> torch.Tensor:  # (B·k, 3, H, W) in [0, 1]: the uint8 frames the metrics see
+        return torch.from_numpy(_frames(x)).permute(0, 3, 1, 2).float().div(255)
 
     flat_t, flat_o = frames(truth), frames(other)
     out = {}
