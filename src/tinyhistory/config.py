@@ -128,6 +128,14 @@ class HistoryConfig:
     # History KV cache: context tokens attend only to context tokens (and text), in training and generation, so
     # generation computes their keys and values once per segment instead of at every denoising step.
     kv_cache: bool = False
+    # Block phase (issue 22): a learned, zero-initialised vector per cell of a history block, added to each target
+    # token by its position inside the block (history/phase.py), so a target token knows which part of a history
+    # token is its own. One table per rate, saved with the encoder.
+    block_phase: bool = False
+    # Value RoPE (issue 22): the context's values are rotated by their position and each output's context part rotated
+    # back by the query's, so what a target reads from a history token depends on its offset from the block centre
+    # (backbones/wan.py, HistoryAttnProcessor). Wan only.
+    value_rope: bool = False
 
     def validate(self) -> None:
         HISTORY_METHODS.check(self.method)
@@ -140,6 +148,9 @@ class HistoryConfig:
             raise ValueError(f"history.sliding_window must be >= 0 latent frames, got {self.sliding_window}")
         if self.cross_attention and self.method in ("no_history", "large_patchifier", "only_lr"):
             raise ValueError(f"history.cross_attention needs the HR branch's features; method {self.method!r} has none")
+        if (self.block_phase or self.value_rope) and self.method == "no_history":
+            name = "block_phase" if self.block_phase else "value_rope"
+            raise ValueError(f"history.{name} is about reading history blocks; method 'no_history' has none")
         if not self.rates:
             raise ValueError('history.rates must list at least one rate, e.g. ["4x4x2"]')
         for r in self.rates:
@@ -238,6 +249,8 @@ class TrainConfig:
     # Classifier-free guidance: this fraction of samples sees the empty prompt (the text encoder's encoding of "").
     text_dropout: float = 0.1
     freeze_encoder: bool = False  # ablation switch: keep the stage-I encoder fixed
+    # The block-phase tables' own learning rate (history.block_phase): at the encoder's rate a zero table hardly moves.
+    block_phase_learning_rate: float = 1e-2
     # What of the DiT trains. "lora": the base stays frozen (model.dtype) and a LoRA of ``lora_rank`` on its blocks
     # trains in both stages, as the paper does (stage II starts a fresh one); "full": the whole DiT trains (tiny
     # preset, stage I), and a stage-II ``lora_rank`` > 0 adds a LoRA on that trained DiT.
@@ -271,7 +284,7 @@ class TrainConfig:
             )
         positive = ("steps", "batch_size", "history_frames", "query_window", "log_every", "checkpoint_every")
         _positive("train", self, (*positive, "segment_frames", "learning_rate", "timestep_shift"))
-        for name in ("encoder_learning_rate", "weight_decay", "warmup_steps", "grad_clip"):
+        for name in ("encoder_learning_rate", "block_phase_learning_rate", "weight_decay", "warmup_steps", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:

@@ -13,6 +13,7 @@ from torch import nn
 
 from tinyhistory.backbones.base import Backbone, ContextTokens, check_model_folder, grid_positions
 from tinyhistory.config import RunConfig
+from tinyhistory.history.phase import BlockPhase
 from tinyhistory.paths import resolve_path
 from tinyhistory.registry import BACKBONES, CODECS, HISTORY_METHODS
 from tinyhistory.text.condition import TextCondition
@@ -63,7 +64,12 @@ def build_producers(cfg: RunConfig, backbone: Backbone) -> nn.ModuleList:
     h = cfg.history
     factory = HISTORY_METHODS.get(h.method)
     producers = [factory(h.method, rate, h, backbone) for rate in h.rates]
-    return nn.ModuleList(p for p in producers if p is not None)
+    producers = [p for p in producers if p is not None]
+    if h.block_phase:
+        # Each producer owns its rate's table, so it trains with the encoder and is saved in the encoder's file.
+        for producer in producers:
+            producer.block_phase = BlockPhase(producer.rate, backbone.hidden_dim)
+    return nn.ModuleList(producers)
 
 
 class CrossAttentionEnhancer(nn.Module):
@@ -131,6 +137,8 @@ class HistoryDiT(nn.Module):
             backbone.use_kv_cache()
         elif backbone.kv_cache:
             backbone.use_full_attention()
+        if cfg.history.value_rope:
+            backbone.use_value_rope()
         return cls(backbone, producers, cfg.history.sliding_window, enhancers)
 
     @property
@@ -190,6 +198,18 @@ class HistoryDiT(nn.Module):
         """The history's keys and values in every block (``history.kv_cache``), once per segment and text."""
         return self.backbone.build_context_cache(context, text, self._after_block(context))
 
+    def target_offsets(self, latents: torch.Tensor, frame_positions: torch.Tensor | None) -> torch.Tensor | None:
+        """The block-phase offsets ``(B, N, D)`` of the target tokens of ``latents`` ``(B, C, T, H, W)``, summed over
+        the producers that have a table (``history.block_phase``); None without any. The history starts at frame 0."""
+        phases = [p.block_phase for p in self.producers if getattr(p, "block_phase", None) is not None]
+        if not phases:
+            return None
+        b, _, frames, height, width = latents.shape
+        pt, ph, pw = self.backbone.patch_size
+        if frame_positions is None:
+            frame_positions = torch.arange(frames // pt, device=latents.device).expand(b, frames // pt)
+        return sum(phase(frame_positions, height // ph, width // pw) for phase in phases)
+
     def forward(
         self,
         latents: torch.Tensor,
@@ -208,4 +228,5 @@ class HistoryDiT(nn.Module):
             frame_positions,
             after_block=self._after_block(context if context_cache is None else context_cache),
             context_cache=context_cache,
+            target_offsets=self.target_offsets(latents, frame_positions),
         )

@@ -94,6 +94,13 @@ class HunyuanBackbone(DiffusersBackbone):
             "the noisy targets, so the history's keys/values cannot be cached); set history.kv_cache = false"
         )
 
+    def use_value_rope(self, enabled: bool = True) -> None:
+        if enabled:
+            raise ValueError(
+                "history.value_rope is implemented for Wan's self-attention only (HunyuanVideo's joint attention has "
+                "no processor for it yet); set history.value_rope = false"
+            )
+
     def use_full_attention(self) -> None:
         """Every token attends to every token: the stock processors, which this adapter never replaces."""
         self.kv_cache = False
@@ -178,6 +185,7 @@ class HunyuanBackbone(DiffusersBackbone):
         frame_positions: torch.Tensor | None = None,
         after_block: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
         context_cache=None,
+        target_offsets: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the velocity of the target latents.
 
@@ -186,7 +194,8 @@ class HunyuanBackbone(DiffusersBackbone):
         their ``mask`` ``(B, L)`` (prompt tokens first; all ones if absent) and CLIP's ``pooled`` ``(B, P)``
         (required); context: optional history tokens; frame_positions: ``(B, T)`` temporal position of each target
         frame (default ``0 … T−1``); after_block: ``f(i, tokens) → tokens`` applied after block ``i`` of
-        :attr:`blocks` to the ``(B, K + N, D)`` latent sequence. Returns ``(B, C, T, H, W)``.
+        :attr:`blocks` to the ``(B, K + N, D)`` latent sequence; target_offsets: ``(B, N, D)`` added to the target
+        tokens after the patch embedding (the block phase). Returns ``(B, C, T, H, W)``.
         """
         if context_cache is not None:
             raise ValueError("history.kv_cache is not supported for HunyuanVideo yet (no context cache)")
@@ -216,6 +225,8 @@ class HunyuanBackbone(DiffusersBackbone):
         # Conditioning, per sample (the context tokens share it; see the module docstring).
         temb, _ = tr.time_text_embed(timestep, text.pooled.to(dtype), guidance)
         tokens = tr.x_embedder(latents)  # (B, N, D)
+        if target_offsets is not None:  # block phase (history/phase.py): where each target sits in a history block
+            tokens = tokens + target_offsets.to(tokens.dtype)
         text_tokens = tr.context_embedder(states, timestep, mask)
         n = tokens.shape[1]
 

@@ -53,21 +53,35 @@ class ContextCache:
 class _AttentionPlan:
     """What the self-attention processors do in the current forward (set by the adapter before its blocks)."""
 
-    mode: str = "masked"  # "masked": [context; targets], context sees context only; "record" / "cached": see below
+    mode: str = "masked"  # "masked": [context; targets]; "record" / "cached": see HistoryAttnProcessor
     context_tokens: int = 0
     cache: ContextCache | None = None
+    # False with the history KV cache: context queries attend to context keys only.
+    context_sees_targets: bool = True
+    # history.value_rope: the context's values carry their position (see HistoryAttnProcessor).
+    value_rope: bool = False
 
 
 class HistoryAttnProcessor:
-    """Self-attention of one Wan block for the history KV cache, in diffusers' attention-processor seam.
+    """Self-attention of one Wan block for the history KV cache and for value RoPE, in diffusers' processor seam.
 
     The projections, q/k RMS norms, RoPE and output projection are the block's own (LoRA included), as in diffusers'
-    ``WanAttnProcessor``; only who attends to whom changes:
+    ``WanAttnProcessor``; only who attends to whom, and (value RoPE) how the context's values enter, changes:
 
-    * ``masked`` (training, and inference without a cache): the sequence is ``[context (K); targets (N)]``; context
-      queries attend to context keys only, target queries to everything;
+    * ``masked`` (training, and inference without a cache): the sequence is ``[context (K); targets (N)]``; target
+      queries attend to everything, context queries to context keys only (KV cache) or to everything;
     * ``record``: the sequence is the context alone; its keys and values are stored in the cache;
     * ``cached``: the sequence is the targets alone; they attend to the cached context keys/values and themselves.
+
+    **Value RoPE** (``history.value_rope``, issue 22): RoPE rotates queries and keys, never values, so every target
+    token in a history block receives the same value from that block's token and nothing says which cell of the block
+    it is. With value RoPE a context value is rotated by its own position before attention, and the context part of
+    each output is rotated back by the query's position: ``out_i = Σ_{j∈ctx} a_ij R(p_j − p_i) v_j + Σ_{j∈tgt} a_ij
+    v_j``. What a target reads from a history token then depends on its offset from the block centre, linearly, so
+    the value projection can lay out a block's cells for the targets to read. Target values are untouched (the base
+    model's own attention among targets is exactly the stock one). The two parts share one softmax: the values are
+    laid side by side, ``[R(p_j) v_j, 0]`` for context keys and ``[0, v_j]`` for target keys (value width 2·head_dim),
+    and the two halves of the output are recombined after rotating the first back.
     """
 
     def __init__(self, plan: _AttentionPlan, index: int):
@@ -88,17 +102,34 @@ class HistoryAttnProcessor:
             return dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False)
 
         plan = self.plan
-        if plan.mode == "record":
+        rope_values = plan.value_rope and rotary_emb is not None
+        if plan.mode == "record":  # the context alone
+            if rope_values:
+                value = _rotate(value, *rotary_emb)
             plan.cache.keys.append(key)
             plan.cache.values.append(value)
             out = attend(query, key, value)
-        elif plan.mode == "cached":
+            if rope_values:
+                out = _rotate(out, rotary_emb[0], -rotary_emb[1])
+        elif plan.mode == "cached":  # the targets alone, after the cached context
             keys = torch.cat([plan.cache.keys[self.index].to(key.dtype), key], dim=1)
-            values = torch.cat([plan.cache.values[self.index].to(value.dtype), value], dim=1)
-            out = attend(query, keys, values)
+            context_values = plan.cache.values[self.index].to(value.dtype)
+            if rope_values:
+                out = _unpair(attend(query, keys, _pair(context_values, value)), rotary_emb)
+            else:
+                out = attend(query, keys, torch.cat([context_values, value], dim=1))
         else:
             k = plan.context_tokens
-            if k == 0:
+            if rope_values and k:
+                cos, sin = rotary_emb
+                values = _pair(_rotate(value[:, :k], cos[:, :k], sin[:, :k]), value[:, k:])
+                if plan.context_sees_targets:
+                    out = attend(query, key, values)
+                else:
+                    context = attend(query[:, :k], key[:, :k], values[:, :k])
+                    out = torch.cat([context, attend(query[:, k:], key, values)], dim=1)
+                out = _unpair(out, rotary_emb)
+            elif k == 0 or plan.context_sees_targets:
                 out = attend(query, key, value)
             else:
                 context = attend(query[:, :k], key[:, :k], value[:, :k])
@@ -107,6 +138,24 @@ class HistoryAttnProcessor:
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 
+
+def _pair(context_values: torch.Tensor, target_values: torch.Tensor) -> torch.Tensor:
+    """``[v_ctx, 0]`` then ``[0, v_tgt]`` along the head dimension: ``(B, K + N, H, 2·Dh)`` (value RoPE)."""
+    return torch.cat(
+        [
+            torch.cat([context_values, torch.zeros_like(context_values)], dim=-1),
+            torch.cat([torch.zeros_like(target_values), target_values], dim=-1),
+        ],
+        dim=1,
+    )
+
+
+def _unpair(out: torch.Tensor, rotary_emb: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The context half rotated back by each query's position, plus the target half: ``(B, S, H, Dh)``. The queries
+    are the last ``S`` positions of ``rotary_emb`` (the whole sequence, or the targets after a cached context)."""
+    cos, sin = (x[:, -out.shape[1] :] for x in rotary_emb)
+    context, targets = out.chunk(2, dim=-1)
+    return _rotate(context, cos, -sin) + targets
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -154,18 +203,29 @@ class WanBackbone(DiffusersBackbone):
     def use_kv_cache(self) -> None:
         """History KV cache (``history.kv_cache``): context tokens attend to context (and text) only, in training
         and in generation, so that generation can compute their keys and values once per segment."""
-        for i, block in enumerate(self.transformer.blocks):
-            block.attn1.set_processor(HistoryAttnProcessor(self._plan, i))
         self.kv_cache = True
+        self._plan.context_sees_targets = False
+        self._set_processors()
 
     def use_full_attention(self) -> None:
-        """Back to the stock processors: every token attends to every token (a run without ``history.kv_cache``
-        started from a checkpoint trained with it)."""
+        """Every token attends to every token (a run without ``history.kv_cache`` started from a checkpoint trained
+        with it): the stock processors, unless value RoPE still needs ours."""
+        self.kv_cache = False
+        self._plan.context_sees_targets = True
+        self._set_processors()
+
+    def use_value_rope(self, enabled: bool = True) -> None:
+        """``history.value_rope``: the context's values carry their position (:class:`HistoryAttnProcessor`)."""
+        self._plan.value_rope = enabled
+        self._set_processors()
+
+    def _set_processors(self) -> None:
+        """Our processor where the KV cache or value RoPE needs it, else diffusers' own (bit for bit the stock)."""
         from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
-        for block in self.transformer.blocks:
-            block.attn1.set_processor(WanAttnProcessor())
-        self.kv_cache = False
+        ours = self.kv_cache or self._plan.value_rope
+        for i, block in enumerate(self.transformer.blocks):
+            block.attn1.set_processor(HistoryAttnProcessor(self._plan, i) if ours else WanAttnProcessor())
 
     @torch.no_grad()
     def build_context_cache(self, context: ContextTokens, text: TextCondition, after_block=None) -> ContextCache:
@@ -259,6 +319,7 @@ class WanBackbone(DiffusersBackbone):
         frame_positions: torch.Tensor | None = None,
         after_block: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
         context_cache: ContextCache | None = None,
+        target_offsets: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the velocity of the target latents.
 
@@ -279,6 +340,8 @@ class WanBackbone(DiffusersBackbone):
         target_pos = grid_positions(frame_positions, grid_h, grid_w)  # (B, N, 3)
 
         tokens = tr.patch_embedding(latents).flatten(2).transpose(1, 2).contiguous()  # (B, N, D)
+        if target_offsets is not None:  # block phase (history/phase.py): where each target sits in a history block
+            tokens = tokens + target_offsets.to(tokens.dtype)
         n = tokens.shape[1]
         timestep = (t * TIMESTEP_SCALE).to(latents.dtype)
         if timestep.ndim == 2:  # one time per target frame (TI2V's clean first frame): per token (B, N)
