@@ -88,6 +88,14 @@ def test_demo_runs_on_freshly_trained_checkpoints(small_config, tmp_path):
     assert report["method"] == "proposed" and len(report["per_window"]) == 3
     assert 0 < report["lpips"] < 1.5 and report["per_window"][0]["start"] == 0
     assert "| window start |" in (tmp_path / "fq" / "frame_query.md").read_text()
+    # the demo's reference rows, on this video: its average frame, thumbnails, the LR input, the codec's ceiling
+    refs = report["references"]
+    assert {"average_training_frame", "lr_input_4x4x2_upsampled", "codec_reconstruction"} <= set(refs)
+    assert refs["average_training_frame"]["psnr"] < refs["lr_input_4x4x2_upsampled"]["psnr"]
+    assert refs["lr_input_4x4x2_upsampled"]["psnr"] < refs["codec_reconstruction"]["psnr"]
+    scales = report["psnr_by_scale"]
+    assert scales["sizes"][0] == 2 and scales["sizes"][-1] == 128 and set(scales) >= {"model", "codec_reconstruction"}
+    assert "average frame of this video" in (tmp_path / "fq" / "frame_query.md").read_text()
 
 
 def test_missing_checkpoints_give_a_clear_error(tmp_path):
