@@ -304,9 +304,8 @@ def frame_query_report(
         "| | " + " | ".join(f"{s}×{s}" for s in sizes) + " |",
         "|---|" + "---|" * len(sizes),
     ]
-    lines += [
-        f"| {names.get(n, n)} | " + " | ".join(f"{profile[s]:.2f}" for s in sizes) + " |" for n, profile in profiles.items()
-    ]
+    for name, profile in profiles.items():
+        lines.append(f"| {names.get(name, name)} | " + " | ".join(f"{profile[s]:.2f}" for s in sizes) + " |")
     lines += [
         "",
         "| window start | queried frames | loss | PSNR | SSIM | LPIPS |",
