@@ -19,13 +19,14 @@ import torch
 from tinyhistory.config import load_config
 from tinyhistory.data.clip import to_uint8
 from tinyhistory.data.video import write_video
-from tinyhistory.eval.next_segment import evaluate_next_segment, next_segment_set
+from tinyhistory.eval.long_range import clip_features, listing, long_range_seconds
+from tinyhistory.eval.next_segment import NextSegmentSet, evaluate_next_segment, next_segment_set
 from tinyhistory.generate.run import contact_sheet
 from tinyhistory.generate.session import GenerationSession, SamplingSettings
 from tinyhistory.paths import PROJECT_ROOT
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.text.storyboard import Storyboard
-from tinyhistory.train.checkpoint import load_model, trained_steps
+from tinyhistory.train.checkpoint import load_model, read_config, trained_steps
 from tinyhistory.train.trainer import train
 
 MODELS = ("proposed", "window", "none")
@@ -47,6 +48,7 @@ STORYBOARD = PROJECT_ROOT / "assets" / "demo_storyboard.json"
 HISTORY_FRAMES = 88  # 11 s: the proposed encoder's 176 tokens ≈ the window's 192
 WINDOWS = 16
 CONTINUATION_HISTORY = 96  # the first 12 s of the held-out part
+LONG_RANGE_SECONDS = 8  # held-out seconds scored apart: like the older history, unlike the window
 
 
 def stage2_folders(
@@ -114,12 +116,18 @@ def run_stage2(
         ),
         "models": {},
     }
+    long_range = long_range_set(heldout, codec, segment, folders["window"], features, base_cfg.data.fps)
+    if long_range is not None:
+        results["long_range"] = long_range[0]
     for name in MODELS:
         model, cfg = load_model(folders[name], merge=True)
         print(f"[demo] stage II: teacher-forced next segment with {name}")
         metrics, _ = evaluate_next_segment(model, eval_set, text, codec, settings, features=features)
         metrics["steps"] = trained_steps(folders[name])
         results["models"][name] = metrics
+        if long_range is not None:
+            metrics, _ = evaluate_next_segment(model, long_range[1], text, codec, settings, features=features)
+            results["long_range"]["models"][name] = metrics
 
     # Does the proposed model itself use its history? The same model with the history removed, or another window's.
     model, cfg = load_model(folders["proposed"], merge=True)
@@ -128,6 +136,11 @@ def run_stage2(
         metrics, _ = evaluate_next_segment(model, eval_set, text, codec, settings, features=features, history=mode)
         metrics["steps"] = results["models"]["proposed"]["steps"]
         results["models"][f"proposed_history_{mode}"] = metrics
+    if long_range is not None:
+        metrics, _ = evaluate_next_segment(
+            model, long_range[1], text, codec, settings, features=features, history="removed"
+        )
+        results["long_range"]["models"]["proposed_history_removed"] = metrics
 
     story = Storyboard.load(STORYBOARD)
     history = to_uint8(heldout[:, :CONTINUATION_HISTORY])
@@ -150,6 +163,33 @@ def run_stage2(
     return results
 
 
+def long_range_set(
+    heldout: torch.Tensor, codec, segment: int, window_model: Path, features, fps: float
+) -> tuple[dict, NextSegmentSet] | None:
+    """The held-out seconds that resemble something earlier in the 11-s history but not the sliding window's last
+    frames (:mod:`tinyhistory.eval.long_range`): where a memory can help and the window cannot. None without the
+    feature model or without such seconds. Returns the results section (filled per model later) and the set."""
+    if features is None:
+        return None
+    window = read_config(window_model).history.sliding_window
+    picked = long_range_seconds(clip_features(heldout, features), HISTORY_FRAMES, segment, window, LONG_RANGE_SECONDS)
+    if not picked:
+        print("[demo] stage II: no long-range seconds in the held-out clip")
+        return None
+    starts = [p.start for p in picked]
+    eval_set = next_segment_set(heldout, codec, HISTORY_FRAMES, segment, len(starts), starts=starts)
+    section = {
+        "protocol": (
+            f"the {len(picked)} held-out seconds most like a frame of their {HISTORY_FRAMES / fps:.0f}-s history "
+            f"outside its last {window} frames and least like those {window} frames (MobileNetV2 features: best "
+            "cosine to the older history ≥ 0.6 and ≥ 0.1 above the best to the window), teacher-forced as above"
+        ),
+        "seconds": listing(picked, fps),
+        "models": {},
+    }
+    return section, eval_set
+
+
 def markdown(section: dict) -> list[str]:
     lines = [
         "",
@@ -166,6 +206,29 @@ def markdown(section: dict) -> list[str]:
             f"| {LABELS[name]} | {m['steps']} | {m['context_tokens']} | {m['psnr']:.2f} | {m['ssim']:.3f} | "
             f"{_fmt(m.get('feature_to_truth'))} | {_fmt(m.get('feature_to_history'))} |"
         )
+    if "long_range" in section:
+        lr = section["long_range"]
+        lines += [
+            "",
+            "### Long-range seconds: content from the history that the window no longer shows",
+            "",
+            lr["protocol"] + ".",
+            "",
+            "| model | PSNR ↑ | feature cos. to truth ↑ |",
+            "|---|---|---|",
+        ]
+        for name, m in lr["models"].items():
+            lines.append(f"| {LABELS[name]} | {m['psnr']:.2f} | {_fmt(m.get('feature_to_truth'))} |")
+        lines += [
+            "",
+            "| target (s) | matched history frame (s) | cos. to older history | cos. to window |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['target_seconds'][0]:g}–{r['target_seconds'][1]:g} | {r['matched_second']:g} | {r['recall']:.3f} | "
+            f"{r['recent']:.3f} |"
+            for r in lr["seconds"]
+        ]
     c = section["continuation"]
     latency = [s["latency_s"] for s in c["segments"]]
     lines += [

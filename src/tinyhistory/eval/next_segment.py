@@ -53,13 +53,24 @@ class NextSegmentSet:
 
 
 def next_segment_set(
-    pixels: torch.Tensor, codec, history_frames: int, segment: int, windows: int, seed: int = 0
+    pixels: torch.Tensor,
+    codec,
+    history_frames: int,
+    segment: int,
+    windows: int,
+    seed: int = 0,
+    starts: list[int] | None = None,
 ) -> NextSegmentSet:
-    """Evenly spaced windows of a ``(3, T, H, W)`` clip, each ``history_frames`` + ``segment`` frames long."""
+    """Evenly spaced windows of a ``(3, T, H, W)`` clip, each ``history_frames`` + ``segment`` frames long (or the
+    windows starting at ``starts``, e.g. the long-range seconds of :mod:`tinyhistory.eval.long_range`)."""
     length = history_frames + segment
     if pixels.shape[1] < length:
         raise ValueError(f"clip has {pixels.shape[1]} frames, fewer than history + segment = {length}")
-    starts = torch.linspace(0, pixels.shape[1] - length, windows).round().long().tolist()
+    if starts is None:
+        starts = torch.linspace(0, pixels.shape[1] - length, windows).round().long().tolist()
+    elif any(not 0 <= s <= pixels.shape[1] - length for s in starts):
+        raise ValueError(f"window starts {starts} must lie in [0, {pixels.shape[1] - length}] for this clip")
+    windows = len(starts)
     windows_px = torch.stack([pixels[:, s : s + length] for s in starts])
     latent = codec.encode(windows_px[:1, :, :segment])
     generator = torch.Generator().manual_seed(seed)
@@ -100,9 +111,7 @@ def evaluate_next_segment(
     context = model.history_context(hr, lr) if history != "removed" else None
     b = eval_set.noise.shape[0]
     positions = torch.arange(h, h + eval_set.segment, device=device).expand(b, -1)
-    latents = sample_segment(
-        model, eval_set.noise.to(device), text.to(device).expand(b), context, positions, settings
-    )
+    latents = sample_segment(model, eval_set.noise.to(device), text.to(device).expand(b), context, positions, settings)
     generated_px = codec.decode(latents.float().cpu())
     generated = np.concatenate([to_uint8(p) for p in generated_px])
     truth = eval_set.truth

@@ -1,0 +1,102 @@
+"""Long-range seconds: where a memory can help and a sliding window cannot (issue 22).
+
+The paper's claim is that a compressed *whole* history keeps what a short window forgets: a character or a place
+that comes back after a cut. A teacher-forced next second whose content is close to something earlier in the history
+but far from the last few frames is such a case. This module finds those seconds in a clip by image features
+(ImageNet MobileNetV2, the project's consistency features), so the next-segment protocol can score them apart from
+the rest:
+
+* for every candidate window start ``s`` (history ``[s, s+h)``, target ``[s+h, s+h+n)``), the target's mean feature is
+  compared (cosine) with each history frame outside the last ``window`` frames (``recall``: the best match) and with
+  each of the last ``window`` frames (``recent``: the best match);
+* a start qualifies when ``recall >= min_recall`` and ``recall − recent >= margin``: the target looks like something
+  the history holds and unlike what the window holds;
+* the qualifying starts are ranked by ``recall − recent`` and taken greedily so that no two targets overlap.
+
+The listing (start, target frames, recall, recent, and the history frame that matched) goes into the results so that
+anyone can look at the seconds that were picked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class LongRangeSecond:
+    start: int  # first history frame of the window; the target is [start + history, start + history + segment)
+    target: tuple[int, int]  # [first, last) frame of the target in the clip
+    recall: float  # best cosine of the target's mean feature to a history frame outside the last window
+    recent: float  # best cosine to one of the last ``window`` history frames
+    matched_frame: int  # the clip frame that gave ``recall``
+
+    @property
+    def gap(self) -> float:
+        return self.recall - self.recent
+
+
+def long_range_seconds(
+    frame_features: torch.Tensor,
+    history: int,
+    segment: int,
+    window: int,
+    count: int,
+    min_recall: float = 0.6,
+    margin: float = 0.1,
+    stride: int = 1,
+) -> list[LongRangeSecond]:
+    """Up to ``count`` non-overlapping long-range seconds of a clip from its per-frame features ``(T, F)``.
+
+    ``history``/``segment``/``window``: frames of history, of the target and of the sliding window the memory is
+    compared with. Returns them best first (largest ``recall − recent``).
+    """
+    frames = frame_features.shape[0]
+    if window <= 0 or window >= history:
+        raise ValueError(f"the window ({window} frames) must be shorter than the history ({history} frames) and > 0")
+    if frames < history + segment:
+        raise ValueError(f"the clip has {frames} frames, fewer than history + segment = {history + segment}")
+    unit = F.normalize(frame_features.float(), dim=1)  # (T, F)
+    candidates = []
+    for start in range(0, frames - history - segment + 1, stride):
+        first = start + history
+        target = F.normalize(unit[first : first + segment].mean(0), dim=0)  # (F,)
+        sims = unit[start:first] @ target  # (history,) cosine of each history frame to the target
+        older, recent = sims[: history - window], sims[history - window :]
+        best = int(older.argmax())
+        recall, near = float(older[best]), float(recent.max())
+        if recall >= min_recall and recall - near >= margin:
+            candidates.append(LongRangeSecond(start, (first, first + segment), recall, near, start + best))
+    picked: list[LongRangeSecond] = []
+    for c in sorted(candidates, key=lambda c: c.gap, reverse=True):
+        if len(picked) == count:
+            break
+        if all(c.target[1] <= p.target[0] or c.target[0] >= p.target[1] for p in picked):
+            picked.append(c)
+    return picked
+
+
+def clip_features(pixels: torch.Tensor, features, batch: int = 64) -> torch.Tensor:
+    """MobileNetV2 features ``(T, F)`` of a ``(3, T, H, W)`` clip in [-1, 1], a batch of frames at a time."""
+    from tinyhistory.data.clip import to_uint8
+
+    parts = [features(to_uint8(pixels[:, i : i + batch])) for i in range(0, pixels.shape[1], batch)]
+    return torch.cat(parts) if parts else torch.empty(0)
+
+
+def listing(seconds: list[LongRangeSecond], fps: float) -> list[dict]:
+    """The picked seconds as JSON rows (frames and seconds of the clip)."""
+    return [
+        {
+            "window_start": s.start,
+            "target_frames": list(s.target),
+            "target_seconds": [round(s.target[0] / fps, 3), round(s.target[1] / fps, 3)],
+            "recall": round(s.recall, 4),
+            "recent": round(s.recent, 4),
+            "matched_frame": s.matched_frame,
+            "matched_second": round(s.matched_frame / fps, 3),
+        }
+        for s in seconds
+    ]
