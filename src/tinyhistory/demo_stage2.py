@@ -221,7 +221,8 @@ def markdown(section: dict) -> list[str]:
             lines.append(f"| {LABELS[name]} | {m['psnr']:.2f} | {_fmt(m.get('feature_to_truth'))} |")
         lines += [
             "",
-            "| target (s into the held-out part) | matched history frame (s) | cos. to older history | cos. to window |",
+            "| target (s into the held-out part) | matched history frame (s) | cos. to older history | cos. to window "
+            "|",
             "|---|---|---|---|",
         ]
         lines += [
