@@ -38,6 +38,7 @@ def ti2v() -> dict[tuple[str, float], CostRow]:
         methods=("no_history", "full", "proposed"),
         proposed_rates=(("4x4x2",),),
         kv_cache=False,
+        block_causal=False,
     )
     return {(r.method, r.history_seconds): r for r in cost_rows(settings)}
 
@@ -107,7 +108,9 @@ def test_cli_json_rows(capsys):
     for r in plain:
         if r["method"] == "framepack":
             assert 0 < r["context_tokens"] <= budget[r["history_seconds"]]
-    cached = [r for r in rows if r["kv_cache"]]
+    cached = [r for r in rows if r["kv_cache"] and r["context_attention"] == "full"]
+    causal = [r for r in rows if r["context_attention"] == "block_causal"]
+    assert {r["method"] for r in causal} == {"proposed"} and len(causal) == 3  # the encoder, at each rate set
     if hasattr(WanBackbone, "build_context_cache"):
         assert len(cached) == 6  # every method with a context
         by_key = {(r["method"], tuple(r["rates"]), r["history_seconds"]): r for r in plain}
@@ -117,6 +120,31 @@ def test_cli_json_rows(capsys):
             assert r["dit_step_tflops"] < twin["dit_step_tflops"]  # only the targets run through the blocks
     else:
         assert cached == []
+
+
+def test_block_causal_incremental_cache_rows():
+    """Issue 24's goals, counted: with the block-causal context the per-segment cache work is appending the newest
+    second (once for both CFG branches), so the step overhead at 60 / 120 s is the cached step's (+12 / +24 %,
+    goals ≤ 15 / 30 %); the append itself still grows with the history (its attention to every cached key)."""
+    settings = CostSettings(
+        preset="wan2.2-ti2v-5b",
+        history_seconds=(10.0, 60.0, 120.0),
+        methods=("no_history", "proposed"),
+        proposed_rates=(("4x4x2",),),
+    )
+    rows = cost_rows(settings)
+    causal = {r.history_seconds: r for r in rows if r.context_attention == "block_causal"}
+    full = {r.history_seconds: r for r in rows if r.kv_cache and r.context_attention == "full"}
+    assert set(causal) == {10.0, 60.0, 120.0} and all(r.kv_cache and r.method == "proposed" for r in causal.values())
+    for seconds, goal in ((60.0, 0.15), (120.0, 0.30)):
+        row = causal[seconds]
+        assert row.history_overhead <= goal
+        assert row.history_overhead == pytest.approx(full[seconds].dit_step_tflops / 23.38 - 1, abs=0.01)
+        assert row.dit_step_tflops == full[seconds].dit_step_tflops  # the same cached step
+        assert row.cache_build_tflops < full[seconds].cache_build_tflops / 50  # one second, not the whole history
+    # 54 tokens appended per second: 0.43 TFLOPs at 10 s, growing with the keys they attend to
+    assert causal[10.0].cache_build_tflops == pytest.approx(0.43, abs=0.01)
+    assert causal[10.0].cache_build_tflops < causal[60.0].cache_build_tflops < causal[120.0].cache_build_tflops
 
 
 def test_unknown_preset_and_method(capsys):
@@ -148,6 +176,7 @@ def test_hunyuanvideo_is_counted_at_its_real_size_with_the_papers_token_counts()
         methods=("no_history", "full", "proposed"),
         proposed_rates=(("4x4x2",),),
         kv_cache=False,
+        block_causal=False,
     )
     rows = {(r.method, r.history_seconds): r for r in cost_rows(settings)}
     assert rows["full", 20.0].context_tokens == 187_200 and rows["full", 60.0].context_tokens == 561_600

@@ -114,6 +114,9 @@ class BackboneConfig:
         return self.num_attention_heads * self.attention_head_dim
 
 
+CONTEXT_ATTENTION = ("full", "block_causal")
+
+
 @dataclass
 class HistoryConfig:
     method: str = "proposed"
@@ -136,6 +139,12 @@ class HistoryConfig:
     # back by the query's, so what a target reads from a history token depends on its offset from the block centre
     # (backbones/wan.py, HistoryAttnProcessor). Wan only.
     value_rope: bool = False
+    # Who the context attends to (issue 24). "full": every context token. "block_causal" (needs kv_cache): each
+    # temporal history block attends to itself and earlier blocks only, and the context skips the text
+    # cross-attention, so its keys/values depend on nothing later: generation appends only the newest blocks' keys
+    # and values to the cache per segment, once for both CFG branches and every prompt. The sliding window's frames
+    # count as the newest block (rebuilt every segment, never cached). Wan only; training uses the same mask.
+    context_attention: str = "full"
 
     def validate(self) -> None:
         HISTORY_METHODS.check(self.method)
@@ -151,6 +160,12 @@ class HistoryConfig:
         if (self.block_phase or self.value_rope) and self.method == "no_history":
             name = "block_phase" if self.block_phase else "value_rope"
             raise ValueError(f"history.{name} is about reading history blocks; method 'no_history' has none")
+        _choice("history.context_attention", self.context_attention, CONTEXT_ATTENTION)
+        if self.context_attention == "block_causal" and not self.kv_cache:
+            raise ValueError(
+                'history.context_attention = "block_causal" needs history.kv_cache = true (the context must never '
+                'attend to the targets for its keys/values to be cached); set both, or context_attention = "full"'
+            )
         if not self.rates:
             raise ValueError('history.rates must list at least one rate, e.g. ["4x4x2"]')
         for r in self.rates:

@@ -30,6 +30,12 @@ encoding of the newly generated segment; FramePack and the window rebuild their 
 session encodes once per segment and both CFG branches share the tokens). With the history KV cache
 (``history.kv_cache``, where the adapter has ``build_context_cache``) a step is one cached forward (targets only)
 plus the per-segment cache build, once per branch (the two prompts give two caches), spread over ``steps``.
+
+Block-causal rows (``history.context_attention = "block_causal"``, the proposed encoder, where the adapter has it):
+the same cached step, plus the per-segment cache work of the incremental cache the session keeps: the blocks
+completed since the last segment (about one second of history tokens) run through every DiT block, attending to
+the whole cache and to themselves, **once for both CFG branches** (the context reads no prompt), averaged over one
+cycle of segments and blocks like the encoder's append; spread over ``steps × branches`` forwards.
 """
 
 from __future__ import annotations
@@ -76,13 +82,15 @@ class CostSettings:
     width: int | None = None
     fps: float | None = None
     segment_seconds: float = 1.0
-    history_seconds: tuple[float, ...] = (5.0, 20.0, 60.0, 120.0)
+    history_seconds: tuple[float, ...] = (5.0, 20.0, 60.0, 120.0, 300.0, 600.0)
     steps: int = 30
     cfg: bool = True
     methods: tuple[str, ...] = METHODS
     # Rate sets of the ``proposed`` rows; several rates in one set = several encoders, tokens concatenated.
     proposed_rates: tuple[tuple[str, ...], ...] = PROPOSED_RATES
     kv_cache: bool = True  # also the history-KV-cache rows, where the adapter has build_context_cache
+    # also the block-causal incremental-cache rows (proposed only), where the adapter has use_block_causal
+    block_causal: bool = True
 
     @property
     def branches(self) -> int:
@@ -104,11 +112,14 @@ class CostRow:
     dit_step_tflops: float  # one DiT forward: one denoising step of one CFG branch
     producer_tflops: float  # the producer on the whole history at once
     append_tflops: float  # the producer per generated segment (incremental where the method allows)
-    cache_build_tflops: float  # KV cache rows: building the cache once, for one branch
+    # KV cache rows: building the cache once, for one branch; block-causal rows: the per-segment cache work (the
+    # newest blocks appended), once for both branches
+    cache_build_tflops: float
     step_tflops: float  # DiT + producer (+ cache build) per denoising step of one branch
     second_tflops: float  # everything per generated second: steps × branches DiT forwards + producer (+ builds)
     history_overhead: float  # step_tflops / no-history step − 1
     schedule: list[dict] | None = field(default=None)  # framepack: tiers newest → oldest
+    context_attention: str = "full"  # "block_causal": the incremental cache's rows
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -215,8 +226,10 @@ class CostModel:
         self.text = bb.blank_text(1, self.text_tokens, "meta")
         self.dit = HistoryDiT(bb, nn.ModuleList())
         self.kv_dit = self._kv_model() if s.kv_cache else None
+        self.causal_dit = self._block_causal_model() if s.block_causal else None
         self._step_memo: dict[int, int] = {}  # context tokens → FLOPs of one step
         self._cached_memo: dict[int, tuple[int, int]] = {}  # context tokens → (cached step, cache build)
+        self._causal_memo: dict[int, int] = {}  # context tokens → block-causal cached step
         with torch.device("meta"):
             self.patchifiers = {r: LargePatchifier(str(r), bb.patch_embedding) for r in FRAMEPACK_TIERS[1:]}
             self.encoders = {rates: self._proposed_model(rates) for rates in s.proposed_rates}
@@ -232,6 +245,16 @@ class CostModel:
         if not (hasattr(fresh, "build_context_cache") and hasattr(fresh, "use_kv_cache")):
             return None
         fresh.use_kv_cache()
+        return HistoryDiT(fresh, nn.ModuleList())
+
+    def _block_causal_model(self) -> HistoryDiT | None:
+        """A meta DiT with the block-causal context and the KV cache, or None where the adapter refuses it."""
+        fresh = meta_backbone(self.cfg)
+        try:
+            fresh.use_block_causal()
+            fresh.use_kv_cache()
+        except ValueError:  # a family without it (HunyuanVideo) refuses by name
+            return None
         return HistoryDiT(fresh, nn.ModuleList())
 
     def _proposed_model(self, rates: tuple[str, ...]) -> HistoryDiT:
@@ -361,6 +384,54 @@ class CostModel:
             self._cached_memo[key] = (step, build)
         return self._cached_memo[key]
 
+    def causal_step(self, context: ContextTokens, frames: int) -> int:
+        """One cached denoising step of one branch with the block-causal model (targets only)."""
+        key = context.num_tokens
+        if key not in self._causal_memo:
+            model = self.causal_dit
+            cache = model.build_context_cache(context, None)  # shapes only: the FLOPs counted are the step's
+            latents, t, positions = self._targets(frames)
+            _, step = count_flops(lambda: model(latents, t, self.text, None, positions, context_cache=cache))
+            self._causal_memo[key] = step
+        return self._causal_memo[key]
+
+    def causal_append(self, rates: tuple[str, ...], frames: int) -> float:
+        """The block-causal cache's work per generated segment in steady state after ``frames`` history frames: the
+        blocks the encoder completed since the last segment through every DiT block, attending to the cache of the
+        blocks before them, once for both branches; averaged over one cycle of segments and blocks (as
+        :meth:`_append_flops`)."""
+        encoder = self.encoders[rates]
+        block = temporal_block(encoder.rates)
+        n = self.segment_frames
+        encoded = frames // block * block
+        pending = frames - encoded
+        cycle = math.lcm(n, block) // n
+        total = 0
+        for _ in range(cycle):
+            pending += n
+            whole = pending // block * block
+            if whole:
+                total += self._one_cache_append(encoder, encoded, whole)
+                encoded += whole
+                pending -= whole
+        return total / cycle
+
+    def _one_cache_append(self, encoder: HistoryDiT, encoded: int, new: int) -> int:
+        """FLOPs of appending the tokens of ``new`` history frames to a block-causal cache of ``encoded`` frames."""
+        model = self.causal_dit
+        prior = None
+        if encoded:
+            old = self._tokens(encoder, 0, encoded)
+            prior = model.build_context_cache(old, None)  # shapes only: the FLOPs counted are the append's
+        added = self._tokens(encoder, encoded, new)
+        _, flops = count_flops(lambda: model.build_context_cache(added, None, prior))
+        return flops
+
+    def _tokens(self, encoder: HistoryDiT, start: int, frames: int) -> ContextTokens:
+        """The encoder's tokens (with positions and blocks) for history frames ``start … start + frames``."""
+        lrs = [self.lr(frames, p.rate) if p.uses_lr else None for p in encoder.producers]
+        return encoder.encode_history(self.hr(frames), lrs, frame_offset=start)
+
     # -- rows -------------------------------------------------------------------------------------------------
     def variants(self) -> list[tuple[str, tuple[str, ...]]]:
         out: list[tuple[str, tuple[str, ...]]] = []
@@ -420,7 +491,30 @@ class CostModel:
                             history_overhead=total / baseline - 1,
                         )
                     )
+                if self.causal_dit is not None and k and method == "proposed":
+                    out.append(self._causal_row(common, context, rates, frames, append, baseline, per_second))
         return out
+
+    def _causal_row(
+        self, common: dict, context: ContextTokens, rates, frames: int, append: float, baseline: int, per_second
+    ) -> CostRow:
+        """The block-causal incremental cache's row: the cached step plus the per-segment cache append, both spread
+        over every forward of the segment (one append serves both branches)."""
+        s = self.settings
+        forwards = s.steps * s.branches
+        step = self.causal_step(context, frames)
+        work = self.causal_append(rates, frames)
+        total = step + (work + append) / forwards
+        return CostRow(
+            **common,
+            kv_cache=True,
+            dit_step_tflops=step / TERA,
+            cache_build_tflops=work / TERA,
+            step_tflops=total / TERA,
+            second_tflops=(step * forwards + work + append) * per_second / TERA,
+            history_overhead=total / baseline - 1,
+            context_attention="block_causal",
+        )
 
     def header(self) -> str:
         """One line naming everything the table depends on."""
@@ -446,13 +540,15 @@ def markdown_table(rows: list[CostRow]) -> str:
         "| producer TFLOPs/segment | cache build TFLOPs | step TFLOPs | overhead | PFLOPs per generated s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    cache = {False: "no", True: "yes"}  # the block-causal rows say "block-causal" (their build: once per segment)
     for r in rows:
         if r.schedule:  # framepack: each tier's rate and latent frames, newest first
             rates = " ".join(f"{t['rate']}:{t['frames']}f" for t in r.schedule)
         else:
             rates = "+".join(r.rates)
+        kv = "block-causal" if r.context_attention == "block_causal" else cache[r.kv_cache]
         out.append(
-            f"| {r.history_seconds:g} | {r.method} | {rates} | {'yes' if r.kv_cache else 'no'} "
+            f"| {r.history_seconds:g} | {r.method} | {rates} | {kv} "
             f"| {r.context_tokens:,} | {r.dit_step_tflops:,.2f} | {r.producer_tflops:,.3f} | {r.append_tflops:,.3f} "
             f"| {r.cache_build_tflops:,.2f} | {r.step_tflops:,.2f} | {r.history_overhead:+.0%} "
             f"| {r.second_tflops / 1e3:,.2f} |"

@@ -11,8 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyhistory.backbones.base import Backbone, ContextTokens, check_model_folder, grid_positions
+from tinyhistory.backbones.base import (
+    NEWEST_BLOCK,
+    Backbone,
+    ContextTokens,
+    check_model_folder,
+    grid_positions,
+    temporal_blocks,
+)
 from tinyhistory.config import RunConfig
+from tinyhistory.geometry import temporal_block
 from tinyhistory.history.phase import BlockPhase
 from tinyhistory.paths import resolve_path
 from tinyhistory.registry import BACKBONES, CODECS, HISTORY_METHODS
@@ -133,10 +141,15 @@ class HistoryDiT(nn.Module):
             enhancers = nn.ModuleList(
                 CrossAttentionEnhancer(backbone.hidden_dim, feature_dim, heads) for _ in range(blocks)
             )
+        block_causal = cfg.history.context_attention == "block_causal"
+        if block_causal:  # first: a family without it refuses by this name, not by the KV cache's
+            backbone.use_block_causal()
         if cfg.history.kv_cache:
             backbone.use_kv_cache()
         elif backbone.kv_cache:
             backbone.use_full_attention()
+        if backbone.block_causal and not block_causal:  # a block-causal backbone reused by a "full" run
+            backbone.use_block_causal(False)
         if cfg.history.value_rope:
             backbone.use_value_rope()
         return cls(backbone, producers, cfg.history.sliding_window, enhancers)
@@ -144,6 +157,14 @@ class HistoryDiT(nn.Module):
     @property
     def rates(self) -> list:
         return [p.rate for p in self.producers]
+
+    def with_blocks(self, context: ContextTokens) -> ContextTokens:
+        """The producers' tokens with their temporal history block (``ContextTokens.blocks``): blocks of
+        ``temporal_block(rates)`` latent frames from frame 0, the steps in which the history is encoded and cached,
+        so a block is complete when its tokens first exist."""
+        frames = temporal_block(self.rates) / self.backbone.patch_size[0]  # in DiT frames
+        blocks = temporal_blocks(context.positions, frames)
+        return ContextTokens(context.tokens, context.positions, context.features, blocks)
 
     def encode_history(
         self, hr_latents: torch.Tensor, lr_latents: list[torch.Tensor | None], frame_offset: int = 0
@@ -156,7 +177,7 @@ class HistoryDiT(nn.Module):
             producer(hr_latents, lr, self.backbone.patch_embed, frame_offset, return_features=features)
             for producer, lr in zip(self.producers, lr_latents, strict=True)
         ]
-        return ContextTokens.concat(parts)
+        return self.with_blocks(ContextTokens.concat(parts))
 
     def window_tokens(self, hr_latents: torch.Tensor, frame_offset: int = 0) -> ContextTokens | None:
         """The last ``sliding_window`` latent frames through the DiT's own patch embedding, at their true positions."""
@@ -167,7 +188,9 @@ class HistoryDiT(nn.Module):
         grid = self.backbone.patch_embed(hr_latents[:, :, frames - n :])  # (B, D, n, H/ph, W/pw)
         b, _, t, h, w = grid.shape
         positions = frame_offset + frames - n + torch.arange(t, device=grid.device)
-        return ContextTokens(grid.flatten(2).transpose(1, 2), grid_positions(positions.expand(b, t), h, w))
+        blocks = torch.full((b, t * h * w), NEWEST_BLOCK, dtype=torch.int64, device=grid.device)
+        tokens = grid.flatten(2).transpose(1, 2)  # (B, n·h·w, D)
+        return ContextTokens(tokens, grid_positions(positions.expand(b, t), h, w), None, blocks)
 
     def history_context(
         self, hr_latents: torch.Tensor, lr_latents: list[torch.Tensor | None], frame_offset: int = 0
@@ -190,13 +213,18 @@ class HistoryDiT(nn.Module):
         features = context.features
 
         def after_block(i: int, tokens: torch.Tensor) -> torch.Tensor:
-            return self.enhancers[i](tokens, features.to(tokens.dtype))
+            # a block-causal cache carries one batch of features for both CFG branches ([cond ; uncond])
+            repeats = tokens.shape[0] // features.shape[0]
+            batch = features.repeat(repeats, 1, 1) if repeats > 1 else features
+            return self.enhancers[i](tokens, batch.to(tokens.dtype))
 
         return after_block
 
-    def build_context_cache(self, context: ContextTokens, text: TextCondition):
-        """The history's keys and values in every block (``history.kv_cache``), once per segment and text."""
-        return self.backbone.build_context_cache(context, text, self._after_block(context))
+    def build_context_cache(self, context: ContextTokens, text: TextCondition | None, prior=None):
+        """The history's keys and values in every block (``history.kv_cache``), once per segment and text; with
+        ``history.context_attention = "block_causal"``, ``prior`` (the earlier blocks' cache) extended by
+        ``context``'s blocks, for every text (``text`` unused)."""
+        return self.backbone.build_context_cache(context, text, self._after_block(context), prior)
 
     def target_offsets(self, latents: torch.Tensor, frame_positions: torch.Tensor | None) -> torch.Tensor | None:
         """The block-phase offsets ``(B, N, D)`` of the target tokens of ``latents`` ``(B, C, T, H, W)``, summed over

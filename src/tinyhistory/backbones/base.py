@@ -24,6 +24,10 @@ class ContextTokens:
     positions: torch.Tensor
     # Optional ``(B, K', F)`` encoder features for the cross-attention enhancement (SPEC §3.4); not DiT tokens.
     features: torch.Tensor | None = None
+    # Optional ``(B, K)`` int64 temporal history block of each token, for ``history.context_attention =
+    # "block_causal"`` (a context token attends to its own and earlier blocks only); :data:`NEWEST_BLOCK` for tokens
+    # rebuilt every segment (the sliding window). Set by ``HistoryDiT``, which knows how long a block is.
+    blocks: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.tokens.ndim != 3 or self.positions.ndim != 3 or self.positions.shape[-1] != 3:
@@ -36,6 +40,10 @@ class ContextTokens:
                 f"context tokens {tuple(self.tokens.shape)} and positions {tuple(self.positions.shape)} "
                 "disagree on (B, K)"
             )
+        if self.blocks is not None and self.blocks.shape != self.tokens.shape[:2]:
+            raise ValueError(
+                f"context blocks {tuple(self.blocks.shape)} must be (B, K) = {tuple(self.tokens.shape[:2])}"
+            )
 
     @property
     def num_tokens(self) -> int:
@@ -45,16 +53,39 @@ class ContextTokens:
     def concat(parts: list[ContextTokens]) -> ContextTokens:
         """Concatenate along the token axis (several encoders, or a sliding window beside an encoder)."""
         features = [p.features for p in parts if p.features is not None]
+        # Blocks only where every part has them: a part without would be silently unmasked otherwise.
+        blocks = [p.blocks for p in parts] if all(p.blocks is not None for p in parts) else None
         return ContextTokens(
             torch.cat([p.tokens for p in parts], 1),
             torch.cat([p.positions for p in parts], 1),
             torch.cat(features, 1) if features else None,
+            torch.cat(blocks, 1) if blocks else None,
         )
 
     def narrow(self, start: int) -> ContextTokens:
-        """Tokens (and features, which come one per token) from index ``start`` on."""
+        """Tokens (and features and blocks, which come one per token) from index ``start`` on."""
         features = self.features[:, start:] if self.features is not None else None
-        return ContextTokens(self.tokens[:, start:], self.positions[:, start:], features)
+        blocks = self.blocks[:, start:] if self.blocks is not None else None
+        return ContextTokens(self.tokens[:, start:], self.positions[:, start:], features, blocks)
+
+    def repeat(self, times: int) -> ContextTokens:
+        """The same history ``times`` over along the batch (the two halves of a guided batch)."""
+
+        def rep(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else torch.cat([x] * times)
+
+        return ContextTokens(rep(self.tokens), rep(self.positions), rep(self.features), rep(self.blocks))
+
+
+# The block of context tokens that are rebuilt every segment (the sliding window's uncompressed frames): they attend to
+# every history block and no history block attends to them, so the cached blocks never depend on them.
+NEWEST_BLOCK = 2**62
+
+
+def temporal_blocks(positions: torch.Tensor, block: float) -> torch.Tensor:
+    """The temporal history block ``(B, K)`` int64 of tokens at ``(B, K, 3)`` positions, blocks of ``block`` DiT
+    frames from frame 0: ``floor(t / block)``. A history token's t is its block's centre, so it lands in its block."""
+    return torch.floor(positions[..., 0].to(torch.float64) / block).to(torch.int64)
 
 
 def check_model_folder(folder: str | Path, adapter, parts: tuple[str, ...]) -> Path:
@@ -95,6 +126,9 @@ class Backbone(Protocol):
     lora_targets: str
     portable_lora_file: str
     kv_cache: bool  # context attends only to context (history.kv_cache), so its keys/values can be cached
+    # history.context_attention = "block_causal": context attends to its own and earlier blocks and skips the text,
+    # so its keys/values depend on nothing later and the cache grows incrementally
+    block_causal: bool
     hidden_dim: int
     in_channels: int
     patch_size: tuple[int, int, int]
@@ -120,6 +154,8 @@ class Backbone(Protocol):
     def use_full_attention(self) -> None: ...
 
     def use_value_rope(self, enabled: bool = True) -> None: ...
+
+    def use_block_causal(self, enabled: bool = True) -> None: ...
 
     def save_pretrained(self, folder: str | Path) -> None: ...
 

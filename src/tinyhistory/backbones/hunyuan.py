@@ -22,7 +22,8 @@ the single per-sample ``temb``). The context's cleanliness is carried by its con
 
 History KV cache (``history.kv_cache``) is not supported for this family yet: in HunyuanVideo's joint attention the
 text stream attends to the latents and feeds every later block, so the history's keys/values are not independent of
-the noisy targets without a dedicated processor for the dual- and single-stream attentions.
+the noisy targets without a dedicated processor for the dual- and single-stream attentions. The block-causal,
+prompt-free context (``history.context_attention = "block_causal"``) is refused for the same reason, by name.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class HunyuanBackbone(DiffusersBackbone):
         # The embedded guidance of the guidance-distilled DiT (the pipeline's ``guidance_scale``, default 6.0).
         self.guidance = guidance
         self.kv_cache = False
+        self.block_causal = False
 
     def use_kv_cache(self) -> None:
         raise ValueError(
@@ -99,6 +101,16 @@ class HunyuanBackbone(DiffusersBackbone):
             raise ValueError(
                 "history.value_rope is implemented for Wan's self-attention only (HunyuanVideo's joint attention has "
                 "no processor for it yet); set history.value_rope = false"
+            )
+
+    def use_block_causal(self, enabled: bool = True) -> None:
+        if enabled:
+            raise ValueError(
+                'history.context_attention = "block_causal" is not supported for HunyuanVideo: its joint attention '
+                "lets the text stream read the history and the noisy targets, and every later block reads that text "
+                "stream back, so the history's keys/values would depend on the targets and the prompt (a prompt-free, "
+                "block-causal context needs a processor for the dual- and single-stream attentions); set "
+                'history.context_attention = "full"'
             )
 
     def use_full_attention(self) -> None:

@@ -14,6 +14,10 @@ The adapter also owns everything else that is family-specific: loading the DiT f
 architecture from ``transformer/config.json``), building a from-scratch DiT from the ``[backbone]`` table (tiny
 preset), the LoRA target pattern (anchored to ``blocks.N``), and the extra LoRA file layout Wan users load elsewhere
 (the original Wan / ComfyUI keys).
+
+Who attends to whom is changed only through diffusers' processor seam: the history KV cache and value RoPE in the
+self-attention (:class:`HistoryAttnProcessor`), the block-causal, prompt-free context (``history.context_attention``)
+there and in the text cross-attention (:class:`ContextFreeCrossAttnProcessor`). Training and generation share them.
 """
 
 from __future__ import annotations
@@ -37,16 +41,34 @@ class ContextCache:
     """The history's keys and values in every block's self-attention, for one segment (``history.kv_cache``).
 
     With the cache the context tokens attend only to context tokens (and text), so their keys and values do not
-    depend on the noisy targets: computed once per segment (and text) and reused by every denoising step.
+    depend on the noisy targets: computed once per segment (and text) and reused by every denoising step. With
+    ``history.context_attention = "block_causal"`` they depend on nothing that comes later either (not on later
+    blocks, not on the text): the cache then grows block by block across segments (:meth:`extended`), one for both
+    CFG branches and every prompt.
     """
 
     keys: list[torch.Tensor]  # per block (B, K, heads, head_dim), after the q/k norms and RoPE
     values: list[torch.Tensor]  # per block (B, K, heads, head_dim)
     features: torch.Tensor | None = None  # the encoder features the cross-attention enhancers read, if any
+    blocks: torch.Tensor | None = None  # (B, K) temporal block of each cached token (block-causal caches)
 
     @property
     def num_tokens(self) -> int:
         return self.keys[0].shape[1] if self.keys else 0
+
+    def extended(self, new: ContextCache) -> ContextCache:
+        """This cache followed by ``new``'s tokens in every block (a new object; this one is left as it was, so a
+        segment's sliding window can be added for one segment only). Features: both caches' (the window has none)."""
+        if not self.num_tokens:
+            return new
+        blocks = None if self.blocks is None or new.blocks is None else torch.cat([self.blocks, new.blocks], 1)
+        features = [f for f in (self.features, new.features) if f is not None]
+        return ContextCache(
+            [torch.cat(pair, 1) for pair in zip(self.keys, new.keys, strict=True)],
+            [torch.cat(pair, 1) for pair in zip(self.values, new.values, strict=True)],
+            torch.cat(features, 1) if features else None,
+            blocks,
+        )
 
 
 @dataclass
@@ -60,6 +82,29 @@ class _AttentionPlan:
     context_sees_targets: bool = True
     # history.value_rope: the context's values carry their position (see HistoryAttnProcessor).
     value_rope: bool = False
+    # history.context_attention = "block_causal": context queries see context keys of their own and earlier blocks
+    # (``mask``), and the context skips the text cross-attention (ContextFreeCrossAttnProcessor).
+    block_causal: bool = False
+    # Which context keys each context query sees, (B, 1, Q, S) bool, or None for all: masked mode (Q = S = K) and
+    # record mode (Q = the new tokens, S = the prior cache's tokens + the new ones).
+    mask: torch.Tensor | None = None
+    # record mode: the new tokens' keys/values go here; ``cache`` is then the prior cache they attend to (or None).
+    recorded: ContextCache | None = None
+
+
+def block_causal_mask(query_blocks: torch.Tensor, key_blocks: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, Q, S)`` bool: query token i sees key token j when j's temporal block is not after i's."""
+    return (key_blocks[:, None, :] <= query_blocks[:, :, None])[:, None]
+
+
+def _expand_batch(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """A block-causal cache is built once for both CFG branches: ``(b, …)`` → ``(batch, …)``, the b histories
+    tiled (a guided batch is ``[conditional ; unconditional]``, each half the same b samples)."""
+    if x.shape[0] == batch:
+        return x
+    if x.shape[0] == 1:
+        return x.expand(batch, *x.shape[1:])
+    return x.repeat(batch // x.shape[0], *([1] * (x.ndim - 1)))
 
 
 class HistoryAttnProcessor:
@@ -70,8 +115,13 @@ class HistoryAttnProcessor:
 
     * ``masked`` (training, and inference without a cache): the sequence is ``[context (K); targets (N)]``; target
       queries attend to everything, context queries to context keys only (KV cache) or to everything;
-    * ``record``: the sequence is the context alone; its keys and values are stored in the cache;
+    * ``record``: the sequence is the context alone (with a block-causal prior cache: the newest blocks, which also
+      attend to the prior cache's keys); its keys and values are stored in ``plan.recorded``;
     * ``cached``: the sequence is the targets alone; they attend to the cached context keys/values and themselves.
+
+    **Block-causal context** (``history.context_attention = "block_causal"``, issue 24): context queries see only
+    context keys of their own and earlier temporal blocks (``plan.mask``), so a block's keys and values never change
+    once computed and the cache grows by the newest blocks only.
 
     **Value RoPE** (``history.value_rope``, issue 22): RoPE rotates queries and keys, never values, so every target
     token in a history block receives the same value from that block's token and nothing says which cell of the block
@@ -98,45 +148,76 @@ class HistoryAttnProcessor:
         if rotary_emb is not None:
             query, key = _rotate(query, *rotary_emb), _rotate(key, *rotary_emb)
 
-        def attend(q, k, v):
-            return dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False)
+        def attend(q, k, v, mask=None):
+            return dispatch_attention_fn(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)
 
         plan = self.plan
         rope_values = plan.value_rope and rotary_emb is not None
-        if plan.mode == "record":  # the context alone
+        if plan.mode == "record":  # the context alone (the newest blocks after a prior cache)
             if rope_values:
                 value = _rotate(value, *rotary_emb)
-            plan.cache.keys.append(key)
-            plan.cache.values.append(value)
-            out = attend(query, key, value)
+            plan.recorded.keys.append(key)
+            plan.recorded.values.append(value)
+            keys, values = key, value
+            if plan.cache is not None and plan.cache.num_tokens:
+                keys = torch.cat([plan.cache.keys[self.index].to(key.dtype), key], dim=1)
+                values = torch.cat([plan.cache.values[self.index].to(value.dtype), value], dim=1)
+            out = attend(query, keys, values, plan.mask)
             if rope_values:
                 out = _rotate(out, rotary_emb[0], -rotary_emb[1])
         elif plan.mode == "cached":  # the targets alone, after the cached context
-            keys = torch.cat([plan.cache.keys[self.index].to(key.dtype), key], dim=1)
-            context_values = plan.cache.values[self.index].to(value.dtype)
+            b = query.shape[0]
+            keys = torch.cat([_expand_batch(plan.cache.keys[self.index], b).to(key.dtype), key], dim=1)
+            context_values = _expand_batch(plan.cache.values[self.index], b).to(value.dtype)
             if rope_values:
                 out = _unpair(attend(query, keys, _pair(context_values, value)), rotary_emb)
             else:
                 out = attend(query, keys, torch.cat([context_values, value], dim=1))
         else:
             k = plan.context_tokens
+            sees_all = plan.context_sees_targets and not plan.block_causal
             if rope_values and k:
                 cos, sin = rotary_emb
                 values = _pair(_rotate(value[:, :k], cos[:, :k], sin[:, :k]), value[:, k:])
-                if plan.context_sees_targets:
+                if sees_all:
                     out = attend(query, key, values)
                 else:
-                    context = attend(query[:, :k], key[:, :k], values[:, :k])
+                    context = attend(query[:, :k], key[:, :k], values[:, :k], plan.mask)
                     out = torch.cat([context, attend(query[:, k:], key, values)], dim=1)
                 out = _unpair(out, rotary_emb)
-            elif k == 0 or plan.context_sees_targets:
+            elif k == 0 or sees_all:
                 out = attend(query, key, value)
             else:
-                context = attend(query[:, :k], key[:, :k], value[:, :k])
+                context = attend(query[:, :k], key[:, :k], value[:, :k], plan.mask)
                 targets = attend(query[:, k:], key, value)
                 out = torch.cat([context, targets], dim=1)
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
+
+
+class ContextFreeCrossAttnProcessor:
+    """The text cross-attention (``attn2``) of one Wan block with ``history.context_attention = "block_causal"``:
+    the context rows get zeros, so their residual stream is unchanged (``attn2``'s output is added without a gate),
+    and the target rows get the stock result (``stock``, the processor it replaced).
+
+    Why skip rather than read one fixed empty condition: skipping makes the history's keys and values independent of
+    every prompt at no cost (an empty condition would still cost the context a cross-attention per block, and would
+    tie the cache to that condition's encoding); the targets still read the prompt, and they are what is predicted.
+    """
+
+    def __init__(self, plan: _AttentionPlan, stock):
+        self.plan = plan
+        self.stock = stock
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        plan = self.plan
+        if plan.mode == "record":  # the context alone: nothing to read
+            return torch.zeros_like(hidden_states)
+        k = plan.context_tokens if plan.mode == "masked" else 0
+        if k == 0:
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        targets = self.stock(attn, hidden_states[:, k:], encoder_hidden_states, attention_mask, rotary_emb)
+        return torch.cat([targets.new_zeros(targets.shape[0], k, targets.shape[2]), targets], dim=1)  # (B, K + N, D)
 
 
 def _pair(context_values: torch.Tensor, target_values: torch.Tensor) -> torch.Tensor:
@@ -183,7 +264,7 @@ class WanBackbone(DiffusersBackbone):
     # embedding, the condition embedder, the output head or anything outside ``blocks.N`` (the history encoder).
     lora_targets = (
         r"blocks\.\d+\.(attn1\.(to_q|to_k|to_v|to_out\.0)|attn2\.(to_q|to_k|to_v|to_out\.0)|ffn\.net\.0\.proj|ffn\.net\.2)"
-    )
+    )  # fmt: skip
     # The extra LoRA file users take to ComfyUI and diffusers (original Wan keys, ``diffusion_model.`` prefix).
     portable_lora_file = "lora_wan_comfyui.safetensors"
 
@@ -198,6 +279,7 @@ class WanBackbone(DiffusersBackbone):
         self._rope_dims = (rope.t_dim, rope.h_dim, rope.w_dim)
         self._rope_theta = 10000.0
         self.kv_cache = False
+        self.block_causal = False
         self._plan = _AttentionPlan()
 
     def use_kv_cache(self) -> None:
@@ -211,7 +293,15 @@ class WanBackbone(DiffusersBackbone):
         """Every token attends to every token (a run without ``history.kv_cache`` started from a checkpoint trained
         with it): the stock processors, unless value RoPE still needs ours."""
         self.kv_cache = False
+        self.block_causal = self._plan.block_causal = False
         self._plan.context_sees_targets = True
+        self._set_processors()
+
+    def use_block_causal(self, enabled: bool = True) -> None:
+        """``history.context_attention = "block_causal"`` (with the KV cache): each temporal history block's tokens
+        attend to their own and earlier blocks only and skip the text cross-attention (clean timestep 0 as always),
+        so their keys and values depend on nothing later and :meth:`build_context_cache` can grow the cache."""
+        self.block_causal = self._plan.block_causal = enabled
         self._set_processors()
 
     def use_value_rope(self, enabled: bool = True) -> None:
@@ -223,15 +313,32 @@ class WanBackbone(DiffusersBackbone):
         """Our processor where the KV cache or value RoPE needs it, else diffusers' own (bit for bit the stock)."""
         from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
-        ours = self.kv_cache or self._plan.value_rope
+        ours = self.kv_cache or self._plan.value_rope or self.block_causal
         for i, block in enumerate(self.transformer.blocks):
             block.attn1.set_processor(HistoryAttnProcessor(self._plan, i) if ours else WanAttnProcessor())
+            cross = block.attn2.processor
+            stock = cross.stock if isinstance(cross, ContextFreeCrossAttnProcessor) else cross
+            block.attn2.set_processor(ContextFreeCrossAttnProcessor(self._plan, stock) if self.block_causal else stock)
 
     @torch.no_grad()
-    def build_context_cache(self, context: ContextTokens, text: TextCondition, after_block=None) -> ContextCache:
-        """Run the context tokens alone through the blocks (time 0) and keep every block's keys and values."""
+    def build_context_cache(
+        self,
+        context: ContextTokens,
+        text: TextCondition | None,
+        after_block=None,
+        prior: ContextCache | None = None,
+    ) -> ContextCache:
+        """Run the context tokens alone through the blocks (time 0) and keep every block's keys and values.
+
+        Block-causal (:meth:`use_block_causal`): ``context`` are the newest blocks, which attend to ``prior`` (the
+        cache of every earlier block, or None) and to themselves; returns ``prior`` extended by them. ``text`` and
+        ``after_block`` are not read then (the context reads no prompt and no enhancer)."""
         if not self.kv_cache:
             raise ValueError("build_context_cache needs history.kv_cache (the context must not attend to targets)")
+        if self.block_causal:
+            return self._extend_cache(context, prior)
+        if prior is not None:
+            raise ValueError("only a block-causal cache (history.context_attention) grows from a prior cache")
         tr = self.transformer
         tokens = context.tokens.to(tr.patch_embedding.weight.dtype)
         b, k, _ = tokens.shape
@@ -242,15 +349,57 @@ class WanBackbone(DiffusersBackbone):
         timestep_proj = timestep_proj.unflatten(2, (6, -1))
         rotary_emb = self.rotary(context.positions)
         cache = ContextCache([], [], context.features)
-        self._plan.mode, self._plan.cache = "record", cache
+        self._plan.mode, self._plan.recorded = "record", cache
         try:
             for i, block in enumerate(tr.blocks):
                 tokens = block(tokens, text_states, timestep_proj, rotary_emb)
                 if after_block is not None:
                     tokens = after_block(i, tokens)
         finally:
-            self._plan.mode, self._plan.cache = "masked", None
+            self._plan.mode, self._plan.recorded = "masked", None
         return cache
+
+    def _extend_cache(self, context: ContextTokens, prior: ContextCache | None) -> ContextCache:
+        """The block-causal cache: ``context``'s tokens (the newest blocks, batch 1 for both CFG branches) through
+        the blocks at time 0 without text, attending to ``prior``'s keys and to their own and earlier blocks."""
+        tr = self.transformer
+        blocks = self._context_blocks(context)  # (B, K)
+        tokens = context.tokens.to(tr.patch_embedding.weight.dtype)
+        b, k, _ = tokens.shape
+        # The context skips attn2, so any text states do; one zero token keeps the embedder's shapes.
+        no_text = tokens.new_zeros(b, 1, tr.config.text_dim)
+        _, timestep_proj, text_states, _ = tr.condition_embedder(tokens.new_zeros(b * k), no_text, timestep_seq_len=k)
+        timestep_proj = timestep_proj.unflatten(2, (6, -1))
+        rotary_emb = self.rotary(context.positions)
+        prior = prior if prior is not None and prior.num_tokens else None
+        keys_blocks = blocks if prior is None else torch.cat([_expand_batch(prior.blocks, b), blocks], 1)
+        recorded = ContextCache([], [], context.features, blocks)
+        plan = self._plan
+        plan.mode, plan.cache, plan.recorded = "record", prior, recorded
+        plan.mask = block_causal_mask(blocks, keys_blocks.to(blocks.device))  # (B, 1, K, K_prior + K)
+        try:
+            for block in tr.blocks:
+                tokens = block(tokens, text_states, timestep_proj, rotary_emb)
+        finally:
+            plan.mode, plan.cache, plan.recorded, plan.mask = "masked", None, None, None
+        return prior.extended(recorded) if prior is not None else recorded
+
+    @staticmethod
+    def _context_blocks(context: ContextTokens) -> torch.Tensor:
+        """The context's temporal blocks ``(B, K)``, which block-causal attention needs and only HistoryDiT knows."""
+        if context.blocks is None:
+            raise ValueError(
+                'history.context_attention = "block_causal" needs each context token\'s temporal block '
+                "(ContextTokens.blocks, set by HistoryDiT.history_context / encode_history)"
+            )
+        return context.blocks
+
+    def _enhance(self, after_block, i: int, tokens: torch.Tensor, k: int) -> torch.Tensor:
+        """The per-block hook on ``(B, K + N, D)``; block-causal context rows skip it (the enhancers read every
+        block's features, later blocks included), so only the target rows (row-wise independent) pass."""
+        if not (self.block_causal and k):
+            return after_block(i, tokens)
+        return torch.cat([tokens[:, :k], after_block(i, tokens[:, k:])], dim=1)
 
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -358,6 +507,12 @@ class WanBackbone(DiffusersBackbone):
             positions = target_pos
         rotary_emb = self.rotary(positions)
         self._plan.mode, self._plan.context_tokens, self._plan.cache = "masked", k, None
+        # (B, 1, K, K) block-causal; kept after the forward, as the plan's other fields are: gradient checkpointing
+        # recomputes the blocks during backward and must see the same pattern
+        self._plan.mask = None
+        if self.block_causal and k:
+            blocks = self._context_blocks(context).to(latents.device)
+            self._plan.mask = block_causal_mask(blocks, blocks)
         if context_cache is not None:
             if k:
                 raise ValueError("give either the context tokens or their cache, not both")
@@ -379,7 +534,7 @@ class WanBackbone(DiffusersBackbone):
                 else:
                     tokens = block(tokens, text_states, timestep_proj, rotary_emb)
                 if after_block is not None:
-                    tokens = after_block(i, tokens)
+                    tokens = self._enhance(after_block, i, tokens, k)
         finally:
             self._plan.cache = None
 
