@@ -41,6 +41,7 @@ def _cmd_cost(args: argparse.Namespace) -> int:
         methods=tuple(dict.fromkeys(args.method)) if args.method else CostSettings.methods,
         proposed_rates=tuple(tuple(r.split("+")) for r in args.rate) if args.rate else PROPOSED_RATES,
         kv_cache=args.kv_cache,
+        block_causal=args.block_causal,
     )
     model = CostModel(settings)
     rows = model.rows()
@@ -296,6 +297,30 @@ def _cmd_studio(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    """A blind A/B study of generated videos: ``new`` (make/finish), ``serve`` (the raters' page), ``report``."""
+    if args.study_command == "new":
+        from tinyhistory.study.layout import create_study
+
+        study = create_study(
+            args.out, args.system, args.storyboard, args.seed, args.history, args.steps, not args.no_progress
+        )
+        print(f"[study] {study.root}: {len(study.videos)} videos of {len(study.systems)} systems, all registered")
+        return 0
+    if args.study_command == "serve":
+        from tinyhistory.study.server import serve
+
+        return serve(args.study, args.host, args.port)
+    from tinyhistory.study.report import build_report
+
+    report = build_report(args.study, args.out, args.rounds, args.seed, not args.no_metrics, not args.no_progress)
+    for problem in report["problems"]:
+        print(f"[study] warning: {problem}", file=sys.stderr)
+    out = Path(args.out) if args.out else Path(args.study) / "report"
+    print(f"[study] {report['votes']} votes, {report['raters']} raters: {out / 'report.md'}")
+    return 0
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number > 0 (argparse then names the flag in its one-line error)."""
     value = int(text)
@@ -330,8 +355,19 @@ MODEL_HELP = (
 )
 
 
-# Every subcommand's --help shows the defaults (e.g. that CFG at guidance 3 is on, which doubles the cost).
-HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter
+class DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every subcommand's --help shows the defaults (e.g. that CFG at guidance 3 is on, which doubles the cost), once:
+    not when the help already says it ("default 20", "default: the preset's"), and not for a default of None or
+    False (a flag that is off, a value that comes from elsewhere), which read "(default 20) (default: None)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower() or action.default is None or action.default is False:
+            return text
+        return super()._get_help_string(action)
+
+
+HELP_FORMAT = DefaultsOnceFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,7 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--fps", type=positive_float, default=None, help="frames per second; None: the preset's")
     cost.add_argument("--segment-seconds", type=positive_float, default=1.0, help="seconds generated per segment")
     cost.add_argument(
-        "--history", type=positive_float, nargs="+", default=[5.0, 20.0, 60.0, 120.0], help="history lengths (s)"
+        "--history",
+        type=positive_float,
+        nargs="+",
+        default=[5.0, 20.0, 60.0, 120.0, 300.0, 600.0],
+        help="history lengths (s)",
     )
     cost.add_argument("--steps", type=positive_int, default=30, help="denoising steps per segment")
     cost.add_argument(
@@ -386,6 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also the rows with the history KV cache (history.kv_cache)",
+    )
+    cost.add_argument(
+        "--block-causal",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help='also the rows of the incremental block-causal cache (history.context_attention = "block_causal")',
     )
     cost.add_argument("--json", action="store_true", help="print a JSON list of rows")
     cost.set_defaults(func=_cmd_cost)
@@ -502,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     dp = data_sub.add_parser(
         "prepare",
         formatter_class=HELP_FORMAT,
-        help="cache latents and text embeddings for training (exit 3: some skipped)",
+        help="cache latents and text embeddings for training (exit 3: items skipped, some or all)",
     )
     dp.add_argument("--preset", default="tiny")
     dp.add_argument("--model", default=None, metavar="DIR", help=MODEL_HELP)
@@ -597,7 +643,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--flow-shift", type=non_negative_float, default=None, help="scheduler time shift (default: the folder's)"
     )
     ge.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the checkpoint's config")
-    ge.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run at --out")
+    ge.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the outputs of an earlier run at --out (never those of a run still writing there)",
+    )
     ge.add_argument("--offload", action="store_true", help="diffusers group offload of the DiT (CUDA only)")
     ge.add_argument("--no-progress", action="store_true")
     ge.set_defaults(func=_cmd_generate)
@@ -636,6 +686,43 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the checkpoint's config")
     st.add_argument("--offload", action="store_true", help="diffusers group offload of the DiT (CUDA only)")
     st.set_defaults(func=_cmd_studio)
+
+    sy = sub.add_parser(
+        "study", formatter_class=HELP_FORMAT, help="blind A/B votes on generated videos and an Elo table with intervals"
+    )
+    sy_sub = sy.add_subparsers(dest="study_command", required=True)
+    sn = sy_sub.add_parser(
+        "new", formatter_class=HELP_FORMAT, help="make (or finish: rerun it) a study; generates what checkpoints lack"
+    )
+    sn.add_argument("--out", required=True, help="the study folder")
+    sn.add_argument(
+        "--system",
+        action="append",
+        required=True,
+        metavar="NAME=RUN_OR_FOLDER",
+        help="a system: a `generate` output folder (STORY.mp4 or STORY.seedS.mp4 for each STORY.json) or a checkpoint",
+    )
+    sn.add_argument("--storyboard", nargs="+", required=True, help="storyboard JSON files (the same for every system)")
+    sn.add_argument("--seed", type=int, nargs="+", default=[0], help="seeds (one video per system, storyboard, seed)")
+    sn.add_argument(
+        "--history", default=None, help="a video every checkpoint system continues (and metrics compare to)"
+    )
+    sn.add_argument("--steps", type=positive_int, default=None, help="sampling steps for checkpoint systems")
+    sn.add_argument("--no-progress", action="store_true")
+    ss = sy_sub.add_parser(
+        "serve", formatter_class=HELP_FORMAT, help="the raters' page (votes go to STUDY/votes.jsonl)"
+    )
+    ss.add_argument("study")
+    ss.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
+    ss.add_argument("--port", type=int, default=7870, help="port (0: any free one)")
+    sr = sy_sub.add_parser("report", formatter_class=HELP_FORMAT, help="Elo ratings, intervals, agreement, metrics")
+    sr.add_argument("study")
+    sr.add_argument("--out", default=None, help="report folder (default STUDY/report)")
+    sr.add_argument("--rounds", type=positive_int, default=1000, help="bootstrap rounds for the intervals")
+    sr.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    sr.add_argument("--no-metrics", action="store_true", help="skip the automatic metrics")
+    sr.add_argument("--no-progress", action="store_true")
+    sy.set_defaults(func=_cmd_study)
     return parser
 
 
@@ -654,6 +741,15 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"tinyhistory: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a write no command wrapped: still one line when the disk is full or read-only
+        from tinyhistory.files import disk_problem
+
+        problem = disk_problem(exc)
+        if problem is None:
+            raise
+        where = getattr(exc, "filename", None) or "an output"
+        print(f"tinyhistory: error: {where}: {problem} ({type(exc).__name__})", file=sys.stderr)
         return 2
 
 

@@ -10,10 +10,10 @@ cache, ``--offload``, whether UMT5-XXL must be loaded at all. Running each combi
 hours; every number here comes from the real architectures on the ``meta`` device in a few seconds
 (:mod:`tinyhistory.memory`).
 
-**Unmeasured.** No GPU has been lent to this project's sessions so far, so every peak here is a prediction: the
+**Unmeasured.** These peaks have not yet been checked against a run on a GPU, so every one is a prediction: the
 parameter bytes are exact, the activations are a formula, generation's working sets are traces of the project's own
 code on meta tensors, and the overheads (CUDA context, allocator slack, process RAM, shard sizes) are assumptions,
-each named in the output. ``benchmarks/gpu_history_cost.py`` measures the same quantities once a GPU is lent.
+each named in the output. ``benchmarks/gpu_history_cost.py`` measures the same quantities on a GPU.
 
 How a peak is formed: an item lives either for the whole run (``always``) or in one phase (loading, denoising,
 VAE decode, forward/backward, optimizer step, …); a peak is everything ``always`` plus the largest phase. A GPU fits
@@ -82,9 +82,9 @@ STAGES = ("frame-query", "ar")
 PROMPTS = ("umt5", "text.cache")
 
 UNMEASURED = (
-    "UNMEASURED: predictions, not measurements (no GPU has been lent to this project's sessions so far). Parameter "
-    "bytes are exact; activations (formula), traces (project code on the meta device) and overheads (assumptions) "
-    "are estimates."
+    "UNMEASURED: predictions, not measurements (not yet checked against a run on a GPU; leave some margin). "
+    "Parameter bytes are exact; activations (formula), traces (tinyhistory's code on the meta device) and overheads "
+    "(assumptions) are estimates."
 )
 
 

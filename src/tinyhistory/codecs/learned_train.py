@@ -30,6 +30,7 @@ from tinyhistory.codecs.learned import (
     reconstruction_loss,
     save_autoencoder,
 )
+from tinyhistory.files import repair_jsonl, writing
 from tinyhistory.train.checkpoint import load_training_state, save_training_state
 
 # Settings a resumed run may change: where its folder now is, how long, and how often it logs and checkpoints.
@@ -171,9 +172,13 @@ def train_codec(s: CodecTrainSettings, progress: bool = True, stop_after: int | 
     lpips = LPIPS("alex").requires_grad_(False) if s.lpips_weight > 0 else None
 
     def checkpoint() -> None:
-        save_autoencoder(model, last)
-        save_training_state(last, optimizer, scheduler, step, [generator.get_state()])
+        with writing(last, "codec checkpoint", "free some space and run the same command again to resume"):
+            save_autoencoder(model, last)
+            save_training_state(last, optimizer, scheduler, step, [generator.get_state()])
 
+    # A line cut short by a kill is dropped (and named), and so are the steps after the checkpoint (done again), so
+    # the log never holds a step twice and the next line never joins a broken one.
+    repair_jsonl(out / "log.jsonl", "codec log", keep=lambda record: record.get("step", 0) <= step)
     stop = StopRequest()
     started, saved_at, done_here = time.monotonic(), time.monotonic(), 0
     try:
@@ -196,8 +201,9 @@ def train_codec(s: CodecTrainSettings, progress: bool = True, stop_after: int | 
                     record = {k: round(v.item(), 6) for k, v in losses.items()}
                     record |= {"step": step, "lr": scheduler.get_last_lr()[0]}
                     record["steps_per_s"] = round(done_here / (time.monotonic() - started), 4)
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
+                    with writing(out / "log.jsonl", "codec log", "free some space and run the same command again"):
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
                     if progress:
                         print(f"[codec] step {step}/{s.steps} loss {record['loss']:.4f} l1 {record['l1']:.4f}")
                 timed = time.monotonic() - saved_at > 60 * s.checkpoint_minutes
@@ -213,7 +219,8 @@ def train_codec(s: CodecTrainSettings, progress: bool = True, stop_after: int | 
 
     model.eval()
     model.config.latent_mean, model.config.latent_std = latent_statistics(model, train)
-    save_autoencoder(model, out)
+    with writing(out, "codec", "free some space and run the same command again"):
+        save_autoencoder(model, out)
     metrics = evaluate(LearnedCodec(model), heldout, s.eval_frames) | {"steps": step}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"[codec] held-out reconstruction: {json.dumps(metrics)}")

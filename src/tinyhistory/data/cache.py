@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 
 from tinyhistory.codecs.base import check_causal_frames
 from tinyhistory.config import RunConfig
+from tinyhistory.files import read_jsonl
 from tinyhistory.geometry import Rate, temporal_block
 from tinyhistory.paths import resolve_path
 from tinyhistory.text.cache import encode_condition
@@ -166,7 +167,7 @@ def read_manifest(cache: str | Path) -> list[dict]:
     manifest = Path(cache) / "manifest.jsonl"
     if not manifest.is_file():
         raise ValueError(f"data.cache {cache}: no manifest.jsonl (run `tinyhistory data prepare --out {cache}` first)")
-    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(manifest, "cache manifest")  # a last line cut short is dropped with a warning
     if not rows:
         raise ValueError(f"data.cache {cache}: manifest.jsonl lists no videos")
     return rows

@@ -13,6 +13,7 @@ by encoding them apart.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyhistory.data.video import VideoAppender
+from tinyhistory.files import writing
 
 _CONTAINERS = {b"moov", b"trak", b"mdia", b"moof", b"traf"}  # boxes whose payload is made of boxes
 
@@ -98,29 +100,40 @@ class GrowingMp4:
         """Append ``(n, H, W, 3)`` uint8 frames as one (or more) fragments."""
         if len(frames) == 0:
             return
-        part = self.path.with_name(self.path.name + ".part.mp4")
-        with VideoAppender(part, self.fps, self.height, self.width, self.crf) as video:
+        encoded = io.BytesIO()  # in memory: FFmpeg writing a file on a full disk leaves a short file without a word
+        with VideoAppender(encoded, self.fps, self.height, self.width, self.crf) as video:
             video.append(frames)
-        data = part.read_bytes()
-        part.unlink()
+        data = encoded.getvalue()
         out = bytearray()
         header = self._header(data)
-        if self._timescale is None:
-            self._timescale = _timescale(header)
+        timescale, fragments = self._timescale, self._fragments  # taken on only once the bytes are on disk
+        if timescale is None:
+            timescale = _timescale(header)
             out += header
-        ticks = Fraction(self.frames) * self._timescale / Fraction(self.fps).limit_denominator(1000)
+        ticks = Fraction(self.frames) * timescale / Fraction(self.fps).limit_denominator(1000)
         for kind, offset, size in iter_boxes(data):
             box = bytearray(data[offset : offset + size])
             if kind == b"moof":
-                self._fragments += 1
-                _move_fragment(box, self._fragments, round(ticks))
+                fragments += 1
+                _move_fragment(box, fragments, round(ticks))
                 out += box
             elif kind == b"mdat":  # (``default_base_moof``: sample offsets count from the moof, so boxes move)
                 out += box
-        with open(self.path, "ab") as f:
-            f.write(out)
-            f.flush()
-            os.fsync(f.fileno())
+        with writing(self.path, "video", "the segments before this one are intact"):
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                start = os.fstat(fd).st_size
+                try:
+                    rest = memoryview(bytes(out))
+                    while rest:
+                        rest = rest[os.write(fd, rest) :]
+                    os.fsync(fd)
+                except BaseException:
+                    os.ftruncate(fd, start)  # never half a fragment: the file stays playable
+                    raise
+            finally:
+                os.close(fd)
+        self._timescale, self._fragments = timescale, fragments
         self.frames += len(frames)
 
     def _header(self, data: bytes) -> bytes:
@@ -136,3 +149,27 @@ class GrowingMp4:
         elif config != self._codec_config:
             raise RuntimeError("the H.264 encoder's parameter sets changed between segments; cannot append")
         return header
+
+
+def whole_fragments(path: str | Path) -> int:
+    """Cut a growing mp4 back to its last whole box (a writer killed inside an append leaves part of a fragment at
+    the end; a ``moof`` without its ``mdat`` is dropped too); returns the bytes removed (0 for a whole file)."""
+    path = Path(path)
+    data = path.read_bytes()
+    end, offset, last_moof = 0, 0, None
+    while offset + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[offset : offset + 8])
+        if size == 1 and offset + 16 <= len(data):
+            size = struct.unpack(">Q", data[offset + 8 : offset + 16])[0]
+        if size < 8 or offset + size > len(data):
+            break
+        if kind == b"moof":
+            last_moof = offset
+        elif kind == b"mdat":
+            last_moof = None
+        offset += size
+        end = offset if last_moof is None else last_moof
+    if end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    return len(data) - end

@@ -22,11 +22,14 @@ video replaces an older one); ``--prune`` keeps this run's videos only and lists
 settings stay on disk, listed as stale in the report, outside the manifest. Bad inputs are reported with the file and
 the reason and the batch goes on.
 
-Exit status: 0 everything cached, 3 some items skipped, 2 the run could not start.
+Exit status: 0 everything cached; 3 one or more items skipped (some or all of them: the summary line says when nothing
+was cached); 2 the run could not start, another run holds the cache, or an output could not be written (disk full,
+read-only). One run per cache at a time (``OUT/.tinyhistory.lock``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -46,14 +49,17 @@ from tinyhistory.config import RunConfig
 from tinyhistory.data.cache import CachedVideo, output_config, shards_on_disk, write_empty_prompt
 from tinyhistory.data.clip import to_pixels
 from tinyhistory.data.video import choose_bucket, decode_video, probe_video
+from tinyhistory.files import WriteError, read_jsonl, replace_file, writing
 from tinyhistory.geometry import Rate, temporal_block
 from tinyhistory.history import lowres_latents
+from tinyhistory.locks import folder_lock
 from tinyhistory.system import build_codec, check_model_parts
 from tinyhistory.text.cache import encode_condition
 from tinyhistory.text.storyboard import Storyboard
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".gif"}
 EXIT_OK, EXIT_SKIPPED = 0, 3  # 2 (could not start) is what `tinyhistory` returns for any ValueError
+RERUN_HINT = "free some space and run the same command again: the finished shards are kept"
 
 
 @dataclass
@@ -322,15 +328,23 @@ def prepare(
                 "storyboard": json.dumps(board.to_dict()),
                 "config": json.dumps(config, sort_keys=True),
             }
-            tmp = shard.with_suffix(".tmp")
-            save_file(tensors, str(tmp), metadata=metadata)
-            os.replace(tmp, shard)
+            tmp = shard.with_name(f"{shard.stem}.{os.getpid()}.tmp")  # one per process: ranks may share a key
+            with writing(shard, "cache shard", RERUN_HINT):
+                try:
+                    save_file(tensors, str(tmp), metadata=metadata)
+                    os.replace(tmp, shard)
+                except BaseException:
+                    tmp.unlink(missing_ok=True)  # a failed write (full disk) must not keep the space it took
+                    raise
             report.done.append(str(item.video))
             report.shards.append(f"shards/{shard.name}")
+        except WriteError:  # a full disk or a read-only folder stops the run: every later item would fail alike
+            raise
         except Exception as exc:  # a bad item is reported, never fatal to the batch
             report.skipped.append({"video": str(item.video), "reason": f"{type(exc).__name__}: {exc}"})
     if text_encoder is not None and rank == 0 and (report.done or report.reused):
-        write_empty_prompt(out, cfg.text, text_encoder)
+        with writing(out / "empty_prompt.safetensors", "empty prompt", RERUN_HINT):
+            write_empty_prompt(out, cfg.text, text_encoder)
     return report
 
 
@@ -379,9 +393,7 @@ def write_manifest(
             }
         )
     rows.sort(key=lambda r: (r["source"], r["shard"]))
-    tmp = out / "manifest.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, out / "manifest.jsonl")
+    replace_file(out / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode(), "cache manifest")
     return rows, stale, sorted(pruned)
 
 
@@ -390,15 +402,7 @@ def _manifest_rows(out: Path) -> list[dict]:
     path = out / "manifest.jsonl"
     if not path.is_file():
         return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return read_jsonl(path, "cache manifest", drop_damaged=True)  # rebuilt from the shards: a lost line costs nothing
 
 
 def run_prepare(
@@ -407,14 +411,24 @@ def run_prepare(
     """The command: split items over Accelerate ranks, cache, then merge reports and rebuild the manifest."""
     from accelerate import PartialState
 
-    from tinyhistory.text.cache import build_text_encoder
-
     state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True, CPU ranks all think they are alone
     check_model_parts(cfg)
     out = Path(out)
     items = collect_items(source)
     if not items:
         raise ValueError(f"--input {source}: no video files found")
+    # One run per cache at a time. Shards are content-addressed and renamed into place, so two runs would not damage
+    # one another's shards, but the per-rank reports, the empty prompt and the manifest (rebuilt from the previous one
+    # at the end) are one file each: the later run would drop the earlier one's videos from the manifest.
+    with folder_lock(out, "data prepare") if state.is_main_process else contextlib.nullcontext():
+        state.wait_for_everyone()  # no rank starts before its run holds the lock
+        return _run_prepare(cfg, state, items, out, window_frames, prune)
+
+
+def _run_prepare(cfg: RunConfig, state, items: list[Item], out: Path, window_frames: int | None, prune: bool) -> int:
+    """:func:`run_prepare` once the cache is locked."""
+    from tinyhistory.text.cache import build_text_encoder
+
     out.mkdir(parents=True, exist_ok=True)
     report = prepare(
         cfg,
@@ -427,7 +441,8 @@ def run_prepare(
         progress=state.is_main_process,
         device=state.device,
     )
-    (out / f"report.rank{state.process_index}.json").write_text(json.dumps(report.as_dict(), indent=2))
+    mine = json.dumps(report.as_dict(), indent=2).encode()
+    replace_file(out / f"report.rank{state.process_index}.json", mine, "report")
     state.wait_for_everyone()
     if not state.is_main_process:
         return EXIT_OK
@@ -449,7 +464,9 @@ def run_prepare(
     merged["pruned_from_manifest"] = pruned
     # Shards of another config stay on disk (nothing is deleted) but are not in the manifest.
     merged["stale_shards_not_in_manifest"] = stale
-    (out / "report.json").write_text(json.dumps(merged, indent=2) + "\n")
+    replace_file(out / "report.json", (json.dumps(merged, indent=2) + "\n").encode(), "report")
+    if merged["skipped"] and not (merged["done"] or merged["reused"]):
+        print(f"data prepare: nothing cached: all {len(merged['skipped'])} item(s) were skipped (exit 3)")
     print(
         f"data prepare: {len(merged['done'])} cached, {len(merged['reused'])} already cached, "
         f"{len(merged['skipped'])} skipped, {len(merged['set_aside'])} damaged shards set aside and re-encoded, "

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -330,13 +330,18 @@ class VideoAppender:
     ``with VideoAppender(path, fps, height, width) as video: video.append(frames)`` for ``(n, H, W, 3)`` uint8.
     """
 
-    def __init__(self, path: str | Path, fps: float, height: int, width: int, crf: int = 18):
+    def __init__(self, path: str | Path | BinaryIO, fps: float, height: int, width: int, crf: int = 18):
+        """``path`` may also be a binary file object (``io.BytesIO``): FFmpeg's own file writes do not report a full
+        disk (it writes a short file), so :class:`~tinyhistory.data.mp4.GrowingMp4` encodes into memory and writes
+        the bytes itself."""
         import av
 
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        target: str | BinaryIO = path  # type: ignore[assignment]
+        if isinstance(path, str | Path):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            target = str(path)
         self.container = av.open(
-            str(self.path), mode="w", format="mp4", options={"movflags": "frag_keyframe+empty_moov+default_base_moof"}
+            target, mode="w", format="mp4", options={"movflags": "frag_keyframe+empty_moov+default_base_moof"}
         )
         rate = Fraction(fps).limit_denominator(1000)
         self.stream = self.container.add_stream("libx264", rate=rate)

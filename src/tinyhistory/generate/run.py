@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,14 +26,16 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from tinyhistory.config import apply_overrides
-from tinyhistory.data.mp4 import GrowingMp4
+from tinyhistory.data.mp4 import GrowingMp4, whole_fragments
 from tinyhistory.data.video import count_video_frames, iter_video_chunks
+from tinyhistory.files import WriteError, append_line, repair_jsonl, writing
 from tinyhistory.generate.session import (
     GenerationSession,
     SamplingSettings,
     folder_sampler,
     frame_shape,
 )
+from tinyhistory.locks import file_lock
 from tinyhistory.paths import resolve_path
 from tinyhistory.registry import BACKBONES
 from tinyhistory.system import build_codec
@@ -142,7 +146,30 @@ def generate(
             raise ValueError(f"{flag} {path} is a folder; give a file")
         if path is not None and not path.is_file():
             raise FileNotFoundError(f"{flag}: file not found: {path}")
-    outputs = plan_outputs(Path(out), [checkpoint, storyboard, history, image], resume, overwrite)
+    check_out_suffix(Path(out))
+    # One writer per --out, taken before looking at what exists there: a running run's files are not "an earlier
+    # run" to resume, and --overwrite never deletes them.
+    with file_lock(out, "generate"):
+        outputs = plan_outputs(Path(out), [checkpoint, storyboard, history, image], resume, overwrite)
+        inputs = (checkpoint, storyboard, history, image, resume)
+        return _generate(*inputs, outputs, preset, settings, offload, progress, model_path, overrides)
+
+
+def _generate(
+    checkpoint: Path,
+    storyboard: Path,
+    history: Path | None,
+    image: Path | None,
+    resume: Path | None,
+    outputs: tuple[Path, Path, Path, Path],
+    preset: str | None,
+    settings: dict | SamplingSettings | None,
+    offload: bool,
+    progress: bool,
+    model_path: str | None,
+    overrides: list[str],
+) -> dict:
+    """:func:`generate` once its outputs are locked and checked."""
     story = Storyboard.load(storyboard)
     model, cfg, codec, encode_text, device = load_for_generation(checkpoint, preset, model_path, offload, overrides)
     saved = GenerationSession.read_settings(resume) if resume is not None else None
@@ -173,7 +200,10 @@ def generate(
         raise ValueError(f"the storyboard ({story.duration:g} s) is no longer than what was generated already")
 
     sheet = ContactSheet(fps)
-    with _growing_video(out, fps, height, width, resume, sheet) as video, open(log_path, "a") as log:
+    generated = sum(r.pixel_frames for r in session.records) if resume is not None else 0
+    if resume is not None:  # a run killed after a segment's outputs but before its session: the session decides
+        repair_jsonl(log_path, "segment log", keep=lambda r: int(r.get("index", 0)) < len(session.records))
+    with _growing_video(out, fps, height, width, resume, sheet, generated) as video, _hint(session_path):
         bar = tqdm(total=segments, desc="segments", unit="seg", disable=not progress)
         for segment, frames in session.follow_storyboard(story):
             video.append(frames)
@@ -181,9 +211,9 @@ def generate(
             sheet.save(sheet_path)
             per_latent = codec.temporal_factor / fps
             record = vars(segment) | {"start_s": round((segment.start_frame - session.origin) * per_latent, 3)}
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            session.save(session_path)
+            append_line(log_path, json.dumps(record) + "\n", "segment log")
+            with writing(session_path, "session"):
+                session.save(session_path)
             bar.set_postfix(context_tokens=segment.context_tokens, latency_s=segment.latency_s)
             bar.update(1)
         bar.close()
@@ -196,6 +226,19 @@ def generate(
         "generated_frames": written,
         "seconds": written / fps,
     }
+
+
+@contextmanager
+def _hint(session_path: Path) -> Iterator[None]:
+    """A failed write during generation says how to go on: the session on disk holds every whole segment."""
+    try:
+        yield
+    except WriteError as exc:
+        if session_path.is_file():
+            hint = f"free some space, then continue with --resume {session_path}"
+        else:
+            hint = "free some space, then start again (--overwrite: no segment was saved whole)"
+        raise WriteError(f"{exc}; {hint}") from None
 
 
 def load_for_generation(checkpoint, preset: str | None, model_path: str | None, offload: bool, overrides=()):
@@ -224,6 +267,12 @@ def load_for_generation(checkpoint, preset: str | None, model_path: str | None, 
     return model.eval(), cfg, codec, encode_text, device
 
 
+def check_out_suffix(out: Path) -> None:
+    """``--out`` names the mp4 (its companions are named after it)."""
+    if out.suffix.lower() != ".mp4":
+        raise ValueError(f"--out {out}: the video is written as an mp4; give a path ending in .mp4")
+
+
 def plan_outputs(out: Path, inputs: list, resume, overwrite: bool) -> tuple[Path, Path, Path, Path]:
     """``OUT`` (mp4) and its companions ``OUT.session``, ``OUT.png``, ``OUT.segments.jsonl``, checked before any work.
 
@@ -231,8 +280,7 @@ def plan_outputs(out: Path, inputs: list, resume, overwrite: bool) -> tuple[Path
     replace them (then they are removed first, so two runs never mix); with ``--resume`` they are this session's own
     and are continued.
     """
-    if out.suffix.lower() != ".mp4":
-        raise ValueError(f"--out {out}: the video is written as an mp4; give a path ending in .mp4")
+    check_out_suffix(out)
     outputs = (out, out.with_name(out.name + ".session"), out.with_name(out.name + ".png"))
     outputs += (out.with_name(out.name + ".segments.jsonl"),)
     given = {Path(p).resolve() for p in inputs if p is not None}
@@ -242,7 +290,8 @@ def plan_outputs(out: Path, inputs: list, resume, overwrite: bool) -> tuple[Path
         if path.is_dir():
             raise ValueError(f"--out {out}: {path} is a folder")
     if resume is None:
-        existing = [p for p in outputs if p.exists()]
+        # (a resume killed while carrying the video over leaves the earlier video as OUT.previous.mp4: a run's too)
+        existing = [p for p in (*outputs, out.with_name(out.name + ".previous.mp4")) if p.exists()]
         if existing and not overwrite:
             raise ValueError(
                 f"{existing[0]} exists (an earlier run): continue it with --resume {outputs[1]}, or replace its "
@@ -256,22 +305,41 @@ def plan_outputs(out: Path, inputs: list, resume, overwrite: bool) -> tuple[Path
 
 class _growing_video:
     """The output mp4, appended to per segment. On ``--resume`` the frames already in ``out`` are carried into the
-    new file first (decoded and re-encoded piece by piece, never held whole), then generation appends."""
+    new file first (decoded and re-encoded piece by piece, never held whole), then generation appends.
 
-    def __init__(self, out: Path, fps: float, height: int, width: int, resume, sheet: ContactSheet):
+    ``generated``: the pixel frames the resumed session has generated. A run killed after a segment's video but before
+    its session was saved left that segment in the mp4 too; only the session's frames are carried (it generates that
+    segment again), and a fragment cut short by a kill is dropped. A carry-over that was itself killed left the old
+    file as ``OUT.previous.mp4``: that one is complete and is carried again."""
+
+    def __init__(self, out: Path, fps: float, height: int, width: int, resume, sheet: ContactSheet, generated=0):
         self.out, self.fps, self.height, self.width, self.resume, self.sheet = out, fps, height, width, resume, sheet
+        self.generated = generated
 
     def __enter__(self) -> GrowingMp4:
-        previous = None
-        if self.resume is not None and self.out.is_file():
-            previous = self.out.with_name(self.out.name + ".previous.mp4")
-            self.out.replace(previous)
+        previous = self.out.with_name(self.out.name + ".previous.mp4")
+        if self.resume is None or not (previous.is_file() or self.out.is_file()):
+            self.video = GrowingMp4(self.out, self.fps, self.height, self.width)
+            return self.video
+        if not previous.is_file():
+            with writing(previous, "video"):
+                self.out.replace(previous)
+        whole_fragments(previous)
         self.video = GrowingMp4(self.out, self.fps, self.height, self.width)
-        if previous is not None:
-            for chunk in iter_video_chunks(previous, self.fps, (self.height, self.width)):
-                self.video.append(chunk)
-                self.sheet.add(chunk)
-            previous.unlink()
+        carried = 0
+        for chunk in iter_video_chunks(previous, self.fps, (self.height, self.width)):
+            chunk = chunk[: max(0, self.generated - carried)]
+            if len(chunk) == 0:
+                break
+            self.video.append(chunk)
+            self.sheet.add(chunk)
+            carried += len(chunk)
+        if carried < self.generated:
+            print(
+                f"[generate] warning: {self.out} held {carried} of the {self.generated} frames the session generated "
+                "(the video was cut short or replaced); the continuation follows them"
+            )
+        previous.unlink()
         return self.video
 
     def __exit__(self, *exc) -> None:
@@ -294,8 +362,17 @@ class ContactSheet:
         self.seen += len(frames)
 
     def save(self, path: str | Path) -> None:
+        """Write the sheet so far; the previous sheet stays whole until the new one is (a full disk, a kill)."""
         if self.picks:
-            contact_sheet(np.stack(self.picks), 1.0, path)
+            path = Path(path)
+            tmp = path.with_name(path.name + ".tmp.png")
+            with writing(path, "contact sheet"):
+                try:
+                    contact_sheet(np.stack(self.picks), 1.0, tmp)
+                    tmp.replace(path)
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
 
 
 def decode_image(path: str | Path, height: int, width: int) -> np.ndarray:

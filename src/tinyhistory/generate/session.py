@@ -21,6 +21,13 @@ continue bit for bit.
 Sampling uses the diffusers flow-matching schedulers (Euler or UniPC; with a model folder, UniPC is built from its
 ``scheduler/`` config, as the pipeline's) with classifier-free guidance: the unconditional branch sees the empty
 prompt (``text.empty``), the same history, and the stage-II text dropout taught the model what that means.
+
+With the history KV cache (``history.kv_cache``) the history's keys and values are computed once per segment. With
+``history.context_attention = "block_causal"`` they depend on nothing later (not on later blocks, not on the prompt),
+so the session keeps them from segment to segment and appends only the blocks encoded since the last segment, once
+for both CFG branches and across prompt switches; the sliding window's frames (if any) are the newest block, added
+for one segment only. That cache is not saved: a loaded session rebuilds it from the saved history tokens at its
+first segment (equal to the grown one within float rounding; a one-time cost of one pass over the history).
 """
 
 from __future__ import annotations
@@ -209,6 +216,10 @@ class GenerationSession:
         self.first_frame: torch.Tensor | None = None  # TI2V: the start image's latent, frame 0 of the first segment
         self.records: list[SegmentRecord] = []
         self._text: dict[str, TextCondition] = {}
+        # Block-causal context: every encoded block's keys/values so far, and how many of each encoder's tokens
+        # they hold (rebuilt from the tokens after ``load``, never saved).
+        self._history_kv = None
+        self._history_kv_tokens = [0] * len(self.caches)
 
     def _autocast(self):
         """The DiT and the encoders run under autocast when the base keeps a low dtype (``model.dtype``, bfloat16
@@ -304,12 +315,46 @@ class GenerationSession:
 
     def context(self) -> ContextTokens | None:
         """What the DiT sees of the history now: cached encoder tokens, then the uncompressed sliding window."""
-        parts = [c.context for c in self.caches if c.frames_encoded > 0]
-        if self.history_frames and self.model.sliding_window > 0:
-            # Only the window's frames visit the device, not the whole history.
-            recent = self.latents[:, :, -self.model.sliding_window :].to(self.device)
-            parts.append(self.model.window_tokens(recent, frame_offset=self.history_frames - recent.shape[2]))
+        parts = [p for p in (self._encoded_context(), self._window_context()) if p is not None]
         return ContextTokens.concat(parts) if parts else None
+
+    def _encoded_context(self) -> ContextTokens | None:
+        """Every encoder's tokens so far, with their temporal blocks."""
+        parts = [c.context for c in self.caches if c.frames_encoded > 0]
+        return self.model.with_blocks(ContextTokens.concat(parts)) if parts else None
+
+    def _window_context(self) -> ContextTokens | None:
+        """The sliding window's uncompressed frames (the newest block), or None."""
+        if not (self.history_frames and self.model.sliding_window > 0):
+            return None
+        # Only the window's frames visit the device, not the whole history.
+        recent = self.latents[:, :, -self.model.sliding_window :].to(self.device)
+        return self.model.window_tokens(recent, frame_offset=self.history_frames - recent.shape[2])
+
+    @torch.no_grad()
+    def history_cache(self, context: ContextTokens | None = None):
+        """The history's keys/values for the next segment with a block-causal context (``history.context_attention
+        = "block_causal"`` and ``history.kv_cache``), else None: the kept cache grown by the blocks encoded since
+        the last segment (only their keys/values are computed, once for every prompt and CFG branch), plus the
+        sliding window's frames for this segment only. ``context``: :meth:`context`, if already at hand."""
+        backbone = self.model.backbone
+        context = context if context is not None else self.context()
+        if context is None or not (backbone.block_causal and backbone.kv_cache):
+            return None
+        encoded = sum(c.context.num_tokens for c in self.caches if c.frames_encoded > 0)
+        window = context.narrow(encoded) if context.num_tokens > encoded else None  # the newest block
+        new = [
+            c.context.narrow(n)
+            for c, n in zip(self.caches, self._history_kv_tokens, strict=True)
+            if c.frames_encoded > 0 and c.context.num_tokens > n
+        ]
+        if new:
+            added = self.model.with_blocks(ContextTokens.concat(new))
+            self._history_kv = self.model.build_context_cache(added, None, self._history_kv)
+            self._history_kv_tokens = [c.context.num_tokens if c.frames_encoded else 0 for c in self.caches]
+        if window is None:
+            return self._history_kv
+        return self.model.build_context_cache(window, None, self._history_kv)
 
     # -- generation -----------------------------------------------------------------------------------------
     def _prompt_embedding(self, prompt: str) -> TextCondition:
@@ -338,6 +383,7 @@ class GenerationSession:
             self.low_noise.to(self.device)
         with self._autocast():
             context = self.context()
+            cache = self.history_cache(context)
             x = sample_segment(
                 self.model,
                 noise,
@@ -350,6 +396,7 @@ class GenerationSession:
                 self.first_frame if self.history_frames == 0 else None,
                 self.low_noise,
                 self.boundary,
+                cache,
             ).float()
         segment = to_uint8(self.decoder.push(x)[0].cpu())
         record = SegmentRecord(
@@ -422,8 +469,12 @@ class GenerationSession:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"session": json.dumps(meta)})
-        tmp.replace(path)
+        try:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"session": json.dumps(meta)})
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a failed write (full disk) must not keep the space it took
+            raise
 
     def identity(self) -> dict:
         """What a saved session's caches and latents depend on: a session resumes only under the same."""
@@ -434,6 +485,8 @@ class GenerationSession:
             "rates": list(h.rates) if len(self.model.producers) else [],
             "sliding_window": self.model.sliding_window,
             "cross_attention": len(self.model.enhancers) > 0,
+            # the model's own (a --set after loading does not change the model it was built as)
+            "context_attention": "block_causal" if self.model.backbone.block_causal else "full",
             "latents": list(self.latents.shape[1:2]) + list(self.latents.shape[3:]),
             "temporal_factor": self.codec.temporal_factor,
         }
@@ -461,6 +514,7 @@ class GenerationSession:
             )
         session = cls(model, cfg, codec, encode_text, settings, device)
         wanted, made = session.identity(), meta.get("model", {})
+        made.setdefault("context_attention", "full")  # sessions saved before the setting existed
         differ = [k for k in wanted if made.get(k) != wanted[k]]
         if differ:
             details = "; ".join(f"{k}: session {made.get(k)!r}, this model {wanted[k]!r}" for k in differ)
@@ -516,6 +570,7 @@ def sample_segment(
     first_frame: torch.Tensor | None = None,
     low_noise=None,
     boundary: float | None = None,
+    context_cache=None,
 ) -> torch.Tensor:
     """Integrate the flow from ``noise`` ``(B, C, n, h, w)`` to clean latents with a diffusers scheduler.
 
@@ -530,17 +585,25 @@ def sample_segment(
 
     ``low_noise``, ``boundary``: Wan 2.2 A14B's second expert takes the steps whose timestep is below
     ``boundary · 1000``, without history (see :func:`low_noise_expert`), as ``WanPipeline`` does.
+
+    ``context_cache``: the history's keys/values already built (a session's block-causal cache, grown segment by
+    segment) instead of building them here from ``context``.
     """
     scheduler = make_scheduler(settings, scheduler_config)
     scheduler.set_timesteps(settings.steps, device=noise.device)
     b = noise.shape[0]
     empty = (empty if empty is not None else text.zeros_like()).expand(len(text)).to(noise.device)
     guided = settings.guidance != 1.0
-    cache = None
-    if context is not None and model.backbone.kv_cache:
-        # The history's keys and values once per segment (per text branch), not at every step.
-        both = TextCondition.cat([text, empty]) if guided else text
-        cache = model.build_context_cache(_repeat(context) if guided else context, both)
+    cache = context_cache
+    if cache is None and context is not None and model.backbone.kv_cache:
+        if model.backbone.block_causal:
+            # The context reads no prompt: one cache (batch 1) serves both branches.
+            cache = model.build_context_cache(context, None)
+        else:
+            # The history's keys and values once per segment (per text branch), not at every step.
+            both = TextCondition.cat([text, empty]) if guided else text
+            cache = model.build_context_cache(_repeat(context) if guided else context, both)
+    if cache is not None:
         context = None
     x = noise
     for timestep in scheduler.timesteps:
@@ -573,7 +636,4 @@ def sample_segment(
 
 def _repeat(context: ContextTokens | None) -> ContextTokens | None:
     """The same history for the conditional and unconditional halves of a guided batch."""
-    if context is None:
-        return None
-    features = torch.cat([context.features] * 2) if context.features is not None else None
-    return ContextTokens(torch.cat([context.tokens] * 2), torch.cat([context.positions] * 2), features)
+    return None if context is None else context.repeat(2)

@@ -8,9 +8,48 @@ files) and ``mp4`` (the growing video) need no web framework; ``app`` is the Gra
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+import sys
 from pathlib import Path
 
 from tinyhistory.studio.uploads import DEFAULT_MAX_UPLOAD_MB
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.0.0.0/8, ::1, or a name that resolves only there)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError):
+        return False  # unresolvable: warned about as exposed (gradio says so if it cannot bind it)
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
+def exposure_warning(host: str, port: int | None) -> str | None:
+    """The line printed before serving on a non-loopback ``--host``: the studio has no password, so whoever can
+    reach that address can generate on this machine and download what it made."""
+    if is_loopback(host):
+        return None
+    try:
+        everywhere = ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        everywhere = False
+    where = (
+        f"every network interface of this machine: anyone who can reach it on port {port}"
+        if everywhere
+        else f"{host}: anyone who can reach that address on port {port}"
+    )
+    return (
+        f"[studio] warning: --host {host} listens on {where} (your local network, or the internet if the port is "
+        "open) can use this studio, which has no password: run generations on this machine and download its videos "
+        "and uploads. Use --host 127.0.0.1 (the default) to keep it to this machine."
+    )
 
 
 def serve(
@@ -25,6 +64,9 @@ def serve(
     overrides: list[str] = (),
 ) -> int:
     """Load the model, then serve the page until interrupted (Ctrl-C)."""
+    warning = exposure_warning(host, port)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     try:
         from tinyhistory.studio.app import launch
     except ImportError as exc:  # gradio is an optional extra

@@ -109,7 +109,7 @@ def import_json(path: str | Path) -> tuple[list[list], str]:
     """The rows of a storyboard JSON file, and the CLI's message about it ("" when valid)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors save one) is skipped
     except UnicodeDecodeError:
         return [], f"{path.name}: not a text file (a storyboard is JSON)"
     return import_text(text, path.name)
@@ -119,7 +119,7 @@ def import_text(text: str, source: str = SOURCE) -> tuple[list[list], str]:
     """The rows of a storyboard's JSON text and the CLI's message about it ("" when valid). Malformed shots still
     fill the table as far as they go, so the editor can show and fix them."""
     try:
-        data = json.loads(text)
+        data = json.loads(text.removeprefix("\ufeff"))  # a byte-order mark (Windows editors save one) is not JSON
     except json.JSONDecodeError as exc:
         return [], f"{source}: invalid JSON ({exc})"
     try:

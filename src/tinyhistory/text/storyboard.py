@@ -88,7 +88,7 @@ class Storyboard:
         try:
             if path.stat().st_size > MAX_FILE_BYTES:
                 raise ValueError(f"{path}: a storyboard of {path.stat().st_size} bytes is too large")
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM (Windows editors save one) is skipped
         except FileNotFoundError:
             raise FileNotFoundError(f"storyboard not found: {path}") from None
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:

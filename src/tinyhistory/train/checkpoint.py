@@ -25,7 +25,7 @@ from peft.utils import set_peft_model_state_dict
 from safetensors.torch import save_file
 
 from tinyhistory.config import RunConfig, config_from_dict
-from tinyhistory.files import read_json, read_tensors
+from tinyhistory.files import read_json, read_jsonl, read_tensors
 from tinyhistory.paths import PROJECT_ROOT, resolve_path
 from tinyhistory.registry import BACKBONES
 from tinyhistory.system import HistoryDiT, torch_dtype
@@ -190,7 +190,7 @@ def trained_steps(folder: str | Path) -> int | None:
     log = Path(folder) / "train_log.jsonl"
     if not log.is_file():
         return None
-    steps = [json.loads(line).get("step", 0) for line in log.read_text().splitlines() if line.strip()]
+    steps = [record.get("step", 0) for record in read_jsonl(log, "training log", drop_damaged=True)]
     return max(steps) if steps else None
 
 
@@ -199,7 +199,8 @@ def save_training_state(folder: str | Path, optimizer, scheduler, step: int, dat
     folder = Path(folder) / "state"
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "optimizer.pt.tmp"
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp)
+    with open(tmp, "wb") as f:  # through a Python file, so a full disk is an OSError, not torch's "unexpected pos"
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, f)
     tmp.replace(folder / "optimizer.pt")
     trainer = {
         "step": step,

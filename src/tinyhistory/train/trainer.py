@@ -9,6 +9,7 @@ Running the same command again resumes from ``OUT/last`` exactly (weights, optim
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -27,7 +28,9 @@ from tqdm.auto import tqdm
 from tinyhistory.config import RunConfig
 from tinyhistory.data.cache import CacheSampler, read_empty_prompt
 from tinyhistory.data.clip import WindowSampler, clip_from_config, load_extra_training
+from tinyhistory.files import append_line, repair_jsonl, writing
 from tinyhistory.geometry import Rate
+from tinyhistory.locks import folder_lock, is_main_rank
 from tinyhistory.system import HistoryDiT, build_codec, torch_dtype
 from tinyhistory.text.cache import empty_prompt, encode_prompts
 from tinyhistory.text.condition import TextCondition
@@ -160,6 +163,7 @@ def prepare_model(cfg: RunConfig, init_from: str | Path | None) -> tuple[History
         sliding_window=cfg.history.sliding_window,
         cross_attention=cfg.history.cross_attention,
         kv_cache=cfg.history.kv_cache,
+        context_attention=cfg.history.context_attention,
     )
     if cfg.history.method == "no_history":
         history = dataclasses.replace(history, method="no_history", cross_attention=False)
@@ -184,6 +188,21 @@ def prepare_model(cfg: RunConfig, init_from: str | Path | None) -> tuple[History
 
 
 def train(
+    cfg: RunConfig,
+    out_dir: str | Path,
+    init_from: str | Path | None = None,
+    progress: bool = True,
+    save_dtype: torch.dtype | None = None,
+    stop_after: int | None = None,
+) -> dict:
+    """:func:`_train` with the run folder locked: one run per folder. The main process holds
+    ``OUT/.tinyhistory.lock`` while it trains, so a second run into the same folder refuses, naming the holder's PID,
+    instead of resuming from the same ``OUT/last`` and writing over the first one's checkpoints and log."""
+    with folder_lock(out_dir, "train") if is_main_rank() else contextlib.nullcontext():
+        return _train(cfg, out_dir, init_from, progress, save_dtype, stop_after)
+
+
+def _train(
     cfg: RunConfig,
     out_dir: str | Path,
     init_from: str | Path | None = None,
@@ -304,7 +323,8 @@ def train(
                 log.write(record)
                 data_rng = gather_object([generator.get_state()])  # every process's sampling RNG, for an exact resume
                 if main:
-                    _atomic_checkpoint(out, model, cfg, optimizer, scheduler, step, data_rng, ema)
+                    with writing(out / "last", "checkpoint", f"free some space; a rerun resumes from {out / 'last'}"):
+                        _atomic_checkpoint(out, model, cfg, optimizer, scheduler, step, data_rng, ema)
                 accelerator.wait_for_everyone()
     finally:
         stop.restore()
@@ -316,7 +336,8 @@ def train(
 
     final = out / "final"
     if main:
-        save_weights(model, cfg, final, dtype=save_dtype)
+        with writing(final, "final weights", f"free some space; a rerun writes them again from {out / 'last'}"):
+            save_weights(model, cfg, final, dtype=save_dtype)
     summary = {
         "stage": cfg.train.stage,
         "method": cfg.history.method,
@@ -365,21 +386,17 @@ class TrainLog:
     log never holds a step twice."""
 
     def __init__(self, path: Path | None, resume_step: int = 0):
-        if path is not None and path.is_file():
-            kept = [line for line in path.read_text().splitlines() if _log_step(line) <= resume_step]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            tmp.replace(path)
-        self.file = open(path, "a") if path is not None else None
+        # A last line cut short by a kill is dropped (and named); the next record starts on a line of its own.
+        if path is not None:
+            repair_jsonl(path, "training log", keep=lambda record: _log_step(record) <= resume_step)
+        self.path = path
 
     def write(self, record: dict) -> None:
-        if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+        if self.path is not None:
+            append_line(self.path, json.dumps(record) + "\n", "training log")
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
+        pass  # every record is on disk when written
 
 
 class LazyPrompt:
@@ -405,11 +422,11 @@ class LazyPrompt:
         return self.condition
 
 
-def _log_step(line: str) -> int:
+def _log_step(record: dict) -> int:
     try:
-        return int(json.loads(line).get("step", 0))
-    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return 1 << 62  # a broken line (the run was killed while writing it) is dropped
+        return int(record.get("step", 0))
+    except (TypeError, ValueError):
+        return 1 << 62  # a record without a readable step is dropped
 
 
 class StopRequest:
@@ -493,10 +510,14 @@ def _atomic_checkpoint(
     """Write ``last.tmp`` completely, then swap it in, so an interrupted write never leaves a half checkpoint."""
     tmp = out / "last.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_weights(model, cfg, tmp)
-    save_training_state(tmp, optimizer, scheduler, step, data_rng)
-    if ema is not None:
-        ema.save(tmp)
+    try:
+        save_weights(model, cfg, tmp)
+        save_training_state(tmp, optimizer, scheduler, step, data_rng)
+        if ema is not None:
+            ema.save(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed write (full disk) must not keep the space it took
+        raise
     last = out / "last"
     old = out / "last.old"
     shutil.rmtree(old, ignore_errors=True)
