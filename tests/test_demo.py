@@ -90,11 +90,14 @@ def test_demo_runs_on_freshly_trained_checkpoints(small_config, tmp_path):
     assert "| window start |" in (tmp_path / "fq" / "frame_query.md").read_text()
     # the demo's reference rows, on this video: its average frame, thumbnails, the LR input, the codec's ceiling
     refs = report["references"]
-    assert {"average_training_frame", "lr_input_4x4x2_upsampled", "codec_reconstruction"} <= set(refs)
+    assert {"average_training_frame", "lr_input_4x4x2_upsampled"} <= set(refs)
     assert refs["average_training_frame"]["psnr"] < refs["lr_input_4x4x2_upsampled"]["psnr"]
-    assert refs["lr_input_4x4x2_upsampled"]["psnr"] < refs["codec_reconstruction"]["psnr"]
     scales = report["psnr_by_scale"]
-    assert scales["sizes"][0] == 2 and scales["sizes"][-1] == 128 and set(scales) >= {"model", "codec_reconstruction"}
+    assert scales["sizes"][0] == 2 and {"model", "average_training_frame"} <= set(scales)
+    # a lossy codec's reconstruction is the ceiling row; a lossless one's is exact and left out (as in the demo)
+    if "codec_reconstruction" in refs:
+        assert refs["lr_input_4x4x2_upsampled"]["psnr"] < refs["codec_reconstruction"]["psnr"]
+        assert "codec_reconstruction" in scales
     assert "average frame of this video" in (tmp_path / "fq" / "frame_query.md").read_text()
 
 
