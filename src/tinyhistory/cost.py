@@ -183,6 +183,24 @@ def framepack_schedule(frames: int, grid_hw: tuple[int, int], budget: int) -> li
     return schedule
 
 
+def steady_state_chunks(frames: int, block: int, segment: int) -> tuple[list[tuple[int, int]], int]:
+    """What the session encodes after each generated segment, in steady state after ``frames`` history frames:
+    ``(frames already encoded, new whole-block frames)`` per append over one cycle of segments and blocks (lcm of the
+    segment and the temporal block), and the cycle's length in segments (to average over)."""
+    encoded = frames // block * block
+    pending = frames - encoded
+    cycle = math.lcm(segment, block) // segment
+    chunks = []
+    for _ in range(cycle):
+        pending += segment
+        whole = pending // block * block
+        if whole:
+            chunks.append((encoded, whole))
+            encoded += whole
+            pending -= whole
+    return chunks, cycle
+
+
 class CostModel:
     """Counts one preset's costs; builds its meta-device DiT (and, for the KV-cache rows, a second one) once."""
 
@@ -330,20 +348,8 @@ class CostModel:
         drives it: after each segment every whole temporal block (lcm of the rates' rT) is encoded, with the frames
         the causal HR branch needs carried over; averaged over one cycle of segments and blocks."""
         producers = list(model.producers)
-        block = temporal_block([p.rate for p in producers])
-        n = self.segment_frames
-        encoded = frames // block * block
-        pending = frames - encoded
-        cycle = math.lcm(n, block) // n
-        total = 0
-        for _ in range(cycle):
-            pending += n
-            whole = pending // block * block
-            if whole:
-                for producer in producers:
-                    total += self._one_append(producer, model, encoded, whole)
-                encoded += whole
-                pending -= whole
+        chunks, cycle = steady_state_chunks(frames, temporal_block([p.rate for p in producers]), self.segment_frames)
+        total = sum(self._one_append(p, model, encoded, new) for encoded, new in chunks for p in producers)
         return total / cycle
 
     def _one_append(self, producer, model: HistoryDiT, encoded: int, new: int) -> int:
@@ -401,20 +407,8 @@ class CostModel:
         blocks before them, once for both branches; averaged over one cycle of segments and blocks (as
         :meth:`_append_flops`)."""
         encoder = self.encoders[rates]
-        block = temporal_block(encoder.rates)
-        n = self.segment_frames
-        encoded = frames // block * block
-        pending = frames - encoded
-        cycle = math.lcm(n, block) // n
-        total = 0
-        for _ in range(cycle):
-            pending += n
-            whole = pending // block * block
-            if whole:
-                total += self._one_cache_append(encoder, encoded, whole)
-                encoded += whole
-                pending -= whole
-        return total / cycle
+        chunks, cycle = steady_state_chunks(frames, temporal_block(encoder.rates), self.segment_frames)
+        return sum(self._one_cache_append(encoder, encoded, new) for encoded, new in chunks) / cycle
 
     def _one_cache_append(self, encoder: HistoryDiT, encoded: int, new: int) -> int:
         """FLOPs of appending the tokens of ``new`` history frames to a block-causal cache of ``encoded`` frames."""
