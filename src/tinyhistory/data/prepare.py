@@ -51,6 +51,7 @@ from tinyhistory.data.clip import to_pixels
 from tinyhistory.data.video import choose_bucket, decode_video, probe_video
 from tinyhistory.files import WriteError, read_jsonl, replace_file, writing
 from tinyhistory.geometry import Rate, temporal_block
+from tinyhistory.hashing import file_sha256
 from tinyhistory.history import lowres_latents
 from tinyhistory.locks import folder_lock
 from tinyhistory.system import build_codec, check_model_parts
@@ -151,14 +152,6 @@ def _item_from_row(row: dict, video: Path, where: str, folder: Path) -> Item:
     except (ValueError, FileNotFoundError) as exc:
         return Item(video, caption=caption, problem=str(exc))
     return Item(video, board, caption)
-
-
-def file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_window(cfg: RunConfig, window_frames: int | None) -> int:
@@ -268,7 +261,7 @@ def prepare(
                 raise ValueError(item.problem)
             if not item.video.is_file():
                 raise ValueError("file not found")
-            source_hash = file_hash(item.video)
+            source_hash = file_sha256(item.video)
             caption = item.caption or cfg.text.caption
             if item.storyboard is None and not caption:
                 raise ValueError(

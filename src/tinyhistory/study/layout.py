@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tinyhistory.hashing import file_sha256
 from tinyhistory.study import StudyError
 
 if TYPE_CHECKING:  # the storyboard module pulls in the text encoders (seconds): imported where used
@@ -194,14 +195,6 @@ class Study:
 
 def video_slot(video: Video) -> tuple[str, str, int]:
     return video.system, video.storyboard, video.seed
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- systems and their videos -------------------------------------------------------------------------------------

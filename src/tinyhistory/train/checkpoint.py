@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 
 from tinyhistory.config import RunConfig, config_from_dict
 from tinyhistory.files import read_json, read_jsonl, read_tensors
+from tinyhistory.hashing import hash_into
 from tinyhistory.paths import PROJECT_ROOT, resolve_path
 from tinyhistory.registry import BACKBONES
 from tinyhistory.system import HistoryDiT, torch_dtype
@@ -64,9 +65,7 @@ def weights_sha256(folder: str | Path) -> str:
     """The sha256 of a diffusers model folder's safetensors weights (all shards, in name order)."""
     digest = hashlib.sha256()
     for path in sorted(Path(folder).glob("*.safetensors")):
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        hash_into(digest, path)
     return digest.hexdigest()
 
 
