@@ -226,10 +226,15 @@ class HistoryDiT(nn.Module):
         ``context``'s blocks, for every text (``text`` unused)."""
         return self.backbone.build_context_cache(context, text, self._after_block(context), prior)
 
+    @property
+    def block_phases(self) -> list[BlockPhase]:
+        """The producers' block-phase tables (``history.block_phase``; empty without)."""
+        return [p.block_phase for p in self.producers if p.block_phase is not None]
+
     def target_offsets(self, latents: torch.Tensor, frame_positions: torch.Tensor | None) -> torch.Tensor | None:
         """The block-phase offsets ``(B, N, D)`` of the target tokens of ``latents`` ``(B, C, T, H, W)``, summed over
         the producers that have a table (``history.block_phase``); None without any. The history starts at frame 0."""
-        phases = [p.block_phase for p in self.producers if getattr(p, "block_phase", None) is not None]
+        phases = self.block_phases
         if not phases:
             return None
         b, _, frames, height, width = latents.shape

@@ -27,6 +27,7 @@ from torch import nn
 from tinyhistory.backbones.base import ContextTokens
 from tinyhistory.geometry import Rate
 from tinyhistory.history.base import tokens_from_grid
+from tinyhistory.history.phase import BlockPhase
 
 VARIANTS = ("proposed", "only_lr", "without_lr")
 
@@ -159,6 +160,7 @@ class HistoryEncoder(nn.Module):
         self.rate = Rate.parse(cfg.rate)
         self.patch = patch
         self.uses_lr = cfg.variant in ("proposed", "only_lr")
+        self.block_phase: BlockPhase | None = None  # history.block_phase: set by system.build_producers
         self.hr = (
             HighResBranch(latent_channels, hidden_dim, self.rate, patch, cfg) if cfg.variant != "only_lr" else None
         )

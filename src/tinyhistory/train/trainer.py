@@ -238,16 +238,18 @@ def _train(
     if tc.freeze_encoder:
         model.producers.requires_grad_(False)
     groups = [{"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": tc.learning_rate}]
-    phase_params = [p for name, p in model.producers.named_parameters() if ".block_phase." in f".{name}"]
+    # history.block_phase: the zero-initialised tables need their own, larger rate (they live in the producers)
+    phase_params = [p for table in model.block_phases for p in table.parameters() if p.requires_grad]
+    phase_ids = {id(p) for p in phase_params}
     encoder_params = [
         p
         for p in [*model.producers.parameters(), *model.enhancers.parameters()]
-        if p.requires_grad and all(p is not q for q in phase_params)
+        if p.requires_grad and id(p) not in phase_ids
     ]
     if encoder_params:
         groups.append({"params": encoder_params, "lr": tc.encoder_learning_rate})
-    if any(p.requires_grad for p in phase_params):  # history.block_phase: zero tables need their own, larger rate
-        groups.append({"params": [p for p in phase_params if p.requires_grad], "lr": tc.block_phase_learning_rate})
+    if phase_params:
+        groups.append({"params": phase_params, "lr": tc.block_phase_learning_rate})
     optimizer = torch.optim.AdamW(groups, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     # ``model`` stays the plain HistoryDiT (saved, evaluated); ``stage_loss`` is what trains (DDP-wrapped when several).
