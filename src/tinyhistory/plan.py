@@ -26,7 +26,8 @@ prompts with UMT5-XXL (bf16) on the GPU — with ``--offload`` UMT5 waits on the
 encodes a new prompt — unless every prompt is already in a ``text.cache`` file; ``--offload`` keeps the DiT's blocks
 in ordinary (pageable) CPU RAM and moves one block at a time (``generate/run.py: offload_blocks``, diffusers group
 offload without CUDA streams, which pins nothing). The trainer has no offload; several GPUs train with DDP, or FSDP
-(``configs/accelerate/fsdp.yaml``) when the model does not fit one.
+(``train.parallel = "fsdp"``, ``configs/accelerate/fsdp.yaml``) when the model does not fit one: its units are the
+ones ``train/parallel.py`` shards (one per DiT block, the rest in the root unit), in the same dtypes.
 """
 
 from __future__ import annotations
@@ -424,6 +425,16 @@ def train_budget(m: ModelFacts, sc: TrainScenario) -> Budget:
             "always",
             "all-gathered blocks (bf16): the running block and the one FSDP2 prefetches",
             2 * c.gathered_block_bytes,
+            "exact",
+        )
+        # The root unit (train/parallel.py: everything outside the blocks) stays gathered from its forward to the end
+        # of its backward: the other N - 1 shards of the DiT's embedders and head and of the history encoder.
+        root = (c.frozen_bytes - m.layers * m.block_bytes) + 4 * enc
+        b.add(
+            "GPU",
+            "forward/backward",
+            "the root unit gathered for the step (DiT outside its blocks, bf16; history encoder, fp32)",
+            root - shard(root),
             "exact",
         )
     b.add("GPU", "always", "UMT5 text encoder: not loaded (prompt embeddings from the cache)", 0, "exact")
@@ -854,7 +865,8 @@ def render_text(plan: dict) -> str:
             if t["fsdp"]:
                 best = t["fsdp"][0]
                 out += [
-                    f"Shard it with FSDP over {best['gpus']} or more such GPUs (configs/accelerate/fsdp.yaml; every "
+                    f"Shard it with FSDP over {best['gpus']} or more such GPUs (--set 'train.parallel=\"fsdp\"', "
+                    "configs/accelerate/fsdp.yaml; every "
                     "process loads the whole DiT into RAM first):",
                     "",
                     "| # | resolution | rate | gradient checkpointing | GPUs | GPU GiB per GPU "

@@ -9,7 +9,9 @@ A checkpoint never holds the frozen base model. Layout of a checkpoint folder::
     transformer/                      diffusers ``save_pretrained`` of a fully trained DiT (``train.dit = "full"``)
     history_encoder.safetensors       every history producer's weights (absent for no-history)
     cross_attention.safetensors       the cross-attention enhancers (only with ``history.cross_attention``)
-    state/optimizer.pt                optimizer + scheduler state (tensors and numbers only)
+    state/optimizer.pt                optimizer + scheduler state (tensors and numbers only); under
+                                      ``train.parallel = "fsdp"`` the scheduler only, and the optimizer in
+    state/optimizer/                  a sharded ``torch.distributed.checkpoint`` (one file per rank; train/parallel.py)
     state/trainer.json                step, RNG states (as lists of bytes), data position
 """
 
@@ -36,14 +38,27 @@ ENCODER_FILE = "history_encoder.safetensors"
 CROSS_ATTENTION_FILE = "cross_attention.safetensors"
 
 
-def save_weights(model: HistoryDiT, cfg: RunConfig, folder: str | Path, dtype: torch.dtype | None = None) -> None:
-    """Write the config and what trained (LoRA or the whole DiT, history producers, enhancers), optionally cast."""
+def save_weights(
+    model: HistoryDiT,
+    cfg: RunConfig,
+    folder: str | Path,
+    dtype: torch.dtype | None = None,
+    gathered: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write the config and what trained (LoRA or the whole DiT, history producers, enhancers), optionally cast.
+
+    ``gathered``: full tensors of the trained weights and the producers'/enhancers' state by ``model``'s state-dict
+    names, for a sharded model whose own parameters are per-rank shards (train/parallel.py ``gather_trained``); the
+    files are the same as a single-process run writes.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg.save(folder / "config.json")
     backbone = model.backbone
     if has_lora(backbone):
-        save_lora(backbone, folder, cfg.train.lora_rank, dtype)
+        save_lora(backbone, folder, cfg.train.lora_rank, dtype, _within(gathered, "backbone.transformer."))
+    elif gathered is not None:
+        raise ValueError("a sharded run trains a LoRA on a frozen base (train.dit = 'lora'), not the whole DiT")
     else:
         if dtype is not None and dtype != next(backbone.parameters()).dtype:
             # save_pretrained writes the module's own tensors, so cast a copy (the small models this is used for)
@@ -51,10 +66,23 @@ def save_weights(model: HistoryDiT, cfg: RunConfig, folder: str | Path, dtype: t
         backbone.save_pretrained(folder / "transformer")
         backbone.write_model_index(folder)  # the folder can be the frozen base of a LoRA run (--model FOLDER)
     metadata = {"methods": cfg.history.method, "rates": ",".join(cfg.history.rates)}
-    for modules, name in ((model.producers, ENCODER_FILE), (model.enhancers, CROSS_ATTENTION_FILE)):
+    for modules, name, prefix in (
+        (model.producers, ENCODER_FILE, "producers."),
+        (model.enhancers, CROSS_ATTENTION_FILE, "enhancers."),
+    ):
         if len(modules):
-            state = {k: _cast(v, dtype) for k, v in modules.state_dict().items()}
-            save_file(state, str(folder / name), metadata=metadata)
+            state = modules.state_dict() if gathered is None else _within(gathered, prefix)
+            if gathered is not None and state.keys() != modules.state_dict().keys():
+                missing = sorted(modules.state_dict().keys() - state.keys())
+                raise ValueError(f"the gathered weights lack {prefix}{missing[:3]} (cannot write {name})")
+            save_file({k: _cast(v, dtype) for k, v in state.items()}, str(folder / name), metadata=metadata)
+
+
+def _within(state: dict[str, torch.Tensor] | None, prefix: str) -> dict[str, torch.Tensor] | None:
+    """The entries of ``state`` under ``prefix``, with the prefix taken off (``None`` stays ``None``)."""
+    if state is None:
+        return None
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -194,12 +222,19 @@ def trained_steps(folder: str | Path) -> int | None:
 
 
 def save_training_state(folder: str | Path, optimizer, scheduler, step: int, data_rng: list[torch.Tensor]) -> None:
-    """Optimizer, scheduler, step, and the window-sampling RNG of every process (``data_rng[rank]``)."""
+    """Optimizer, scheduler, step, and the window-sampling RNG of every process (``data_rng[rank]``).
+
+    ``optimizer=None``: the optimizer's state is written elsewhere (sharded, train/parallel.py); the scheduler's and
+    the rest still here. ``state/trainer.json`` is written last: a folder holding it holds the whole state.
+    """
     folder = Path(folder) / "state"
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "optimizer.pt.tmp"
+    blob = {"scheduler": scheduler.state_dict()}
+    if optimizer is not None:
+        blob["optimizer"] = optimizer.state_dict()
     with open(tmp, "wb") as f:  # through a Python file, so a full disk is an OSError, not torch's "unexpected pos"
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, f)
+        torch.save(blob, f)
     tmp.replace(folder / "optimizer.pt")
     trainer = {
         "step": step,
@@ -213,20 +248,37 @@ def save_training_state(folder: str | Path, optimizer, scheduler, step: int, dat
 
 
 def load_training_state(
-    folder: str | Path, optimizer, scheduler, generator: torch.Generator, rank: int = 0, processes: int = 1
+    folder: str | Path,
+    optimizer,
+    scheduler,
+    generator: torch.Generator,
+    rank: int = 0,
+    processes: int = 1,
+    reshard: bool = False,
 ) -> int:
-    """Restore what :func:`save_training_state` wrote; each process takes back its own sampling RNG."""
+    """Restore what :func:`save_training_state` wrote; each process takes back its own sampling RNG.
+
+    ``optimizer=None``: its state is restored elsewhere (sharded). ``reshard``: the state may come from another
+    number of processes (a sharded run's optimizer is resharded by DCP); rank ``r`` then takes the saved sampling
+    RNG of rank ``r`` when there was one, else a stream of its own seeded from the RNG of rank 0 and ``r`` (the
+    windows then differ from an uninterrupted run's, the weights and the optimizer's state do not).
+    """
     folder = Path(folder) / "state"
     blob = torch.load(folder / "optimizer.pt", weights_only=True)
-    optimizer.load_state_dict(blob["optimizer"])
+    if optimizer is not None:
+        optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     trainer = read_json(folder / "trainer.json", "training state")
     per_process = trainer.get("data_rng_per_process", [trainer["data_rng"]])
-    if len(per_process) != processes:
+    if len(per_process) != processes and not reshard:
         raise ValueError(
             f"{folder.parent} was written by {len(per_process)} training process(es); resume it with the same "
             f"number (this run has {processes}), or start a new run folder"
         )
-    generator.set_state(torch.tensor(per_process[rank], dtype=torch.uint8))
+    if rank < len(per_process):
+        generator.set_state(torch.tensor(per_process[rank], dtype=torch.uint8))
+    else:
+        seed = int(torch.tensor(per_process[0], dtype=torch.uint8)[:8].view(torch.int64).abs().item())
+        generator.manual_seed(seed + rank)
     torch.set_rng_state(torch.tensor(trainer["torch_rng"], dtype=torch.uint8))
     return int(trainer["step"])

@@ -46,14 +46,24 @@ def has_lora(backbone) -> bool:
     return any(isinstance(m, BaseTunerLayer) for m in backbone.transformer.modules())
 
 
-def lora_state_dict(backbone) -> dict[str, torch.Tensor]:
-    """The adapter's weights under diffusers' LoRA keys (``transformer.<module>.lora_A/B.weight``)."""
-    return {PREFIX + k: v for k, v in get_peft_model_state_dict(backbone.transformer).items()}
+def lora_state_dict(backbone, transformer_state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The adapter's weights under diffusers' LoRA keys (``transformer.<module>.lora_A/B.weight``).
+
+    ``transformer_state``: the transformer's state dict to read them from instead of its own (full tensors gathered
+    from a sharded model, whose own parameters are per-rank shards)."""
+    state = get_peft_model_state_dict(backbone.transformer, state_dict=transformer_state)
+    return {PREFIX + k: v for k, v in state.items()}
 
 
-def save_lora(backbone, folder: Path, rank: int, dtype: torch.dtype | None = None) -> None:
+def save_lora(
+    backbone,
+    folder: Path,
+    rank: int,
+    dtype: torch.dtype | None = None,
+    transformer_state: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Write ``lora.safetensors`` (diffusers keys) and the family's portable file (original keys + alpha)."""
-    state = {k: _cpu(v, dtype) for k, v in lora_state_dict(backbone).items()}
+    state = {k: _cpu(v, dtype) for k, v in lora_state_dict(backbone, transformer_state).items()}
     metadata = {"format": "pt", "lora_rank": str(rank), "lora_alpha": str(rank)}
     save_file(state, str(folder / LORA_FILE), metadata=metadata)
     save_file(backbone.portable_lora(state, float(rank)), str(folder / backbone.portable_lora_file), metadata=metadata)

@@ -21,19 +21,20 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, gather_object
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, gather_object
 from torch import nn
 from tqdm.auto import tqdm
 
 from tinyhistory.config import RunConfig
 from tinyhistory.data.cache import CacheSampler, read_empty_prompt
 from tinyhistory.data.clip import WindowSampler, clip_from_config, load_extra_training
-from tinyhistory.files import append_line, repair_jsonl, writing
+from tinyhistory.files import append_line, repair_jsonl, replace_file, writing
 from tinyhistory.geometry import Rate
 from tinyhistory.locks import folder_lock, is_main_rank
 from tinyhistory.system import HistoryDiT, build_codec, torch_dtype
 from tinyhistory.text.cache import empty_prompt, encode_prompts
 from tinyhistory.text.condition import TextCondition
+from tinyhistory.train import parallel
 from tinyhistory.train.checkpoint import (
     base_transformer_reference,
     load_model,
@@ -102,9 +103,13 @@ def batch_for(cfg: RunConfig, sampler: Sampler, picks: torch.Tensor, generator, 
 
 
 @torch.no_grad()
-def heldout_loss(model: HistoryDiT, cfg: RunConfig, sampler: Sampler, caption, windows: int = 16) -> float:
-    """The stage's flow loss on fixed held-out windows with fixed Ω / splits, masks, noise and timesteps."""
-    loss_fn = StageLoss(cfg, model)
+def heldout_loss(
+    model: HistoryDiT, cfg: RunConfig, sampler: Sampler, caption, windows: int = 16, loss_fn: StageLoss | None = None
+) -> float:
+    """The stage's flow loss on fixed held-out windows with fixed Ω / splits, masks, noise and timesteps.
+
+    ``loss_fn``: the sharded run's stage loss (its forward gathers the shards; every rank must call this then)."""
+    loss_fn = loss_fn if loss_fn is not None else StageLoss(cfg, model)
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(1234)
@@ -114,6 +119,27 @@ def heldout_loss(model: HistoryDiT, cfg: RunConfig, sampler: Sampler, caption, w
         losses.append(loss_fn(_to(batch, device), text_batch.to(device)).item() * len(picks))
     model.train()
     return sum(losses) / windows
+
+
+def make_optimizer(model: HistoryDiT, cfg: RunConfig) -> torch.optim.AdamW:
+    """AdamW over what trains: the DiT (LoRA or whole) at ``learning_rate``, the history encoder and enhancers at
+    ``encoder_learning_rate``, block-phase tables at their own rate. Built after any sharding (its parameters are
+    then the shards)."""
+    tc = cfg.train
+    groups = [{"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": tc.learning_rate}]
+    # history.block_phase: the zero-initialised tables need their own, larger rate (they live in the producers)
+    phase_params = [p for table in model.block_phases for p in table.parameters() if p.requires_grad]
+    phase_ids = {id(p) for p in phase_params}
+    encoder_params = [
+        p
+        for p in [*model.producers.parameters(), *model.enhancers.parameters()]
+        if p.requires_grad and id(p) not in phase_ids
+    ]
+    if encoder_params:
+        groups.append({"params": encoder_params, "lr": tc.encoder_learning_rate})
+    if phase_params:
+        groups.append({"params": phase_params, "lr": tc.block_phase_learning_rate})
+    return torch.optim.AdamW(groups, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
 
 
 def prepare_model(cfg: RunConfig, init_from: str | Path | None) -> tuple[HistoryDiT, RunConfig]:
@@ -224,6 +250,7 @@ def _train(
     # Unused parameters are allowed: not every stage and method touches every trainable weight in each step.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
+    check_parallel(cfg, accelerator.distributed_type)
     torch.manual_seed(tc.seed)
 
     # From a checkpoint the architecture is the checkpoint's; the rest of the config (data, schedule) is this run's.
@@ -237,41 +264,57 @@ def _train(
 
     if tc.freeze_encoder:
         model.producers.requires_grad_(False)
-    groups = [{"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": tc.learning_rate}]
-    # history.block_phase: the zero-initialised tables need their own, larger rate (they live in the producers)
-    phase_params = [p for table in model.block_phases for p in table.parameters() if p.requires_grad]
-    phase_ids = {id(p) for p in phase_params}
-    encoder_params = [
-        p
-        for p in [*model.producers.parameters(), *model.enhancers.parameters()]
-        if p.requires_grad and id(p) not in phase_ids
-    ]
-    if encoder_params:
-        groups.append({"params": encoder_params, "lr": tc.encoder_learning_rate})
-    if phase_params:
-        groups.append({"params": phase_params, "lr": tc.block_phase_learning_rate})
-    optimizer = torch.optim.AdamW(groups, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
+    step = 0
+    last = _resumable_checkpoint(out)
+    if last is not None:  # the trained weights before any wrapping or sharding (the state after the optimizer)
+        check_resume_config(cfg, last)
+        restore_trained(model, cfg, last)
+    fsdp = tc.parallel == "fsdp"
+    loss_module = StageLoss(cfg, model)
+    sharded = fsdp and parallel.distributed()
+    if sharded:  # before the optimizer: its parameters are the shards
+        units = parallel.shard(loss_module, model, accelerator.device.type)
+        loss_module.sharded = True
+        accelerator.print(f"FSDP2: {units} sharded units over {accelerator.num_processes} processes")
+    optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    # ``model`` stays the plain HistoryDiT (saved, evaluated); ``stage_loss`` is what trains (DDP-wrapped when several).
-    stage_loss, optimizer, scheduler = accelerator.prepare(StageLoss(cfg, model), optimizer, scheduler)
+    # ``model`` stays the plain HistoryDiT (saved, evaluated); ``stage_loss`` is what trains (DDP-wrapped when several
+    # under "ddp"; under "fsdp" the sharded root itself, which accelerate must not wrap again).
+    if fsdp:
+        optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+        stage_loss = loss_module
+    else:
+        stage_loss, optimizer, scheduler = accelerator.prepare(loss_module, optimizer, scheduler)
+    # Held-out passes of a sharded model go through its root (which gathers the shards), on every rank.
+    eval_loss = stage_loss if sharded else None
     device = accelerator.device
     ema = EMA(model, tc.ema_decay) if tc.ema_decay > 0 else None  # on the device the model now lives on
 
     # Each process draws its own windows (with one shared seed every rank would train on the same batch).
     generator = torch.Generator().manual_seed(tc.seed + accelerator.process_index)
-    step = 0
-    last = _resumable_checkpoint(out)
     if last is not None:
-        check_resume_config(cfg, last)
-        restore_trained(model, cfg, last)
         rank, processes = accelerator.process_index, accelerator.num_processes
-        step = load_training_state(last, optimizer, scheduler, generator, rank, processes)
+        if fsdp:  # DCP reshards the optimizer's state to this run's processes
+            parallel.load_optimizer(last, stage_loss, optimizer)
+        step = load_training_state(
+            last, None if fsdp else optimizer, scheduler, generator, rank, processes, reshard=fsdp
+        )
         if ema is not None:
             ema.load(last)
         accelerator.print(f"resumed from {last} at step {step}")
     main = accelerator.is_main_process
     if main:
         cfg.save(out / "config.json")
+    if fsdp or accelerator.num_processes > 1:  # what each rank holds of the frozen base and of what trains
+        sizes = gather_object([parallel.local_bytes(model)])
+        if main:
+            report = {
+                "parallel": tc.parallel if accelerator.num_processes > 1 else "none (one process)",
+                "processes": accelerator.num_processes,
+                "frozen_bytes_per_rank": [s["frozen"] for s in sizes],
+                "trained_bytes_per_rank": [s["trained"] for s in sizes],
+            }
+            (out / "parallel.json").write_text(json.dumps(report, indent=2) + "\n")
     log = TrainLog(out / "train_log.jsonl" if main else None, resume_step=step)
     stage_loss.train()
     start_time, start_step = time.time(), step
@@ -318,13 +361,16 @@ def _train(
                 due = True
             if due:
                 last_checkpoint = time.time()
-                record = {"step": step, "heldout_loss": round(heldout_loss(model, cfg, heldout_sampler, caption), 6)}
+                held = heldout_loss(model, cfg, heldout_sampler, caption, loss_fn=eval_loss)
+                record = {"step": step, "heldout_loss": round(held, 6)}
                 if ema is not None:
                     with ema.applied(model):
                         record["heldout_loss_ema"] = round(heldout_loss(model, cfg, heldout_sampler, caption), 6)
                 log.write(record)
                 data_rng = gather_object([generator.get_state()])  # every process's sampling RNG, for an exact resume
-                if main:
+                if fsdp:  # every rank gathers and writes its shard of the state
+                    _sharded_checkpoint(out, stage_loss, model, cfg, optimizer, scheduler, step, data_rng, main)
+                elif main:
                     with writing(out / "last", "checkpoint", f"free some space; a rerun resumes from {out / 'last'}"):
                         _atomic_checkpoint(out, model, cfg, optimizer, scheduler, step, data_rng, ema)
                 accelerator.wait_for_everyone()
@@ -337,16 +383,21 @@ def _train(
         return {"method": cfg.history.method, "rates": cfg.history.rates, "steps": step, "final": None}
 
     final = out / "final"
-    if main:
+    gathered = parallel.gather_trained(stage_loss, model) if sharded else None
+    if main:  # written beside, then renamed: a kill never leaves a final/ that looks complete
+        final_tmp = out / "final.tmp"
+        shutil.rmtree(final_tmp, ignore_errors=True)
         with writing(final, "final weights", f"free some space; a rerun writes them again from {out / 'last'}"):
-            save_weights(model, cfg, final, dtype=save_dtype)
+            save_weights(model, cfg, final_tmp, dtype=save_dtype, gathered=gathered)
+        shutil.rmtree(final, ignore_errors=True)
+        final_tmp.rename(final)
     summary = {
         "stage": cfg.train.stage,
         "method": cfg.history.method,
         "rates": cfg.history.rates,
         "sliding_window": cfg.history.sliding_window,
         "steps": step,
-        "heldout_loss": heldout_loss(model, cfg, heldout_sampler, caption),
+        "heldout_loss": heldout_loss(model, cfg, heldout_sampler, caption, loss_fn=eval_loss),
         "final": str(final),
     }
     if ema is not None:
@@ -356,7 +407,7 @@ def _train(
             summary["heldout_loss_ema"] = heldout_loss(model, cfg, heldout_sampler, caption)
         summary["final_ema"] = str(out / "final_ema")
     if main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        replace_file(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode(), "the run summary")
     return summary
 
 
@@ -374,11 +425,22 @@ class StageLoss(nn.Module):
         self.objective = objective_for(cfg.train)
         self.model = model
         self.autocast = torch_dtype(cfg.model.dtype)
+        # Sharded (train.parallel = "fsdp"): all ranks must reduce the same gradients in the same order. So every
+        # trainable weight of the root unit gets a gradient, zero where this rank's batch did not use it, and the
+        # noise requires a gradient, so the first DiT block's input always does and its gradients are reduced as its
+        # backward ends, not in the final callback (stage II with an empty history: the context tokens that
+        # otherwise carry a gradient into that block are absent on some ranks, and the reduce-scatters crossed).
+        self.sharded = False
 
     def forward(self, batch, text: TextCondition) -> torch.Tensor:
         device = next(self.model.parameters()).device
+        if self.sharded and torch.is_grad_enabled():
+            batch.noise = batch.noise.detach().requires_grad_()
         with torch.autocast(device.type, dtype=self.autocast, enabled=self.autocast != torch.float32):
-            return self.objective.loss(self.model, batch, text)
+            loss = self.objective.loss(self.model, batch, text)
+        if self.sharded and torch.is_grad_enabled():
+            loss = loss + sum(p.sum() for p in parallel.outside_blocks(self.model)) * 0.0
+        return loss
 
 
 class TrainLog:
@@ -498,6 +560,26 @@ def _flatten(data: dict, prefix: str = "") -> dict:
     return flat
 
 
+def check_parallel(cfg: RunConfig, distributed_type: DistributedType) -> None:
+    """``train.parallel = "fsdp"`` is the one way to shard: refuse an Accelerate FSDP config (it would wrap the model
+    a second time, its own way) and what the sharded path does not carry (a whole trained DiT, an EMA)."""
+    if distributed_type == DistributedType.FSDP:
+        raise ValueError(
+            "this trainer shards the model itself: launch with a plain multi-process Accelerate config "
+            '(configs/accelerate/multi_gpu.yaml, or --multi_gpu) and set train.parallel = "fsdp" '
+            "(configs/accelerate/README.md)"
+        )
+    if cfg.train.parallel != "fsdp":
+        return
+    if cfg.train.dit != "lora":
+        raise ValueError(
+            "train.parallel = 'fsdp' shards a frozen base under a LoRA (train.dit = 'lora'); a whole trained DiT "
+            "(the tiny preset) fits one card: use train.parallel = 'ddp'"
+        )
+    if cfg.train.ema_decay > 0:
+        raise ValueError("train.ema_decay is not supported with train.parallel = 'fsdp' yet; set it to 0")
+
+
 def _resumable_checkpoint(out: Path) -> Path | None:
     """``OUT/last``, or ``OUT/last.old`` when a run died between the two renames of :func:`_atomic_checkpoint`."""
     for candidate in (out / "last", out / "last.old"):
@@ -520,10 +602,44 @@ def _atomic_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed write (full disk) must not keep the space it took
         raise
+    _swap_in(out, tmp)
+
+
+def _sharded_checkpoint(out: Path, root, model, cfg, optimizer, scheduler, step, data_rng, main: bool) -> None:
+    """:func:`_atomic_checkpoint` of a sharded run (every rank calls it). Rank 0 writes the user's files from
+    gathered tensors into ``last.tmp``; every rank writes its part of the optimizer's state there (DCP); rank 0 then
+    writes ``state/trainer.json`` and swaps the folder in. A save killed at any point leaves ``last.tmp`` without
+    ``trainer.json``, which is never resumed from."""
+    tmp = out / "last.tmp"
+    gathered = parallel.gather_trained(root, model)  # collective
+    hint = f"free some space; a rerun resumes from {out / 'last'}"
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        with writing(out / "last", "checkpoint", hint):
+            save_weights(model, cfg, tmp, gathered=gathered)
+    _barrier()
+    parallel.save_optimizer(tmp, root, optimizer)  # collective: DCP writes .metadata after every rank's shard
+    if main:
+        with writing(out / "last", "checkpoint", hint):
+            save_training_state(tmp, None, scheduler, step, data_rng)
+        _swap_in(out, tmp)
+
+
+def _barrier() -> None:
+    if parallel.distributed():
+        torch.distributed.barrier()
+
+
+def _swap_in(out: Path, tmp: Path) -> None:
+    """Make the complete ``tmp`` folder ``out/last`` (``last.old`` covers the moment between the two renames).
+
+    ``last.old`` is removed only while a complete ``last`` exists: after a kill between the renames it is the only
+    checkpoint, and clearing it before ``tmp`` is in place would leave a half-deleted folder to resume from.
+    """
     last = out / "last"
     old = out / "last.old"
-    shutil.rmtree(old, ignore_errors=True)
     if last.exists():
+        shutil.rmtree(old, ignore_errors=True)
         last.rename(old)
     tmp.rename(last)
     shutil.rmtree(old, ignore_errors=True)
