@@ -39,6 +39,7 @@ def ti2v() -> dict[tuple[str, float], CostRow]:
         proposed_rates=(("4x4x2",),),
         kv_cache=False,
         block_causal=False,
+        tier_sets=(),
     )
     return {(r.method, r.history_seconds): r for r in cost_rows(settings)}
 
@@ -93,6 +94,12 @@ def test_cli_json_rows(capsys):
     assert main(["cost", "--preset", "tiny", "--history", "8", "--steps", "10", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert all(FIELDS <= set(r) for r in rows)
+    tiered = [r for r in rows if r["tiers"] is not None]  # the default tier set: uncached and block-causal
+    assert [(r["rates"], r["tiers"], r["context_attention"]) for r in tiered] == [
+        (["4x4x2", "8x8x4"], [20.0], "full"),
+        (["4x4x2", "8x8x4"], [20.0], "block_causal"),
+    ]
+    rows = [r for r in rows if r["tiers"] is None]
     plain = [r for r in rows if not r["kv_cache"]]
     assert {r["method"] for r in plain} == {"no_history", "full", "window", "framepack", "proposed"}
     assert len(plain) == 7  # no_history, full, window, framepack, proposed at three rate sets
@@ -131,6 +138,7 @@ def test_block_causal_incremental_cache_rows():
         history_seconds=(10.0, 60.0, 120.0),
         methods=("no_history", "proposed"),
         proposed_rates=(("4x4x2",),),
+        tier_sets=(),
     )
     rows = cost_rows(settings)
     causal = {r.history_seconds: r for r in rows if r.context_attention == "block_causal"}
@@ -177,6 +185,7 @@ def test_hunyuanvideo_is_counted_at_its_real_size_with_the_papers_token_counts()
         proposed_rates=(("4x4x2",),),
         kv_cache=False,
         block_causal=False,
+        tier_sets=(),
     )
     rows = {(r.method, r.history_seconds): r for r in cost_rows(settings)}
     assert rows["full", 20.0].context_tokens == 187_200 and rows["full", 60.0].context_tokens == 561_600

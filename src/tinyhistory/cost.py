@@ -36,6 +36,14 @@ the same cached step, plus the per-segment cache work of the incremental cache t
 completed since the last segment (about one second of history tokens) run through every DiT block, attending to
 the whole cache and to themselves, **once for both CFG branches** (the context reads no prompt), averaged over one
 cycle of segments and blocks like the encoder's append; spread over ``steps × branches`` forwards.
+
+Tier rows (``history.tiers``, :data:`TIER_SETS`; ``tiers`` set on the row): the proposed encoders as tiers, the
+newest seconds at the first rate and older history coarser (history/tiers.py), uncached and block-causal. The
+producers' append is every rate encoding the new blocks (the session keeps every rate's tokens); the block-causal
+cache work per segment is counted as the session does it over one cycle of moves (lcm of the segment and the move):
+the new blocks' append, and at a move the recompute of everything from the moved chunk on (its coarser tokens and
+every newer block, which attended to it), averaged over the cycle; ``cache_move_tflops`` is the moves' share of it
+(what the recompute costs beyond appending the same new blocks).
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ from tinyhistory.geometry import BaseGeometry, Rate, get_base, history_grid, tem
 from tinyhistory.history.base import tokens_from_grid
 from tinyhistory.history.patchifier import LargePatchifier
 from tinyhistory.history.streaming import IncrementalHistory
+from tinyhistory.history.tiers import TierPlan
 from tinyhistory.model_configs import COST_PRESET_MODELS, meta_transformer
 from tinyhistory.registry import BACKBONES
 from tinyhistory.system import HistoryDiT
@@ -70,6 +79,43 @@ FRAMEPACK_BUDGET_RATE = Rate(4, 4, 2)
 # own patch embedding; the others are Large Patchifiers, the project's FramePack-equivalent kernels).
 FRAMEPACK_TIERS = (Rate(1, 1, 1), Rate(2, 2, 2), Rate(4, 4, 4), Rate(8, 8, 8))
 TERA = 1e12
+
+
+@dataclass(frozen=True)
+class TierSet:
+    """One tier layout of the proposed encoders (``history.rates`` + ``history.tiers`` + ``history.tier_move``)."""
+
+    rates: tuple[str, ...]  # newest (finest) first
+    seconds: tuple[float, ...]  # every tier's length but the last's
+    move: float  # seconds moved to the next tier at once
+
+    @classmethod
+    def parse(cls, text: str, move: float) -> TierSet:
+        """``"4x4x2:20+8x8x4"`` (rate:seconds for every tier but the last, newest first) → a tier set."""
+        parts = text.split("+")
+        rates, seconds = [], []
+        for i, part in enumerate(parts):
+            rate, _, length = part.partition(":")
+            Rate.parse(rate)
+            rates.append(rate)
+            if i < len(parts) - 1:
+                try:
+                    seconds.append(float(length))
+                except ValueError:
+                    raise ValueError(f"tier {part!r} of {text!r} needs its seconds, e.g. 4x4x2:20") from None
+            elif length:
+                raise ValueError(f"the last tier of {text!r} holds the rest of the history: give no seconds")
+        if len(rates) < 2:
+            raise ValueError(f"tiers {text!r} need at least two rates, e.g. 4x4x2:20+8x8x4")
+        return cls(tuple(rates), tuple(seconds), move)
+
+    def __str__(self) -> str:
+        tiers = [f"{r}:{s:g}s" for r, s in zip(self.rates, self.seconds, strict=False)] + [self.rates[-1]]
+        return "+".join(tiers) + f" (moves of {self.move:g}s)"
+
+
+# The issue's example: the newest 20 s at 4×4×2, older history at 8×8×4, moved 10 s at a time.
+TIER_SETS: tuple[TierSet, ...] = (TierSet(("4x4x2", "8x8x4"), (20.0,), 10.0),)
 T = TypeVar("T")
 
 
@@ -91,6 +137,8 @@ class CostSettings:
     kv_cache: bool = True  # also the history-KV-cache rows, where the adapter has build_context_cache
     # also the block-causal incremental-cache rows (proposed only), where the adapter has use_block_causal
     block_causal: bool = True
+    # tiered proposed encoders (``history.tiers``): uncached and block-causal rows for each (with ``proposed``)
+    tier_sets: tuple[TierSet, ...] = TIER_SETS
 
     @property
     def branches(self) -> int:
@@ -120,6 +168,10 @@ class CostRow:
     history_overhead: float  # step_tflops / no-history step − 1
     schedule: list[dict] | None = field(default=None)  # framepack: tiers newest → oldest
     context_attention: str = "full"  # "block_causal": the incremental cache's rows
+    tiers: list[float] | None = None  # tier rows: every tier's seconds but the last's (rates: newest first)
+    tier_move: float | None = None  # tier rows: seconds moved to the next tier at once
+    # tier rows, block-causal: the moves' share of cache_build_tflops per segment (recompute beyond the append)
+    cache_move_tflops: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -251,6 +303,9 @@ class CostModel:
         with torch.device("meta"):
             self.patchifiers = {r: LargePatchifier(str(r), bb.patch_embedding) for r in FRAMEPACK_TIERS[1:]}
             self.encoders = {rates: self._proposed_model(rates) for rates in s.proposed_rates}
+            tiered = s.tier_sets if "proposed" in s.methods else ()
+            self.tiered = {spec: self._tiered_model(spec) for spec in tiered}
+        self._append_memo: dict[tuple[int, int], int] = {}  # (prior tokens, added tokens) → block-causal append
 
     # -- building blocks -------------------------------------------------------------------------------------
     def latent_frames(self, seconds: float) -> int:
@@ -279,6 +334,20 @@ class CostModel:
         """The preset's history encoder(s) at ``rates``, as the training builds them (``HistoryDiT.from_config``)."""
         rate_list = ",".join(f'"{r}"' for r in rates)
         cfg = load_config(self.settings.preset, overrides=['history.method="proposed"', f"history.rates=[{rate_list}]"])
+        return HistoryDiT.from_config(cfg, self.backbone)
+
+    def _tiered_model(self, spec: TierSet) -> HistoryDiT:
+        """The preset's encoders at ``spec``'s rates laid out as its tiers (``HistoryDiT.from_config``)."""
+        rate_list = ",".join(f'"{r}"' for r in spec.rates)
+        seconds = ",".join(f"{x:g}" for x in spec.seconds)
+        overrides = [
+            'history.method="proposed"',
+            f"history.rates=[{rate_list}]",
+            f"history.tiers=[{seconds}]",
+            f"history.tier_move={spec.move:g}",
+        ]
+        cfg = load_config(self.settings.preset, overrides=overrides)
+        cfg.data.fps = self.fps  # the tiers' seconds at the counted frame rate
         return HistoryDiT.from_config(cfg, self.backbone)
 
     def hr(self, frames: int) -> torch.Tensor:
@@ -426,6 +495,114 @@ class CostModel:
         lrs = [self.lr(frames, p.rate) if p.uses_lr else None for p in encoder.producers]
         return encoder.encode_history(self.hr(frames), lrs, frame_offset=start)
 
+    # -- tiers ------------------------------------------------------------------------------------------------
+    def tier_context(self, model: HistoryDiT, frames: int) -> ContextTokens | None:
+        """The tiered context after ``frames`` history frames (positions and blocks), as training and sessions see
+        it."""
+        lrs = [self.lr(frames, p.rate) if p.uses_lr else None for p in model.producers]
+        return model.encode_history(self.hr(frames), lrs)
+
+    def tier_cache_work(self, model: HistoryDiT, frames: int) -> tuple[float, float]:
+        """The block-causal cache's work per segment with tiers in steady state after ``frames`` history frames, and
+        the moves' share of it, over one cycle of moves (lcm of the segment and the move, in segments) as
+        :meth:`GenerationSession.history_cache` does it: after each segment's whole blocks, the cache is kept up to
+        the earliest frame whose tier changed (all of it without a move) and the tiered context from there on is
+        appended, attending to what was kept. The share of the moves is that work less what appending the same
+        new blocks to an unchanged cache would have cost."""
+        plan: TierPlan = model.tiers
+        segments = math.lcm(self.segment_frames, plan.move) // self.segment_frames
+        encoded = frames // plan.block * plan.block
+        pending = frames - encoded
+        total = moves = 0
+        for _ in range(segments):
+            pending += self.segment_frames
+            whole = pending // plan.block * plan.block
+            if not whole:
+                continue
+            after = encoded + whole
+            context = self.tier_context(model, after)
+            keep = plan.unchanged(encoded, after)
+            kept = self._tier_tokens_before(plan, after, keep)
+            work = self._count_append(context.narrow(0, kept), context.narrow(kept))
+            total += work
+            if keep < encoded:  # a move: compare with appending the new blocks to the cache of before
+                before = self.tier_context(model, encoded)
+                new = context.narrow(self._tier_tokens_before(plan, after, encoded))
+                moves += work - self._count_append(before, new)
+            encoded, pending = after, pending - whole
+        return total / segments, moves / segments
+
+    def _tier_tokens_before(self, plan: TierPlan, frames: int, before: int) -> int:
+        """How many tokens of the tiered context of ``frames`` frames lie before frame ``before`` (the context is in
+        time order; counted from the layout, since meta tensors hold no values to compare)."""
+        h, w = self.grid_hw
+        count = 0
+        for rate, (start, end) in zip(plan.rates, plan.spans(frames), strict=True):
+            count += max(0, min(end, before) - start) // rate.t * (h // rate.h) * (w // rate.w)
+        return count
+
+    def _count_append(self, prior: ContextTokens, added: ContextTokens) -> int:
+        """FLOPs of appending ``added`` to a block-causal cache of ``prior``'s tokens (FLOPs depend on the counts
+        only, so each pair is counted once)."""
+        key = (prior.num_tokens, added.num_tokens)
+        if key not in self._append_memo:
+            model = self.causal_dit
+            cache = model.build_context_cache(prior, None) if prior.num_tokens else None  # shapes only
+            self._append_memo[key] = count_flops(lambda: model.build_context_cache(added, None, cache))[1]
+        return self._append_memo[key]
+
+    def _tier_rows(
+        self, spec: TierSet, model: HistoryDiT, seconds: float, frames: int, baseline: int, per_second: float
+    ) -> list[CostRow]:
+        """A tier set's rows at one history length: uncached, and block-causal with its cache work and moves."""
+        s = self.settings
+        forwards = s.steps * s.branches
+        context, whole = count_flops(lambda: self.tier_context(model, frames))
+        append = self._append_flops(model, frames)
+        common = dict(
+            preset=s.preset,
+            method="proposed",
+            rates=list(spec.rates),
+            history_seconds=seconds,
+            history_frames=frames,
+            context_tokens=context.num_tokens,
+            producer_tflops=whole / TERA,
+            append_tflops=append / TERA,
+            tiers=list(spec.seconds),
+            tier_move=spec.move,
+        )
+        step = self.dit_step(context, frames)
+        total = step + append / forwards
+        rows = [
+            CostRow(
+                **common,
+                kv_cache=False,
+                dit_step_tflops=step / TERA,
+                cache_build_tflops=0.0,
+                step_tflops=total / TERA,
+                second_tflops=(step * forwards + append) * per_second / TERA,
+                history_overhead=total / baseline - 1,
+            )
+        ]
+        if self.causal_dit is not None:
+            step = self.causal_step(context, frames)
+            work, moves = self.tier_cache_work(model, frames)
+            total = step + (work + append) / forwards
+            rows.append(
+                CostRow(
+                    **common,
+                    kv_cache=True,
+                    dit_step_tflops=step / TERA,
+                    cache_build_tflops=work / TERA,
+                    step_tflops=total / TERA,
+                    second_tflops=(step * forwards + work + append) * per_second / TERA,
+                    history_overhead=total / baseline - 1,
+                    context_attention="block_causal",
+                    cache_move_tflops=moves / TERA,
+                )
+            )
+        return rows
+
     # -- rows -------------------------------------------------------------------------------------------------
     def variants(self) -> list[tuple[str, tuple[str, ...]]]:
         out: list[tuple[str, tuple[str, ...]]] = []
@@ -487,6 +664,8 @@ class CostModel:
                     )
                 if self.causal_dit is not None and k and method == "proposed":
                     out.append(self._causal_row(common, context, rates, frames, append, baseline, per_second))
+            for spec, model in self.tiered.items():
+                out += self._tier_rows(spec, model, seconds, frames, baseline, per_second)
         return out
 
     def _causal_row(
@@ -538,6 +717,9 @@ def markdown_table(rows: list[CostRow]) -> str:
     for r in rows:
         if r.schedule:  # framepack: each tier's rate and latent frames, newest first
             rates = " ".join(f"{t['rate']}:{t['frames']}f" for t in r.schedule)
+        elif r.tiers is not None:  # tiers: each tier's rate and seconds, newest first, and the move
+            rates = "+".join(f"{x}:{t:g}s" for x, t in zip(r.rates, r.tiers, strict=False))
+            rates += f"+{r.rates[-1]} (tiers, moves of {r.tier_move:g}s)"
         else:
             rates = "+".join(r.rates)
         kv = "block-causal" if r.context_attention == "block_causal" else cache[r.kv_cache]

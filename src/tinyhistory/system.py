@@ -22,6 +22,7 @@ from tinyhistory.backbones.base import (
 from tinyhistory.config import RunConfig
 from tinyhistory.geometry import temporal_block
 from tinyhistory.history.phase import BlockPhase
+from tinyhistory.history.tiers import TierPlan, encode_tiers
 from tinyhistory.paths import resolve_path
 from tinyhistory.registry import BACKBONES, CODECS, HISTORY_METHODS
 from tinyhistory.text.condition import TextCondition
@@ -110,9 +111,10 @@ class CrossAttentionEnhancer(nn.Module):
 class HistoryDiT(nn.Module):
     """Backbone + history producers: ``velocity = model(x_t, t, text, context, frame_positions)``.
 
-    ``history_context(hr, lr)`` builds what the DiT sees of a history: the producers' compressed tokens, then
-    (``sliding_window`` > 0) the last latent frames uncompressed at their true positions, and (``cross_attention``)
-    the encoder features that the per-block enhancers attend to.
+    ``history_context(hr, lr)`` builds what the DiT sees of a history: the producers' compressed tokens (with
+    ``tiers``, each producer on its tier's span of the history, history/tiers.py), then (``sliding_window`` > 0) the
+    last latent frames uncompressed at their true positions, and (``cross_attention``) the encoder features that the
+    per-block enhancers attend to.
     """
 
     def __init__(
@@ -121,12 +123,16 @@ class HistoryDiT(nn.Module):
         producers: nn.ModuleList,
         sliding_window: int = 0,
         enhancers: nn.ModuleList | None = None,
+        tiers: TierPlan | None = None,
     ):
         super().__init__()
         self.backbone = backbone
         self.producers = producers
         self.sliding_window = sliding_window
         self.enhancers = enhancers if enhancers is not None else nn.ModuleList()
+        if tiers is not None and [p.rate for p in producers] != list(tiers.rates):
+            raise ValueError(f"history.tiers' rates {list(tiers.rates)} are not the producers' {self.rates}")
+        self.tiers = tiers
 
     @classmethod
     def from_config(cls, cfg: RunConfig, backbone: Backbone | None = None) -> HistoryDiT:
@@ -152,7 +158,8 @@ class HistoryDiT(nn.Module):
             backbone.use_block_causal(False)
         if cfg.history.value_rope:
             backbone.use_value_rope()
-        return cls(backbone, producers, cfg.history.sliding_window, enhancers)
+        tiers = TierPlan.from_config(cfg.history, cfg.base, cfg.data.fps)
+        return cls(backbone, producers, cfg.history.sliding_window, enhancers, tiers)
 
     @property
     def rates(self) -> list:
@@ -169,10 +176,15 @@ class HistoryDiT(nn.Module):
     def encode_history(
         self, hr_latents: torch.Tensor, lr_latents: list[torch.Tensor | None], frame_offset: int = 0
     ) -> ContextTokens | None:
-        """History latents (and one LR latent per producer) → concatenated compressed tokens, or None."""
+        """History latents (and one LR latent per producer) → concatenated compressed tokens, or None. With tiers:
+        each producer's tokens of its tier's span, oldest tier first (None before the first whole block)."""
         if len(self.producers) == 0:
             return None
         features = len(self.enhancers) > 0
+        if self.tiers is not None:
+            embed = self.backbone.patch_embed
+            tiered = encode_tiers(self.tiers, self.producers, hr_latents, lr_latents, embed, frame_offset, features)
+            return self.with_blocks(tiered) if tiered is not None else None
         parts = [
             producer(hr_latents, lr, self.backbone.patch_embed, frame_offset, return_features=features)
             for producer, lr in zip(self.producers, lr_latents, strict=True)

@@ -62,11 +62,13 @@ class ContextTokens:
             torch.cat(blocks, 1) if blocks else None,
         )
 
-    def narrow(self, start: int) -> ContextTokens:
-        """Tokens (and features and blocks, which come one per token) from index ``start`` on."""
-        features = self.features[:, start:] if self.features is not None else None
-        blocks = self.blocks[:, start:] if self.blocks is not None else None
-        return ContextTokens(self.tokens[:, start:], self.positions[:, start:], features, blocks)
+    def narrow(self, start: int, length: int | None = None) -> ContextTokens:
+        """Tokens (and features and blocks, which come one per token) from index ``start`` on (``length`` of them;
+        default: to the end)."""
+        stop = self.num_tokens if length is None else start + length
+        features = self.features[:, start:stop] if self.features is not None else None
+        blocks = self.blocks[:, start:stop] if self.blocks is not None else None
+        return ContextTokens(self.tokens[:, start:stop], self.positions[:, start:stop], features, blocks)
 
     def repeat(self, times: int) -> ContextTokens:
         """The same history ``times`` over along the batch (the two halves of a guided batch)."""

@@ -56,6 +56,13 @@ class ContextCache:
     def num_tokens(self) -> int:
         return self.keys[0].shape[1] if self.keys else 0
 
+    def prefix(self, n: int) -> ContextCache:
+        """The first ``n`` cached tokens in every block (a block-causal cache's oldest blocks, which attend to nothing
+        after them: what stays valid when later tokens change, e.g. when tiered history moves a chunk)."""
+        features = self.features[:, :n] if self.features is not None else None
+        blocks = self.blocks[:, :n] if self.blocks is not None else None
+        return ContextCache([k[:, :n] for k in self.keys], [v[:, :n] for v in self.values], features, blocks)
+
     def extended(self, new: ContextCache) -> ContextCache:
         """This cache followed by ``new``'s tokens in every block (a new object; this one is left as it was, so a
         segment's sliding window can be added for one segment only). Features: both caches' (the window has none)."""

@@ -28,6 +28,11 @@ so the session keeps them from segment to segment and appends only the blocks en
 for both CFG branches and across prompt switches; the sliding window's frames (if any) are the newest block, added
 for one segment only. That cache is not saved: a loaded session rebuilds it from the saved history tokens at its
 first segment (equal to the grown one within float rounding; a one-time cost of one pass over the history).
+
+With tiered rates (``history.tiers``, ``history/tiers.py``) every encoder still encodes every new block, and the DiT
+sees each tier's span of its encoder's tokens, oldest tier first. When whole chunks move to a coarser tier, the
+block-causal cache keeps its prefix before the earliest moved chunk and recomputes the rest (the moved chunk's new
+tokens and every newer block, which attended to it), so it always equals a fresh build at the current layout.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from tinyhistory.files import read_tensors
 from tinyhistory.flow import TIMESTEP_SCALE
 from tinyhistory.geometry import temporal_block
 from tinyhistory.history.streaming import IncrementalHistory
+from tinyhistory.history.tiers import select_tiers
 from tinyhistory.paths import resolve_path
 from tinyhistory.text.condition import TextCondition
 
@@ -220,6 +226,7 @@ class GenerationSession:
         # they hold (rebuilt from the tokens after ``load``, never saved).
         self._history_kv = None
         self._history_kv_tokens = [0] * len(self.caches)
+        self._history_kv_frames = 0  # with tiers: the encoded frames whose layout the kept cache holds
 
     def _autocast(self):
         """The DiT and the encoders run under autocast when the base keeps a low dtype (``model.dtype``, bfloat16
@@ -319,7 +326,11 @@ class GenerationSession:
         return ContextTokens.concat(parts) if parts else None
 
     def _encoded_context(self) -> ContextTokens | None:
-        """Every encoder's tokens so far, with their temporal blocks."""
+        """Every encoder's tokens so far (with tiers: each tier's span of them), with their temporal blocks."""
+        if self.model.tiers is not None:
+            frames = self.caches[0].frames_encoded
+            tiered = select_tiers(self.model.tiers, [c.context for c in self.caches], frames) if frames else None
+            return self.model.with_blocks(tiered) if tiered is not None else None
         parts = [c.context for c in self.caches if c.frames_encoded > 0]
         return self.model.with_blocks(ContextTokens.concat(parts)) if parts else None
 
@@ -341,6 +352,8 @@ class GenerationSession:
         context = context if context is not None else self.context()
         if context is None or not (backbone.block_causal and backbone.kv_cache):
             return None
+        if self.model.tiers is not None:
+            return self._tiered_cache(context)
         encoded = sum(c.context.num_tokens for c in self.caches if c.frames_encoded > 0)
         window = context.narrow(encoded) if context.num_tokens > encoded else None  # the newest block
         new = [
@@ -352,6 +365,25 @@ class GenerationSession:
             added = self.model.with_blocks(ContextTokens.concat(new))
             self._history_kv = self.model.build_context_cache(added, None, self._history_kv)
             self._history_kv_tokens = [c.context.num_tokens if c.frames_encoded else 0 for c in self.caches]
+        if window is None:
+            return self._history_kv
+        return self.model.build_context_cache(window, None, self._history_kv)
+
+    def _tiered_cache(self, context: ContextTokens):
+        """:meth:`history_cache` with tiers: the kept cache up to the earliest chunk that moved to a coarser tier since
+        the last segment (all of it if none moved), then the tiered context from there on (the new blocks, or the
+        moved chunk's coarse tokens and every newer block) attending to it; plus the sliding window."""
+        encoded = self._encoded_context()
+        frames = self.caches[0].frames_encoded
+        n = encoded.num_tokens if encoded is not None else 0
+        window = context.narrow(n) if context.num_tokens > n else None  # the newest block
+        if encoded is not None and (self._history_kv is None or frames != self._history_kv_frames):
+            keep = self.model.tiers.unchanged(self._history_kv_frames, frames) if self._history_kv is not None else 0
+            kept = int((encoded.blocks[0] < keep // self.model.tiers.block).sum())
+            prior = self._history_kv.prefix(kept) if kept else None
+            added = encoded.narrow(kept)
+            self._history_kv = self.model.build_context_cache(added, None, prior) if added.num_tokens else prior
+            self._history_kv_frames = frames
         if window is None:
             return self._history_kv
         return self.model.build_context_cache(window, None, self._history_kv)
@@ -487,6 +519,8 @@ class GenerationSession:
             "cross_attention": len(self.model.enhancers) > 0,
             # the model's own (a --set after loading does not change the model it was built as)
             "context_attention": "block_causal" if self.model.backbone.block_causal else "full",
+            # history.tiers, in latent frames (what the layout and the cache depend on); None without tiers
+            "tiers": self.model.tiers.describe() if self.model.tiers is not None else None,
             "latents": list(self.latents.shape[1:2]) + list(self.latents.shape[3:]),
             "temporal_factor": self.codec.temporal_factor,
         }
@@ -515,6 +549,7 @@ class GenerationSession:
         session = cls(model, cfg, codec, encode_text, settings, device)
         wanted, made = session.identity(), meta.get("model", {})
         made.setdefault("context_attention", "full")  # sessions saved before the setting existed
+        made.setdefault("tiers", None)
         differ = [k for k in wanted if made.get(k) != wanted[k]]
         if differ:
             details = "; ".join(f"{k}: session {made.get(k)!r}, this model {wanted[k]!r}" for k in differ)
