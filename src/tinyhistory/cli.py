@@ -12,9 +12,14 @@ from pathlib import Path
 def _cmd_context(args: argparse.Namespace) -> int:
     from tinyhistory.geometry import Rate, context_report, get_base
 
-    report = context_report(
-        get_base(args.base), args.height, args.width, args.fps, args.seconds, [Rate.parse(r) for r in args.rate]
-    )
+    base = get_base(args.base)
+    pixels = base.vae_spatial * max(base.patch[1:])  # one DiT token's side in pixels
+    if min(args.height, args.width) < pixels:
+        raise ValueError(
+            f"--height {args.height} --width {args.width}: below one DiT patch of {base.name} ({pixels} pixels a side: "
+            f"VAE ×{base.vae_spatial}, patch {base.patch[1]}×{base.patch[2]}); such a frame has no tokens"
+        )
+    report = context_report(base, args.height, args.width, args.fps, args.seconds, [Rate.parse(r) for r in args.rate])
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -27,7 +32,7 @@ def _cmd_context(args: argparse.Namespace) -> int:
 
 def _cmd_cost(args: argparse.Namespace) -> int:
     """Exact FLOPs of each history method for a preset (meta device: a 14B DiT costs seconds, no weights)."""
-    from tinyhistory.cost import PROPOSED_RATES, CostModel, CostSettings, markdown_table
+    from tinyhistory.cost import PROPOSED_RATES, TIER_SETS, CostModel, CostSettings, TierSet, markdown_table
 
     settings = CostSettings(
         preset=args.preset,
@@ -42,6 +47,7 @@ def _cmd_cost(args: argparse.Namespace) -> int:
         proposed_rates=tuple(tuple(r.split("+")) for r in args.rate) if args.rate else PROPOSED_RATES,
         kv_cache=args.kv_cache,
         block_causal=args.block_causal,
+        tier_sets=_tier_sets(args.tiers, args.tier_move, TIER_SETS, TierSet),
     )
     model = CostModel(settings)
     rows = model.rows()
@@ -52,6 +58,15 @@ def _cmd_cost(args: argparse.Namespace) -> int:
         print()
         print(markdown_table(rows))
     return 0
+
+
+def _tier_sets(specs: list[str] | None, move: float | None, default: tuple, tier_set) -> tuple:
+    """``--tiers`` (``none``: no tier rows; unset: the default set) with ``--tier-move`` seconds."""
+    if specs is None:
+        return default if move is None else tuple(tier_set(d.rates, d.seconds, move) for d in default)
+    if specs == ["none"]:
+        return ()
+    return tuple(tier_set.parse(spec, move if move is not None else default[0].move) for spec in specs)
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -90,6 +105,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
     cfg = load_config(args.preset, args.config, overrides)
+    _check_train_outputs(cfg, args.out, args.init_from)
     dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.save_dtype]
     summary = train(
         cfg,
@@ -167,9 +183,25 @@ def _cmd_codec_train(args: argparse.Namespace) -> int:
         channels=tuple(args.channels),
         seed=args.seed,
         checkpoint_minutes=args.checkpoint_minutes,
+        checkpoint_every=args.checkpoint_every,
     )
     print(json.dumps(train_codec(settings, progress=not args.no_progress), indent=2))
     return 0
+
+
+def _check_train_outputs(cfg, out: str, init_from: str | None) -> None:
+    """What ``train`` writes in ``--out`` never is, holds or lies inside what it reads (:mod:`tinyhistory.inputs`)."""
+    from tinyhistory.inputs import check_outputs_spare_inputs, inputs_of
+    from tinyhistory.locks import LOCK_NAME
+
+    folder = Path(out)
+    written = [folder / name for name in ("config.json", "train_log.jsonl", "summary.json", LOCK_NAME, "last",
+                                          "last.tmp", "last.old", "final", "final_ema")]  # fmt: skip
+    read = [("--init-from", init_from), ("model.path (--model)", cfg.model.path), ("data.cache", cfg.data.cache),
+            ("data.video", cfg.data.video), ("codec.path", cfg.codec.path), ("text.path", cfg.text.path),
+            ("text.cache", cfg.text.cache), ("backbone.base_transformer", cfg.backbone.base_transformer)]  # fmt: skip
+    read += [("data.extra_train_videos", v) for v in cfg.data.extra_train_videos]
+    check_outputs_spare_inputs("--out", out, written, inputs_of(read))
 
 
 def _cmd_data_prepare(args: argparse.Namespace) -> int:
@@ -180,6 +212,15 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
     source, out = args.input or cfg.prepare.input, args.out or cfg.prepare.out
     if not source or not out:
         raise ValueError("data prepare needs --input and --out (or prepare.input / prepare.out in the --config TOML)")
+    from tinyhistory.inputs import check_outputs_spare_inputs, inputs_of
+    from tinyhistory.locks import LOCK_NAME
+
+    names = ("shards", "manifest.jsonl", "report.json", "report.rank0.json", "empty_prompt.safetensors", LOCK_NAME)
+    written = [Path(out), *(Path(out) / name for name in names)]
+    read = inputs_of([("--input", source)], inside_ok=True)  # (a cache folder beside the videos is not a video)
+    read += inputs_of([("model.path (--model)", cfg.model.path), ("codec.path", cfg.codec.path),
+                       ("text.path", cfg.text.path)])  # fmt: skip
+    check_outputs_spare_inputs("--out", out, written, read)
     return run_prepare(cfg, source, out, args.window_frames, prune=args.prune)
 
 
@@ -246,6 +287,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         "segment_frames": args.segment_frames,
         "flow_shift": args.flow_shift,
     }
+    _check_sampling_limits(args)
+    from tinyhistory.inputs import check_outputs_spare_inputs, inputs_of
+
+    out = Path(args.out)
+    written = [out.with_name(out.name + suffix) for suffix in ("", ".session", ".png", ".segments.jsonl", ".lock",
+                                                               ".previous.mp4")]  # fmt: skip
+    read = inputs_of([("--checkpoint", args.checkpoint), ("--model", args.model)], inside_ok=True)
+    files = inputs_of([("--storyboard", args.storyboard), ("--history", args.history), ("--image", args.image)])
+    read += [given for given in files if given.path.is_file()]  # (not a file: generate says what is wrong with it)
+    check_outputs_spare_inputs("--out", out, written, read)  # (--resume's session is its own output: continued)
     result = generate(
         args.checkpoint,
         args.storyboard,
@@ -263,6 +314,60 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     )
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _check_sampling_limits(args: argparse.Namespace) -> None:
+    """Steps, seed and segment length within what the run can use (:mod:`tinyhistory.limits`), before the model
+    loads. The segment's bound needs the storyboard and the checkpoint's fps; where either does not read, ``generate``
+    says why in its own words."""
+    from tinyhistory.limits import check_sampling_steps, check_seed, check_segment_frames
+
+    check_sampling_steps(args.steps)
+    check_seed(args.seed)
+    if args.segment_frames is None and args.history is None:
+        return
+    try:
+        from tinyhistory.paths import resolve_path
+        from tinyhistory.text.storyboard import Storyboard
+        from tinyhistory.train.checkpoint import read_config
+
+        story = Storyboard.load(resolve_path(args.storyboard))
+        cfg = read_config(resolve_path(args.checkpoint))
+    except (OSError, ValueError):
+        return
+    # (temporal factor 1: pixel frames bound latent frames for every codec, without loading one)
+    check_segment_frames(args.segment_frames, story.duration, cfg.data.fps, 1, cfg.train.segment_frames)
+    if args.history is not None:
+        _check_history_length(resolve_path(args.history), cfg)
+
+
+# Pixel frames per latent frame of each codec kind, and whether the first frame is a latent frame of its own (the
+# causal VAEs: 1 + 4k frames); a kind not listed is not checked here.
+_TEMPORAL = {"pixel": (1, False), "learned": (1, False), "wan": (4, True), "hunyuan": (4, True)}
+
+
+def _check_history_length(history: Path, cfg) -> None:
+    """A ``--history`` shorter than one history block (the encoders' temporal rate, in latent frames) gives the model
+    no history at all: the run would go on as if none was given. An error instead, naming the lengths."""
+    from tinyhistory.data.video import count_video_frames
+    from tinyhistory.geometry import Rate
+
+    if cfg.history.method == "no_history" or cfg.codec.kind not in _TEMPORAL or not history.is_file():
+        return
+    factor, causal = _TEMPORAL[cfg.codec.kind]
+    block = max(Rate.parse(r).t for r in cfg.history.rates)  # latent frames
+    try:
+        frames = count_video_frames(history, cfg.data.fps)
+    except (OSError, ValueError):
+        return  # generate names what is wrong with the file
+    latent = (1 + (frames - 1) // factor if frames else 0) if causal else frames // factor
+    if latent < block:
+        needed = 1 + (block - 1) * factor if causal else block * factor
+        raise ValueError(
+            f"--history {history}: {frames} frame(s) at {cfg.data.fps:g} fps make {latent} latent frame(s), fewer "
+            f"than one history block ({block} latent frames, rates {', '.join(cfg.history.rates)}); the model would "
+            f"see no history. Give at least {needed} frames ({needed / cfg.data.fps:g} s), or --image for one frame"
+        )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -337,6 +442,18 @@ def positive_float(text: str) -> float:
     return value
 
 
+MAX_HISTORY_SECONDS = 24 * 3600.0  # a day of video: far past any history a model keeps, still exact to count
+
+
+def history_seconds(text: str) -> float:
+    """argparse type: a history length in seconds, > 0 and at most a day (a billion seconds overflowed the token
+    count of the real DiT's shapes in a traceback)."""
+    value = positive_float(text)
+    if value > MAX_HISTORY_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_HISTORY_SECONDS:g} s (a day of video), got {text}")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value) or value < 0:
@@ -381,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     ctx.add_argument("--height", type=positive_int, default=480)
     ctx.add_argument("--width", type=positive_int, default=832)
     ctx.add_argument("--fps", type=positive_float, default=16.0)
-    ctx.add_argument("--seconds", type=positive_float, default=20.0)
+    ctx.add_argument("--seconds", type=history_seconds, default=20.0)
     ctx.add_argument("--rate", action="append", default=None, help="encoding rate HxWxT; repeat for several encoders")
     ctx.add_argument("--json", action="store_true", help="print JSON")
     ctx.set_defaults(func=_cmd_context)
@@ -398,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--segment-seconds", type=positive_float, default=1.0, help="seconds generated per segment")
     cost.add_argument(
         "--history",
-        type=positive_float,
+        type=history_seconds,
         nargs="+",
         default=[5.0, 20.0, 60.0, 120.0, 300.0, 600.0],
         help="history lengths (s)",
@@ -433,6 +550,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help='also the rows of the incremental block-causal cache (history.context_attention = "block_causal")',
     )
+    cost.add_argument(
+        "--tiers",
+        action="append",
+        default=None,
+        metavar="TIERS",
+        help="tiered proposed encoders (history.tiers), newest first with seconds, e.g. 4x4x2:20+8x8x4 (repeat; "
+        "none: no tier rows; None: 4x4x2:20+8x8x4)",
+    )
+    cost.add_argument(
+        "--tier-move", type=positive_float, default=None, help="seconds moved to a coarser tier at once (None: 10)"
+    )
     cost.add_argument("--json", action="store_true", help="print a JSON list of rows")
     cost.set_defaults(func=_cmd_cost)
 
@@ -450,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--train", action="store_true", help="plan training only (default: training and generation)")
     what.add_argument("--generate", action="store_true", help="plan generation only")
     pl.add_argument("--stage", default="frame-query", choices=["frame-query", "ar"], help="the training stage")
-    pl.add_argument("--history-seconds", type=positive_float, default=20.0, help="history length (s)")
+    pl.add_argument("--history-seconds", type=history_seconds, default=20.0, help="history length (s)")
     pl.add_argument("--height", type=positive_int, default=480)
     pl.add_argument("--width", type=positive_int, default=832)
     pl.add_argument("--json", action="store_true", help="print JSON")
@@ -540,6 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     ct.add_argument("--channels", type=positive_int, nargs="+", default=[32, 64, 128], help="widths at 1/2, 1/4, 1/8")
     ct.add_argument("--seed", type=int, default=0)
     ct.add_argument("--checkpoint-minutes", type=positive_float, default=10.0)
+    ct.add_argument("--checkpoint-every", type=positive_int, default=100, help="steps between checkpoints")
     ct.add_argument("--no-progress", action="store_true")
     ct.set_defaults(func=_cmd_codec_train)
 

@@ -145,6 +145,16 @@ class HistoryConfig:
     # and values to the cache per segment, once for both CFG branches and every prompt. The sliding window's frames
     # count as the newest block (rebuilt every segment, never cached). Wan only; training uses the same mask.
     context_attention: str = "full"
+    # Tiered rates for long histories (issue 24, history/tiers.py): seconds of history that every rate of
+    # ``history.rates`` but the last covers, newest (finest) first; the last rate holds everything older. E.g.
+    # rates = ["4x4x2", "8x8x4"], tiers = [20.0]: the newest 20 s at 4×4×2, the rest at 8×8×4. Empty: no tiers (every
+    # rate encodes the whole history, tokens concatenated). Training (stage I and II) and generation see the same
+    # layout; seconds are rounded up to whole temporal blocks.
+    tiers: list[float] = field(default_factory=list)
+    # Seconds of history that leave a tier at once (whole chunks): a move recomputes the block-causal cache from the
+    # moved chunk on, so larger moves amortise that over more segments, at the price of up to this many more seconds
+    # in the finer tier. Rounded up to whole temporal blocks. Only read with tiers.
+    tier_move: float = 10.0
 
     def validate(self) -> None:
         HISTORY_METHODS.check(self.method)
@@ -175,6 +185,31 @@ class HistoryConfig:
                 Rate.parse(r)
             except ValueError as exc:
                 raise ValueError(f"history.rates: {exc}") from None
+        self._validate_tiers()
+
+    def _validate_tiers(self) -> None:
+        """``history.tiers``: one length (seconds) per rate but the last, rates growing coarser, a positive move."""
+        if not self.tiers:
+            return
+        if not all(isinstance(s, int | float) and not isinstance(s, bool) and 0 < s < math.inf for s in self.tiers):
+            raise ValueError(f"history.tiers must be positive numbers of seconds (e.g. [20.0]), got {self.tiers}")
+        self.tiers = [float(s) for s in self.tiers]
+        if self.method == "no_history":
+            raise ValueError("history.tiers lays out history tokens; method 'no_history' has none")
+        if len(self.tiers) != len(self.rates) - 1:
+            raise ValueError(
+                f"history.tiers = {self.tiers} must give the seconds of every rate in history.rates but the last "
+                f"({len(self.rates) - 1} value(s) for rates {self.rates}; the last rate holds the rest), e.g. "
+                'rates = ["4x4x2", "8x8x4"], tiers = [20.0]'
+            )
+        volumes = [Rate.parse(r).volume for r in self.rates]
+        if any(newer >= older for newer, older in zip(volumes, volumes[1:], strict=False)):
+            raise ValueError(
+                f"history.rates = {self.rates} with history.tiers: each older tier must be coarser than the one "
+                "before it (more latent cells per token), newest (finest) first, e.g. ['4x4x2', '8x8x4']"
+            )
+        if not (isinstance(self.tier_move, int | float) and 0 < self.tier_move < math.inf):
+            raise ValueError(f"history.tier_move must be a positive number of seconds, got {self.tier_move}")
 
 
 @dataclass
@@ -278,9 +313,14 @@ class TrainConfig:
     # > 0: also keep an exponential moving average of the trained weights with this decay (train/ema.py); the run
     # then writes OUT/final_ema/ beside OUT/final/ and logs the EMA's held-out loss at every checkpoint.
     ema_decay: float = 0.0
+    # Several processes (accelerate launch / torchrun): "ddp" keeps a whole model on every rank; "fsdp" shards the
+    # frozen base, the LoRA, the encoder and AdamW's moments over them with FSDP2, one unit per DiT block
+    # (train/parallel.py; for DiTs that do not fit one card).
+    parallel: str = "ddp"
 
     def validate(self) -> None:
         _choice("train.stage", self.stage, ("frame-query", "ar"))
+        _choice("train.parallel", self.parallel, ("ddp", "fsdp"))
         _choice("train.dit", self.dit, ("lora", "full"))
         if self.dit == "lora" and self.lora_rank <= 0:
             raise ValueError(f"train.dit = 'lora' needs train.lora_rank > 0, got {self.lora_rank}")
@@ -488,3 +528,29 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     for item in overrides:
         data = _merge(data, parse_override(item))
     return config_from_dict(data)
+
+
+# What a checkpoint's history producers were built and trained with: generation cannot change these (the weights are
+# loaded before overrides apply, so a new value would be written into the config and silently not used), and the
+# attention pattern of the context (KV cache, block-causal) is part of what the model learned.
+TRAINED_HISTORY_KEYS = (
+    "method", "rates", "channels", "attention_blocks", "attention_heads", "sliding_window", "cross_attention",
+    "block_phase", "value_rope", "kv_cache", "context_attention",
+)  # fmt: skip
+
+
+def check_generation_overrides(cfg: RunConfig, overrides: list[str], checkpoint: str | Path) -> None:
+    """Refuse a ``--set history.KEY=VALUE`` for generation that differs from what the checkpoint was trained with
+    (one line naming the key, both values and the checkpoint); the same value is accepted."""
+    for item in overrides:
+        section = parse_override(item)
+        history = section.get("history")
+        if not isinstance(history, dict):
+            continue
+        for key, value in history.items():
+            if key in TRAINED_HISTORY_KEYS and value != getattr(cfg.history, key):
+                raise ValueError(
+                    f"--set history.{key}={value!r}: {checkpoint} was trained with history.{key}="
+                    f"{getattr(cfg.history, key)!r}, which generation keeps (the model's weights and attention "
+                    "pattern depend on it); train a model with the other value"
+                )

@@ -150,6 +150,7 @@ class OutputLock:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "command": _command_line(self.command),
+            "kind": self.command,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         try:
@@ -178,8 +179,9 @@ class OutputLock:
         else:
             host = "" if holder.get("host") == socket.gethostname() else f" on {holder.get('host')}"
             who = f"PID {holder.get('pid')}{host} ({holder.get('command', '?')}, since {holder.get('started', '?')})"
+        kind = (holder or {}).get("kind") or self.command  # what holds it (a studio may hold a generate's --out)
         return (
-            f"{self.path.parent}: another {self.command} is writing here: {who} holds {self.path.name}; wait for it "
+            f"{self.path.parent}: another {kind} is writing here: {who} holds {self.path.name}; wait for it "
             "to finish or stop it, or choose another --out"
         )
 

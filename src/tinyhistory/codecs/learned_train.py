@@ -7,16 +7,21 @@ linear warm-up and a cosine decay to 10 %.
 
 A run folder holds ``settings.json``, ``log.jsonl`` and ``last/`` (weights and optimizer state, written every
 ``checkpoint_every`` steps, every ``checkpoint_minutes`` minutes and on SIGTERM / Ctrl-C); running the same command
-again resumes from ``last/`` exactly. At the end the per-channel latent mean and std of the training frames are
-measured and the codec is written to the run folder itself (``config.json`` + ``codec.safetensors``, what
-``codec.kind = "learned"`` loads), with ``metrics.json``: held-out PSNR / SSIM / LPIPS of the reconstruction.
+again resumes from ``last/`` exactly. ``last/`` is written whole beside the old one (``last.tmp/``) and swapped in by
+renames, so a run killed at any moment resumes from weights and optimizer state of one and the same step (written in
+place, a kill between the weights and the state would resume a mix of two steps without a word). At the end the
+per-channel latent mean and std of the training frames are measured and the codec is written to the run folder
+itself (``config.json`` + ``codec.safetensors``, what ``codec.kind = "learned"`` loads), with ``metrics.json``:
+held-out PSNR / SSIM / LPIPS of the reconstruction.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +35,7 @@ from tinyhistory.codecs.learned import (
     reconstruction_loss,
     save_autoencoder,
 )
-from tinyhistory.files import repair_jsonl, writing
+from tinyhistory.files import read_json, repair_jsonl, replace_file, writing
 from tinyhistory.train.checkpoint import load_training_state, save_training_state
 
 # Settings a resumed run may change: where its folder now is, how long, and how often it logs and checkpoints.
@@ -95,7 +100,9 @@ def _lr(step: int, s: CodecTrainSettings) -> float:
 
 
 def _check_resume(s: CodecTrainSettings, out: Path) -> None:
-    saved = json.loads((out / "settings.json").read_text())
+    saved = read_json(out / "settings.json", "codec run's settings")
+    if not isinstance(saved, dict):
+        raise ValueError(f"{out / 'settings.json'}: not a codec run's settings (expected a JSON object)")
     now = json.loads(json.dumps(asdict(s)))
     changed = sorted(k for k in now if k not in RESUMABLE and now[k] != saved.get(k))
     if changed:
@@ -137,9 +144,53 @@ def evaluate(codec: LearnedCodec, frames: np.ndarray, count: int) -> dict:
     }
 
 
+def _save_state(folder: Path, model, optimizer, scheduler, step: int, generator: torch.Generator) -> None:
+    save_autoencoder(model, folder)
+    save_training_state(folder, optimizer, scheduler, step, [generator.get_state()])
+
+
+def resumable_checkpoint(out: Path) -> Path | None:
+    """``OUT/last``, else ``OUT/last.old`` (a run killed between the two renames of :func:`swap_in_checkpoint`); a
+    folder only counts once its training state is there (a ``last.tmp`` never does: it may be half written)."""
+    for candidate in (out / "last", out / "last.old"):
+        if (candidate / "state" / "trainer.json").is_file():
+            return candidate
+    return None
+
+
+def swap_in_checkpoint(last: Path, write: Callable[[Path], None]) -> None:
+    """``write(folder)`` into ``last.tmp``, then swap it in for ``last`` by two renames.
+
+    At every moment one whole checkpoint exists under the name :func:`resumable_checkpoint` looks at first: ``last``
+    (the new or the old one) or, between the renames, ``last.old``. ``last.old`` is removed only once a ``last``
+    replaces it, so a run resumed from ``last.old`` and killed again never loses it. A failed write (full disk) removes
+    its ``last.tmp``, which would hold the space it took."""
+    tmp, old = last.with_name(last.name + ".tmp"), last.with_name(last.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if last.exists():  # (with no ``last``, ``last.old`` is the only whole checkpoint: it stays until ``last`` exists)
+        shutil.rmtree(old, ignore_errors=True)
+        last.rename(old)
+    tmp.rename(last)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def train_codec(s: CodecTrainSettings, progress: bool = True, stop_after: int | None = None) -> dict:
     """Train (or resume) the codec; returns the final metrics (``stop_after``: leave after that many steps, for
-    tests of resuming)."""
+    tests of resuming). One run per folder (``OUT/.tinyhistory.lock``): a second one would resume from the same
+    ``last/`` and write over the first one's checkpoints and log."""
+    from tinyhistory.locks import folder_lock
+
+    s.validate()
+    with folder_lock(s.out, "codec train"):
+        return _train_codec(s, progress, stop_after)
+
+
+def _train_codec(s: CodecTrainSettings, progress: bool, stop_after: int | None) -> dict:
     from tinyhistory.data.video import decode_video
     from tinyhistory.eval.lpips import LPIPS
     from tinyhistory.train.trainer import StopRequest
@@ -161,20 +212,20 @@ def train_codec(s: CodecTrainSettings, progress: bool = True, stop_after: int | 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr(step, s) / s.learning_rate)
     generator = torch.Generator().manual_seed(s.seed)
     step = 0
-    if (last / "state").is_dir():
-        from safetensors.torch import load_file
+    resume = resumable_checkpoint(out)
+    if resume is not None:
+        from tinyhistory.files import read_tensors
 
-        model.load_state_dict(load_file(str(last / "codec.safetensors")))
-        step = load_training_state(last, optimizer, scheduler, generator)
+        model.load_state_dict(read_tensors(resume / "codec.safetensors", "codec checkpoint"))
+        step = load_training_state(resume, optimizer, scheduler, generator)
         print(f"[codec] resuming {out} at step {step}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "settings.json").write_text(json.dumps(asdict(s), indent=2) + "\n")
+    replace_file(out / "settings.json", (json.dumps(asdict(s), indent=2) + "\n").encode(), "codec run's settings")
     lpips = LPIPS("alex").requires_grad_(False) if s.lpips_weight > 0 else None
 
     def checkpoint() -> None:
         with writing(last, "codec checkpoint", "free some space and run the same command again to resume"):
-            save_autoencoder(model, last)
-            save_training_state(last, optimizer, scheduler, step, [generator.get_state()])
+            swap_in_checkpoint(last, lambda folder: _save_state(folder, model, optimizer, scheduler, step, generator))
 
     # A line cut short by a kill is dropped (and named), and so are the steps after the checkpoint (done again), so
     # the log never holds a step twice and the next line never joins a broken one.
@@ -220,8 +271,12 @@ def train_codec(s: CodecTrainSettings, progress: bool = True, stop_after: int | 
     model.eval()
     model.config.latent_mean, model.config.latent_std = latent_statistics(model, train)
     with writing(out, "codec", "free some space and run the same command again"):
+        # The codec is its weights and its config (the latent statistics): a folder holding one of an earlier finish
+        # and one of this one would load as a codec. Without config.json it does not load, so it goes first and
+        # comes back last (save_autoencoder writes the weights, then the config).
+        (out / "config.json").unlink(missing_ok=True)
         save_autoencoder(model, out)
     metrics = evaluate(LearnedCodec(model), heldout, s.eval_frames) | {"steps": step}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    replace_file(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode(), "codec metrics")
     print(f"[codec] held-out reconstruction: {json.dumps(metrics)}")
     return metrics

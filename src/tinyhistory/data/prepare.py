@@ -414,8 +414,28 @@ def run_prepare(
     # one another's shards, but the per-rank reports, the empty prompt and the manifest (rebuilt from the previous one
     # at the end) are one file each: the later run would drop the earlier one's videos from the manifest.
     with folder_lock(out, "data prepare") if state.is_main_process else contextlib.nullcontext():
+        if state.is_main_process:
+            remove_unfinished(out)
         state.wait_for_everyone()  # no rank starts before its run holds the lock
         return _run_prepare(cfg, state, items, out, window_frames, prune)
+
+
+def remove_unfinished(out: Path) -> list[Path]:
+    """Remove the temporary files of runs killed while writing (``shards/<key>.<pid>.tmp``, ``*.tmp``) and say so.
+
+    They are never read as shards (only ``*.safetensors`` are), but a killed run's half shard of a long video holds
+    gigabytes that no later run would ever free: each process writes under its own PID's name. Called under the
+    cache's lock before any rank starts, so no ``*.tmp`` here belongs to a live run."""
+    leftovers = [p for folder in (out, out / "shards") if folder.is_dir() for p in folder.glob("*.tmp") if p.is_file()]
+    if leftovers:
+        size = sum(p.stat().st_size for p in leftovers)
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        print(
+            f"data prepare: removed {len(leftovers)} unfinished file(s) of an interrupted run "
+            f"({size / 2**20:.1f} MiB, e.g. {leftovers[0]})"
+        )
+    return leftovers
 
 
 def _run_prepare(cfg: RunConfig, state, items: list[Item], out: Path, window_frames: int | None, prune: bool) -> int:

@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from tinyhistory.config import apply_overrides
+from tinyhistory.config import apply_overrides, check_generation_overrides
 from tinyhistory.data.mp4 import GrowingMp4, whole_fragments
 from tinyhistory.data.video import count_video_frames, iter_video_chunks
 from tinyhistory.files import WriteError, append_line, repair_jsonl, writing
@@ -251,6 +251,7 @@ def load_for_generation(checkpoint, preset: str | None, model_path: str | None, 
             "continuations will be poor (train stage II with --stage ar --init-from it)"
         )
     if overrides:
+        check_generation_overrides(cfg, list(overrides), checkpoint)
         cfg = apply_overrides(cfg, list(overrides))
     if preset is not None and cfg.preset != preset:
         raise ValueError(f"{checkpoint} was trained with preset {cfg.preset!r}, not {preset!r}")
@@ -378,9 +379,12 @@ class ContactSheet:
 def decode_image(path: str | Path, height: int, width: int) -> np.ndarray:
     """An image file as one ``(height, width, 3)`` uint8 frame (cover, then centre crop)."""
     from tinyhistory.data.video import fit_frame
+    from tinyhistory.limits import check_image_pixels
 
     try:
-        image = Image.open(path).convert("RGB")
-    except (FileNotFoundError, OSError) as exc:
+        with Image.open(path) as opened:  # (the header only: the size is checked before any pixel is decoded)
+            check_image_pixels(path, *opened.size)
+            image = opened.convert("RGB")
+    except (FileNotFoundError, OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{path}: cannot read image ({exc})") from None
     return np.asarray(fit_frame(image, height, width, "crop"))

@@ -8,6 +8,7 @@ files) and ``mp4`` (the growing video) need no web framework; ``app`` is the Gra
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import sys
@@ -52,6 +53,26 @@ def exposure_warning(host: str, port: int | None) -> str | None:
     )
 
 
+def check_address(host: str, port: int | None) -> None:
+    """``--host`` / ``--port`` that can be served, checked by binding them once before the model loads (a busy port,
+    a port out of range or a host that is not this machine's were tracebacks from deep in the web server)."""
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"--port {port}: expected a port from 1 to 65535 (default 7860)")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise ValueError(f"--host {host}: not an address this machine has ({exc})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            why = "in use (another studio or program listens there)" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise ValueError(
+                f"--host {host} --port {port}: cannot listen there: {why}; choose another --port"
+            ) from None
+
+
 def serve(
     checkpoint: str | None = None,
     preset: str | None = None,
@@ -71,13 +92,20 @@ def serve(
         from tinyhistory.studio.app import launch
     except ImportError as exc:  # gradio is an optional extra
         raise ValueError(f"the studio needs Gradio: pip install 'tinyhistory[studio]' ({exc})") from None
+    from tinyhistory.locks import folder_lock
     from tinyhistory.studio.engine import Loaded, Studio
 
     if max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb must be positive, got {max_upload_mb}")
-    print("[studio] loading the model…", flush=True)
-    loaded = Loaded.load(checkpoint, preset, model_path, offload, overrides)
-    studio = Studio(loaded, out, int(max_upload_mb * 2**20))
+    check_address(host, port)
+    out_lock = folder_lock(out, "studio").acquire()  # before the model loads: a taken or unwritable --out is named now
+    try:
+        print("[studio] loading the model…", flush=True)
+        loaded = Loaded.load(checkpoint, preset, model_path, offload, overrides)
+    except BaseException:
+        out_lock.release()
+        raise
+    studio = Studio(loaded, out, int(max_upload_mb * 2**20), out_lock=out_lock)
     print(f"[studio] runs are written to {Path(out).resolve()}", flush=True)
     page, url = launch(studio, host, port)
     print(f"[studio] open {url} (Ctrl-C stops the studio)", flush=True)

@@ -8,9 +8,12 @@ sends no analytics and checks every upload (size, that a video is a video, that 
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import os
+import sys
+import traceback
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,8 +22,10 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+from gradio.route_utils import FnIndexInferError  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from tinyhistory.limits import check_sampling_steps, check_seed, check_segment_frames  # noqa: E402
 from tinyhistory.studio import shots  # noqa: E402
 from tinyhistory.studio.costs import HistoryCost, history_cost, image_cost, storyboard_cost  # noqa: E402
 from tinyhistory.studio.engine import Busy, Loaded, Request, Snapshot, Studio  # noqa: E402
@@ -167,6 +172,10 @@ class StudioPage:
         text = html.escape(cost.describe(self.loaded.fps))
         checked = shots.check_rows(_rows(table))
         if checked.ok and segment_frames:
+            try:
+                self._check_segment(int(segment_frames), checked.story)
+            except ValueError as exc:
+                return text + "<br>" + _error(str(exc))
             segments, tokens = storyboard_cost(self.loaded, checked.story, cost.latent_frames, int(segment_frames))
             text += f"<br>This storyboard: {segments} segments; the last one sees {tokens} context tokens."
         return text
@@ -193,17 +202,30 @@ class StudioPage:
         return note, saved.steps, saved.guidance, saved.seed, saved.sampler, saved.segment_frames
 
     # -- run ------------------------------------------------------------------------------------------------------
-    def _settings(self, steps, guidance, seed, sampler, segment_frames) -> dict:
+    def _settings(self, steps, guidance, seed, sampler, segment_frames, story=None) -> dict:
+        """The settings fields as ``tinyhistory generate``'s flags, within the same limits (the API takes any
+        number: a segment of 100,000 frames would run on until memory runs out)."""
+
         def number(value, kind):
             return None if value is None or value == "" else kind(value)
 
-        return {
+        settings = {
             "steps": number(steps, int),
             "guidance": number(guidance, float),
             "seed": number(seed, int),
             "sampler": sampler or None,
             "segment_frames": number(segment_frames, int),
         }
+        check_sampling_steps(settings["steps"], "steps")
+        check_seed(settings["seed"], "seed")
+        if story is not None:
+            self._check_segment(settings["segment_frames"], story)
+        return settings
+
+    def _check_segment(self, segment_frames: int | None, story) -> None:
+        loaded = self.loaded
+        check_segment_frames(segment_frames, story.duration, loaded.fps, loaded.codec.temporal_factor,
+                             loaded.cfg.train.segment_frames, "segment")  # fmt: skip
 
     def generate(self, table, kind, image, video, steps, guidance, seed, sampler, segment_frames, offload):
         checked = shots.check_rows(_rows(table))
@@ -212,7 +234,7 @@ class StudioPage:
         try:
             self.history(kind, image, video)
             path = {"image": image, "video": video}.get(kind)
-            settings = self._settings(steps, guidance, seed, sampler, segment_frames)
+            settings = self._settings(steps, guidance, seed, sampler, segment_frames, checked.story)
             request = Request(checked.story, settings, kind, Path(path) if path else None, offload=bool(offload))
             self.studio.start(request)
         except (UploadError, Busy, ValueError) as exc:
@@ -239,7 +261,7 @@ class StudioPage:
             if session is not None and previous is not None:
                 check_video(previous, limit)
                 carry = Path(previous)
-            settings = self._settings(steps, guidance, seed, sampler, segment_frames)
+            settings = self._settings(steps, guidance, seed, sampler, segment_frames, checked.story)
             self.studio.start(Request(checked.story, settings, "resume", path, carry, bool(offload)))
         except (UploadError, Busy, ValueError) as exc:
             return _error(str(exc)), *keep
@@ -370,7 +392,11 @@ class StudioPage:
         return [ui.table, ui.story_status, ui.export, ui.start_info, ui.typed]
 
     def _wire(self, ui: SimpleNamespace) -> None:
-        """Events: the editor and uploads answer at once; Generate/Resume/Stop return at once; the timer redraws."""
+        """Events: the editor and uploads answer at once; Generate/Resume/Stop return at once; the timer redraws.
+        Every handler is :func:`_answered`: whatever a request holds, its caller gets a sentence."""
+        for name in ("table_changed", "add_shot", "remove_shot", "import_json", "apply_json", "start_info",
+                     "start_kind", "session_uploaded", "generate", "resume", "stop", "poll"):  # fmt: skip
+            setattr(self, name, _answered(getattr(self, name)))
         start_inputs, table_outputs = self._start_inputs(ui), self._table_outputs(ui)
         info_inputs = [ui.kind, ui.image, ui.video, ui.table, ui.segment]
         ui.table.input(self.table_changed, [ui.table, *start_inputs], table_outputs)
@@ -396,6 +422,28 @@ class StudioPage:
 
 
 # -- small renderers -----------------------------------------------------------------------------------------------
+def _answered(handler):
+    """``handler`` with every failure turned into a :class:`gr.Error` sentence for the caller (the page shows it, an
+    API client reads it), never Gradio's ``{"error": null}``: the page's own controls cannot send most bad values,
+    but its API takes any JSON. Our one-line errors (``ValueError``) pass as they are; anything else is named by its
+    type, and its traceback goes to the terminal, where a bug report starts."""
+
+    @functools.wraps(handler)  # (the same name: Gradio's API names come from it)
+    def call(*args):
+        try:
+            return handler(*args)
+        except gr.Error:
+            raise
+        except ValueError as exc:
+            raise gr.Error(f"not done: {exc}", print_exception=False) from None
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            raise gr.Error(f"not done: this request could not be handled ({type(exc).__name__}: {exc})",
+                           print_exception=False) from None  # fmt: skip
+
+    return call
+
+
 def _error(text: str) -> str:
     return f'<span class="message-error">✗ {html.escape(text)}</span>'
 
@@ -477,7 +525,7 @@ def launch(studio: Studio, host: str = "127.0.0.1", port: int | None = None) -> 
         inbrowser=False,
         prevent_thread_lock=True,
         max_file_size=studio.max_upload_bytes,
-        show_error=False,
+        show_error=True,  # a request Gradio itself refuses (a wrong value, a file not uploaded) gets its sentence
         ssr_mode=False,
         enable_monitoring=False,
         mcp_server=False,
@@ -486,5 +534,14 @@ def launch(studio: Studio, host: str = "127.0.0.1", port: int | None = None) -> 
         quiet=True,  # (its banner suggests share=True)
         theme=theme,
         css=CSS,
+        app_kwargs={"exception_handlers": {FnIndexInferError: _no_such_endpoint}},
     )
     return page, url
+
+
+def _no_such_endpoint(request, exc):
+    """Gradio answers a call of an API name it does not have with "500 Internal Server Error"; it is the caller's
+    mistake, so: 404 and a sentence naming the name."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": f"no such API endpoint ({exc}); GET /gradio_api/info lists them"}, status_code=404)

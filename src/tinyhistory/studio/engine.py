@@ -72,9 +72,7 @@ class Loaded:
                     f"--checkpoint is needed for preset {preset!r} (a stage-II run folder, e.g. RUN/final)"
                 )
             checkpoint = resolve_path(DEMO_CHECKPOINT)
-        model, cfg, codec, encode_text, device = load_for_generation(
-            checkpoint, preset, model_path, offload, overrides
-        )
+        model, cfg, codec, encode_text, device = load_for_generation(checkpoint, preset, model_path, offload, overrides)
         return cls(model, cfg, codec, encode_text, device, str(checkpoint), offload)
 
     @property
@@ -221,9 +219,19 @@ class _Run:
 class Studio:
     """One model, one generation at a time; every method may be called from any thread."""
 
-    def __init__(self, loaded: Loaded, out_dir: str | Path, max_upload_bytes: int, keep_previews: int = 3):
+    def __init__(
+        self, loaded: Loaded, out_dir: str | Path, max_upload_bytes: int, keep_previews: int = 3, out_lock=None
+    ):
+        from tinyhistory.locks import folder_lock
+
         self.loaded = loaded
         self.out_dir = Path(out_dir)
+        # One studio per output folder, for its whole life (``OUT/.tinyhistory.lock``; ``out_lock``: already taken,
+        # as ``serve`` does before loading the model): two would pick run folders side by side and could pick the
+        # same one. An ``--out`` that is a file, read-only or another studio's is one line at start, not a failure
+        # at the first Generate.
+        self._out_lock = (out_lock or folder_lock(self.out_dir, "studio")).acquire()
+        self._run_lock = None  # the running generation's lock on its run's story.mp4 (as ``tinyhistory generate``)
         self.max_upload_bytes = max_upload_bytes
         # Files the page serves (copies of the outputs, exported storyboards): under the system's temporary folder,
         # which gradio serves from anyway, so the runs' own folder never needs to be opened to the browser.
@@ -278,6 +286,7 @@ class Studio:
         self.stop()
         self.wait(60)
         shutil.rmtree(self.scratch, ignore_errors=True)
+        self._out_lock.release()
 
     # -- the worker -----------------------------------------------------------------------------------------------
     def _update(self, **changes) -> None:
@@ -310,6 +319,10 @@ class Studio:
         except Exception as exc:  # the page gets a sentence, the terminal the traceback
             traceback.print_exc(file=sys.stderr)
             self._set(state="failed", message=f"generation failed: {type(exc).__name__}: {exc}", step=0)
+        finally:
+            if self._run_lock is not None:
+                self._run_lock.release()
+                self._run_lock = None
 
     def _prepare(self, request: Request):
         """The session to continue and the run it writes into (a new run folder unless it resumes the last run)."""
@@ -336,9 +349,18 @@ class Studio:
             )
             run = self._new_run(height, width)
             self._start(session, request)
+        self._lock_run(run)
         session.save(run.session_path)
         (run.folder / "storyboard.json").write_text(json.dumps(request.story.to_dict(), indent=2) + "\n")
         return session, run
+
+    def _lock_run(self, run: _Run) -> None:
+        """Hold ``story.mp4.lock`` of the run while writing it, as ``tinyhistory generate --out DIR/story.mp4``
+        does: a ``generate --resume`` of this run's session into its folder refuses (naming this studio's PID) instead
+        of writing into the same mp4, log and session, and the studio refuses a run folder such a command holds."""
+        from tinyhistory.locks import file_lock
+
+        self._run_lock = file_lock(run.video.path, "studio").acquire()
 
     def _new_run(self, height: int, width: int) -> _Run:
         folder = self.out_dir / time.strftime("run-%Y%m%d-%H%M%S")

@@ -46,11 +46,14 @@ def check_image(path: str | Path, max_bytes: int) -> Path:
     """``path`` if Pillow reads it as an image."""
     from PIL import Image, UnidentifiedImageError
 
+    from tinyhistory.limits import check_image_pixels
+
     path = check_size(path, max_bytes)
     try:
         with Image.open(path) as image:
+            check_image_pixels(path.name, *image.size)
             image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise UploadError(f"{path.name}: not an image the studio can read ({exc})") from None
     return path
 

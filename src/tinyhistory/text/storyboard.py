@@ -46,11 +46,14 @@ class Storyboard:
             raise ValueError(
                 f'{source}: expected {{"shots": [{{"start", "end", "prompt"}}, ...]}} with at least one shot'
             )
+        # An unknown key is an error, not ignored: a misspelt "caption" or a shot's "promt" would otherwise vanish.
+        _no_unknown_keys(data, STORYBOARD_KEYS, source)
         shots = []
         for i, raw in enumerate(data["shots"]):
             where = f"{source}: shot {i}"
             if not isinstance(raw, dict):
                 raise ValueError(f"{where}: expected an object with start, end and prompt")
+            _no_unknown_keys(raw, SHOT_KEYS, where)
             for key in ("start", "end", "prompt"):
                 if key not in raw:
                     raise ValueError(f"{where}: missing field {key!r}")
@@ -120,3 +123,13 @@ class Storyboard:
         if self.caption:
             data["caption"] = self.caption
         return data
+
+
+STORYBOARD_KEYS = ("shots", "caption")
+SHOT_KEYS = ("start", "end", "prompt")
+
+
+def _no_unknown_keys(data: dict, known: tuple[str, ...], where: str) -> None:
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; expected {', '.join(known)}")
