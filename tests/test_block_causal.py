@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from cache_builds import record_cache_builds
 
 from tinyhistory.backbones.base import NEWEST_BLOCK, ContextTokens
 from tinyhistory.generate.session import GenerationSession, SamplingSettings, sample_segment, session_meta
@@ -200,25 +201,12 @@ def _check_cache(session: GenerationSession, prompt: str) -> None:
         torch.testing.assert_close(grown, whole, atol=1e-5, rtol=1e-5)
 
 
-def _recording(model: HistoryDiT) -> list[int]:
-    """How many context tokens each cache build runs through the blocks."""
-    sizes: list[int] = []
-    build = model.backbone.build_context_cache
-
-    def recorded(context, *args, **kwargs):
-        sizes.append(context.num_tokens)
-        return build(context, *args, **kwargs)
-
-    model.backbone.build_context_cache = recorded
-    return sizes
-
-
 def test_the_session_cache_grows_incrementally_across_prompts_and_a_resume(models, small_config, tmp_path):
     _, causal = models
     cfg = small_config(*EXTRA, KV, BLOCK_CAUSAL)
     session = _session(causal, cfg)
     session.start_from_video(np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8))
-    sizes = _recording(causal)
+    sizes = record_cache_builds(causal)
     prompts = ["a rabbit", "a rabbit", "a rabbit", "a bird flies", "a bird flies", "the end"]  # two switches
     _check_cache(session, prompts[0])
     for prompt in prompts[:3]:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -31,7 +32,7 @@ from video_files import captioned_videos
 from tinyhistory.cli import main
 from tinyhistory.train import parallel
 from tinyhistory.train.checkpoint import load_model, read_config
-from tinyhistory.train.trainer import StageLoss, make_optimizer, prepare_model
+from tinyhistory.train.trainer import StageLoss, lr_lambda, make_optimizer, prepare_model
 
 PROMPT = "a cat walks on the grass"
 SIZES = [
@@ -83,6 +84,15 @@ def losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
+def assert_single_process_schedule(run: Path) -> None:
+    """The logged learning rate follows ``lr_lambda`` step by step (its ratio to the schedule's factor is constant)."""
+    train = json.loads((run / "config.json").read_text())["train"]
+    factor = lr_lambda(SimpleNamespace(train=SimpleNamespace(**train)))
+    records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    ratios = [r["lr"] / factor(r["step"]) for r in records if "lr" in r]
+    assert len(ratios) == STEPS and max(ratios) - min(ratios) <= 1e-9 * max(ratios), ratios
+
+
 def assert_same_weights(a: Path, b: Path, atol: float) -> float:
     """The trained files of two checkpoint folders hold the same tensors (to ``atol``); returns the largest gap."""
     worst = 0.0
@@ -123,6 +133,9 @@ def test_fsdp_trains_wan_like_ddp_on_half_the_memory_resumes_after_sigkill_and_o
         assert abs(losses(fsdp)[step] - loss) <= TOLERANCE, step
     assert_same_weights(ddp / "final", fsdp / "final", TOLERANCE)
     assert_half_the_base(ddp, fsdp)
+    # the schedule runs once per step whatever the number of ranks (accelerate's wrapper stepped it once per rank)
+    assert_single_process_schedule(ddp)
+    assert_single_process_schedule(fsdp)
     # the user's files: the same set as a DDP (or single-process) run, written once, never the frozen base
     for folder in ("final", "last"):
         names = {p.name for p in (fsdp / folder).iterdir()}

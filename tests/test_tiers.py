@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from cache_builds import record_cache_builds
 
 from tinyhistory.codecs.pixel import PixelUnshuffleCodec
 from tinyhistory.generate.session import GenerationSession, SamplingSettings
@@ -144,18 +145,6 @@ def _check(session: GenerationSession, prompt: str) -> None:
     torch.testing.assert_close(cached, masked, atol=1e-5, rtol=1e-5)
 
 
-def _recording(model: HistoryDiT) -> list[int]:
-    sizes: list[int] = []
-    build = model.backbone.build_context_cache
-
-    def recorded(context, *args, **kwargs):
-        sizes.append(context.num_tokens)
-        return build(context, *args, **kwargs)
-
-    model.backbone.build_context_cache = recorded
-    return sizes
-
-
 def test_the_session_context_is_a_fresh_encode_of_its_history(small_config):
     """Every rate encodes every block as the history grows; the session shows each tier's span of it, which equals
     the tiered encode of the session's latents at once (the layout training sees; HR branch only, so that no LR
@@ -178,7 +167,7 @@ def test_the_session_context_is_a_fresh_encode_of_its_history(small_config):
 def test_the_grown_cache_equals_a_fresh_build_across_moves_prompts_and_a_resume(small_config, tmp_path):
     model, cfg = _model(small_config, *TIERS, *KV)
     session = _session(model, cfg)
-    sizes = _recording(model)
+    sizes = record_cache_builds(model)
     prompts = ["a rabbit"] * 5 + ["a bird flies"] * 5 + ["the end"] * 4
     built: list[list[int]] = []
     _check(session, prompts[0])

@@ -280,11 +280,13 @@ def _train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     # ``model`` stays the plain HistoryDiT (saved, evaluated); ``stage_loss`` is what trains (DDP-wrapped when several
     # under "ddp"; under "fsdp" the sharded root itself, which accelerate must not wrap again).
+    # The scheduler is not prepared: accelerate's wrapper steps it once per process per step (it counts single-process
+    # steps), and ``train.steps`` here are optimizer steps every rank takes, so N ranks ran the schedule N times fast.
     if fsdp:
-        optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+        optimizer = accelerator.prepare(optimizer)
         stage_loss = loss_module
     else:
-        stage_loss, optimizer, scheduler = accelerator.prepare(loss_module, optimizer, scheduler)
+        stage_loss, optimizer = accelerator.prepare(loss_module, optimizer)
     # Held-out passes of a sharded model go through its root (which gathers the shards), on every rank.
     eval_loss = stage_loss if sharded else None
     device = accelerator.device
