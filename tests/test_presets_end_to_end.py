@@ -115,14 +115,16 @@ def test_data_prepare_names_a_folder_that_lacks_a_part_or_holds_another_family(t
     model_dir = wan21_t2v_folder(tmp_path / "model")
     videos = captioned_videos(tmp_path / "videos", 128, "a cat walks on the grass")
     args = ["data", "prepare", "--preset", "wan2.1-t2v-1.3b", "--model", str(model_dir), "--input", str(videos)]
-    (model_dir / "vae").rename(tmp_path / "vae")
+    vae_home = tmp_path / "vae_home"  # another folder holding the VAE (never a parent of an --out: that is refused)
+    vae_home.mkdir()
+    (model_dir / "vae").rename(vae_home / "vae")
     assert main([*args, "--out", str(tmp_path / "c1"), *SIZES]) == 2
     assert f"model folder {model_dir} lacks vae/; expected the Hub's diffusers layout" in capsys.readouterr().err
     # the VAE of another folder (codec.path) is allowed
-    assert main([*args, "--out", str(tmp_path / "c2"), "--set", f'codec.path="{tmp_path}"', *SIZES]) == 0
+    assert main([*args, "--out", str(tmp_path / "c2"), "--set", f'codec.path="{vae_home}"', *SIZES]) == 0
     index = json.loads((model_dir / "model_index.json").read_text())
     (model_dir / "model_index.json").write_text(json.dumps({**index, "_class_name": "HunyuanVideoPipeline"}))
-    assert main([*args, "--out", str(tmp_path / "c3"), "--set", f'codec.path="{tmp_path}"', *SIZES]) == 2
+    assert main([*args, "--out", str(tmp_path / "c3"), "--set", f'codec.path="{vae_home}"', *SIZES]) == 2
     assert "holds a HunyuanVideoPipeline model, not the 'wan' family" in capsys.readouterr().err
 
 
