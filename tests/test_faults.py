@@ -553,6 +553,28 @@ import tinyhistory.codecs.learned_train, tinyhistory.data.prepare, tinyhistory.g
 import tinyhistory.train.trainer
 from tinyhistory.cli import main
 
+# The studio's generation without its web page (what the page's Generate and Resume call): a studio on OUT generates
+# STORY from nothing, or resumes an uploaded SESSION with its PREVIOUS video ("" for none).
+def studio_engine(out, story, steps, session, previous):
+    from pathlib import Path
+    from tinyhistory.studio.engine import Loaded, Request, Studio
+    from tinyhistory.text.storyboard import Storyboard
+
+    studio = Studio(Loaded.load(preset="miniature"), out, max_upload_bytes=2**20)
+    try:
+        start = "resume" if session else "nothing"
+        request = Request(Storyboard.load(story), {"steps": int(steps)}, start, Path(session) if session else None,
+                          Path(previous) if previous else None)
+        studio.start(request)
+        snapshot = studio.wait()
+    finally:
+        studio.close()
+    print(snapshot.state, snapshot.message, file=sys.stderr)
+    return 0 if snapshot.state == "finished" else 1
+
+
+import tinyhistory.studio.engine  # (its imports, once)
+
 for line in sys.stdin:
     argv, stderr, at, match, count_path = json.loads(line)
     sys.stdout.flush()
@@ -563,7 +585,7 @@ for line in sys.stdin:
         ARMED.update(at=at, match=match, count=0)
         code = 1
         try:
-            code = main(argv)
+            code = studio_engine(*argv[1:]) if argv[0] == "studio-engine" else main(argv)
         finally:
             sys.stdout.flush(); sys.stderr.flush()
             if count_path:
@@ -922,6 +944,90 @@ def test_codec_train_killed_anywhere_resumes_to_the_uninterrupted_codec(tmp_path
     assert result["kills"] >= KILLS
     print(f"codec train: survived {result['kills']} kills (write events {sorted(result['points'])} of {events}) "
           f"over {result['finished']} finished runs")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_studio_killed_anywhere_restarts_and_resumes_to_the_uninterrupted_result(tmp_path, zygote):
+    """The studio's generation (what its page's Generate and Resume run) killed at 20 of its write events spread over
+    a 3-segment run — inside the mp4 appends, the contact sheet, the log line, the session save, the storyboard, the
+    carry-over of a resumed run — then a studio started again on the same folder (taking over the killed one's lock)
+    resumes the last saved session with its video, as a user uploads them, armed with the next kill point. After
+    every kill nothing half-written in the run folder reads as whole (the session loads whole or is absent, the log
+    reads with a torn last line dropped, the sheet and storyboard read, the mp4 holds at least the session's frames);
+    every finished run equals the uninterrupted one (frame count, session latents bit for bit)."""
+    import shutil
+
+    from PIL import Image
+
+    from tinyhistory.data.mp4 import whole_fragments
+
+    story = _story(tmp_path / "story.json", 3)
+    engine = ["studio-engine", "", str(story), "2"]
+
+    def runs(folder: Path) -> set[Path]:
+        return {p for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else set()
+
+    reference_out = tmp_path / "ref"
+    events = zygote.events([engine[0], str(reference_out), *engine[2:], "", ""])
+    (reference,) = runs(reference_out)
+    reference_frames = count_video_frames(reference / "story.mp4", 8)
+    assert reference_frames == 24
+
+    def saved(run: Path) -> int:
+        session = run / "story.mp4.session"
+        return sum(r["pixel_frames"] for r in session_meta(session)["records"]) if session.is_file() else -1
+
+    def whole_after_kill(run: Path) -> None:
+        session = run / "story.mp4.session"
+        if session.is_file():
+            load_file(str(session))  # every tensor, not only the header
+        read_jsonl(run / "story.mp4.segments.jsonl", "segment log", drop_damaged=True) if (
+            run / "story.mp4.segments.jsonl").is_file() else None  # fmt: skip
+        if (run / "story.mp4.png").is_file():
+            Image.open(run / "story.mp4.png").load()
+        if (run / "storyboard.json").is_file():
+            json.loads((run / "storyboard.json").read_text())
+        if session.is_file() and (run / "story.mp4").is_file():
+            copy = tmp_path / "check.mp4"
+            shutil.copyfile(run / "story.mp4", copy)
+            whole_fragments(copy)
+            assert count_video_frames(copy, 8) >= saved(run), run
+
+    def same_as_reference(run: Path) -> None:
+        assert count_video_frames(run / "story.mp4", 8) == reference_frames, run
+        _tensors_equal(run / "story.mp4.session", reference / "story.mp4.session")
+
+    out = tmp_path / "studio"
+    queue, kills, finished, resumed_from, points = _spread(events), 0, 0, None, []
+    while queue or resumed_from is not None:
+        point = queue.pop(0) if queue else 0
+        before = runs(out)
+        upload = ["", ""]
+        if resumed_from is not None:
+            upload = [str(resumed_from / "story.mp4.session"), str(resumed_from / "story.mp4")]
+        code = zygote.run([engine[0], str(out), *engine[2:], *upload], kill_at=point)
+        (run,) = runs(out) - before or {None}
+        if code == -signal.SIGKILL:
+            kills += 1
+            points.append(point)
+            if run is not None:
+                whole_after_kill(run)
+                if saved(run) == reference_frames:  # killed after its last session: the run is whole already
+                    same_as_reference(run)
+                    finished, resumed_from = finished + 1, None
+                elif saved(run) >= 0:  # a session to resume (else the previous one still is the last saved)
+                    resumed_from = run
+            continue
+        assert code == 0, f"a studio run failed ({code}): {zygote.stderr[-3000:]}"
+        same_as_reference(run)
+        finished += 1
+        if point and resumed_from is None:
+            pytest.fail(f"a fresh studio run ended before its write event {point} of {events}")
+        if point:
+            queue.insert(0, point)  # every point kills once
+        resumed_from = None
+    assert kills >= KILLS
+    print(f"studio: survived {kills} kills (write events {sorted(points)} of {events}) over {finished} finished runs")
 
 
 CODEC_KILL_RUN = ["--fps", "10", "--size", "32", "--steps", "3", "--batch-size", "2", "--channels", "8", "8", "8",
@@ -1321,3 +1427,193 @@ def test_a_studio_address_that_cannot_be_served_is_one_line(tmp_path, capsys):
             assert main(["studio", "--out", str(tmp_path / "out"), *extra]) == 2, what
             assert words in _one_error_line(capsys), what
     assert not (tmp_path / "out").exists()
+
+
+# -- 8. a model folder of the preset's family *and* variant, before any work ------------------------------------------
+# Which tiny Hub-layout folder (tests/tiny_model_folders.py, written by WanPipeline.save_pretrained) each real Wan
+# preset accepts: Wan 2.1 T2V under both 2.1 presets, TI2V-5B and A14B each under its own.
+FITS = {"wan2.1-t2v-1.3b": "t2v21", "wan2.1-t2v-14b": "t2v21", "wan2.2-ti2v-5b": "ti2v", "wan2.2-t2v-a14b": "a14b"}
+
+
+@pytest.fixture(scope="module")
+def wan_folders(tmp_path_factory) -> dict[str, Path]:
+    from tiny_model_folders import wan21_t2v_folder, wan22_a14b_folder, wan22_ti2v_folder
+
+    root = tmp_path_factory.mktemp("wan_variants")
+    return {"t2v21": wan21_t2v_folder(root / "t2v21"), "ti2v": wan22_ti2v_folder(root / "ti2v"),
+            "a14b": wan22_a14b_folder(root / "a14b")}  # fmt: skip
+
+
+def test_each_wan_preset_takes_its_own_variant_and_names_what_differs_in_any_other(wan_folders):
+    """All 12 preset × folder pairs: the preset's own variant passes; any other is one line naming the folder, the
+    key that differs with its value and what the preset expects, and the preset that would fit."""
+    from tinyhistory.config import load_config
+    from tinyhistory.variants import check_model_variant
+
+    keys = {  # the keys that tell each pair apart, as the line must name them
+        ("t2v21", "ti2v"): ["expand_timesteps = false where Wan 2.2 TI2V-5B has true", "in_channels = 16 where",
+                            "z_dim = 16 where", "scale_factor_spatial = 8 where Wan 2.2 TI2V-5B has 16"],
+        ("ti2v", "t2v21"): ["expand_timesteps = true where", "in_channels = 48 where", "z_dim = 48 where"],
+        ("a14b", "t2v21"): ["model_index.json transformer_2 = a second expert where"],
+        ("t2v21", "a14b"): ["model_index.json transformer_2 = none where Wan 2.2 T2V-A14B has a second expert"],
+        ("ti2v", "a14b"): ["transformer_2 = none where", "in_channels = 48 where Wan 2.2 T2V-A14B has 16"],
+        ("a14b", "ti2v"): ["transformer_2 = a second expert where", "in_channels = 16 where"],
+    }  # fmt: skip
+    hints = {"t2v21": "wan2.1-t2v-1.3b or wan2.1-t2v-14b", "ti2v": "wan2.2-ti2v-5b", "a14b": "wan2.2-t2v-a14b"}
+    for preset, own in FITS.items():
+        for kind, folder in wan_folders.items():
+            cfg = load_config(preset, overrides=[f"model.path={json.dumps(str(folder))}"])
+            if kind == own:
+                check_model_variant(cfg)
+                continue
+            with pytest.raises(ValueError) as refused:
+                check_model_variant(cfg)
+            line = str(refused.value)
+            assert "\n" not in line and line.startswith(f"model folder {folder} is not a "), line
+            assert f"(preset {preset!r})" in line and f"it looks like {hints[kind]}: give that --preset" in line
+            for words in keys[(kind, own)]:
+                assert words in line, (preset, kind, line)
+
+
+def test_a_dit_of_another_wan_size_and_a_vae_of_another_folder_are_named(wan_folders, tmp_path):
+    """Sizes are not compared (the tiny folders are 24 wide) except a width that is another Wan model's: a 14B-wide
+    DiT under the 1.3B preset is the wrong model. A VAE taken from another folder (``codec.path``) is checked too."""
+    import shutil
+
+    from tinyhistory.config import load_config
+    from tinyhistory.variants import check_model_variant
+
+    wide = shutil.copytree(wan_folders["t2v21"], tmp_path / "wide")
+    config = json.loads((wide / "transformer" / "config.json").read_text())
+    (wide / "transformer" / "config.json").write_text(json.dumps({**config, "num_attention_heads": 40,
+                                                                  "attention_head_dim": 128}))  # fmt: skip
+    with pytest.raises(ValueError, match=r"num_attention_heads × attention_head_dim = 5120 where Wan 2\.1 T2V-1\.3B "
+                                         r"has 1536; it looks like wan2\.1-t2v-14b: give that --preset"):  # fmt: skip
+        check_model_variant(load_config("wan2.1-t2v-1.3b", overrides=[f"model.path={json.dumps(str(wide))}"]))
+    check_model_variant(load_config("wan2.1-t2v-14b", overrides=[f"model.path={json.dumps(str(wide))}"]))
+    codec = json.dumps(str(wan_folders["ti2v"]))
+    cfg = load_config("wan2.1-t2v-1.3b", overrides=[f"model.path={json.dumps(str(wan_folders['t2v21']))}",
+                                                    f"codec.path={codec}"])  # fmt: skip
+    with pytest.raises(ValueError, match=f"{wan_folders['ti2v'] / 'vae' / 'config.json'} z_dim = 48 where"):
+        check_model_variant(cfg)
+
+
+def test_every_command_refuses_a_folder_of_another_variant_before_any_work(wan_folders, tmp_path, capsys):
+    """The issue's case (a Wan 2.1 folder under the TI2V-5B preset) and the A14B experts through ``plan``, ``data
+    prepare``, ``train`` and ``generate`` (a stage-II checkpoint of the TI2V-5B preset given a Wan 2.1 folder by
+    ``--model``): exit 2, one line naming the folder and the key, and nothing written."""
+    from tinyhistory.config import load_config
+
+    t2v21, a14b = wan_folders["t2v21"], wan_folders["a14b"]
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a.mp4").write_bytes((DATA / "carphone_pristine.mp4").read_bytes())
+    checkpoint = tmp_path / "ti2v_stage2"  # what a stage-II run of the TI2V preset records, weights not needed
+    checkpoint.mkdir()
+    load_config("wan2.2-ti2v-5b", overrides=[f"model.path={json.dumps(str(wan_folders['ti2v']))}",
+                                             'train.stage="ar"']).save(checkpoint / "config.json")  # fmt: skip
+    story = _story(tmp_path / "story.json", 1)
+    out = tmp_path / "out"
+    cases = {
+        "plan": (["plan", "--preset", "wan2.2-ti2v-5b", "--model", str(t2v21)], t2v21, "in_channels = 16 where"),
+        "data prepare": (["data", "prepare", "--preset", "wan2.2-ti2v-5b", "--model", str(t2v21), "--input",
+                          str(videos), "--out", str(out)], t2v21, "expand_timesteps = false where"),
+        "train, no second expert": (["train", "--preset", "wan2.2-t2v-a14b", "--model", str(t2v21), "--steps", "1",
+                                     "--out", str(out), "--no-progress"], t2v21, "transformer_2 = none where"),
+        "train, two experts": (["train", "--preset", "wan2.1-t2v-14b", "--model", str(a14b), "--steps", "1", "--out",
+                                str(out), "--no-progress"], a14b, "transformer_2 = a second expert where"),
+        "generate": (["generate", "--checkpoint", str(checkpoint), "--model", str(t2v21), "--storyboard", str(story),
+                      "--out", str(out / "a.mp4"), "--no-progress"], t2v21, "in_channels = 16 where Wan 2.2 TI2V-5B"),
+    }  # fmt: skip
+    for what, (argv, folder, words) in cases.items():
+        assert main(argv) == 2, what
+        line = _one_error_line(capsys)
+        assert f"model folder {folder} is not a " in line and words in line, (what, line)
+        assert not out.exists() or not any(p for p in out.rglob("*") if p.name != LOCK_NAME), what
+
+
+# -- 9. --resume into a new --out ---------------------------------------------------------------------------------
+def test_a_resume_into_a_new_out_holds_the_whole_video_or_is_refused(tmp_path, capsys):
+    """``--resume a.mp4.session --out b.mp4`` (a branch) used to write only the continuation into b.mp4 without a word.
+    Now a.mp4 (the video beside the session) and its segment log are copied in first and the terminal says so: b.mp4
+    equals what continuing a copy of a.mp4 in place gives, and a.mp4 and its session are untouched. Without that video
+    a new ``--out`` is refused, naming it, before any work."""
+    from tinyhistory.data.video import decode_video
+
+    story = _story(tmp_path / "story.json", 2)
+    a = tmp_path / "a.mp4"
+    assert main(_generate_args(story, a)) == 0
+    session = a.with_name("a.mp4.session")
+    kept = {p: p.read_bytes() for p in (a, session, a.with_name("a.mp4.segments.jsonl"))}
+    copy = tmp_path / "c.mp4"  # the same continuation, in place, on a copy of the run
+    for suffix in ("", ".session", ".segments.jsonl"):
+        copy.with_name(copy.name + suffix).write_bytes(a.with_name(a.name + suffix).read_bytes())
+    _story(story, 3)
+    capsys.readouterr()
+    b = tmp_path / "b.mp4"
+    assert main(_generate_args(story, b, "--resume", str(session))) == 0
+    said = capsys.readouterr().out
+    assert f"--out {b} is new: the 16 frames a.mp4.session made before are copied from {a} first" in said
+    assert main(_generate_args(story, copy, "--resume", str(copy) + ".session")) == 0
+    branch, in_place = (decode_video(p, 8.0, None) for p in (b, copy))
+    assert len(branch) == 24 and torch.equal(torch.as_tensor(branch), torch.as_tensor(in_place))
+    log = read_jsonl(b.with_name("b.mp4.segments.jsonl"), "segment log")
+    assert [r["index"] for r in log] == [0, 1, 2]
+    assert all(p.read_bytes() == data for p, data in kept.items())  # the earlier run is left as it was
+    assert not b.with_name("b.mp4.previous.mp4").exists()
+
+    a.rename(tmp_path / "moved.mp4")
+    for out, words in ((tmp_path / "d.mp4", f"--out {tmp_path / 'd.mp4'} holds no earlier run and {a} is not beside"),
+                       (a, f"--out {a} (the video saved with it) is missing")):  # fmt: skip
+        assert main(_generate_args(story, out, "--resume", str(session))) == 2
+        line = _one_error_line(capsys)
+        assert words in line and "would hold only the continuation, not the 16 frames" in line, line
+        assert not out.exists()
+
+
+# -- 10. rough edges a newcomer tripped over (issue 27, item 7) -----------------------------------------------------
+def test_a_contact_sheet_is_laid_out_tight(tmp_path):
+    """A 2-s video's sheet is two tiles wide (it was a strip of ten with eight blank); small frames grow by a whole
+    factor to 256 px high, 480p frames shrink to it, and no column of the sheet is blank canvas."""
+    import numpy as np
+    from PIL import Image
+
+    from tinyhistory.generate.run import contact_sheet
+
+    rng = np.random.default_rng(0)
+    for (height, width), seconds, (tile_h, tile_w), columns in (((64, 64), 2, (256, 256), 2),
+                                                                 ((480, 832), 3, (256, 444), 3),
+                                                                 ((128, 128), 23, (256, 256), 10)):  # fmt: skip
+        frames = rng.integers(1, 255, (seconds * 8, height, width, 3), dtype=np.uint8)
+        contact_sheet(frames, 8.0, tmp_path / "sheet.png")
+        sheet = np.asarray(Image.open(tmp_path / "sheet.png").convert("RGB"))
+        rows = -(-seconds // columns)
+        assert sheet.shape == (rows * (tile_h + 14), columns * (tile_w + 2) - 2, 3), (height, seconds)
+        filled = (sheet[14 : 14 + tile_h] != 255).any(axis=(0, 2))  # the first row of tiles, column by column
+        gaps = np.flatnonzero(~filled)
+        assert len(gaps) == 2 * (columns - 1), (height, seconds, gaps)  # only the 2-px gutters are white
+
+
+def test_an_image_start_raises_no_warning(tmp_path):
+    """``--image`` warned "The given NumPy array is not writable" (a read-only view of the PIL image handed to torch)
+    on every run; the frame is now a copy. Under ``simplefilter("error")`` the image goes through the path the
+    TI2V-5B first frame takes (``to_pixels``) and through ``generate --image`` without a warning."""
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from tinyhistory.data.clip import to_pixels
+    from tinyhistory.generate.run import decode_image
+
+    still = tmp_path / "still.png"
+    Image.fromarray(np.full((90, 120, 3), 80, np.uint8)).save(still)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = decode_image(still, 128, 128)
+        assert frame.flags.writeable and frame.shape == (128, 128, 3)
+        to_pixels(frame[None])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(_generate_args(_story(tmp_path / "story.json", 1), tmp_path / "a.mp4", "--image", str(still))) == 0
+    assert not [w for w in seen if "writable" in str(w.message)], [str(w.message) for w in seen]

@@ -242,6 +242,9 @@ class ModelFacts:
                     f"--model {s.model_path}: {cfg.model.transformer}/config.json not found (a diffusers model folder "
                     "has model_index.json, transformer/, vae/, text_encoder/, …)"
                 )
+            from tinyhistory.variants import check_model_variant
+
+            check_model_variant(cfg, folder)  # a plan for the preset's variant, not for whatever folder was given
             self.name = f"{folder.name} ({folder})"
             self.source = f"the configs in {folder}"
             self.transformer = transformer

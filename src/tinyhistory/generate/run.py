@@ -44,16 +44,30 @@ from tinyhistory.text.storyboard import Storyboard
 from tinyhistory.train.checkpoint import load_model
 
 
-def contact_sheet(frames: np.ndarray, fps: float, path: str | Path, columns: int = 10, scale: int = 2) -> None:
-    """One frame per second of ``(T, H, W, 3)`` uint8 frames in a grid, each labelled with its time."""
+def contact_sheet(frames: np.ndarray, fps: float, path: str | Path, columns: int = 10, tile_height: int = 256) -> None:
+    """One frame per second of ``(T, H, W, 3)`` uint8 frames in a grid, each labelled with its time.
+
+    Laid out tight: as many columns as there are pictures (at most ``columns``), so a 2-s video is two tiles wide, not
+    a strip of ten with eight blank; tiles ``tile_height`` pixels high at most (a 64-px frame grows by a whole factor,
+    nearest-neighbour, so its pixels stay sharp; a 480-px frame shrinks), so a long 480p video is not 16,000 px wide.
+    """
     picks = list(range(0, len(frames), max(1, round(fps))))
-    h, w = frames.shape[1] * scale, frames.shape[2] * scale
+    if not picks:
+        return
+    height, width = frames.shape[1:3]
+    if height <= tile_height:
+        scale = max(1, tile_height // height)
+        h, w, resample = height * scale, width * scale, Image.Resampling.NEAREST
+    else:
+        h, w, resample = tile_height, max(1, round(width * tile_height / height)), Image.Resampling.LANCZOS
+    columns = min(columns, len(picks))
     rows = math.ceil(len(picks) / columns)
-    sheet = Image.new("RGB", (columns * (w + 2), rows * (h + 14)), "white")
+    gap, label = 2, 14
+    sheet = Image.new("RGB", (columns * (w + gap) - gap, rows * (h + label)), "white")
     draw = ImageDraw.Draw(sheet)
     for i, frame_index in enumerate(picks):
-        x, y = (i % columns) * (w + 2), (i // columns) * (h + 14)
-        sheet.paste(Image.fromarray(frames[frame_index]).resize((w, h), Image.Resampling.NEAREST), (x, y + 12))
+        x, y = (i % columns) * (w + gap), (i // columns) * (h + label)
+        sheet.paste(Image.fromarray(frames[frame_index]).resize((w, h), resample), (x, y + label - 2))
         draw.text((x + 2, y), f"{frame_index / fps:.0f} s", fill="black")
     sheet.save(path)
 
@@ -151,8 +165,9 @@ def generate(
     # run" to resume, and --overwrite never deletes them.
     with file_lock(out, "generate"):
         outputs = plan_outputs(Path(out), [checkpoint, storyboard, history, image], resume, overwrite)
+        earlier = earlier_video(Path(out), resume)  # (a new --out: the session's own video is copied in first)
         inputs = (checkpoint, storyboard, history, image, resume)
-        return _generate(*inputs, outputs, preset, settings, offload, progress, model_path, overrides)
+        return _generate(*inputs, outputs, preset, settings, offload, progress, model_path, overrides, earlier)
 
 
 def _generate(
@@ -168,8 +183,10 @@ def _generate(
     progress: bool,
     model_path: str | None,
     overrides: list[str],
+    earlier: Path | None = None,
 ) -> dict:
-    """:func:`generate` once its outputs are locked and checked."""
+    """:func:`generate` once its outputs are locked and checked. ``earlier``: a resumed session's own video, copied
+    into a new ``--out`` (with its segment log) before the continuation (:func:`earlier_video`)."""
     story = Storyboard.load(storyboard)
     model, cfg, codec, encode_text, device = load_for_generation(checkpoint, preset, model_path, offload, overrides)
     saved = GenerationSession.read_settings(resume) if resume is not None else None
@@ -201,6 +218,13 @@ def _generate(
 
     sheet = ContactSheet(fps)
     generated = sum(r.pixel_frames for r in session.records) if resume is not None else 0
+    if earlier is not None:
+        print(
+            f"[generate] --out {out} is new: the {generated} frames {resume.name} made before are copied from "
+            f"{earlier} first, then the continuation follows ({earlier} and its session are left as they are)"
+        )
+        _copy_whole(earlier.with_name(earlier.name + ".segments.jsonl"), log_path, "segment log")
+        _copy_whole(earlier, out.with_name(out.name + ".previous.mp4"), "video")  # carried as a killed resume's is
     if resume is not None:  # a run killed after a segment's outputs but before its session: the session decides
         repair_jsonl(log_path, "segment log", keep=lambda r: int(r.get("index", 0)) < len(session.records))
     with _growing_video(out, fps, height, width, resume, sheet, generated) as video, _hint(session_path):
@@ -266,6 +290,53 @@ def load_for_generation(checkpoint, preset: str | None, model_path: str | None, 
     codec = build_codec(cfg).to(device)
     encode_text = PromptEncoder(cfg.text, device, offload)  # built once; with --offload it waits on the CPU
     return model.eval(), cfg, codec, encode_text, device
+
+
+def earlier_video(out: Path, resume: Path | None) -> Path | None:
+    """Where the frames a resumed session made before come from, decided before any work.
+
+    ``--out`` holding the run (its mp4, or the ``OUT.previous.mp4`` of a resume killed while carrying it over): None,
+    the run goes on there. A new ``--out`` (a branch: the same session, another storyboard): the video saved beside
+    the session (``X`` for ``X.session``), copied in first, so the new mp4 is whole, as the studio does with an
+    uploaded session and its video. Without that video a new ``--out`` would hold only the continuation, which used
+    to happen without a word: that is refused, naming the missing video.
+    """
+    from tinyhistory.generate.session import session_meta
+
+    previous = out.with_name(out.name + ".previous.mp4")
+    if resume is None or out.exists() or previous.exists():
+        return None
+    frames = sum(int(r.get("pixel_frames", 0)) for r in session_meta(resume)["records"])
+    if not frames:
+        return None  # nothing generated yet (a session saved before its first segment): nothing to carry
+    own = resume.with_name(resume.name.removesuffix(".session")) if resume.name.endswith(".session") else None
+    if own is not None and own.is_file() and own.resolve() != out.resolve():
+        return own
+    if own is not None and own.resolve() == out.resolve():
+        missing = f"--out {out} (the video saved with it) is missing"
+    else:
+        missing = f"--out {out} holds no earlier run and {own or 'no video'} is not beside the session"
+    raise ValueError(
+        f"--resume {resume}: {missing}, so the new video would hold only the continuation, not the {frames} frames "
+        "the session made before; give --out the video the session was saved with, or a copy of it"
+    )
+
+
+def _copy_whole(source: Path, target: Path, what: str) -> None:
+    """``source`` to ``target`` whole or not at all (a temporary beside it, then a rename: a kill or a full disk never
+    leaves a part that reads as the whole); nothing when ``source`` does not exist."""
+    import shutil
+
+    if not source.is_file():
+        return
+    tmp = target.with_name(target.name + ".tmp")
+    with writing(target, what):
+        try:
+            shutil.copyfile(source, tmp)
+            tmp.replace(target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def check_out_suffix(out: Path) -> None:
@@ -387,4 +458,5 @@ def decode_image(path: str | Path, height: int, width: int) -> np.ndarray:
             image = opened.convert("RGB")
     except (FileNotFoundError, OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{path}: cannot read image ({exc})") from None
-    return np.asarray(fit_frame(image, height, width, "crop"))
+    # a copy: np.asarray of a PIL image is read-only, and torch.from_numpy warned about it on every --image run
+    return np.array(fit_frame(image, height, width, "crop"))

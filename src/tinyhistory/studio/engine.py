@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from tinyhistory.data.mp4 import GrowingMp4
+from tinyhistory.files import replace_file
 
 DEMO_CHECKPOINT = "checkpoints/miniature/stage2/proposed"  # the embedded demo's stage-II model
 VIDEO = "story.mp4"  # a run folder holds what ``tinyhistory generate --out DIR/story.mp4`` writes
@@ -342,7 +343,7 @@ class Studio:
             same_run = self._run is not None and Path(request.path) == self._run.session_path
             run = self._run if same_run else self._new_run(height, width)
             if not same_run and request.previous_video is not None:
-                self._carry(run, request.previous_video)
+                self._carry(run, request.previous_video, sum(r.pixel_frames for r in session.records))
         else:
             session = GenerationSession(
                 loaded.model, loaded.cfg, loaded.codec, loaded.encode_text, settings, loaded.device
@@ -351,7 +352,8 @@ class Studio:
             self._start(session, request)
         self._lock_run(run)
         session.save(run.session_path)
-        (run.folder / "storyboard.json").write_text(json.dumps(request.story.to_dict(), indent=2) + "\n")
+        story = json.dumps(request.story.to_dict(), indent=2) + "\n"  # whole or not at all (a kill, a full disk)
+        replace_file(run.folder / "storyboard.json", story.encode(), "storyboard")
         return session, run
 
     def _lock_run(self, run: _Run) -> None:
@@ -389,14 +391,35 @@ class Studio:
             self._check_stop()
             yield chunk
 
-    def _carry(self, run: _Run, video: Path) -> None:
-        """The video made before an uploaded session was saved goes first into the new run's mp4."""
+    def _carry(self, run: _Run, video: Path, frames: int) -> None:
+        """The video made before an uploaded session was saved goes first into the new run's mp4: its first ``frames``
+        (what the session generated), read from a copy cut back to its whole fragments. A run killed after a
+        segment's video but before its session holds that segment too (the session generates it again; carried, it
+        came twice), and one killed inside an append ends in part of a fragment (the upload is not changed)."""
+        from tinyhistory.data.mp4 import whole_fragments
         from tinyhistory.data.video import iter_video_chunks
 
         self._set(message="Copying the earlier video…")
         height, width = self.loaded.frame_shape
-        for chunk in iter_video_chunks(video, self.loaded.fps, (height, width), chunk=64):
-            run.add(chunk)
+        copy = self.scratch / f"carry-{run.folder.name}.mp4"
+        shutil.copyfile(video, copy)
+        try:
+            whole_fragments(copy)
+            carried = 0
+            for chunk in iter_video_chunks(copy, self.loaded.fps, (height, width), chunk=64):
+                chunk = chunk[: max(0, frames - carried)]
+                if len(chunk) == 0:
+                    break
+                run.add(chunk)
+                carried += len(chunk)
+        finally:
+            copy.unlink(missing_ok=True)
+        if carried < frames:
+            print(
+                f"[studio] warning: {video.name} holds {carried} of the {frames} frames the session generated; the "
+                "continuation follows them",
+                file=sys.stderr,
+            )
 
     def _generate(self, session, run: _Run, story) -> None:
         remaining = session.storyboard_segments(story)

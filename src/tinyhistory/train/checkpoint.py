@@ -33,6 +33,7 @@ from tinyhistory.paths import PROJECT_ROOT, resolve_path
 from tinyhistory.registry import BACKBONES
 from tinyhistory.system import HistoryDiT, torch_dtype
 from tinyhistory.train.lora import LORA_FILE, PREFIX, has_lora, load_lora, merge_lora, save_lora
+from tinyhistory.variants import check_model_variant
 
 ENCODER_FILE = "history_encoder.safetensors"
 CROSS_ATTENTION_FILE = "cross_attention.safetensors"
@@ -143,6 +144,7 @@ def load_base(folder: Path, cfg: RunConfig, dtype: torch.dtype | None = None):
     if cfg.train.dit == "lora":
         if not cfg.model.path:
             raise ValueError(f"{folder}: this LoRA checkpoint names no base model folder; give it with --model DIR")
+        check_model_variant(cfg)  # the checkpoint's preset names the variant its LoRA and encoder were trained on
         base_dtype = dtype or torch_dtype(cfg.model.dtype)
         return adapter.from_pretrained(resolve_path(cfg.model.path), cfg.model.transformer, base_dtype)
     if (folder / LORA_FILE).is_file():
