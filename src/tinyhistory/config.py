@@ -115,6 +115,7 @@ class BackboneConfig:
 
 
 CONTEXT_ATTENTION = ("full", "block_causal")
+TIER_LAYOUTS = ("recompute", "stacked")
 
 
 @dataclass
@@ -153,8 +154,19 @@ class HistoryConfig:
     tiers: list[float] = field(default_factory=list)
     # Seconds of history that leave a tier at once (whole chunks): a move recomputes the block-causal cache from the
     # moved chunk on, so larger moves amortise that over more segments, at the price of up to this many more seconds
-    # in the finer tier. Rounded up to whole temporal blocks. Only read with tiers.
+    # in the finer tier. Rounded up to whole temporal blocks. Only read with tiers. (With tier_layout = "stacked" a
+    # move recomputes nothing: the smallest move, one block, keeps the finer tier at its length.)
     tier_move: float = 10.0
+    # How tiers meet the block-causal cache (issue 24, history/stacked.py). "recompute": the context is each tier's
+    # span and attends block-causally to all of it, so a move recomputes the cache from the moved chunk on. "stacked":
+    # every rate's tokens of every block are in the context, each block attends to the blocks of the last
+    # ``context_window`` seconds (all rates, never to a later block), and the targets see each block at its tier's
+    # rate only: a move changes only what the targets see (nothing is recomputed) and an append attends to a bounded
+    # window (its cost does not grow with the history). Needs tiers and context_attention = "block_causal".
+    tier_layout: str = "recompute"
+    # The stacked layout's window: seconds of history (its own block included) that a context block attends to,
+    # rounded up to whole temporal blocks. Only read with tier_layout = "stacked".
+    context_window: float = 20.0
 
     def validate(self) -> None:
         HISTORY_METHODS.check(self.method)
@@ -186,6 +198,7 @@ class HistoryConfig:
             except ValueError as exc:
                 raise ValueError(f"history.rates: {exc}") from None
         self._validate_tiers()
+        self._validate_stacked()
 
     def _validate_tiers(self) -> None:
         """``history.tiers``: one length (seconds) per rate but the last, rates growing coarser, a positive move."""
@@ -210,6 +223,33 @@ class HistoryConfig:
             )
         if not (isinstance(self.tier_move, int | float) and 0 < self.tier_move < math.inf):
             raise ValueError(f"history.tier_move must be a positive number of seconds, got {self.tier_move}")
+
+    def _validate_stacked(self) -> None:
+        """``history.tier_layout = "stacked"``: tiers under the block-causal cache, a positive window, and none of
+        the context parts the layout does not place (the sliding window, the enhancers' features)."""
+        _choice("history.tier_layout", self.tier_layout, TIER_LAYOUTS)
+        if self.tier_layout != "stacked":
+            return
+        name = 'history.tier_layout = "stacked"'
+        if not self.tiers:
+            raise ValueError(f"{name} lays out tiers: it needs history.tiers (and two or more rates)")
+        if self.context_attention != "block_causal":
+            raise ValueError(
+                f'{name} needs history.context_attention = "block_causal" (a cache whose blocks never depend on a '
+                "later block is what makes a move free)"
+            )
+        if not (isinstance(self.context_window, int | float) and 0 < self.context_window < math.inf):
+            raise ValueError(f"history.context_window must be a positive number of seconds, got {self.context_window}")
+        if self.sliding_window:
+            raise ValueError(
+                f"{name} takes no history.sliding_window: the window's frames are rebuilt every segment beside a "
+                "cache whose blocks attend to a bounded window of blocks, which this layout does not place yet"
+            )
+        if self.cross_attention:
+            raise ValueError(
+                f"{name} takes no history.cross_attention: the enhancers would read the features of every rate of "
+                "every block, hidden ones included"
+            )
 
 
 @dataclass

@@ -44,6 +44,13 @@ cache work per segment is counted as the session does it over one cycle of moves
 the new blocks' append, and at a move the recompute of everything from the moved chunk on (its coarser tokens and
 every newer block, which attended to it), averaged over the cycle; ``cache_move_tflops`` is the moves' share of it
 (what the recompute costs beyond appending the same new blocks).
+
+Stacked tier rows (``history.tier_layout = "stacked"``, history/stacked.py; a tier set written ``RATES@stacked`` or
+``RATES@stacked:WINDOW``, e.g. ``--tiers 4x4x2:20+8x8x4@stacked:20``): block-causal only. The step is the cached step
+over what the targets read (each tier's span, the same tokens as the recompute layout); the producers' append is
+every rate encoding the new blocks, as above; the cache work per segment is :class:`StackedTierCache` appending the
+new blocks of every rate, attending to one window of cached blocks (all rates), averaged over one cycle of segments
+and blocks. A move recomputes nothing (``cache_move_tflops`` = 0).
 """
 
 from __future__ import annotations
@@ -62,8 +69,9 @@ from tinyhistory.config import RunConfig, load_config
 from tinyhistory.geometry import BaseGeometry, Rate, get_base, history_grid, temporal_block
 from tinyhistory.history.base import tokens_from_grid
 from tinyhistory.history.patchifier import LargePatchifier
+from tinyhistory.history.stacked import StackedTierCache
 from tinyhistory.history.streaming import IncrementalHistory
-from tinyhistory.history.tiers import TierPlan
+from tinyhistory.history.tiers import TierPlan, select_tiers
 from tinyhistory.model_configs import COST_PRESET_MODELS, meta_transformer
 from tinyhistory.registry import BACKBONES
 from tinyhistory.system import HistoryDiT
@@ -88,10 +96,28 @@ class TierSet:
     rates: tuple[str, ...]  # newest (finest) first
     seconds: tuple[float, ...]  # every tier's length but the last's
     move: float  # seconds moved to the next tier at once
+    layout: str = "recompute"  # history.tier_layout
+    window: float = 0.0  # the stacked layout's history.context_window (seconds)
 
     @classmethod
     def parse(cls, text: str, move: float) -> TierSet:
-        """``"4x4x2:20+8x8x4"`` (rate:seconds for every tier but the last, newest first) → a tier set."""
+        """``"4x4x2:20+8x8x4"`` (rate:seconds for every tier but the last, newest first) → a tier set; a suffix
+        ``@stacked`` or ``@stacked:SECONDS`` takes the stacked layout with that context window (default 20 s)."""
+        tiers, _, layout = text.partition("@")
+        name, _, window = layout.partition(":")
+        if layout and name != "stacked":
+            raise ValueError(f"tiers {text!r}: the layout after @ is 'stacked' or 'stacked:SECONDS'")
+        try:
+            seconds = float(window) if window else DEFAULT_STACKED_WINDOW
+        except ValueError:
+            raise ValueError(f"tiers {text!r}: the stacked window is seconds, e.g. @stacked:20") from None
+        if not 0 < seconds < math.inf:
+            raise ValueError(f"tiers {text!r}: the stacked window must be positive seconds")
+        plain = cls._parse_tiers(tiers, move)
+        return cls(plain.rates, plain.seconds, move, "stacked", seconds) if layout else plain
+
+    @classmethod
+    def _parse_tiers(cls, text: str, move: float) -> TierSet:
         parts = text.split("+")
         rates, seconds = [], []
         for i, part in enumerate(parts):
@@ -111,11 +137,14 @@ class TierSet:
 
     def __str__(self) -> str:
         tiers = [f"{r}:{s:g}s" for r, s in zip(self.rates, self.seconds, strict=False)] + [self.rates[-1]]
-        return "+".join(tiers) + f" (moves of {self.move:g}s)"
+        stacked = f", stacked, window {self.window:g}s" if self.layout == "stacked" else ""
+        return "+".join(tiers) + f" (moves of {self.move:g}s{stacked})"
 
 
 # The issue's example: the newest 20 s at 4×4×2, older history at 8×8×4, moved 10 s at a time.
 TIER_SETS: tuple[TierSet, ...] = (TierSet(("4x4x2", "8x8x4"), (20.0,), 10.0),)
+# The stacked layout's context window when a tier set names none (``@stacked``), seconds (history.context_window).
+DEFAULT_STACKED_WINDOW = 20.0
 T = TypeVar("T")
 
 
@@ -172,6 +201,8 @@ class CostRow:
     tier_move: float | None = None  # tier rows: seconds moved to the next tier at once
     # tier rows, block-causal: the moves' share of cache_build_tflops per segment (recompute beyond the append)
     cache_move_tflops: float = 0.0
+    tier_layout: str | None = None  # tier rows: history.tier_layout ("recompute" or "stacked")
+    context_window: float | None = None  # stacked tier rows: history.context_window (seconds)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -300,11 +331,13 @@ class CostModel:
         self._step_memo: dict[int, int] = {}  # context tokens → FLOPs of one step
         self._cached_memo: dict[int, tuple[int, int]] = {}  # context tokens → (cached step, cache build)
         self._causal_memo: dict[int, int] = {}  # context tokens → block-causal cached step
+        self._stacked_memo: dict[int, int] = {}  # tokens the targets read → stacked layout's cached step
         with torch.device("meta"):
             self.patchifiers = {r: LargePatchifier(str(r), bb.patch_embedding) for r in FRAMEPACK_TIERS[1:]}
             self.encoders = {rates: self._proposed_model(rates) for rates in s.proposed_rates}
             tiered = s.tier_sets if "proposed" in s.methods else ()
-            self.tiered = {spec: self._tiered_model(spec) for spec in tiered}
+            models = {spec: self._tiered_model(spec) for spec in tiered}
+            self.tiered = {spec: model for spec, model in models.items() if model is not None}
         self._append_memo: dict[tuple[int, int], int] = {}  # (prior tokens, added tokens) → block-causal append
 
     # -- building blocks -------------------------------------------------------------------------------------
@@ -336,8 +369,10 @@ class CostModel:
         cfg = load_config(self.settings.preset, overrides=['history.method="proposed"', f"history.rates=[{rate_list}]"])
         return HistoryDiT.from_config(cfg, self.backbone)
 
-    def _tiered_model(self, spec: TierSet) -> HistoryDiT:
-        """The preset's encoders at ``spec``'s rates laid out as its tiers (``HistoryDiT.from_config``)."""
+    def _tiered_model(self, spec: TierSet) -> HistoryDiT | None:
+        """The preset's encoders at ``spec``'s rates laid out as its tiers (``HistoryDiT.from_config``). The stacked
+        layout gets its own block-causal meta DiT with the window (None where the adapter refuses it, or without the
+        block-causal rows: the layout exists only under that cache)."""
         rate_list = ",".join(f'"{r}"' for r in spec.rates)
         seconds = ",".join(f"{x:g}" for x in spec.seconds)
         overrides = [
@@ -346,9 +381,23 @@ class CostModel:
             f"history.tiers=[{seconds}]",
             f"history.tier_move={spec.move:g}",
         ]
+        if spec.layout == "stacked":
+            overrides += [
+                "history.kv_cache=true",
+                'history.context_attention="block_causal"',
+                'history.tier_layout="stacked"',
+                f"history.context_window={spec.window:g}",
+            ]
         cfg = load_config(self.settings.preset, overrides=overrides)
         cfg.data.fps = self.fps  # the tiers' seconds at the counted frame rate
-        return HistoryDiT.from_config(cfg, self.backbone)
+        if spec.layout != "stacked":
+            return HistoryDiT.from_config(cfg, self.backbone)
+        if not self.settings.block_causal:
+            return None
+        try:
+            return HistoryDiT.from_config(cfg, meta_backbone(self.cfg))
+        except ValueError:  # a family without it (HunyuanVideo) refuses by name
+            return None
 
     def hr(self, frames: int) -> torch.Tensor:
         """Full-resolution history latents ``(1, C, frames, H, W)`` on meta."""
@@ -570,6 +619,7 @@ class CostModel:
             append_tflops=append / TERA,
             tiers=list(spec.seconds),
             tier_move=spec.move,
+            tier_layout=spec.layout,
         )
         step = self.dit_step(context, frames)
         total = step + append / forwards
@@ -602,6 +652,85 @@ class CostModel:
                 )
             )
         return rows
+
+    # -- the stacked tier layout -------------------------------------------------------------------------------
+    def _rate_tokens(self, model: HistoryDiT, start: int, frames: int) -> list[ContextTokens]:
+        """Every rate's tokens of history frames ``start … start + frames`` (positions from ``start``)."""
+        lrs = [self.lr(frames, p.rate) if p.uses_lr else None for p in model.producers]
+        return model.rate_tokens(self.hr(frames), lrs, frame_offset=start)
+
+    def stacked_view(self, model: HistoryDiT, frames: int) -> tuple[ContextTokens, int]:
+        """What the targets read after ``frames`` history frames with the stacked layout (each tier's span of every
+        rate's tokens, with blocks) and the FLOPs of encoding every rate over the whole history."""
+        plan: TierPlan = model.tiers
+        whole = frames // plan.block * plan.block
+        parts, flops = count_flops(lambda: self._rate_tokens(model, 0, whole))
+        return model.with_blocks(select_tiers(plan, parts, whole)), flops
+
+    def stacked_step(self, model: HistoryDiT, view: ContextTokens, frames: int) -> int:
+        """One cached denoising step of one branch over the targets' view (the targets attend to it and themselves;
+        the context's window does not enter a cached step)."""
+        key = view.num_tokens
+        if key not in self._stacked_memo:
+            cache = model.build_context_cache(view, None)  # shapes only: the FLOPs counted are the step's
+            latents, t, positions = self._targets(frames)
+            _, step = count_flops(lambda: model(latents, t, self.text, None, positions, context_cache=cache))
+            self._stacked_memo[key] = step
+        return self._stacked_memo[key]
+
+    def stacked_cache_work(self, model: HistoryDiT, frames: int) -> float:
+        """The stacked cache's work per generated segment in steady state after ``frames`` history frames, as the
+        session does it (:class:`StackedTierCache`): after each segment the whole blocks completed, every rate,
+        attending to one window of cached blocks; averaged over one cycle of segments and blocks. No move enters."""
+        plan: TierPlan = model.tiers
+        chunks, cycle = steady_state_chunks(frames, plan.block, self.segment_frames)
+        return sum(self._stacked_append(model, encoded, new) for encoded, new in chunks) / cycle
+
+    def _stacked_append(self, model: HistoryDiT, encoded: int, new: int) -> int:
+        """FLOPs of appending ``new`` frames' blocks to a stacked cache of ``encoded`` frames: the cache holds the
+        window the new blocks attend to (built uncounted, shapes only), then the append is counted."""
+        plan: TierPlan = model.tiers
+        first = max(0, encoded // plan.block - plan.window_blocks + 1)  # the oldest block a new block sees
+        start = first * plan.block
+        cache = StackedTierCache(plan, first)
+        if encoded > start:
+            cache.grow(model, self._rate_tokens(model, start, encoded - start), encoded)
+        tokens = self._rate_tokens(model, start, encoded + new - start)
+        return count_flops(lambda: cache.grow(model, tokens, encoded + new))[1]
+
+    def _stacked_row(
+        self, spec: TierSet, model: HistoryDiT, seconds: float, frames: int, baseline: int, per_second: float
+    ) -> CostRow:
+        """A stacked tier set's row at one history length: the cached step over the targets' view, the producers'
+        append (every rate) and the stacked cache's append, spread over every forward of the segment."""
+        s = self.settings
+        forwards = s.steps * s.branches
+        view, whole = self.stacked_view(model, frames)
+        append = self._append_flops(model, frames)
+        step = self.stacked_step(model, view, frames)
+        work = self.stacked_cache_work(model, frames)
+        total = step + (work + append) / forwards
+        return CostRow(
+            preset=s.preset,
+            method="proposed",
+            rates=list(spec.rates),
+            history_seconds=seconds,
+            history_frames=frames,
+            kv_cache=True,
+            context_tokens=view.num_tokens,
+            dit_step_tflops=step / TERA,
+            producer_tflops=whole / TERA,
+            append_tflops=append / TERA,
+            cache_build_tflops=work / TERA,
+            step_tflops=total / TERA,
+            second_tflops=(step * forwards + work + append) * per_second / TERA,
+            history_overhead=total / baseline - 1,
+            context_attention="block_causal",
+            tiers=list(spec.seconds),
+            tier_move=spec.move,
+            tier_layout="stacked",
+            context_window=spec.window,
+        )
 
     # -- rows -------------------------------------------------------------------------------------------------
     def variants(self) -> list[tuple[str, tuple[str, ...]]]:
@@ -665,7 +794,10 @@ class CostModel:
                 if self.causal_dit is not None and k and method == "proposed":
                     out.append(self._causal_row(common, context, rates, frames, append, baseline, per_second))
             for spec, model in self.tiered.items():
-                out += self._tier_rows(spec, model, seconds, frames, baseline, per_second)
+                if spec.layout == "stacked":
+                    out.append(self._stacked_row(spec, model, seconds, frames, baseline, per_second))
+                else:
+                    out += self._tier_rows(spec, model, seconds, frames, baseline, per_second)
         return out
 
     def _causal_row(
@@ -719,7 +851,8 @@ def markdown_table(rows: list[CostRow]) -> str:
             rates = " ".join(f"{t['rate']}:{t['frames']}f" for t in r.schedule)
         elif r.tiers is not None:  # tiers: each tier's rate and seconds, newest first, and the move
             rates = "+".join(f"{x}:{t:g}s" for x, t in zip(r.rates, r.tiers, strict=False))
-            rates += f"+{r.rates[-1]} (tiers, moves of {r.tier_move:g}s)"
+            stacked = f", stacked, window {r.context_window:g}s" if r.tier_layout == "stacked" else ""
+            rates += f"+{r.rates[-1]} (tiers, moves of {r.tier_move:g}s{stacked})"
         else:
             rates = "+".join(r.rates)
         kv = "block-causal" if r.context_attention == "block_causal" else cache[r.kv_cache]

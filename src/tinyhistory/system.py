@@ -22,10 +22,12 @@ from tinyhistory.backbones.base import (
 from tinyhistory.config import RunConfig
 from tinyhistory.geometry import temporal_block
 from tinyhistory.history.phase import BlockPhase
+from tinyhistory.history.stacked import stack_tiers
 from tinyhistory.history.tiers import TierPlan, encode_tiers
 from tinyhistory.paths import resolve_path
 from tinyhistory.registry import BACKBONES, CODECS, HISTORY_METHODS
 from tinyhistory.text.condition import TextCondition
+from tinyhistory.variants import check_model_variant
 
 
 def build_codec(cfg: RunConfig):
@@ -42,6 +44,7 @@ def build_backbone(cfg: RunConfig) -> Backbone:
     one from the ``[backbone]`` table (the tiny preset)."""
     adapter = BACKBONES.get(cfg.backbone.family)
     if cfg.model.path:
+        check_model_variant(cfg)  # the preset's variant (TI2V vs T2V, 2.1 vs 2.2), before gigabytes are read
         dtype = torch_dtype(cfg.model.dtype)
         return adapter.from_pretrained(resolve_path(cfg.model.path), cfg.model.transformer, dtype)
     if cfg.train.dit == "lora":
@@ -53,8 +56,9 @@ def build_backbone(cfg: RunConfig) -> Backbone:
 
 
 def check_model_parts(cfg: RunConfig) -> None:
-    """Before caching: the user's folder (``model.path``) must be of the preset's family and hold the VAE and the
-    text encoder that the config takes from it (a ValueError names the folder, the missing part and the layout).
+    """Before caching: the user's folder (``model.path``) must be of the preset's family and variant
+    (:mod:`tinyhistory.variants`) and hold the VAE and the text encoder that the config takes from it (a ValueError
+    names the folder, the missing part or the differing key, and what was expected).
     Caching needs no DiT, so a folder that gives neither is not checked (the miniature caches its footage before
     its base model exists)."""
     if not cfg.model.path:
@@ -66,6 +70,7 @@ def check_model_parts(cfg: RunConfig) -> None:
         parts += ["text_encoder", "tokenizer"]
     if parts:
         check_model_folder(resolve_path(cfg.model.path), BACKBONES.get(cfg.backbone.family), tuple(parts))
+    check_model_variant(cfg)  # and the preset's variant: a cache at another model's fps and latents is no use
 
 
 def build_producers(cfg: RunConfig, backbone: Backbone) -> nn.ModuleList:
@@ -147,6 +152,12 @@ class HistoryDiT(nn.Module):
             enhancers = nn.ModuleList(
                 CrossAttentionEnhancer(backbone.hidden_dim, feature_dim, heads) for _ in range(blocks)
             )
+        tiers = TierPlan.from_config(cfg.history, cfg.base, cfg.data.fps)
+        # first: a family without the stacked layout's window refuses by that name, not by block_causal's
+        if tiers is not None and tiers.stacked:
+            backbone.use_context_window(tiers.window_blocks)
+        elif getattr(backbone, "context_window", 0):  # a stacked backbone reused by another layout
+            backbone.use_context_window(0)
         block_causal = cfg.history.context_attention == "block_causal"
         if block_causal:  # first: a family without it refuses by this name, not by the KV cache's
             backbone.use_block_causal()
@@ -158,7 +169,6 @@ class HistoryDiT(nn.Module):
             backbone.use_block_causal(False)
         if cfg.history.value_rope:
             backbone.use_value_rope()
-        tiers = TierPlan.from_config(cfg.history, cfg.base, cfg.data.fps)
         return cls(backbone, producers, cfg.history.sliding_window, enhancers, tiers)
 
     @property
@@ -171,7 +181,7 @@ class HistoryDiT(nn.Module):
         so a block is complete when its tokens first exist."""
         frames = temporal_block(self.rates) / self.backbone.patch_size[0]  # in DiT frames
         blocks = temporal_blocks(context.positions, frames)
-        return ContextTokens(context.tokens, context.positions, context.features, blocks)
+        return ContextTokens(context.tokens, context.positions, context.features, blocks, context.visible)
 
     def encode_history(
         self, hr_latents: torch.Tensor, lr_latents: list[torch.Tensor | None], frame_offset: int = 0
@@ -181,6 +191,12 @@ class HistoryDiT(nn.Module):
         if len(self.producers) == 0:
             return None
         features = len(self.enhancers) > 0
+        if self.tiers is not None and self.tiers.stacked:
+            frames = hr_latents.shape[2] // self.tiers.block * self.tiers.block  # whole blocks only
+            if frames == 0:
+                return None
+            parts = self.rate_tokens(hr_latents[:, :, :frames], lr_latents, frame_offset)
+            return self.with_blocks(stack_tiers(self.tiers, parts, frames))
         if self.tiers is not None:
             embed = self.backbone.patch_embed
             tiered = encode_tiers(self.tiers, self.producers, hr_latents, lr_latents, embed, frame_offset, features)
@@ -190,6 +206,17 @@ class HistoryDiT(nn.Module):
             for producer, lr in zip(self.producers, lr_latents, strict=True)
         ]
         return self.with_blocks(ContextTokens.concat(parts))
+
+    def rate_tokens(
+        self, hr_latents: torch.Tensor, lr_latents: list[torch.Tensor | None], frame_offset: int = 0
+    ) -> list[ContextTokens]:
+        """Every producer's tokens of the whole of ``hr_latents`` ``(B, C, T, H, W)`` (LR latents cut to ``T``), in
+        the order of the rates: the stacked tier layout's parts (history/stacked.py)."""
+        frames, embed = hr_latents.shape[2], self.backbone.patch_embed
+        return [
+            producer(hr_latents, lr[:, :, : frames // producer.rate.t] if lr is not None else None, embed, frame_offset)
+            for producer, lr in zip(self.producers, lr_latents, strict=True)
+        ]
 
     def window_tokens(self, hr_latents: torch.Tensor, frame_offset: int = 0) -> ContextTokens | None:
         """The last ``sliding_window`` latent frames through the DiT's own patch embedding, at their true positions."""
@@ -235,8 +262,15 @@ class HistoryDiT(nn.Module):
     def build_context_cache(self, context: ContextTokens, text: TextCondition | None, prior=None):
         """The history's keys and values in every block (``history.kv_cache``), once per segment and text; with
         ``history.context_attention = "block_causal"``, ``prior`` (the earlier blocks' cache) extended by
-        ``context``'s blocks, for every text (``text`` unused)."""
-        return self.backbone.build_context_cache(context, text, self._after_block(context), prior)
+        ``context``'s blocks, for every text (``text`` unused). A context with hidden tokens (``visible``, the stacked
+        tier layout built at once) gives the cache of what the targets read: every token is computed (the visible ones
+        attend to hidden ones), the visible ones kept."""
+        cache = self.backbone.build_context_cache(context, text, self._after_block(context), prior)
+        if context.visible is None:
+            return cache
+        if prior is not None:
+            raise ValueError("a context with hidden tokens is built at once (StackedTierCache grows it block by block)")
+        return cache.take(context.visible[0])
 
     @property
     def block_phases(self) -> list[BlockPhase]:

@@ -23,7 +23,8 @@ the single per-sample ``temb``). The context's cleanliness is carried by its con
 History KV cache (``history.kv_cache``) is not supported for this family yet: in HunyuanVideo's joint attention the
 text stream attends to the latents and feeds every later block, so the history's keys/values are not independent of
 the noisy targets without a dedicated processor for the dual- and single-stream attentions. The block-causal,
-prompt-free context (``history.context_attention = "block_causal"``) is refused for the same reason, by name.
+prompt-free context (``history.context_attention = "block_causal"``) and the stacked tier layout
+(``history.tier_layout = "stacked"``, which builds on it) are refused for the same reason, by name.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class HunyuanBackbone(DiffusersBackbone):
         self.guidance = guidance
         self.kv_cache = False
         self.block_causal = False
+        self.context_window = 0
 
     def use_kv_cache(self) -> None:
         raise ValueError(
@@ -111,6 +113,18 @@ class HunyuanBackbone(DiffusersBackbone):
                 "stream back, so the history's keys/values would depend on the targets and the prompt (a prompt-free, "
                 "block-causal context needs a processor for the dual- and single-stream attentions); set "
                 'history.context_attention = "full"'
+            )
+
+    def use_context_window(self, blocks: int) -> None:
+        """The stacked tier layout's bounded, block-causal context window: refused (0, no window, is what this
+        adapter always does)."""
+        if blocks:
+            raise ValueError(
+                'history.tier_layout = "stacked" is not supported for HunyuanVideo: it bounds and masks what the '
+                "history attends to and hides tokens from the targets, and HunyuanVideo's joint attention lets the "
+                "text stream read the history and the noisy targets and every later block read that stream back, so "
+                "neither mask holds without a processor for the dual- and single-stream attentions (the reason "
+                '"block_causal" is refused); set history.tier_layout = "recompute"'
             )
 
     def use_full_attention(self) -> None:

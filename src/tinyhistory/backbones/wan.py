@@ -59,9 +59,33 @@ class ContextCache:
     def prefix(self, n: int) -> ContextCache:
         """The first ``n`` cached tokens in every block (a block-causal cache's oldest blocks, which attend to nothing
         after them: what stays valid when later tokens change, e.g. when tiered history moves a chunk)."""
-        features = self.features[:, :n] if self.features is not None else None
-        blocks = self.blocks[:, :n] if self.blocks is not None else None
-        return ContextCache([k[:, :n] for k in self.keys], [v[:, :n] for v in self.values], features, blocks)
+        return self.narrow(0, n)
+
+    def narrow(self, start: int, length: int | None = None) -> ContextCache:
+        """Cached tokens ``start … start + length`` (default: to the end) in every block: a view, nothing copied
+        (the stacked tier layout keeps each rate's blocks and shows the targets a span of them)."""
+        stop = self.num_tokens if length is None else start + length
+
+        def cut(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x[:, start:stop]
+
+        return ContextCache(
+            [k[:, start:stop] for k in self.keys],
+            [v[:, start:stop] for v in self.values],
+            cut(self.features),
+            cut(self.blocks),
+        )
+
+    def take(self, keep: torch.Tensor) -> ContextCache:
+        """The cached tokens where ``keep`` ``(K,)`` bool is True, in every block (a copy): what the targets read of
+        a stacked tier layout's cache built at once (``ContextTokens.visible``)."""
+
+        def cut(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x[:, keep.to(x.device)]
+
+        return ContextCache(
+            [cut(k) for k in self.keys], [cut(v) for v in self.values], cut(self.features), cut(self.blocks)
+        )
 
     def extended(self, new: ContextCache) -> ContextCache:
         """This cache followed by ``new``'s tokens in every block (a new object; this one is left as it was, so a
@@ -97,11 +121,22 @@ class _AttentionPlan:
     mask: torch.Tensor | None = None
     # record mode: the new tokens' keys/values go here; ``cache`` is then the prior cache they attend to (or None).
     recorded: ContextCache | None = None
+    # history.tier_layout = "stacked": a context query sees keys of its own and the ``window − 1`` earlier blocks
+    # only (0: all earlier blocks), so the cache's append attends to a bounded set.
+    window: int = 0
+    # Which keys the target queries see, (B, 1, 1, K + N) bool, or None for all (masked mode; ContextTokens.visible:
+    # the stacked layout hides the rates a block is not in now).
+    target_mask: torch.Tensor | None = None
 
 
-def block_causal_mask(query_blocks: torch.Tensor, key_blocks: torch.Tensor) -> torch.Tensor:
-    """``(B, 1, Q, S)`` bool: query token i sees key token j when j's temporal block is not after i's."""
-    return (key_blocks[:, None, :] <= query_blocks[:, :, None])[:, None]
+def block_causal_mask(query_blocks: torch.Tensor, key_blocks: torch.Tensor, window: int = 0) -> torch.Tensor:
+    """``(B, 1, Q, S)`` bool: query token i sees key token j when j's temporal block is not after i's (and, with a
+    ``window`` of blocks, not ``window`` or more blocks before it)."""
+    behind = query_blocks[:, :, None] - key_blocks[:, None, :]  # (B, Q, S) blocks from key to query
+    seen = behind >= 0
+    if window:
+        seen = seen & (behind < window)
+    return seen[:, None]
 
 
 def _expand_batch(x: torch.Tensor, batch: int) -> torch.Tensor:
@@ -121,14 +156,16 @@ class HistoryAttnProcessor:
     ``WanAttnProcessor``; only who attends to whom, and (value RoPE) how the context's values enter, changes:
 
     * ``masked`` (training, and inference without a cache): the sequence is ``[context (K); targets (N)]``; target
-      queries attend to everything, context queries to context keys only (KV cache) or to everything;
+      queries attend to everything (but the context tokens ``plan.target_mask`` hides), context queries to context
+      keys only (KV cache) or to everything;
     * ``record``: the sequence is the context alone (with a block-causal prior cache: the newest blocks, which also
       attend to the prior cache's keys); its keys and values are stored in ``plan.recorded``;
     * ``cached``: the sequence is the targets alone; they attend to the cached context keys/values and themselves.
 
     **Block-causal context** (``history.context_attention = "block_causal"``, issue 24): context queries see only
     context keys of their own and earlier temporal blocks (``plan.mask``), so a block's keys and values never change
-    once computed and the cache grows by the newest blocks only.
+    once computed and the cache grows by the newest blocks only. With a window (``plan.window``, the stacked tier
+    layout) they see only the last ``window`` blocks, so an append attends to a bounded set of keys.
 
     **Value RoPE** (``history.value_rope``, issue 22): RoPE rotates queries and keys, never values, so every target
     token in a history block receives the same value from that block's token and nothing says which cell of the block
@@ -190,13 +227,13 @@ class HistoryAttnProcessor:
                     out = attend(query, key, values)
                 else:
                     context = attend(query[:, :k], key[:, :k], values[:, :k], plan.mask)
-                    out = torch.cat([context, attend(query[:, k:], key, values)], dim=1)
+                    out = torch.cat([context, attend(query[:, k:], key, values, plan.target_mask)], dim=1)
                 out = _unpair(out, rotary_emb)
             elif k == 0 or sees_all:
                 out = attend(query, key, value)
             else:
                 context = attend(query[:, :k], key[:, :k], value[:, :k], plan.mask)
-                targets = attend(query[:, k:], key, value)
+                targets = attend(query[:, k:], key, value, plan.target_mask)
                 out = torch.cat([context, targets], dim=1)
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
@@ -287,6 +324,7 @@ class WanBackbone(DiffusersBackbone):
         self._rope_theta = 10000.0
         self.kv_cache = False
         self.block_causal = False
+        self.context_window = 0  # blocks a context token sees (its own included); 0: every earlier block
         self._plan = _AttentionPlan()
 
     def use_kv_cache(self) -> None:
@@ -310,6 +348,15 @@ class WanBackbone(DiffusersBackbone):
         so their keys and values depend on nothing later and :meth:`build_context_cache` can grow the cache."""
         self.block_causal = self._plan.block_causal = enabled
         self._set_processors()
+
+    def use_context_window(self, blocks: int) -> None:
+        """``history.tier_layout = "stacked"`` (with the block-causal context): a context token attends to its own
+        and the ``blocks − 1`` earlier temporal blocks only (0: every earlier block), so that appending a block to
+        the cache attends to a bounded set of keys however long the history, and no block depends on which tier an
+        older block is in. The targets' side (which rate of a block they see) is ``ContextTokens.visible``."""
+        if blocks < 0:
+            raise ValueError(f"a context window is a number of blocks >= 0, got {blocks}")
+        self.context_window = self._plan.window = blocks
 
     def use_value_rope(self, enabled: bool = True) -> None:
         """``history.value_rope``: the context's values carry their position (:class:`HistoryAttnProcessor`)."""
@@ -383,7 +430,7 @@ class WanBackbone(DiffusersBackbone):
         recorded = ContextCache([], [], context.features, blocks)
         plan = self._plan
         plan.mode, plan.cache, plan.recorded = "record", prior, recorded
-        plan.mask = block_causal_mask(blocks, keys_blocks.to(blocks.device))  # (B, 1, K, K_prior + K)
+        plan.mask = block_causal_mask(blocks, keys_blocks.to(blocks.device), plan.window)  # (B, 1, K, K_prior + K)
         try:
             for block in tr.blocks:
                 tokens = block(tokens, text_states, timestep_proj, rotary_emb)
@@ -400,6 +447,17 @@ class WanBackbone(DiffusersBackbone):
                 "(ContextTokens.blocks, set by HistoryDiT.history_context / encode_history)"
             )
         return context.blocks
+
+    def _target_mask(self, context: ContextTokens, n: int) -> torch.Tensor:
+        """``(B, 1, 1, K + N)``: the context tokens the targets see (``context.visible``), then every target."""
+        if not self.block_causal:
+            raise ValueError(
+                "context tokens hidden from the targets (ContextTokens.visible, the stacked tier layout) need the "
+                'block-causal context (history.context_attention = "block_causal")'
+            )
+        visible = context.visible.to(torch.bool)
+        targets = visible.new_ones(visible.shape[0], n)
+        return torch.cat([visible, targets], dim=1)[:, None, None, :]
 
     def _enhance(self, after_block, i: int, tokens: torch.Tensor, k: int) -> torch.Tensor:
         """The per-block hook on ``(B, K + N, D)``; block-causal context rows skip it (the enhancers read every
@@ -516,10 +574,12 @@ class WanBackbone(DiffusersBackbone):
         self._plan.mode, self._plan.context_tokens, self._plan.cache = "masked", k, None
         # (B, 1, K, K) block-causal; kept after the forward, as the plan's other fields are: gradient checkpointing
         # recomputes the blocks during backward and must see the same pattern
-        self._plan.mask = None
+        self._plan.mask = self._plan.target_mask = None
         if self.block_causal and k:
             blocks = self._context_blocks(context).to(latents.device)
-            self._plan.mask = block_causal_mask(blocks, blocks)
+            self._plan.mask = block_causal_mask(blocks, blocks, self._plan.window)
+        if k and context.visible is not None:
+            self._plan.target_mask = self._target_mask(context, n)
         if context_cache is not None:
             if k:
                 raise ValueError("give either the context tokens or their cache, not both")

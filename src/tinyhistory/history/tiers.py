@@ -23,6 +23,9 @@ segment by segment all see the same tokens:
 Each tier's tokens are its producer's tokens for its span, encoded with the causal lookback the producer needs (the
 frames before the span, as :class:`~tinyhistory.history.streaming.IncrementalHistory` carries them), so they equal
 the producer's tokens of the whole history cut to the span.
+
+That is the ``"recompute"`` layout (``history.tier_layout``). The ``"stacked"`` layout (history/stacked.py) keeps
+the same spans for the targets but gives the context every rate of every block, so that a move recomputes nothing.
 """
 
 from __future__ import annotations
@@ -44,12 +47,27 @@ class TierPlan:
     frames: tuple[int, ...]  # every tier's length but the last's (the last holds the rest)
     move: int  # frames that leave a tier at once, a multiple of ``block``
     block: int  # the temporal block of all rates (lcm of rT): the steps the history is encoded in
+    layout: str = "recompute"  # history.tier_layout: "recompute" or "stacked" (history/stacked.py)
+    window: int = 0  # stacked: frames a context block attends to (its own included), a multiple of ``block``
 
     def __post_init__(self) -> None:
         if len(self.frames) != len(self.rates) - 1:
             raise ValueError(f"{len(self.rates)} tier rates need {len(self.rates) - 1} tier lengths, got {self.frames}")
         if self.move <= 0 or self.move % self.block:
             raise ValueError(f"the tier move ({self.move} frames) must be a positive multiple of {self.block}")
+        if self.stacked and (self.window <= 0 or self.window % self.block):
+            raise ValueError(
+                f"the stacked layout's window ({self.window} frames) must be a positive multiple of {self.block}"
+            )
+
+    @property
+    def stacked(self) -> bool:
+        return self.layout == "stacked"
+
+    @property
+    def window_blocks(self) -> int:
+        """The stacked layout's window in temporal blocks (0 for the recompute layout: no window)."""
+        return self.window // self.block
 
     @classmethod
     def from_config(cls, history, base: str, fps: float) -> TierPlan | None:
@@ -66,7 +84,10 @@ class TierPlan:
             latent = geometry.latent_frames(int(round(seconds * fps)))
             return max(1, math.ceil(latent / block)) * block
 
-        return cls(rates, tuple(frames(s) for s in history.tiers), frames(history.tier_move), block)
+        lengths, move = tuple(frames(s) for s in history.tiers), frames(history.tier_move)
+        if history.tier_layout == "stacked":
+            return cls(rates, lengths, move, block, "stacked", frames(history.context_window))
+        return cls(rates, lengths, move, block)
 
     def boundaries(self, frames: int) -> list[int]:
         """The start of every tier but the last (= the end of the next one), newest first, for ``frames`` frames."""
