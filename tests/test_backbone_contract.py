@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_model_folders import hunyuan_folder, wan21_t2v_folder, wan22_ti2v_folder
+from tiny_model_folders import hunyuan_folder, ltx_folder, wan21_t2v_folder, wan22_ti2v_folder
 
 from tinyhistory.backbones import ContextTokens
 from tinyhistory.config import HistoryConfig
@@ -72,6 +72,42 @@ def _hunyuan_lora_count(backbone):
     return (len(tr.transformer_blocks) * 12 + len(tr.single_transformer_blocks) * 5) * 2
 
 
+def _ltx_text(config, b, g):
+    """T5 states with a left-aligned prompt mask (the second prompt shorter, padding zeroed)."""
+    states = torch.randn(b, 5, config.caption_channels, generator=g)
+    mask = torch.ones(b, 5, dtype=torch.long)
+    mask[1:, 3:] = 0
+    return TextCondition(states * mask[..., None], mask)
+
+
+# LTXPipeline's RoPE scale for the tiny folder's VAE (32× space, 8× time, as released) at its default frame_rate 25.
+_LTX_ROPE_SCALE = (8 / 25, 32, 32)
+
+
+def _ltx_stock_forward(transformer, x, t, text):
+    from diffusers.pipelines.ltx.pipeline_ltx import LTXPipeline
+
+    _, _, frames, height, width = x.shape
+    packed = transformer(
+        LTXPipeline._pack_latents(x),
+        text.states,
+        t * 1000,
+        text.mask,
+        num_frames=frames,
+        height=height,
+        width=width,
+        rope_interpolation_scale=_LTX_ROPE_SCALE,
+    ).sample
+    return LTXPipeline._unpack_latents(packed, frames, height, width)
+
+
+def _ltx_stock_rope(transformer, x):
+    from diffusers.pipelines.ltx.pipeline_ltx import LTXPipeline
+
+    _, _, frames, height, width = x.shape
+    return transformer.rope(LTXPipeline._pack_latents(x), frames, height, width, _LTX_ROPE_SCALE)
+
+
 FAMILIES = [
     Family("wan2.1-t2v", "wan", wan21_t2v_folder, _wan_stock_forward, _wan_stock_rope),
     Family("wan2.2-ti2v", "wan", wan22_ti2v_folder, _wan_stock_forward, _wan_stock_rope),
@@ -84,6 +120,15 @@ FAMILIES = [
         lora_count=_hunyuan_lora_count,
         lora_keys=r"transformer\.(single_)?transformer_blocks\.\d+\.",
         text=_hunyuan_text,
+    ),
+    Family(
+        "ltx-video",
+        "ltx",
+        ltx_folder,
+        _ltx_stock_forward,
+        _ltx_stock_rope,
+        lora_keys=r"transformer\.transformer_blocks\.\d+\.",
+        text=_ltx_text,
     ),
 ]
 

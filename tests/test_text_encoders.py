@@ -124,10 +124,11 @@ def test_config_builds_each_encoder_and_requires_text_path(umt5_repo, hunyuan_re
     hunyuan = load_config("tiny", overrides=['text.kind="hunyuan"', f'text.path="{hunyuan_repo}"'])
     assert isinstance(text_cache.build_text_encoder(hunyuan.text), HunyuanTextEncoder)
     assert MiniLMTextEncoder.pooled_dim == 0
-    for kind in ("umt5", "hunyuan"):
+    for kind in ("umt5", "hunyuan", "t5"):
         with pytest.raises(ValueError, match=f"text.path must name a local model folder when text.kind = '{kind}'"):
             text_cache.build_text_encoder(load_config("tiny", overrides=[f'text.kind="{kind}"']).text)
-    with pytest.raises(ValueError, match="text.kind = 'clip' is not allowed; expected one of minilm, umt5, hunyuan"):
+    expected = "text.kind = 'clip' is not allowed; expected one of minilm, umt5, hunyuan, t5"
+    with pytest.raises(ValueError, match=expected):
         load_config("tiny", overrides=['text.kind="clip"'])
 
 

@@ -9,7 +9,8 @@ and write it with the pipeline's own ``save_pretrained`` (``model_index.json``, 
 - ``wan21_t2v_folder``: Wan 2.1 T2V (16 latent channels, 8× space, 4× time VAE);
 - ``wan22_ti2v_folder``: Wan 2.2 TI2V-5B (48 latent channels, 16× space VAE, ``expand_timesteps=True``);
 - ``wan22_a14b_folder``: Wan 2.2 A14B (two transformers, ``boundary_ratio=0.875``, Wan 2.1 VAE);
-- ``hunyuan_folder``: HunyuanVideo (Llama + CLIP text encoders, ``text_encoder_2/`` and ``tokenizer_2/`` too).
+- ``hunyuan_folder``: HunyuanVideo (Llama + CLIP text encoders, ``text_encoder_2/`` and ``tokenizer_2/`` too);
+- ``ltx_folder``: LTX-Video 0.9.x (a 32× space, 8× time VAE as released, T5, the dynamically shifted Euler scheduler).
 
 Every module is seeded, so the same call writes the same weights (the folders are reproducible); each call takes
 well under a second on a CPU.
@@ -22,9 +23,9 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-from tiny_text_models import save_hunyuan_text, save_umt5
+from tiny_text_models import save_hunyuan_text, save_t5, save_umt5
 from tiny_vaes import wan22_tiny_vae
-from transformers import AutoTokenizer, CLIPTextModel, LlamaModel, UMT5EncoderModel
+from transformers import AutoTokenizer, CLIPTextModel, LlamaModel, T5EncoderModel, UMT5EncoderModel
 
 
 def tiny_wan_transformer(channels: int, seed: int, text_dim: int) -> WanTransformer3DModel:
@@ -171,6 +172,75 @@ def hunyuan_folder(path: Path) -> Path:
         scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
         text_encoder_2=text_encoder_2,
         tokenizer_2=tokenizer_2,
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(path)
+    return path
+
+
+# The tiny LTX DiT's text width is the tiny T5's d_model; its VAE has the released factors (32× space, 8× time).
+LTX_TEXT_DIM = 16
+
+
+def ltx_folder(path: Path, timestep_conditioning: bool = False) -> Path:
+    """An LTX-Video 0.9.x-shaped diffusers repo at ``path``: a 2-block DiT (2 heads × 12, patch 1, 8 latent
+    channels, T5 width 16), the LTX VAE at test width with the released geometry (patch 4 and three space-time
+    downsamplings: 32× space, 8× time, causal encoder, non-causal decoder; ``timestep_conditioning`` as 0.9.1+),
+    the tiny T5 of ``tiny_text_models.save_t5`` and the released scheduler config (flow-matching Euler with dynamic
+    shifting: base 0.95 at 1024 tokens, max 2.05 at 4096, terminal 0.1)."""
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXPipeline,
+        LTXVideoTransformer3DModel,
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_t5(Path(tmp), seed=0)
+        text_encoder = T5EncoderModel.from_pretrained(Path(tmp) / "text_encoder").eval()
+        tokenizer = AutoTokenizer.from_pretrained(Path(tmp) / "tokenizer")
+    torch.manual_seed(0)
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8,
+        out_channels=8,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=2,
+        attention_head_dim=12,
+        cross_attention_dim=24,
+        num_layers=2,
+        caption_channels=LTX_TEXT_DIM,
+    ).eval()
+    torch.manual_seed(0)
+    scaling = (True, True, True, False)
+    vae = AutoencoderKLLTXVideo(
+        latent_channels=8,
+        block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        spatio_temporal_scaling=scaling,
+        decoder_spatio_temporal_scaling=scaling,
+        decoder_inject_noise=(False,) * 5,
+        upsample_residual=(False,) * 4,
+        upsample_factor=(1,) * 4,
+        timestep_conditioning=timestep_conditioning,
+        patch_size=4,
+        patch_size_t=1,
+    ).eval()
+    # Per-channel statistics that are not the identity, so a codec that skipped them would be caught.
+    vae.latents_mean.copy_(torch.linspace(-0.2, 0.3, 8))
+    vae.latents_std.copy_(torch.linspace(0.7, 1.4, 8))
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        base_image_seq_len=1024,
+        base_shift=0.95,
+        max_image_seq_len=4096,
+        max_shift=2.05,
+        shift_terminal=0.1,
+        use_dynamic_shifting=True,
+    )
+    pipe = LTXPipeline(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
     )
     path.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(path)

@@ -93,6 +93,34 @@ def save_umt5(folder: Path, seed: int = 0, layout: str = "repo") -> Path:
     return folder
 
 
+def save_t5(folder: Path, seed: int = 0) -> Path:
+    """A tiny T5 encoder (d_model 16) and its tokenizer in LTX-Video's repo layout (``text_encoder/``, ``tokenizer/``):
+    ``T5EncoderModel`` as ``LTXPipeline`` loads it, the tokenizer appending ``</s>`` as T5's does."""
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = word_level_tokenizer(
+        ["<pad>", "</s>", "<unk>"], PROMPT_WORDS, unk="<unk>", single="$A </s>", pad="<pad>", eos_token="</s>"
+    )
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=16,
+        d_kv=8,
+        d_ff=32,
+        num_layers=2,
+        num_heads=2,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+        dropout_rate=0.0,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    T5EncoderModel(config).eval().save_pretrained(folder / "text_encoder")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    return folder
+
+
 def save_hunyuan_text(folder: Path, seed: int = 0) -> Path:
     """A tiny LlamaModel (hidden 16) + CLIPTextModel (hidden 8) and tokenizers, in HunyuanVideo's repo layout."""
     from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE

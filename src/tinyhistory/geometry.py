@@ -90,6 +90,8 @@ BASES: dict[str, BaseGeometry] = {
     "wan2.2-ti2v-5b": BaseGeometry("wan2.2-ti2v-5b", 16, 4, (1, 2, 2), 48, 3072),
     "wan2.2-a14b-high": BaseGeometry("wan2.2-a14b-high", 8, 4, (1, 2, 2), 16, 5120),
     "hunyuanvideo": BaseGeometry("hunyuanvideo", 8, 4, (1, 2, 2), 16, 3072),
+    # LTX-Video 0.9.x 2B: 32× space, 8× time, 128 channels, patch 1 (one DiT token is 32×32 pixels × 8 frames).
+    "ltx-video": BaseGeometry("ltx-video", 32, 8, (1, 1, 1), 128, 2048),
     # The embedded tiny preset: lossless pixel-unshuffle (4×4 spatial, no temporal compression).
     "tiny": BaseGeometry("tiny", 4, 1, (1, 2, 2), 48, 256),
     # The miniature of the paper (preset ``miniature``): the learned framewise codec (8× spatial, 16 channels).

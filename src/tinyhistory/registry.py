@@ -40,6 +40,7 @@ BACKBONES = Registry(
     {
         "wan": "tinyhistory.backbones.wan:WanBackbone",
         "hunyuan": "tinyhistory.backbones.hunyuan:HunyuanBackbone",
+        "ltx": "tinyhistory.backbones.ltx:LTXBackbone",
     },
 )
 
@@ -49,6 +50,7 @@ CODECS = Registry(
         "pixel": "tinyhistory.codecs.pixel:PixelUnshuffleCodec",
         "wan": "tinyhistory.codecs.wan:WanVAECodec",
         "hunyuan": "tinyhistory.codecs.hunyuan:HunyuanVAECodec",
+        "ltx": "tinyhistory.codecs.ltx:LTXVAECodec",
         "learned": "tinyhistory.codecs.learned:LearnedCodec",
     },
 )
@@ -59,6 +61,7 @@ TEXT_ENCODERS = Registry(
         "minilm": "tinyhistory.text.minilm:MiniLMTextEncoder",
         "umt5": "tinyhistory.text.umt5:UMT5TextEncoder",
         "hunyuan": "tinyhistory.text.hunyuan:HunyuanTextEncoder",
+        "t5": "tinyhistory.text.t5:T5TextEncoder",
     },
 )
 

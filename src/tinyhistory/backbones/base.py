@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -28,6 +30,10 @@ class ContextTokens:
     # "block_causal"`` (a context token attends to its own and earlier blocks only); :data:`NEWEST_BLOCK` for tokens
     # rebuilt every segment (the sliding window). Set by ``HistoryDiT``, which knows how long a block is.
     blocks: torch.Tensor | None = None
+    # Optional ``(B, K)`` bool: which tokens the *targets* attend to (``history.tier_layout = "stacked"`` keeps every
+    # rate's tokens of every block in the context and shows the targets each block at its tier's rate only); None:
+    # all. Context tokens attend to each other by ``blocks`` alone, whatever the targets see.
+    visible: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.tokens.ndim != 3 or self.positions.ndim != 3 or self.positions.shape[-1] != 3:
@@ -44,10 +50,19 @@ class ContextTokens:
             raise ValueError(
                 f"context blocks {tuple(self.blocks.shape)} must be (B, K) = {tuple(self.tokens.shape[:2])}"
             )
+        if self.visible is not None and self.visible.shape != self.tokens.shape[:2]:
+            raise ValueError(
+                f"context visibility {tuple(self.visible.shape)} must be (B, K) = {tuple(self.tokens.shape[:2])}"
+            )
 
     @property
     def num_tokens(self) -> int:
         return self.tokens.shape[1]
+
+    @property
+    def visible_tokens(self) -> int:
+        """How many tokens the targets attend to (of the first sample): all but the hidden ones."""
+        return self.num_tokens if self.visible is None else int(self.visible[0].sum())
 
     @staticmethod
     def concat(parts: list[ContextTokens]) -> ContextTokens:
@@ -55,20 +70,36 @@ class ContextTokens:
         features = [p.features for p in parts if p.features is not None]
         # Blocks only where every part has them: a part without would be silently unmasked otherwise.
         blocks = [p.blocks for p in parts] if all(p.blocks is not None for p in parts) else None
+        # Visibility where any part has it (a part without is all visible).
+        visible = None
+        if any(p.visible is not None for p in parts):
+            visible = [
+                p.visible if p.visible is not None else p.tokens.new_ones(p.tokens.shape[:2], dtype=torch.bool)
+                for p in parts
+            ]
         return ContextTokens(
             torch.cat([p.tokens for p in parts], 1),
             torch.cat([p.positions for p in parts], 1),
             torch.cat(features, 1) if features else None,
             torch.cat(blocks, 1) if blocks else None,
+            torch.cat(visible, 1) if visible else None,
         )
 
     def narrow(self, start: int, length: int | None = None) -> ContextTokens:
-        """Tokens (and features and blocks, which come one per token) from index ``start`` on (``length`` of them;
-        default: to the end)."""
+        """Tokens (and features, blocks and visibility, which come one per token) from index ``start`` on
+        (``length`` of them; default: to the end)."""
         stop = self.num_tokens if length is None else start + length
-        features = self.features[:, start:stop] if self.features is not None else None
-        blocks = self.blocks[:, start:stop] if self.blocks is not None else None
-        return ContextTokens(self.tokens[:, start:stop], self.positions[:, start:stop], features, blocks)
+
+        def cut(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x[:, start:stop]
+
+        return ContextTokens(
+            self.tokens[:, start:stop],
+            self.positions[:, start:stop],
+            cut(self.features),
+            cut(self.blocks),
+            cut(self.visible),
+        )
 
     def repeat(self, times: int) -> ContextTokens:
         """The same history ``times`` over along the batch (the two halves of a guided batch)."""
@@ -76,7 +107,9 @@ class ContextTokens:
         def rep(x: torch.Tensor | None) -> torch.Tensor | None:
             return None if x is None else torch.cat([x] * times)
 
-        return ContextTokens(rep(self.tokens), rep(self.positions), rep(self.features), rep(self.blocks))
+        return ContextTokens(
+            rep(self.tokens), rep(self.positions), rep(self.features), rep(self.blocks), rep(self.visible)
+        )
 
 
 # The block of context tokens that are rebuilt every segment (the sliding window's uncompressed frames): they attend to
@@ -137,11 +170,19 @@ class Backbone(Protocol):
     transformer: torch.nn.Module
 
     def patch_embed(self, latents: torch.Tensor) -> torch.Tensor:
-        """``(B, C, T, H, W)`` latents → ``(B, D, T/pt, H/ph, W/pw)`` token grid (the DiT's first layer)."""
+        """``(B, C, T, H, W)`` latents → ``(B, D, T/pt, H/ph, W/pw)`` token grid: the DiT's own patchify (its first
+        layer, as the DiT's forward runs it). The LR branch and the sliding window go through this, never through
+        ``patch_embedding``, so a family whose first layer is not a Conv3d (LTX-Video's ``Linear``) still feeds them
+        exactly what its DiT computes."""
         ...
 
     @property
-    def patch_embedding(self) -> torch.nn.Module: ...
+    def patch_embedding(self) -> torch.nn.Module:
+        """The first layer as a ``Conv3d`` with kernel = stride = ``patch_size`` (``kernel_size``, ``in_channels``,
+        ``out_channels``, ``weight``, ``bias``): the module itself where it is one (Wan, HunyuanVideo), else a view
+        sharing its parameters (:class:`PackedLinearEmbedding`). What the Large Patchifier is initialised from and
+        what the dtype of the frozen base is read off."""
+        ...
 
     @property
     def blocks(self) -> torch.nn.ModuleList: ...
@@ -158,6 +199,11 @@ class Backbone(Protocol):
     def use_value_rope(self, enabled: bool = True) -> None: ...
 
     def use_block_causal(self, enabled: bool = True) -> None: ...
+
+    def use_context_window(self, blocks: int) -> None:
+        """A block-causal context token attends to its own and the ``blocks − 1`` earlier temporal blocks only (0:
+        every earlier block): ``history.tier_layout = "stacked"``."""
+        ...
 
     def save_pretrained(self, folder: str | Path) -> None: ...
 
@@ -191,6 +237,41 @@ def grid_positions(
     pos[..., 1] = rows[None, None, :, None]
     pos[..., 2] = cols[None, None, None, :]
     return pos.reshape(b, t * height * width, 3)
+
+
+class PackedLinearEmbedding(nn.Module):
+    """A patch embedding that is a ``Linear`` over packed patches (LTX-Video's ``proj_in``), seen as the equivalent
+    ``Conv3d`` with kernel = stride = ``patch``, sharing the Linear's parameters.
+
+    Why a view and not a copy: the Large Patchifier initialises its larger Conv3d from the DiT's first layer, and the
+    sizing tools call that layer on 5-D latents; a second copy of the weights would drift from the DiT's (and be
+    saved, trained or sharded twice). The Linear's input features are ordered ``(C, pt, ph, pw)``, as diffusers'
+    ``_pack_latents`` flattens a patch, which is exactly a Conv3d weight ``(D, C, pt, ph, pw)`` flattened: the view is
+    ``linear.weight.view(D, C, pt, ph, pw)``, no transpose.
+    """
+
+    def __init__(self, linear: nn.Linear, patch: tuple[int, int, int]):
+        super().__init__()
+        volume = math.prod(patch)
+        if linear.in_features % volume:
+            raise ValueError(f"a Linear of {linear.in_features} inputs is not a patch embedding of patch {patch}")
+        self.__dict__["linear"] = linear  # not a submodule: the DiT owns, saves and trains its parameters
+        self.kernel_size: tuple[int, int, int] = tuple(patch)
+        self.stride: tuple[int, int, int] = tuple(patch)
+        self.in_channels: int = linear.in_features // volume
+        self.out_channels: int = linear.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.linear.weight.view(self.out_channels, self.in_channels, *self.kernel_size)
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.linear.bias
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        """``(B, C, T, H, W)`` → ``(B, D, T/pt, H/ph, W/pw)`` (floor on odd sizes, as a strided Conv3d)."""
+        return F.conv3d(latents, self.weight, self.bias, stride=self.stride)
 
 
 @contextmanager

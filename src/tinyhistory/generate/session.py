@@ -32,7 +32,9 @@ first segment (equal to the grown one within float rounding; a one-time cost of 
 With tiered rates (``history.tiers``, ``history/tiers.py``) every encoder still encodes every new block, and the DiT
 sees each tier's span of its encoder's tokens, oldest tier first. When whole chunks move to a coarser tier, the
 block-causal cache keeps its prefix before the earliest moved chunk and recomputes the rest (the moved chunk's new
-tokens and every newer block, which attended to it), so it always equals a fresh build at the current layout.
+tokens and every newer block, which attended to it), so it always equals a fresh build at the current layout. With
+``history.tier_layout = "stacked"`` (``history/stacked.py``) the cache holds every rate of every block, each attending
+to a bounded window of blocks: a move recomputes nothing, and the targets read each tier's span of it.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from tinyhistory.data.clip import to_pixels, to_uint8
 from tinyhistory.files import read_tensors
 from tinyhistory.flow import TIMESTEP_SCALE
 from tinyhistory.geometry import temporal_block
+from tinyhistory.history.stacked import StackedTierCache, stack_tiers
 from tinyhistory.history.streaming import IncrementalHistory
 from tinyhistory.history.tiers import select_tiers
 from tinyhistory.paths import resolve_path
@@ -132,8 +135,31 @@ def make_scheduler(settings: SamplingSettings, folder_config: dict | None = None
             prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift, num_train_timesteps=1000
         )
     if kind == "FlowMatchEulerDiscreteScheduler":
-        return FlowMatchEulerDiscreteScheduler.from_config(folder_config, shift=shift)
+        # a shift given by the user replaces the folder's, dynamic (token-count) shifting included
+        fixed = {"use_dynamic_shifting": False} if settings.flow_shift else {}
+        return FlowMatchEulerDiscreteScheduler.from_config(folder_config, shift=shift, **fixed)
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+
+
+def set_timesteps(scheduler, steps: int, tokens: int, device: torch.device | str) -> None:
+    """``steps`` timesteps on ``scheduler``. One whose config asks for dynamic shifting (``use_dynamic_shifting``:
+    LTX-Video's folder) shifts by the segment's DiT token count, as the pipelines that ship one call it
+    (``LTXPipeline``, ``FluxPipeline``): ``mu`` of diffusers' ``calculate_shift`` from the config's base/max sequence
+    lengths and shifts, sigmas ``1 … 1/steps``. Every other scheduler takes the step count alone."""
+    config = scheduler.config
+    if not config.get("use_dynamic_shifting", False):
+        scheduler.set_timesteps(steps, device=device)
+        return
+    from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift  # (Flux's, copied; without Flux's imports)
+
+    mu = calculate_shift(
+        tokens,
+        config.get("base_image_seq_len", 256),
+        config.get("max_image_seq_len", 4096),
+        config.get("base_shift", 0.5),
+        config.get("max_shift", 1.15),
+    )
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu, device=device)
 
 
 def folder_sampler(cfg) -> str:
@@ -227,6 +253,7 @@ class GenerationSession:
         self._history_kv = None
         self._history_kv_tokens = [0] * len(self.caches)
         self._history_kv_frames = 0  # with tiers: the encoded frames whose layout the kept cache holds
+        self._stacked_kv: StackedTierCache | None = None  # the stacked tier layout's cache (rebuilt after ``load``)
 
     def _autocast(self):
         """The DiT and the encoders run under autocast when the base keeps a low dtype (``model.dtype``, bfloat16
@@ -327,6 +354,10 @@ class GenerationSession:
 
     def _encoded_context(self) -> ContextTokens | None:
         """Every encoder's tokens so far (with tiers: each tier's span of them), with their temporal blocks."""
+        if self.model.tiers is not None and self.model.tiers.stacked:  # every rate; the targets see the tiers
+            frames = self.caches[0].frames_encoded
+            stacked = stack_tiers(self.model.tiers, [c.context for c in self.caches], frames) if frames else None
+            return self.model.with_blocks(stacked) if stacked is not None else None
         if self.model.tiers is not None:
             frames = self.caches[0].frames_encoded
             tiered = select_tiers(self.model.tiers, [c.context for c in self.caches], frames) if frames else None
@@ -352,6 +383,8 @@ class GenerationSession:
         context = context if context is not None else self.context()
         if context is None or not (backbone.block_causal and backbone.kv_cache):
             return None
+        if self.model.tiers is not None and self.model.tiers.stacked:
+            return self._stacked_cache()
         if self.model.tiers is not None:
             return self._tiered_cache(context)
         encoded = sum(c.context.num_tokens for c in self.caches if c.frames_encoded > 0)
@@ -387,6 +420,15 @@ class GenerationSession:
         if window is None:
             return self._history_kv
         return self.model.build_context_cache(window, None, self._history_kv)
+
+    def _stacked_cache(self):
+        """:meth:`history_cache` with the stacked tier layout: the blocks encoded since the last segment (every rate)
+        appended, attending to one window of cached blocks; what the targets read is each tier's span of it."""
+        frames = self.caches[0].frames_encoded
+        if self._stacked_kv is None:
+            self._stacked_kv = StackedTierCache(self.model.tiers)
+        self._stacked_kv.grow(self.model, [c.context for c in self.caches], frames)
+        return self._stacked_kv.view(frames)
 
     # -- generation -----------------------------------------------------------------------------------------
     def _prompt_embedding(self, prompt: str) -> TextCondition:
@@ -437,7 +479,7 @@ class GenerationSession:
             frames=n,
             prompt=prompt,
             history_frames=self.history_frames,
-            context_tokens=context.num_tokens if context is not None else 0,
+            context_tokens=context.visible_tokens if context is not None else 0,
             latency_s=0.0,
             pixel_frames=len(segment),
         )
@@ -521,6 +563,9 @@ class GenerationSession:
             "context_attention": "block_causal" if self.model.backbone.block_causal else "full",
             # history.tiers, in latent frames (what the layout and the cache depend on); None without tiers
             "tiers": self.model.tiers.describe() if self.model.tiers is not None else None,
+            # history.tier_layout and the stacked layout's window (latent frames): what the cached keys depend on
+            "tier_layout": self.model.tiers.layout if self.model.tiers is not None else None,
+            "context_window": self.model.tiers.window if self.model.tiers is not None else None,
             "latents": list(self.latents.shape[1:2]) + list(self.latents.shape[3:]),
             "temporal_factor": self.codec.temporal_factor,
         }
@@ -550,6 +595,8 @@ class GenerationSession:
         wanted, made = session.identity(), meta.get("model", {})
         made.setdefault("context_attention", "full")  # sessions saved before the setting existed
         made.setdefault("tiers", None)
+        made.setdefault("tier_layout", "recompute" if made["tiers"] is not None else None)
+        made.setdefault("context_window", 0 if made["tiers"] is not None else None)
         differ = [k for k in wanted if made.get(k) != wanted[k]]
         if differ:
             details = "; ".join(f"{k}: session {made.get(k)!r}, this model {wanted[k]!r}" for k in differ)
@@ -625,7 +672,8 @@ def sample_segment(
     segment) instead of building them here from ``context``.
     """
     scheduler = make_scheduler(settings, scheduler_config)
-    scheduler.set_timesteps(settings.steps, device=noise.device)
+    grid = [size // patch for size, patch in zip(noise.shape[2:], model.backbone.patch_size, strict=True)]
+    set_timesteps(scheduler, settings.steps, math.prod(grid), noise.device)
     b = noise.shape[0]
     empty = (empty if empty is not None else text.zeros_like()).expand(len(text)).to(noise.device)
     guided = settings.guidance != 1.0

@@ -1,0 +1,90 @@
+"""T5 (``google/t5-v1_1-xxl``) as LTX-Video's text encoder, exactly as diffusers' ``LTXPipeline`` encodes a prompt.
+
+The LTX-Video DiT was trained on what ``LTXPipeline._get_t5_prompt_embeds`` produces, so this module repeats it step by
+step: the tokenizer with ``padding="max_length"`` to ``max_sequence_length`` (128), truncation and special tokens;
+the ``T5EncoderModel`` run on the token ids **without** the attention mask (the pipeline passes none, so a prompt's
+states also read its padding, and so must ours); the tokenizer's attention mask returned beside the states. The DiT
+masks the padding in its cross-attention (a -10000 bias), so :meth:`T5TextEncoder.encode_condition` zeroes the
+states there (padding never carries information into a cache or a dropout branch; the DiT's output is unchanged).
+Unlike Wan's UMT5 the prompt is not cleaned. A golden test checks equality with the pipeline.
+
+Weights load with ``from_pretrained`` from a local folder only (safetensors, nothing downloaded): an LTX-Video
+diffusers model repo (``text_encoder/`` and ``tokenizer/``) or one folder holding both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tinyhistory.codecs.base import require_folder
+from tinyhistory.text.condition import TextCondition
+from tinyhistory.text.umt5 import _component_folders
+
+
+class T5TextEncoder:
+    """``encode_condition(prompts)`` → states ``(B, max_tokens, d_model)`` float32 (zero past each prompt) and the
+    mask ``(B, max_tokens)`` int64.
+
+    ``max_tokens`` is the pipeline's ``max_sequence_length`` (``LTXPipeline.__call__`` uses 128). ``dtype`` is the
+    encoder's compute dtype (T5-XXL's encoder is ~4.8B parameters: bfloat16 on a GPU; the output is float32 either way).
+    """
+
+    pooled_dim = 0  # LTX-Video has no pooled text vector
+
+    @classmethod
+    def from_config(cls, cfg, dtype: torch.dtype, device) -> T5TextEncoder:
+        """Registry constructor from the ``[text]`` table (``text.path``: an LTX-Video folder or one T5 folder)."""
+        path = require_folder(cfg.path, "text.path", cfg.kind, "model")
+        return cls(path, cfg.max_tokens, dtype=dtype, device=device)
+
+    def __init__(
+        self,
+        path: str | Path,
+        max_tokens: int = 128,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        model_dir, tokenizer_dir = _component_folders(Path(path), "text_encoder", "tokenizer", "T5 text encoder")
+        if max_tokens <= 0:
+            raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        self.model = T5EncoderModel.from_pretrained(
+            model_dir, dtype=dtype, local_files_only=True, use_safetensors=True
+        ).eval()
+        self.model.to(device)
+        self.max_tokens = max_tokens
+        self.text_dim: int = self.model.config.d_model
+
+    def to(self, device: str | torch.device) -> T5TextEncoder:
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pipeline's ``(prompt_embeds (B, L, D) float32, prompt_attention_mask (B, L) int64)``; the states are
+        *not* zeroed under the mask (the pipeline does not zero them either)."""
+        inputs = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.max_tokens,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+        states = self.model(inputs.input_ids.to(self.model.device))[0]  # no attention mask, as LTXPipeline
+        return states.float().cpu(), inputs.attention_mask.long()
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """``prompts`` → ``(B, max_tokens, text_dim)`` float32, zero where the attention mask is 0."""
+        return self.encode_condition(prompts).states
+
+    @torch.no_grad()
+    def encode_condition(self, prompts: list[str]) -> TextCondition:
+        """What the DiT takes: the states (zero under the mask) and the mask ``(B, L)`` int64."""
+        states, mask = self.encode_prompt(prompts)
+        return TextCondition(states * mask.unsqueeze(-1).to(states.dtype), mask)

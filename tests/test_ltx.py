@@ -1,0 +1,264 @@
+"""LTX-Video as the third model family, on a tiny random-weight folder written by ``LTXPipeline.save_pretrained``
+(the shared backbone contract runs it too, in test_backbone_contract.py):
+
+* the codec normalises and denormalises as ``LTXPipeline`` does (``latents_mean`` / ``latents_std`` buffers,
+  ``scaling_factor``) and decodes with the pipeline's default decode timestep where the VAE is timestep-conditioned;
+* the T5 encoder gives what ``LTXPipeline.encode_prompt`` gives (states, mask);
+* the patchify seam: ``patch_embedding`` is a Conv3d view of ``proj_in`` (shared weights) that equals the DiT's own
+  pack + ``proj_in``, and the Large Patchifier is initialised from it;
+* golden: with no history our first segment equals ``LTXPipeline``'s (same folder, seed, steps, guidance);
+* end to end through the CLI: data prepare → stage I → stage II → a stock ``LTXPipeline.load_lora_weights`` of our
+  LoRA equals our model without history → a storyboard generated, continued from a video, resumed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import LORA_RUN_FLAGS
+from diffusers import LTXPipeline
+from safetensors.torch import load_file
+from tiny_model_folders import ltx_folder
+from video_files import captioned_videos, count_frames
+
+from tinyhistory.backbones.base import PackedLinearEmbedding
+from tinyhistory.cli import main
+from tinyhistory.codecs import Codec
+from tinyhistory.codecs.ltx import LTXVAECodec
+from tinyhistory.config import HistoryConfig, load_config
+from tinyhistory.generate.session import GenerationSession, SamplingSettings, make_scheduler, set_timesteps
+from tinyhistory.registry import BACKBONES, HISTORY_METHODS
+from tinyhistory.system import HistoryDiT, build_codec
+from tinyhistory.text.cache import encode_prompts
+from tinyhistory.text.condition import TextCondition
+from tinyhistory.text.t5 import T5TextEncoder
+from tinyhistory.train.checkpoint import load_model
+
+PROMPT = "a cat walks on the grass"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return ltx_folder(tmp_path_factory.mktemp("ltx") / "model")
+
+
+def _pixels(*shape: int) -> torch.Tensor:
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+@pytest.mark.parametrize("timestep_conditioning", [False, True], ids=["0.9.0", "0.9.1+"])
+def test_codec_normalises_and_decodes_as_the_pipeline(timestep_conditioning, tmp_path):
+    model = ltx_folder(tmp_path / "model", timestep_conditioning=timestep_conditioning)
+    codec = LTXVAECodec.from_pretrained(model)
+    vae = codec.vae
+    assert isinstance(codec, Codec) and codec.framewise is False
+    assert (codec.latent_channels, codec.spatial_factor, codec.temporal_factor, codec.stream_context) == (8, 32, 8, 2)
+    pixels = _pixels(1, 3, 17, 64, 96)
+    z = codec.encode(pixels)
+    assert z.shape == (1, 8, 3, 2, 3)  # 1 + 8k frames → 1 + k latent frames, 32× smaller
+    with torch.no_grad():
+        raw = vae.encode(pixels).latent_dist.mode()
+        by_hand = LTXPipeline._normalize_latents(raw, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
+        denormalised = LTXPipeline._denormalize_latents(z, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
+        timestep = torch.zeros(1) if timestep_conditioning else None  # LTXPipeline's default decode_timestep
+        decoded = vae.decode(denormalised, timestep).sample.clamp(-1, 1)
+    assert torch.equal(z, by_hand) and not torch.equal(z, raw)  # the folder's mean/std are not the identity
+    frames = codec.decode(z)
+    assert frames.shape == (1, 3, 17, 64, 96) and torch.equal(frames, decoded)
+    with pytest.raises(ValueError, match="needs 1 \\+ 8k frames .* got 5 frames"):
+        codec.encode(_pixels(1, 3, 5, 64, 64))
+    with pytest.raises(ValueError, match="not divisible by the LTX-Video VAE's factor 32"):
+        codec.encode(_pixels(1, 3, 1, 48, 64))
+    with pytest.raises(ValueError, match="expected latents \\(B, 8, T, H, W\\)"):
+        codec.decode(torch.zeros(1, 4, 1, 2, 2))
+    cfg = load_config("ltx-video", overrides=[f'model.path="{model}"'])
+    assert isinstance(build_codec(cfg), LTXVAECodec)  # codec.path defaults to the model folder
+
+
+def test_t5_encoder_equals_the_pipelines_prompt_encoding(folder):
+    pipe = LTXPipeline.from_pretrained(folder)
+    encoder = T5TextEncoder(folder, max_tokens=12)
+    prompts = [PROMPT, "a dog runs in the park with a red ball"]
+    with torch.no_grad():  # as LTXPipeline.__call__ runs it (with autograd on, T5 takes other kernels: ~5e-7 apart)
+        states, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=12)
+    ours_states, ours_mask = encoder.encode_prompt(prompts)
+    assert torch.equal(ours_states, states) and torch.equal(ours_mask.bool(), mask)
+    condition = encoder.encode_condition(prompts)
+    assert torch.equal(condition.mask, ours_mask) and 0 < int(ours_mask[0].sum()) < 12
+    assert torch.equal(condition.states, states * mask[..., None])  # zero on the padding the DiT masks out
+    cfg = load_config("ltx-video", overrides=[f'model.path="{folder}"'])
+    assert cfg.text.kind == "t5" and cfg.text.path == str(folder)
+
+
+def test_patch_embedding_is_a_view_of_proj_in_and_feeds_the_large_patchifier(folder):
+    backbone = BACKBONES.get("ltx").from_pretrained(folder).eval()
+    view = backbone.patch_embedding
+    proj_in = backbone.transformer.proj_in
+    assert isinstance(view, PackedLinearEmbedding) and not list(view.parameters())  # owns no copy
+    assert view.weight.data_ptr() == proj_in.weight.data_ptr() and view.bias is proj_in.bias
+    assert (view.kernel_size, view.in_channels, view.out_channels) == ((1, 1, 1), 8, backbone.hidden_dim)
+    latents = torch.randn(2, 8, 3, 4, 6)
+    with torch.no_grad():
+        grid = backbone.patch_embed(latents)  # the DiT's own pack + proj_in
+        torch.testing.assert_close(view(latents), grid, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(grid.flatten(2).transpose(1, 2), proj_in(LTXPipeline._pack_latents(latents)))
+        patchifier = HISTORY_METHODS.get("large_patchifier")("large_patchifier", "2x2x1", HistoryConfig(), backbone)
+        tokens = patchifier(latents)
+        # initialised to embed each 2×2 block's average latent
+        average = torch.nn.functional.avg_pool3d(latents, (1, 2, 2))
+        expected = backbone.patch_embed(average).flatten(2).transpose(1, 2)
+    assert tokens.tokens.shape == (2, 3 * 2 * 3, backbone.hidden_dim)
+    torch.testing.assert_close(tokens.tokens, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_unsupported_history_attention_is_refused_by_name(folder):
+    backbone = BACKBONES.get("ltx").from_pretrained(folder)
+    with pytest.raises(ValueError, match="history.kv_cache is not supported for LTX-Video"):
+        backbone.use_kv_cache()
+    with pytest.raises(ValueError, match="history.value_rope is implemented for Wan"):
+        backbone.use_value_rope()
+    with pytest.raises(ValueError, match="block_causal.*not supported for LTX-Video"):
+        backbone.use_block_causal()
+    with pytest.raises(ValueError, match='tier_layout = "stacked" is not supported for LTX-Video'):
+        backbone.use_context_window(2)
+    backbone.use_context_window(0)
+    backbone.use_value_rope(False)
+    backbone.use_block_causal(False)
+    backbone.use_full_attention()
+    assert backbone.kv_cache is False and backbone.block_causal is False
+
+
+@pytest.mark.parametrize(
+    ("timestep_conditioning", "guidance"), [(False, 3.0), (True, 3.0), (False, 1.0)], ids=["0.9.0", "0.9.1+", "no-cfg"]
+)
+def test_first_segment_equals_the_stock_pipeline(timestep_conditioning, guidance, tmp_path):
+    model = ltx_folder(tmp_path / "model", timestep_conditioning=timestep_conditioning)
+    cfg = load_config(
+        "ltx-video",
+        overrides=[
+            f'model.path="{model}"',
+            'model.dtype="float32"',
+            'history.method="no_history"',
+            "data.height=128",
+            "data.width=128",
+        ],
+    )
+    settings = SamplingSettings(sampler="euler", steps=3, guidance=guidance, segment_frames=3)
+    session = GenerationSession(
+        HistoryDiT.from_config(cfg), cfg, build_codec(cfg), lambda p: encode_prompts(cfg.text, p), settings
+    )
+    frames = session.generate_segment(PROMPT)
+    assert frames.shape == (1 + 8 * 2, 128, 128, 3)  # 3 latent frames from nothing: 1 + 8·2 frames
+
+    pipe = LTXPipeline.from_pretrained(model)
+    call = dict(prompt=PROMPT, negative_prompt="", height=128, width=128, num_frames=17, num_inference_steps=3)
+    call |= dict(guidance_scale=guidance)  # the pipeline's defaults otherwise: frame_rate 25, 128 tokens, decode t 0
+    packed = pipe(**call, generator=torch.Generator().manual_seed(0), output_type="latent").frames
+    latents = LTXPipeline._unpack_latents(packed, 3, 4, 4)  # "latent" output: packed and still normalised
+    video = pipe(**call, generator=torch.Generator().manual_seed(0), output_type="np").frames[0]  # (T, H, W, 3)
+    difference = np.abs(frames.astype(np.float64) - np.round(video * 255)).max()
+    if guidance == 1.0:  # one branch: bit for bit
+        assert torch.equal(session.latents, latents) and difference == 0
+    else:  # the CFG halves are batched the other way round ([text; empty] here, [empty; text] there): ~3e-7 apart
+        torch.testing.assert_close(session.latents, latents, atol=1e-5, rtol=1e-5)
+        assert difference <= 1
+
+
+def test_the_folders_dynamic_shift_follows_the_token_count_unless_a_shift_is_given(folder):
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    dynamic = make_scheduler(SamplingSettings(), config)
+    assert dynamic.config.use_dynamic_shifting
+    sigmas = []
+    for tokens in (990, 4096):
+        set_timesteps(dynamic, 4, tokens, "cpu")
+        sigmas.append(dynamic.sigmas[1].item())
+    assert sigmas[0] < sigmas[1]  # more tokens, more shift towards noise (LTXPipeline's mu)
+    fixed = make_scheduler(SamplingSettings(flow_shift=3.0), config)  # --flow-shift 3
+    assert not fixed.config.use_dynamic_shifting and fixed.config.shift == 3.0
+    set_timesteps(fixed, 4, 990, "cpu")  # no mu needed
+    assert len(fixed.timesteps) == 4
+
+
+SIZES = [
+    "--set", "data.height=128", "--set", "data.width=128", "--set", "data.fps=8",
+    "--set", "data.window_frames=17", "--set", "train.history_frames=17",
+]  # fmt: skip
+
+
+def test_ltx_video_prepares_trains_both_stages_exports_a_stock_lora_and_streams_a_storyboard(tmp_path):
+    model_dir = ltx_folder(tmp_path / "model")
+    cache, run1, run2 = tmp_path / "cache", tmp_path / "run1", tmp_path / "run2"
+    videos = captioned_videos(tmp_path / "videos", 128, PROMPT)
+    model = ["--preset", "ltx-video", "--model", str(model_dir)]
+    # 17-frame windows = 3 latent frames (1 + 8·2); the preset's rate 2×2×1 on 4×4 latents
+    assert main(["data", "prepare", *model, "--input", str(videos), "--out", str(cache), *SIZES]) == 0
+    from_cache = ["--set", f'data.cache="{cache}"', *SIZES, *LORA_RUN_FLAGS]
+    assert main(["train", "--stage", "frame-query", *model, *from_cache, "--steps", "2", "--out", str(run1)]) == 0
+    stage2 = ["--stage", "ar", "--preset", "ltx-video", "--init-from", str(run1 / "final"), "--steps", "2"]
+    assert main(["train", *stage2, *from_cache, "--set", "train.segment_frames=1", "--out", str(run2)]) == 0
+    base = load_file(str(next((model_dir / "transformer").glob("*.safetensors"))))
+    for run in (run1, run2):
+        names = {p.name for p in (run / "final").iterdir()}
+        assert {"lora.safetensors", "lora_ltx_comfyui.safetensors", "history_encoder.safetensors"} <= names
+        assert "transformer" not in names  # only what trained, never the frozen base
+        keys = [k for f in (run / "final").glob("*.safetensors") for k in load_file(str(f))]
+        assert keys and not any(k.removeprefix("transformer.") in base for k in keys)
+    portable = load_file(str(run2 / "final" / "lora_ltx_comfyui.safetensors"))
+    assert portable and all(k.startswith("diffusion_model.transformer_blocks.") for k in portable)
+    assert any(".attn2.to_k.lora_A." in k for k in portable) and any(".ff.net.2.lora_B." in k for k in portable)
+
+    # Both LoRA files on the stock pipeline equal our stage-II model without history (float32 both).
+    ours, _ = load_model(run2 / "final", dtype=torch.float32)
+    ours.eval()
+    assert any(p.abs().sum() > 0 for n, p in ours.backbone.named_parameters() if "lora_B" in n)  # it moved
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, ours.backbone.in_channels, 2, 4, 4, generator=g)
+    t = torch.tensor([0.9])
+    cfg = load_config("ltx-video", overrides=[f'model.path="{model_dir}"'])
+    text = encode_prompts(cfg.text, [PROMPT])
+    with torch.no_grad():
+        expected = ours(x, t, text, None)
+        for name in ("lora_ltx_comfyui.safetensors", "lora.safetensors"):
+            pipe = LTXPipeline.from_pretrained(model_dir)
+            pipe.load_lora_weights(str(run2 / "final" / name))
+            packed = pipe.transformer.eval()(
+                LTXPipeline._pack_latents(x), text.states, t * 1000, text.mask.bool(), num_frames=2, height=4,
+                width=4, rope_interpolation_scale=(8 / 25, 32, 32),  # the pipeline's at its default frame_rate
+            ).sample  # fmt: skip
+            stock = LTXPipeline._unpack_latents(packed, 2, 4, 4)
+            torch.testing.assert_close(expected, stock, atol=1e-5, rtol=1e-5)
+
+    # Generation: a storyboard streamed through the windowed VAE streams, from nothing, from a video, resumed longer.
+    story = tmp_path / "story.json"
+    story.write_text(json.dumps({"shots": [{"start": 0, "end": 2, "prompt": PROMPT}]}))
+    out = tmp_path / "gen" / "x.mp4"
+    generate = ["generate", "--preset", "ltx-video", "--checkpoint", str(run2 / "final"), "--storyboard", str(story)]
+    generate += ["--steps", "2", "--segment-frames", "1", "--no-progress", "--set", "data.height=128"]
+    generate += ["--set", "data.width=128"]
+    assert main([*generate, "--out", str(out)]) == 0
+    assert count_frames(out) == 1 + 8  # 2 segments of 1 latent frame (1 s at 8 fps): 1, then 8 frames
+    log = [json.loads(line) for line in (tmp_path / "gen" / "x.mp4.segments.jsonl").read_text().splitlines()]
+    assert [r["pixel_frames"] for r in log] == [1, 8] and log[1]["context_tokens"] > 0
+    made = GenerationSession.read_settings(str(out) + ".session")
+    assert made.sampler == "euler" and made.guidance == 3.0  # the folder's sampler, the family's CFG
+    continued = tmp_path / "gen" / "y.mp4"
+    assert main([*generate, "--out", str(continued), "--history", str(videos / "a.mp4")]) == 0
+    assert count_frames(continued) == 8 + 8
+    story.write_text(json.dumps({"shots": [{"start": 0, "end": 3, "prompt": PROMPT}]}))
+    assert main([*generate, "--out", str(out), "--resume", str(out) + ".session"]) == 0
+    assert count_frames(out) == 1 + 8 + 8
+
+
+def test_the_preset_declares_the_released_sizes_for_cost():
+    """`tinyhistory cost` builds the preset's DiT from its [backbone] table on the meta device: the released 2B."""
+    cfg = load_config("ltx-video")
+    with torch.device("meta"):
+        backbone = BACKBONES.get("ltx").from_config(cfg.backbone)
+    assert sum(p.numel() for p in backbone.parameters()) == 1_923_385_472
+    assert (backbone.in_channels, backbone.hidden_dim, backbone.patch_size) == (128, 2048, (1, 1, 1))
+    text = backbone.blank_text(1, cfg.text.max_tokens, "meta")
+    assert isinstance(text, TextCondition) and text.states.shape == (1, 128, 4096)
