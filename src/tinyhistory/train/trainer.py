@@ -142,6 +142,17 @@ def make_optimizer(model: HistoryDiT, cfg: RunConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
 
 
+def _save_whole(model, cfg: RunConfig, folder: Path, save_dtype, gathered, last: Path) -> None:
+    """``folder`` written beside (``folder.tmp``), then renamed: a kill never leaves a final/ or final_ema/ that looks
+    complete."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with writing(folder, "final weights", f"free some space; a rerun writes them again from {last}"):
+        save_weights(model, cfg, tmp, dtype=save_dtype, gathered=gathered)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
 def prepare_model(cfg: RunConfig, init_from: str | Path | None) -> tuple[HistoryDiT, RunConfig]:
     """A fresh model, or one started from a checkpoint, with what this run trains made trainable.
 
@@ -386,13 +397,8 @@ def _train(
 
     final = out / "final"
     gathered = parallel.gather_trained(stage_loss, model) if sharded else None
-    if main:  # written beside, then renamed: a kill never leaves a final/ that looks complete
-        final_tmp = out / "final.tmp"
-        shutil.rmtree(final_tmp, ignore_errors=True)
-        with writing(final, "final weights", f"free some space; a rerun writes them again from {out / 'last'}"):
-            save_weights(model, cfg, final_tmp, dtype=save_dtype, gathered=gathered)
-        shutil.rmtree(final, ignore_errors=True)
-        final_tmp.rename(final)
+    if main:
+        _save_whole(model, cfg, final, save_dtype, gathered, out / "last")
     summary = {
         "stage": cfg.train.stage,
         "method": cfg.history.method,
@@ -405,7 +411,7 @@ def _train(
     if ema is not None:
         with ema.applied(model):
             if main:
-                save_weights(model, cfg, out / "final_ema", dtype=save_dtype)
+                _save_whole(model, cfg, out / "final_ema", save_dtype, None, out / "last")
             summary["heldout_loss_ema"] = heldout_loss(model, cfg, heldout_sampler, caption)
         summary["final_ema"] = str(out / "final_ema")
     if main:
