@@ -343,7 +343,7 @@ def _check_sampling_limits(args: argparse.Namespace) -> None:
 
 # Pixel frames per latent frame of each codec kind, and whether the first frame is a latent frame of its own (the
 # causal VAEs: 1 + 4k frames); a kind not listed is not checked here.
-_TEMPORAL = {"pixel": (1, False), "learned": (1, False), "wan": (4, True), "hunyuan": (4, True)}
+_TEMPORAL = {"pixel": (1, False), "learned": (1, False), "wan": (4, True), "hunyuan": (4, True), "ltx": (8, True)}
 
 
 def _check_history_length(history: Path, cfg) -> None:
@@ -556,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="TIERS",
         help="tiered proposed encoders (history.tiers), newest first with seconds, e.g. 4x4x2:20+8x8x4 (repeat; "
+        "RATES@stacked[:SECONDS]: the stacked layout with that context window, e.g. 4x4x2:20+8x8x4@stacked:20; "
         "none: no tier rows; None: 4x4x2:20+8x8x4)",
     )
     cost.add_argument(
