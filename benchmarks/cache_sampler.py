@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from tinyhistory.config import load_config
-from tinyhistory.data.cache import CacheSampler
+from tinyhistory.data.cache import CacheSampler, run_identity
 from tinyhistory.data.clip import WindowSampler, clip_from_config
 from tinyhistory.data.prepare import run_prepare
 from tinyhistory.geometry import Rate
@@ -37,7 +37,8 @@ def main() -> None:
         print("| stage | frames × batch | cache ms/batch | decoded clip ms/batch | cache / clip |")
         print("|---|---|---|---|---|")
         for stage, frames, batch in (("I", 32, 8), ("II", 96, 4)):
-            cached = CacheSampler(Path(cache), frames, rates, [True], cfg.data.heldout_fraction, "train", cfg)
+            heldout = cfg.data.heldout_fraction
+            cached = CacheSampler(Path(cache), frames, rates, [True], heldout, "train", run_identity(cfg))
             decoded = WindowSampler(clip.train, frames, build_codec(cfg), rates, [True])
             seconds = {"cache": 0.0, "clip": 0.0}
             generator = torch.Generator().manual_seed(0)

@@ -9,7 +9,7 @@ Why this exists: ``tinyhistory cost`` counts FLOPs and ``tinyhistory plan`` pred
 neither says how many seconds a generated second takes or whether the predicted peaks hold. This script measures
 both at the paper's setting, once a GPU is lent, and prints each measurement next to the prediction it checks.
 
-What it builds: the Wan 2.2 TI2V-5B DiT from its config (``tinyhistory.model_configs``) with random weights, stored
+What it builds: the Wan 2.2 TI2V-5B DiT from its config (``tinyhistory.sizing.models``) with random weights, stored
 as ``from_pretrained(torch_dtype=bfloat16)`` stores them (bf16, diffusers' fp32 modules in fp32), the preset's
 history encoder (4×4×2, paper widths, fp32) and, apart, the real-size Wan 2.2 VAE with random fp32 weights. Random
 weights change no shape, so time and memory are those of the real model. Stand-ins, on purpose:
@@ -27,13 +27,13 @@ Measured:
   with CFG (``sample_segment``, the session's own sampler), uncached and with the history KV cache
   (``history.kv_cache``), with and without ``--offload`` (``generate.run.offload_blocks``): seconds, seconds per
   generated second, ``torch.cuda.max_memory_allocated`` and the working set above the weights, beside the
-  working set ``tinyhistory.memory`` traces on the meta device. Offloaded runs time 1 and 5 steps and extrapolate
+  working set ``tinyhistory.sizing.memory`` traces on the meta device. Offloaded runs time 1 and 5 steps and extrapolate
   to 30 (every step moves the same blocks);
 * the VAE's streaming decode of one segment (``WanStreamDecoder``): seconds and peak, beside the trace;
 * one stage-I training step at 20 s of history (LoRA r128, gradient checkpointing, AdamW, the trainer's
   ``StageLoss``): seconds, peak memory beside ``tinyhistory plan``'s prediction, and MFU = model FLOPs / (seconds ×
   989 TFLOP/s, the dense bf16 peak of an H100 SXM / H200 that NVIDIA states). FLOPs are counted by the counter
-  ``tinyhistory.cost`` uses (``torch.utils.flop_counter.FlopCounterMode``) around a real step: model FLOPs with
+  ``tinyhistory.sizing.cost`` uses (``torch.utils.flop_counter.FlopCounterMode``) around a real step: model FLOPs with
   checkpointing off (forward + backward), executed FLOPs with it on (adds the recompute) for the HFU.
 
 Every measurement is time-boxed against ``--budget-s`` (default 420 s, under the device tool's 8 minutes): what
@@ -57,20 +57,20 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tinyhistory.backbones.wan import WanBackbone
+from tinyhistory.codecs.wan import WanVAECodec
 from tinyhistory.config import load_config
 from tinyhistory.generate.session import SamplingSettings, sample_segment
-from tinyhistory.geometry import BaseGeometry, Rate
-from tinyhistory.memory import (
+from tinyhistory.geometry import BaseGeometry, Rate, context_report
+from tinyhistory.sizing.memory import (
     GIB,
-    VAE_CONFIGS,
-    build_transformer,
     decode_trace,
     dit_step_trace,
     meta_encoder,
     model_counts,
     stage_activations,
 )
-from tinyhistory.model_configs import get_config
+from tinyhistory.sizing.memory import build_backbone as meta_backbone
+from tinyhistory.sizing.models import get_config
 from tinyhistory.system import HistoryDiT
 from tinyhistory.text.condition import TextCondition
 
@@ -199,7 +199,7 @@ def dit_config(dry: bool) -> dict:
 
 
 def vae_config(dry: bool) -> dict:
-    return TINY_VAE if dry else VAE_CONFIGS["Wan 2.2 VAE (TI2V-5B)"]
+    return TINY_VAE if dry else WanVAECodec.released["wan2.2-ti2v-5b"]
 
 
 def run_config(dry: bool, stage: str = "frame-query"):
@@ -317,7 +317,7 @@ def generation_runs(run: Run, args, model: HistoryDiT, offload: bool, p: dict) -
                     else:
                         elapsed = timed(device, lambda: go(p["steps"]))
                         steps_run = p["steps"]
-                trace = dit_step_trace(config, k, (base.latent_channels, n, h, w), kv, 2, p["text_tokens"])
+                trace = dit_step_trace(WanBackbone, config, k, (base.latent_channels, n, h, w), kv, 2, p["text_tokens"])
                 predicted = trace.working + trace.kv_cache
                 if offload:  # the block visiting the GPU counts as working memory here: its weights come and go
                     predicted += sum(q.numel() * q.element_size() for q in model.backbone.blocks[0].parameters())
@@ -368,7 +368,7 @@ def vae_run(run: Run, args, p: dict) -> None:
     with peak_memory(device) as mem:
         first = timed(device, lambda: decoder.push(latents[:, :, :1]))
         later = timed(device, lambda: decoder.push(latents))
-    trace = decode_trace(cfg, n, p["height"], p["width"])
+    trace = decode_trace(WanVAECodec, cfg, n, p["height"], p["width"])
     predicted = trace.working + trace.cache
     used = mem["peak"] - mem["baseline"] if mem["peak"] is not None else None
     run.summary["vae_decode"] = {
@@ -392,26 +392,28 @@ def predicted_train_bytes(dry: bool, p: dict) -> int:
     h = cfg.history
     from tinyhistory.history import EncoderConfig
 
+    backbone = meta_backbone(WanBackbone, config, LORA_RANK)
     encoder = meta_encoder(
-        EncoderConfig(h.rates[0], h.method, tuple(h.channels), h.attention_blocks, h.attention_heads), config
+        EncoderConfig(h.rates[0], h.method, tuple(h.channels), h.attention_blocks, h.attention_heads), backbone
     )
-    transformer = build_transformer(config, LORA_RANK)
-    counts = model_counts(MODEL, config, transformer, encoder)
+    counts = model_counts(MODEL, backbone, [encoder])
     base = geometry(config, vae_config(dry))
+    rate = Rate.parse(h.rates[0])
+    tokens = context_report(base, p["height"], p["width"], cfg.data.fps, p["train_history"], [rate]).history_tokens
     act = stage_activations(
-        counts,
-        config["attention_head_dim"],
-        encoder,
-        transformer.patch_embedding,
+        backbone,
+        config,
+        [encoder],
         base,
         p["height"],
         p["width"],
         cfg.data.fps,
         p["train_history"],
-        Rate.parse(h.rates[0]),
+        tokens,
         QUERIES,
         LORA_RANK,
         p["text_tokens"],
+        MODEL,
     )
     return counts.total_bytes + act.total
 

@@ -6,7 +6,7 @@
 Why this exists: the tiny preset trains on a laptop CPU, the paper's setting does not, and before renting GPUs one
 wants to know whether a 14B DiT + LoRA + history encoder fits per GPU (plain DDP) or needs FSDP
 (``configs/accelerate/fsdp.yaml``). Nothing here downloads weights: every model is built on the ``meta`` device from
-the diffusers configs embedded in ``tinyhistory.model_configs`` and ``tinyhistory.memory``, so the counts are exact
+the released configs every family declares (read by ``tinyhistory.sizing.models``), so the counts are exact
 and cost no memory. ``tinyhistory plan`` puts the same numbers together for one model, card and RAM size.
 
 Two kinds of numbers, kept apart on purpose:
@@ -15,7 +15,7 @@ Two kinds of numbers, kept apart on purpose:
   given storage rule (frozen weights as ``from_pretrained(torch_dtype=bfloat16)`` stores them, i.e. bf16 except
   diffusers' ``_keep_in_fp32_modules``; trainable weights fp32 + fp32 grads + AdamW's two fp32 moments);
 * **estimated (a formula)**: activation memory of one stage-I step with gradient checkpointing. See
-  :func:`tinyhistory.memory.stage_activations` for every term; it is no measurement, which needs the GPU machine.
+  :func:`tinyhistory.sizing.memory.stage_activations` for every term; it is no measurement, which needs the GPU machine.
 """
 
 from __future__ import annotations
@@ -25,80 +25,73 @@ import json
 from dataclasses import asdict
 
 import torch
-from diffusers import AutoencoderKLWan
-from transformers import UMT5Config, UMT5EncoderModel
 
-from tinyhistory.backbones.wan import WanBackbone
-from tinyhistory.geometry import Rate, get_base
+from tinyhistory.config import load_config
+from tinyhistory.geometry import get_base
 from tinyhistory.history import HistoryEncoder
-from tinyhistory.memory import (
+from tinyhistory.sizing.memory import (
     ENCODER,
     GIB,
     LORA_RANK,
-    LORA_TARGETS,
-    UMT5_XXL,
-    VAE_CONFIGS,
     ActivationEstimate,
     ModelCounts,
     count_model,
     stage_activations,
 )
-from tinyhistory.model_configs import CONFIGS, GEOMETRY
+from tinyhistory.sizing.models import Released, component_params, released_presets
 
 FSDP_GPUS = 8
-HEIGHT, WIDTH, HISTORY_SECONDS, TARGET_LATENT_FRAMES, TEXT_TOKENS = 480, 832, 20.0, 3, 512
+HEIGHT, WIDTH, HISTORY_SECONDS, TARGET_LATENT_FRAMES = 480, 832, 20.0, 3
 
-# --- transformer/config.json of each model, and its geometry: embedded once in tinyhistory.model_configs (the cost
-# model, ``tinyhistory cost``, builds the same DiTs); see that module for where every value comes from. The counting
-# code, the UMT5-XXL and VAE configs and the activation formula live in tinyhistory.memory (``tinyhistory plan``
-# uses them too).
+# --- the released models every family declares (tinyhistory.sizing.models reads them: the cost model, ``tinyhistory
+# cost``, builds the same DiTs); the counting code and the activation model live in tinyhistory.sizing.memory
+# (``tinyhistory plan`` uses them too).
 
 
 def activation_estimate(
-    counts: ModelCounts,
-    config: dict,
-    transformer: torch.nn.Module,
-    encoder: HistoryEncoder,
-    geometry: str,
-    fps: float,
+    counts: ModelCounts, model: Released, backbone: torch.nn.Module, encoder: HistoryEncoder, preset: str
 ) -> ActivationEstimate:
-    """Stage-I activations at 480×832, a 20-s history at ``fps``, 4×4×2 context and 3 queried latent frames.
+    """Stage-I activations at 480×832, a 20-s history at the preset's fps, 4×4×2 context and 3 queried latent frames.
 
-    The formula and every one of its terms: :func:`tinyhistory.memory.stage_activations` (shared with
+    The model and every one of its terms: :func:`tinyhistory.sizing.memory.stage_activations` (shared with
     ``tinyhistory plan``). Not counted: transient gradient buffers of the block being back-propagated, allocator
     fragmentation, the loss.
     """
-    base = get_base(geometry)
+    cfg = load_config(preset)
+    base = get_base(cfg.base)
     if (base.hidden_dim, base.latent_channels) != (counts.hidden_dim, counts.latent_channels):
-        raise RuntimeError(f"tinyhistory.geometry {geometry!r} disagrees with {counts.model}'s config")
+        raise RuntimeError(f"tinyhistory.geometry {cfg.base!r} disagrees with {counts.model}'s config")
+    grid = base.token_grid(HEIGHT, WIDTH, int(round(cfg.data.fps * HISTORY_SECONDS)))
+    tokens = (grid[0] // encoder.rate.t) * (grid[1] // encoder.rate.h) * (grid[2] // encoder.rate.w)
     return stage_activations(
-        counts,
-        config["attention_head_dim"],
-        encoder,
-        transformer.patch_embedding,
+        backbone,
+        model.dit.config,
+        [encoder],
         base,
         HEIGHT,
         WIDTH,
-        fps,
+        cfg.data.fps,
         HISTORY_SECONDS,
-        Rate.parse(ENCODER.rate),
+        tokens,
         TARGET_LATENT_FRAMES,
         LORA_RANK,
-        TEXT_TOKENS,
+        cfg.text.max_tokens,
+        counts.model,
     )
 
 
-def not_loaded_counts() -> list[dict]:
-    """UMT5-XXL and the VAEs: only needed to build the cache (``tinyhistory data prepare``), not to train from it."""
-    rows = []
-    with torch.device("meta"):
-        umt5 = UMT5EncoderModel(UMT5Config(**UMT5_XXL))
-    n = sum(p.numel() for p in umt5.parameters())
-    rows.append({"component": "UMT5-XXL text encoder", "params": n, "dtype": "bf16", "bytes": 2 * n})
-    for name, cfg in VAE_CONFIGS.items():
-        with torch.device("meta"):
-            vae = AutoencoderKLWan(**cfg)
-        n = sum(p.numel() for p in vae.parameters())
+def not_loaded_counts(models: dict[str, Released]) -> list[dict]:
+    """Text encoders and VAEs: only needed to build the cache (``tinyhistory data prepare``), not to train from it."""
+    rows, seen = [], set()
+    for model in models.values():
+        for component, config in model.text.released.items():
+            name = f"{model.text.sizing_name} text encoder ({component})"
+            if name not in seen:
+                seen.add(name)
+                n = component_params(model.text, component, config)
+                rows.append({"component": name, "params": n, "dtype": "bf16", "bytes": 2 * n})
+        name = f"VAE of {model.name}"
+        n = sum(p.numel() for p in model.codec.meta(model.vae).vae.parameters())
         rows.append({"component": name, "params": n, "dtype": "fp32", "bytes": 4 * n})
     return rows
 
@@ -125,7 +118,8 @@ def markdown(counts: list[ModelCounts], acts: list[ActivationEstimate], extra: l
         )
     out += [
         "",
-        "Activations of one stage-I step (ESTIMATE from a formula, not a measurement): batch 1 per GPU, 480x832, "
+        "Activations of one stage-I step (ESTIMATE from a formula or a meta-device trace, not a measurement): "
+        "batch 1 per GPU, 480x832, "
         "20-s history, 4x4x2 context, 3 queried latent frames, gradient checkpointing on every DiT block",
         "",
         "| model | fps | history latent T×H×W | context tokens | target tokens | sequence | kept block inputs GiB "
@@ -158,12 +152,12 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of markdown tables")
     args = parser.parse_args()
     counts, acts = [], []
-    for name, config in CONFIGS.items():
-        c, transformer, encoder = count_model(name, config)
-        geometry, fps = GEOMETRY[name]
+    models = released_presets()
+    for preset, model in models.items():
+        c, backbone, encoder = count_model(model.adapter, model.name, model.dit.config)
         counts.append(c)
-        acts.append(activation_estimate(c, config, transformer, encoder, geometry, fps))
-    extra = not_loaded_counts()
+        acts.append(activation_estimate(c, model, backbone, encoder, preset))
+    extra = not_loaded_counts(models)
     if args.json:
         result = {
             "exact": [
@@ -181,11 +175,10 @@ def main() -> None:
                 "lora": {
                     "rank": LORA_RANK,
                     "alpha": LORA_RANK,
-                    "target_modules": LORA_TARGETS,
-                    "lora_targets_match_project": getattr(WanBackbone, "lora_targets", None) == LORA_TARGETS,
+                    "target_modules": {m.name: m.adapter.lora_targets for m in models.values()},
                 },
                 "encoder": asdict(ENCODER),
-                "activations": "estimate from a formula (see activation_estimate); parameter counts are exact",
+                "activations": "estimate: the family's formula or a trace (see activation_estimate); counts are exact",
             },
         }
         print(json.dumps(result, indent=2))

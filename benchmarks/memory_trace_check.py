@@ -1,14 +1,14 @@
-"""How far the meta-device traces of ``tinyhistory.memory`` are from real allocations, checked on the CPU.
+"""How far the meta-device traces of ``tinyhistory.sizing.memory`` are from real allocations, checked on the CPU.
 
     python benchmarks/memory_trace_check.py          # about a minute on 2 cores; prints one JSON line per check
 
-Why this exists: ``tinyhistory plan`` predicts generation's working sets by tracing the project's code on meta
-tensors (:class:`tinyhistory.memory.LiveBytes`). Until a GPU is lent, the only real allocations to compare with are
-the CPU's: each check runs the same code on real tensors in a fresh process and reads how much the process's peak
-resident memory grew (``ru_maxrss`` over the RSS before). That growth also holds what a trace cannot see — glibc
-keeping freed memory, oneDNN workspaces, thread buffers — so it is an upper bound on what the code allocated, and the
-ratio says how much slack a prediction needs. On a GPU, ``benchmarks/gpu_history_cost.py`` makes the same comparison
-against ``torch.cuda.max_memory_allocated``.
+Why this exists: ``tinyhistory plan`` predicts generation's working sets by tracing the project's code on meta tensors
+(:class:`tinyhistory.sizing.memory.LiveBytes`). Until a GPU is lent, the only real allocations to compare with are the
+CPU's: each check runs the same code on real tensors in a fresh process and reads how much the process's peak resident
+memory grew (``ru_maxrss`` over the RSS before). That growth also holds what a trace cannot see — glibc keeping freed
+memory, oneDNN workspaces, thread buffers — so it is an upper bound on what the code allocated, and the ratio says how
+much slack a prediction needs. On a GPU, ``benchmarks/gpu_history_cost.py`` makes the same comparison against
+``torch.cuda.max_memory_allocated``.
 
 Checks (random weights, real layer widths, small frames so a 2-core CPU finishes):
 
@@ -47,10 +47,10 @@ def check_vae(name: str, height: int, width: int, latents: int) -> dict:
     from diffusers import AutoencoderKLWan
 
     from tinyhistory.codecs.wan import WanVAECodec
-    from tinyhistory.memory import VAE_CONFIGS, decode_trace
+    from tinyhistory.sizing.memory import decode_trace
 
-    config = VAE_CONFIGS[name]
-    trace = decode_trace(config, latents, height, width)
+    config = WanVAECodec.released[name]
+    trace = decode_trace(WanVAECodec, config, latents, height, width)
     z = int(config.get("z_dim", 16))
     torch.manual_seed(0)
     vae = AutoencoderKLWan(**{**config, "latents_mean": [0.0] * z, "latents_std": [1.0] * z}).eval()
@@ -71,15 +71,16 @@ def check_vae(name: str, height: int, width: int, latents: int) -> dict:
 
 def check_dit(kv: bool) -> dict:
     from tinyhistory.backbones.base import ContextTokens
-    from tinyhistory.memory import dit_step_trace, meta_bf16_backbone
-    from tinyhistory.model_configs import get_config
+    from tinyhistory.backbones.wan import WanBackbone
+    from tinyhistory.sizing.memory import dit_step_trace, meta_bf16_backbone
+    from tinyhistory.sizing.models import get_config
     from tinyhistory.text.condition import TextCondition
 
     config = {**get_config("Wan2.1-T2V-1.3B"), "num_layers": 2}
     k, shape, batch = 3640, (16, 4, 30, 52), 2
-    trace = dit_step_trace(config, k, shape, kv)
+    trace = dit_step_trace(WanBackbone, config, k, shape, kv)
     torch.manual_seed(0)
-    meta = meta_bf16_backbone(config)
+    meta = meta_bf16_backbone(WanBackbone, config)
     backbone = type(meta)(meta.transformer.to_empty(device="cpu"))
     for parameter in backbone.transformer.parameters():
         torch.nn.init.normal_(parameter, std=0.02)
@@ -107,8 +108,8 @@ def check_dit(kv: bool) -> dict:
 
 
 CHECKS = {
-    "vae21": lambda: check_vae("Wan 2.1 VAE (1.3B, 14B, A14B)", 192, 320, 2),
-    "vae22": lambda: check_vae("Wan 2.2 VAE (TI2V-5B)", 192, 320, 2),
+    "vae21": lambda: check_vae("wan2.1-1.3b", 192, 320, 2),  # the Wan 2.1 VAE (1.3B, 14B, A14B)
+    "vae22": lambda: check_vae("wan2.2-ti2v-5b", 192, 320, 2),  # the Wan 2.2 VAE (TI2V-5B)
     "dit": lambda: check_dit(False),
     "dit_kv": lambda: check_dit(True),
 }

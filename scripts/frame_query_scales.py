@@ -43,12 +43,39 @@ from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.checkpoint import load_model
 
 
+def recent_and_old(per_window: list[dict], frames: int, recent: int) -> dict:
+    """Mean PSNR of the queries in the last ``recent`` of ``frames`` history frames and of the older ones."""
+    split: dict[str, list[float]] = {"recent": [], "old": []}
+    for window in per_window:
+        for query, value in zip(window["queries"], window["psnr_per_query"], strict=True):
+            split["recent" if query >= frames - recent else "old"].append(value)
+    out = {}
+    for name, values in split.items():
+        out[f"psnr_{name}"] = float(np.mean(values)) if values else float("nan")
+        out[f"queries_{name}"] = len(values)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", help="LABEL=CHECKPOINT_FOLDER")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--windows", type=int, default=24)
     parser.add_argument("--queries", type=int, default=2)
+    parser.add_argument(
+        "--split",
+        choices=("heldout", "train"),
+        default="heldout",
+        help="score on the held-out part (default) or on the training part: the gap between the two measures "
+        "how much of a model's score is recall of frames it was trained on rather than reading its history",
+    )
+    parser.add_argument(
+        "--recent-frames",
+        type=int,
+        default=0,
+        help="also report the PSNR of queries in the last N history frames (recent) and of the older ones apart "
+        "(issue 24: a tiered history keeps the recent frames at a finer rate)",
+    )
     args = parser.parse_args()
     started = time.time()
     pairs = []
@@ -66,7 +93,7 @@ def main() -> None:
     all_rates = sorted({r for _, _, cfg in loaded for r in cfg.history.rates})
     eval_cfg = dataclasses.replace(base_cfg, history=dataclasses.replace(base_cfg.history, rates=all_rates))
     clip = clip_from_config(base_cfg.data)
-    eval_set, codec = eval_set_for_clip(clip.heldout, eval_cfg, args.windows, args.queries, seed=0)
+    eval_set, codec = eval_set_for_clip(getattr(clip, args.split), eval_cfg, args.windows, args.queries, seed=0)
     text = encode_prompts(base_cfg.text, [base_cfg.text.caption])
     truth = queried_pixels(eval_set)
     size = truth.shape[-1]
@@ -81,6 +108,7 @@ def main() -> None:
     }
     results: dict = {
         "history_frames": base_cfg.train.history_frames,
+        "split": args.split,
         "windows": args.windows,
         "queries": args.queries,
         "sizes": sizes,
@@ -107,13 +135,19 @@ def main() -> None:
             "psnr_one_step": metrics["psnr_one_step"],
             "psnr_by_scale": psnr_by_scale(truth, sampled, sizes),
         }
+        if args.recent_frames:
+            results["models"][label] |= recent_and_old(
+                metrics["per_window"], base_cfg.train.history_frames, args.recent_frames
+            )
     results["seconds"] = round(time.time() - started, 1)
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scales.json").write_text(json.dumps(results, indent=2) + "\n")
-    header = "| | held-out loss | PSNR | one-step PSNR | " + " | ".join(f"{s}×{s}" for s in sizes) + " |"
+    loss_name = "held-out loss" if args.split == "heldout" else "loss on these windows"
+    windows = "held-out" if args.split == "heldout" else "training"
+    header = f"| | {loss_name} | PSNR | one-step PSNR | " + " | ".join(f"{s}×{s}" for s in sizes) + " |"
     lines = [
-        f"# PSNR by scale: {args.windows} held-out windows of {base_cfg.train.history_frames} frames, "
+        f"# PSNR by scale: {args.windows} {windows} windows of {base_cfg.train.history_frames} frames, "
         f"{args.queries} queries each",
         "",
         "Sampled (20 Euler steps) and true frames both area-averaged to s×s pixels before PSNR.",
@@ -126,6 +160,17 @@ def main() -> None:
         lines.append(f"| {label} | {m['heldout_loss']:.4f} | {m['psnr']:.2f} | {m['psnr_one_step']:.2f} | {cells} |")
     for label, profile in results["references"].items():
         lines.append(f"| {label} | | | | " + " | ".join(f"{profile[s]:.2f}" for s in sizes) + " |")
+    if args.recent_frames:
+        lines += [
+            "",
+            f"Queries in the last {args.recent_frames} history frames (recent) and before them (old):",
+            "",
+            "| | recent PSNR | recent queries | old PSNR | old queries |",
+            "|---|---|---|---|---|",
+        ]
+        for label, m in results["models"].items():
+            recent, old = f"{m['psnr_recent']:.2f} | {m['queries_recent']}", f"{m['psnr_old']:.2f} | {m['queries_old']}"
+            lines.append(f"| {label} | {recent} | {old} |")
     (args.out / "scales.md").write_text("\n".join(lines) + "\n")
     picks = list(range(0, args.windows, max(1, args.windows // 8)))[:8]
     rows = [("ground truth", np.stack([to_uint8(truth[i])[0] for i in picks]))]

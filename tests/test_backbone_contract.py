@@ -16,11 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_model_folders import hunyuan_folder, ltx_folder, wan21_t2v_folder, wan22_ti2v_folder
+from tiny_model_folders import hunyuan_folder, ltx_folder, wan21_t2v_folder, wan22_a14b_folder, wan22_ti2v_folder
 
 from tinyhistory.backbones import ContextTokens
-from tinyhistory.config import HistoryConfig
-from tinyhistory.registry import BACKBONES, HISTORY_METHODS
+from tinyhistory.backbones.base import Backbone, SamplingRecipe
+from tinyhistory.codecs.base import Codec
+from tinyhistory.config import CodecConfig, HistoryConfig, TextConfig
+from tinyhistory.registry import BACKBONES, CODECS, HISTORY_METHODS, TEXT_ENCODERS
+from tinyhistory.text.base import TextEncoder
 from tinyhistory.text.condition import TextCondition
 from tinyhistory.train.lora import add_lora, lora_state_dict
 
@@ -36,6 +39,17 @@ class Family:
     lora_keys: str = r"transformer\.blocks\.\d+\."  # every LoRA key matches this
     # (transformer config, batch, generator) -> TextCondition; default: random token states only
     text: Callable | None = None
+    codec: str = "wan"  # the family's codec.kind and text.kind (read from the same folder)
+    text_encoder: str = "umt5"
+    # What the family's pipeline does when it samples, as the adapter must declare it: the folder's sampler, the
+    # classifier-free guidance default, a guidance embedding, an image start as a clean first frame, a time shift by
+    # the token count, and whether the history KV cache (and what builds on it) is supported.
+    sampler: str = "unipc"
+    default_guidance: float = 3.0
+    guidance_distilled: bool = False
+    first_frame: bool = False
+    dynamic_shift: bool = False
+    history_attention: bool = True
 
 
 def _wan_stock_forward(transformer, x, t, text):
@@ -110,7 +124,7 @@ def _ltx_stock_rope(transformer, x):
 
 FAMILIES = [
     Family("wan2.1-t2v", "wan", wan21_t2v_folder, _wan_stock_forward, _wan_stock_rope),
-    Family("wan2.2-ti2v", "wan", wan22_ti2v_folder, _wan_stock_forward, _wan_stock_rope),
+    Family("wan2.2-ti2v", "wan", wan22_ti2v_folder, _wan_stock_forward, _wan_stock_rope, first_frame=True),
     Family(
         "hunyuanvideo",
         "hunyuan",
@@ -120,6 +134,12 @@ FAMILIES = [
         lora_count=_hunyuan_lora_count,
         lora_keys=r"transformer\.(single_)?transformer_blocks\.\d+\.",
         text=_hunyuan_text,
+        codec="hunyuan",
+        text_encoder="hunyuan",
+        sampler="euler",
+        default_guidance=1.0,
+        guidance_distilled=True,
+        history_attention=False,
     ),
     Family(
         "ltx-video",
@@ -129,6 +149,11 @@ FAMILIES = [
         _ltx_stock_rope,
         lora_keys=r"transformer\.transformer_blocks\.\d+\.",
         text=_ltx_text,
+        codec="ltx",
+        text_encoder="t5",
+        sampler="euler",
+        dynamic_shift=True,
+        history_attention=False,
     ),
 ]
 
@@ -269,3 +294,103 @@ def test_bad_folders_name_the_folder_and_what_is_missing(family, tmp_path):
     (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": other}))
     with pytest.raises(ValueError, match=f"holds a {other} model, not the {fam.registry_name!r} family"):
         adapter.from_pretrained(folder)
+
+
+# -- the whole protocol, and the family's sampling quirks declared by its adapter ------------------------------------
+def test_the_backbone_codec_and_text_encoder_satisfy_the_whole_protocol(family):
+    """Every member a caller reads is declared (runtime-checkable protocols), so no call site needs ``hasattr``."""
+    fam, folder = family
+    backbone = _load(fam, folder)
+    assert isinstance(backbone, Backbone)
+    assert backbone.family == fam.registry_name and backbone.title
+    assert all(hasattr(backbone.transformer, name) for name in backbone.block_lists)
+    text = backbone.blank_text(2, 5, "meta")
+    assert text.states.shape[:2] == (2, 5)
+    codec = CODECS.get(fam.codec).from_config(CodecConfig(kind=fam.codec, path=str(folder)))
+    assert isinstance(codec, Codec)
+    assert codec.framewise is False and codec.reads_model_folder  # a causal video VAE, the folder's vae/
+    encoder = TEXT_ENCODERS.get(fam.text_encoder).from_config(
+        TextConfig(kind=fam.text_encoder, path=str(folder), max_tokens=8), torch.float32, "cpu"
+    )
+    assert isinstance(encoder, TextEncoder) and encoder.reads_model_folder
+    condition = encoder.encode_condition(["a rabbit"])
+    assert condition.states.shape == (1, 8, encoder.text_dim)
+    assert (condition.pooled is not None) == (encoder.pooled_dim > 0)
+
+
+def test_the_family_declares_its_sampling_quirks(family):
+    fam, folder = family
+    backbone = _load(fam, folder)
+    recipe = backbone.sampling_recipe(folder)
+    assert recipe.scheduler == json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert recipe.sampler == backbone.pipeline_sampler == fam.sampler
+    assert recipe.first_frame is fam.first_frame
+    assert recipe.second_expert is None and recipe.boundary is None  # one expert in these folders
+    assert backbone.sampling_recipe(None) == SamplingRecipe()  # without a folder: Euler, nothing else
+    assert backbone.default_guidance == fam.default_guidance
+    assert backbone.guidance_distilled is fam.guidance_distilled
+    backbone.use_guidance(4.5)  # a guidance-distilled DiT embeds it; any other has nothing to set
+    if fam.guidance_distilled:
+        assert backbone.guidance == 4.5
+    mu = backbone.timestep_shift(4096, recipe.scheduler)
+    assert (mu is not None) is fam.dynamic_shift
+    assert backbone.timestep_shift(4096, {**recipe.scheduler, "use_dynamic_shifting": False}) is None
+
+
+def test_history_attention_is_supported_or_refused_by_the_familys_name(family):
+    fam, folder = family
+    backbone = _load(fam, folder)
+    assert (backbone.kv_cache, backbone.block_causal, backbone.context_window) == (False, False, 0)
+    if fam.history_attention:
+        backbone.use_block_causal()
+        backbone.use_kv_cache()
+        backbone.use_context_window(2)
+        assert (backbone.kv_cache, backbone.block_causal, backbone.context_window) == (True, True, 2)
+        return
+    for turn_on in (
+        backbone.use_kv_cache,
+        backbone.use_value_rope,
+        backbone.use_block_causal,
+        lambda: backbone.use_context_window(2),
+        lambda: backbone.build_context_cache(None, None),
+    ):
+        with pytest.raises(ValueError, match=f"not (supported|implemented) for .*{backbone.title}|{backbone.title}'s"):
+            turn_on()
+    x, t, text = _inputs(backbone, fam=fam)
+    with pytest.raises(ValueError, match=f"history.kv_cache is not supported for {backbone.title}"):
+        backbone(x, t, text, context_cache=object())
+    # turning them off is what the adapter always does
+    backbone.use_value_rope(False)
+    backbone.use_block_causal(False)
+    backbone.use_context_window(0)
+    backbone.use_full_attention()
+    assert backbone.kv_cache is False
+
+
+def test_wan22_a14b_declares_its_second_expert_and_boundary(tmp_path):
+    folder = wan22_a14b_folder(tmp_path / "a14b")
+    adapter = BACKBONES.get("wan")
+    recipe = adapter.sampling_recipe(folder)
+    assert (recipe.second_expert, recipe.boundary, recipe.sampler, recipe.first_frame) == (
+        "transformer_2",
+        0.875,
+        "unipc",
+        False,
+    )
+    # a run on the low-noise expert itself has no second one
+    assert adapter.sampling_recipe(folder, "transformer_2").second_expert is None
+
+
+def test_the_tiny_codecs_and_minilm_satisfy_the_protocols():
+    """The presets without a model folder: framewise codecs and the packaged MiniLM, none of them a folder's part."""
+    from tinyhistory.codecs.learned import AutoencoderConfig, FrameAutoencoder, LearnedCodec
+    from tinyhistory.codecs.pixel import PixelUnshuffleCodec
+    from tinyhistory.text.minilm import MiniLMTextEncoder
+
+    learned = LearnedCodec(FrameAutoencoder(AutoencoderConfig(latent_mean=[0.0] * 16, latent_std=[1.0] * 16)))
+    for codec in (PixelUnshuffleCodec(), learned):
+        assert isinstance(codec, Codec)
+        assert codec.framewise is True and codec.reads_model_folder is False and codec.temporal_factor == 1
+    encoder = MiniLMTextEncoder(max_tokens=8)
+    assert isinstance(encoder, TextEncoder) and encoder.reads_model_folder is False
+    assert encoder.encode_condition(["a rabbit"]).states.shape == (1, 8, 384)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from tinyhistory.cli import main
-from tinyhistory.cost import CostRow, CostSettings, cost_rows, framepack_schedule
 from tinyhistory.geometry import Rate
+from tinyhistory.sizing.cost import CostRow, CostSettings, cost_rows, framepack_schedule
 
 FIELDS = {
     "method",
@@ -164,20 +165,57 @@ def test_unknown_preset_and_method(capsys):
     assert "not supported" in capsys.readouterr().err
 
 
-def test_model_configs_are_the_real_sizes():
-    """The shared configs build the published models (parameter counts as in BENCHMARKS.md's memory section)."""
-    from tinyhistory.model_configs import PRESET_MODELS, meta_transformer
+def _params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
-    assert sum(p.numel() for p in meta_transformer(PRESET_MODELS["wan2.2-ti2v-5b"]).parameters()) == 4_999_787_712
-    assert sum(p.numel() for p in meta_transformer(PRESET_MODELS["wan2.1-t2v-14b"]).parameters()) == 14_288_491_584
+
+def test_released_configs_are_the_real_sizes():
+    """The families' released configs build the published models (parameter counts as in BENCHMARKS.md's memory
+    section), and each equals the stock diffusers class built from the same config on the meta device."""
+    from diffusers import HunyuanVideoTransformer3DModel, LTXVideoTransformer3DModel, WanTransformer3DModel
+
+    from tinyhistory.config import load_config
+    from tinyhistory.sizing.models import meta_transformer, released
+
+    expected = {
+        "wan2.2-ti2v-5b": (WanTransformer3DModel, 4_999_787_712),
+        "wan2.1-t2v-14b": (WanTransformer3DModel, 14_288_491_584),
+        "hunyuanvideo": (HunyuanVideoTransformer3DModel, 12_821_012_544),
+        "ltx-video": (LTXVideoTransformer3DModel, 1_923_385_472),
+    }
+    for preset, (model_class, count) in expected.items():
+        cfg = load_config(preset)
+        config = released(cfg).dit.config
+        with torch.device("meta"):
+            stock = model_class.from_config(config)
+        assert _params(meta_transformer(cfg)) == _params(stock) == count, preset
+
+
+def test_every_preset_base_agrees_with_its_released_model():
+    """``geometry.BASES`` (what the config validates without torch) says what the family's released configs say:
+    VAE factors and channels from the codec's VAE, patch and width from the DiT."""
+    from tinyhistory.geometry import get_base
+    from tinyhistory.sizing.models import released_presets
+
+    presets = released_presets()
+    assert {"wan2.2-ti2v-5b", "wan2.1-t2v-14b", "hunyuanvideo", "ltx-video"} <= set(presets)
+    for preset, model in presets.items():
+        from tinyhistory.config import load_config
+
+        base = get_base(load_config(preset).base)
+        codec = model.codec.meta(model.vae)
+        dit = model.adapter(model.adapter.meta_transformer(model.dit.config, 1))
+        assert (base.vae_spatial, base.vae_temporal, base.latent_channels) == (
+            codec.spatial_factor,
+            codec.temporal_factor,
+            codec.latent_channels,
+        ), preset
+        assert (base.patch, base.hidden_dim) == (tuple(dit.patch_size), dit.hidden_dim), preset
 
 
 def test_hunyuanvideo_is_counted_at_its_real_size_with_the_papers_token_counts():
     """The embedded HunyuanVideo config builds the paper's 12.8B DiT; at 480×832 and 24 fps the full context of 20 s
     and 60 s is the paper's 187,200 and 561,600 tokens, and one 4×4×2 encoder gives 5,460 tokens for 20 s."""
-    from tinyhistory.model_configs import COST_PRESET_MODELS, meta_transformer
-
-    assert sum(p.numel() for p in meta_transformer(COST_PRESET_MODELS["hunyuanvideo"]).parameters()) == 12_821_012_544
     settings = CostSettings(
         preset="hunyuanvideo",
         history_seconds=(20.0, 60.0),
@@ -193,3 +231,42 @@ def test_hunyuanvideo_is_counted_at_its_real_size_with_the_papers_token_counts()
     # the history costs the DiT more the longer it is; none is free
     assert 0 < rows["proposed", 20.0].history_overhead < rows["proposed", 60.0].history_overhead
     assert rows["proposed", 60.0].history_overhead < rows["full", 20.0].history_overhead
+
+
+def test_ltx_video_is_counted_with_its_real_grid():
+    """LTX-Video 0.9 at 480×704, 24 fps: one DiT token is 32×32 pixels × 8 frames, so a second is 3 latent frames of
+    15 × 22 tokens (19,800 for 20 s of full context); its 2×2×1 encoder keeps the floor grid 60 × 7 × 11; the
+    KV-cache and block-causal rows are absent (the family refuses both), and the DiT step is the 2B model's: about
+    two FLOPs per parameter per target token."""
+    settings = CostSettings(
+        preset="ltx-video",
+        history_seconds=(20.0,),
+        methods=("no_history", "full", "proposed"),
+        proposed_rates=(("2x2x1",),),
+        tier_sets=(),
+    )
+    rows = cost_rows(settings)
+    assert all(not r.kv_cache for r in rows)  # refused by the family, so not counted
+    by = {r.method: r for r in rows}
+    assert by["full"].context_tokens == 60 * 15 * 22  # 20 s = 480 frames = 60 latent frames
+    assert by["proposed"].context_tokens == 60 * (15 // 2) * (22 // 2)
+    # two linear FLOPs per parameter per token dominate: 990 target tokens through 1.92B parameters (plus attention)
+    assert 2 * 990 * 1.5e9 / 1e12 < by["no_history"].dit_step_tflops < 2 * 990 * 1.93e9 / 1e12 * 1.5
+    assert 0 < by["proposed"].history_overhead < by["full"].history_overhead
+
+
+def test_a_family_without_the_stacked_layout_refuses_it_by_name():
+    """Asked for the stacked tier layout, HunyuanVideo and LTX-Video refuse with the family and the option named."""
+    from tinyhistory.sizing.cost import TierSet
+
+    for preset, family in (("hunyuanvideo", "HunyuanVideo"), ("ltx-video", "LTX-Video")):
+        settings = CostSettings(
+            preset=preset,
+            history_seconds=(20.0,),
+            methods=("no_history", "proposed"),
+            proposed_rates=(("4x4x2",),),
+            kv_cache=False,
+            tier_sets=(TierSet.parse("4x4x2:20+8x8x4@stacked:20", 10.0),),
+        )
+        with pytest.raises(ValueError, match=rf'history.tier_layout = "stacked" is not supported for {family}'):
+            cost_rows(settings)

@@ -446,7 +446,7 @@ def test_data_prepare_exit_code_when_every_item_is_skipped_matches_the_readme(tm
 
 
 def test_plan_speaks_to_its_user():
-    from tinyhistory.plan import UNMEASURED
+    from tinyhistory.sizing.plan import UNMEASURED
 
     assert "lent" not in UNMEASURED and "session" not in UNMEASURED and "project" not in UNMEASURED
 

@@ -51,3 +51,20 @@ def test_lr_input_frames_are_the_queried_frames_block_averaged_through_a_lossles
     refs = reference_metrics(eval_set, pixels, codec, ["2x2x2"])
     full = psnr_by_scale(queried_pixels(eval_set), got, [32])[32]
     assert math.isclose(refs["lr_input_2x2x2_upsampled"]["psnr"], full, rel_tol=1e-4)
+
+
+def test_recent_and_old_queries_are_scored_apart():
+    """``--recent-frames N`` (issue 24) splits every query by whether it lies in the last N history frames."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "frame_query_scales.py"
+    spec = importlib.util.spec_from_file_location("frame_query_scales", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    per_window = [
+        {"queries": [1, 12], "psnr_per_query": [10.0, 20.0]},
+        {"queries": [7, 8], "psnr_per_query": [12.0, 30.0]},  # frame 8 is the first of the last 8 of 16
+    ]
+    split = script.recent_and_old(per_window, frames=16, recent=8)
+    assert split == {"psnr_recent": 25.0, "queries_recent": 2, "psnr_old": 11.0, "queries_old": 2}

@@ -87,7 +87,7 @@ def losses(run: Path) -> dict[int, float]:
 def assert_single_process_schedule(run: Path) -> None:
     """The logged learning rate follows ``lr_lambda`` step by step (its ratio to the schedule's factor is constant)."""
     train = json.loads((run / "config.json").read_text())["train"]
-    factor = lr_lambda(SimpleNamespace(train=SimpleNamespace(**train)))
+    factor = lr_lambda(SimpleNamespace(**train))
     records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     ratios = [r["lr"] / factor(r["step"]) for r in records if "lr" in r]
     assert len(ratios) == STEPS and max(ratios) - min(ratios) <= 1e-9 * max(ratios), ratios
@@ -155,7 +155,7 @@ def test_fsdp_trains_wan_like_ddp_on_half_the_memory_resumes_after_sigkill_and_o
     # the 2 ranks' sharded optimizer state, resharded into one process, is DDP's whole one exactly
     cfg = read_config(fsdp / "last")
     whole, cfg = prepare_model(cfg, None)
-    optimizer = make_optimizer(whole, cfg)
+    optimizer = make_optimizer(whole, cfg.train)
     parallel.load_optimizer(fsdp / "last", StageLoss(cfg, whole), optimizer)
     expected = torch.load(ddp / "last" / "state" / "optimizer.pt", weights_only=True)["optimizer"]["state"]
     state = optimizer.state_dict()["state"]
@@ -272,11 +272,11 @@ def test_fsdp_refuses_what_it_does_not_carry_by_name(small_config):
     from tinyhistory.train.trainer import check_parallel
 
     with pytest.raises(ValueError, match="shards the model itself"):
-        check_parallel(small_config(), DistributedType.FSDP)
+        check_parallel(small_config().train, DistributedType.FSDP)
     with pytest.raises(ValueError, match="train.dit = 'lora'"):
-        check_parallel(small_config('train.parallel="fsdp"'), DistributedType.MULTI_CPU)
+        check_parallel(small_config('train.parallel="fsdp"').train, DistributedType.MULTI_CPU)
     lora = ('train.parallel="fsdp"', 'train.dit="lora"', "train.lora_rank=2", "train.ema_decay=0.9")
     with pytest.raises(ValueError, match="ema_decay"):
-        check_parallel(small_config(*lora), DistributedType.MULTI_CPU)
+        check_parallel(small_config(*lora).train, DistributedType.MULTI_CPU)
     with pytest.raises(ValueError, match="train.parallel"):
         small_config('train.parallel="zero3"')

@@ -42,10 +42,9 @@ def test_first_segment_equals_the_stock_pipeline(preset, tmp_path):
     session = _session(preset, folder)
     if preset == "wan2.2-t2v-a14b":
         assert session.boundary == 0.875 and session.low_noise is not None
-        scheduler = session.scheduler_config
         from tinyhistory.generate.session import make_scheduler
 
-        steps = make_scheduler(session.settings, scheduler)
+        steps = make_scheduler(session.settings, session.recipe)
         steps.set_timesteps(3)
         assert steps.timesteps.max() >= 875 > steps.timesteps.min()  # both experts take steps
     frames = session.generate_segment(PROMPT)

@@ -29,8 +29,9 @@ from tinyhistory.backbones.base import PackedLinearEmbedding
 from tinyhistory.cli import main
 from tinyhistory.codecs import Codec
 from tinyhistory.codecs.ltx import LTXVAECodec
-from tinyhistory.config import HistoryConfig, load_config
-from tinyhistory.generate.session import GenerationSession, SamplingSettings, make_scheduler, set_timesteps
+from tinyhistory.config import HistoryConfig, ModelConfig, load_config
+from tinyhistory.flow import FlowMatchingSchedule
+from tinyhistory.generate.session import GenerationSession, SamplingSettings, make_scheduler, sampling_recipe
 from tinyhistory.registry import BACKBONES, HISTORY_METHODS
 from tinyhistory.system import HistoryDiT, build_codec
 from tinyhistory.text.cache import encode_prompts
@@ -169,18 +170,22 @@ def test_first_segment_equals_the_stock_pipeline(timestep_conditioning, guidance
 
 
 def test_the_folders_dynamic_shift_follows_the_token_count_unless_a_shift_is_given(folder):
-    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    dynamic = make_scheduler(SamplingSettings(), config)
+    adapter = BACKBONES.get("ltx")
+    recipe = adapter.sampling_recipe(folder)
+    assert recipe == sampling_recipe(adapter, ModelConfig(path=str(folder)))
+    assert recipe.scheduler == json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert recipe.sampler == "euler" and recipe.second_expert is None and not recipe.first_frame
+    dynamic = make_scheduler(SamplingSettings(), recipe)
     assert dynamic.config.use_dynamic_shifting
     sigmas = []
     for tokens in (990, 4096):
-        set_timesteps(dynamic, 4, tokens, "cpu")
+        FlowMatchingSchedule(dynamic, 4, "cpu", adapter.timestep_shift(tokens, dynamic.config))
         sigmas.append(dynamic.sigmas[1].item())
     assert sigmas[0] < sigmas[1]  # more tokens, more shift towards noise (LTXPipeline's mu)
-    fixed = make_scheduler(SamplingSettings(flow_shift=3.0), config)  # --flow-shift 3
+    fixed = make_scheduler(SamplingSettings(flow_shift=3.0), recipe)  # --flow-shift 3
     assert not fixed.config.use_dynamic_shifting and fixed.config.shift == 3.0
-    set_timesteps(fixed, 4, 990, "cpu")  # no mu needed
-    assert len(fixed.timesteps) == 4
+    assert adapter.timestep_shift(990, fixed.config) is None  # no mu needed
+    assert len(FlowMatchingSchedule(fixed, 4, "cpu").timesteps) == 4
 
 
 SIZES = [

@@ -1,4 +1,4 @@
-"""``tinyhistory plan`` and the memory model under it (``tinyhistory.memory``), on the meta device.
+"""``tinyhistory plan`` and the memory model under it (``tinyhistory.sizing.memory``), on the meta device.
 
 The exact numbers are pinned against BENCHMARKS.md ("Memory at real size"): a regression means the counting changed.
 The fit decisions pinned here are the ones a user plans a purchase on; each holds with a wide margin except where a
@@ -15,8 +15,8 @@ import torch
 from tiny_model_folders import wan22_a14b_folder, wan22_ti2v_folder
 
 from tinyhistory.cli import main
-from tinyhistory.memory import GIB, LiveBytes, dit_step_trace, kv_cache_bytes, stored_bytes
-from tinyhistory.plan import PlanSettings, make_plan, render_text
+from tinyhistory.sizing.memory import GIB, LiveBytes, dit_step_trace, kv_cache_bytes, stored_bytes
+from tinyhistory.sizing.plan import PlanSettings, make_plan, render_text
 
 
 def gib(n: int) -> float:
@@ -123,9 +123,11 @@ def test_kv_cache_trace_equals_the_formula():
         "qk_norm": "rms_norm_across_heads",
         "rope_max_seq_len": 1024,
     }
-    trace = dit_step_trace(config, 40, (16, 2, 8, 8), kv_cache=True, text_tokens=8)
+    from tinyhistory.backbones.wan import WanBackbone
+
+    trace = dit_step_trace(WanBackbone, config, 40, (16, 2, 8, 8), kv_cache=True, text_tokens=8)
     assert trace.kv_cache == kv_cache_bytes(5, 40, 32)
-    plain = dit_step_trace(config, 40, (16, 2, 8, 8), kv_cache=False, text_tokens=8)
+    plain = dit_step_trace(WanBackbone, config, 40, (16, 2, 8, 8), kv_cache=False, text_tokens=8)
     assert plain.kv_cache == 0 and plain.working > trace.working  # the cached step runs the targets alone
 
 
@@ -190,9 +192,7 @@ def test_json_fields(capsys):
     t = plan["train"]
     assert {"items", "gpu_peak_bytes", "gpu_card_bytes", "ram_peak_bytes", "fits", "candidates", "fsdp"} <= set(t)
     assert {"where", "phase", "name", "bytes", "gib", "kind", "note"} == set(t["items"][0])
-    assert {"checkpointing", "rate", "height", "width", "max_batch", "fits", "tight"} <= set(
-        t["candidates"][0]
-    )
+    assert {"checkpointing", "rate", "height", "width", "max_batch", "fits", "tight"} <= set(t["candidates"][0])
 
 
 def test_text_says_unmeasured(capsys):
@@ -209,7 +209,8 @@ def test_text_says_unmeasured(capsys):
         (["--gpu-memory", "-8"], "--gpu-memory must be a positive number of GiB"),
         (["--gpu-memory", "lots"], "--gpu-memory must be a positive number of GiB"),
         (["--ram", "0"], "--ram must be a positive number of GiB"),
-        (["--preset", "tiny"], "plan covers the real Wan presets"),
+        (["--preset", "tiny"], "plan covers the presets of released models"),
+        (["--preset", "hunyuanvideo", "--tiers", "4x4x2:20+8x8x4@stacked:20"], 'history.tier_layout = "stacked"'),
         (["--height", "500"], "must be a multiple of 32"),
         (["--model", "/nonexistent/folder"], "transformer/config.json not found"),
     ],
@@ -218,3 +219,83 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
     assert main(["plan", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+@pytest.mark.parametrize("preset", ["hunyuanvideo", "ltx-video"])
+def test_other_families_are_planned_from_their_own_classes(preset):
+    """HunyuanVideo and LTX-Video: the exact counts are those of the stock diffusers classes built from the family's
+    released configs on the meta device (DiT, VAE, every text-encoder component), the LoRA lands on the family's own
+    targets, the training activations are a trace of the family's forward (no formula is declared), and the
+    history KV cache, which both families refuse, is never offered."""
+    from tinyhistory.config import load_config
+    from tinyhistory.sizing.models import released
+
+    plan = make_plan(PlanSettings(preset=preset, gpu_memory_gib=80, ram_gib=256, history_seconds=5.0))
+    model = released(load_config(preset))
+    with torch.device("meta"):
+        dit = model.adapter.model_class.from_config(model.dit.config)
+        vae = model.codec.vae_class.from_config(model.vae)
+    count = {"hunyuanvideo": 12_821_012_544, "ltx-video": 1_923_385_472}[preset]
+    ex = plan["exact"]
+    assert ex["frozen_params"] == sum(p.numel() for p in dit.parameters()) == count
+    assert ex["vae_params"] == sum(p.numel() for p in vae.parameters())
+    text = sum(sum(p.numel() for p in model.text.meta_model(c, x).parameters()) for c, x in model.text.released.items())
+    assert ex["text_encoder_params"] == text
+    published = {"hunyuanvideo": (7_505_186_816 + 123_060_480, 246_000_000), "ltx-video": (4_762_310_656, 419_000_000)}
+    assert ex["text_encoder_params"] == published[preset][0]  # Llama-3-8B body + CLIP-L text / T5-XXL encoder
+    assert abs(ex["vae_params"] - published[preset][1]) < 1_000_000  # 246M / 419M (the published sizes, rounded)
+    assert ex["lora_params"] > 0 and ex["num_layers"] == {"hunyuanvideo": 60, "ltx-video": 28}[preset]
+    t, g = plan["train"], plan["generate"]
+    assert t["activations_kind"] == "trace"
+    assert {i["kind"] for i in t["items"] if i["phase"] == "forward/backward" and "block" in i["name"]} == {"trace"}
+    assert 0 < t["activations_bytes"] < t["activations_without_checkpointing_bytes"]
+    assert g["with_kv_cache"] is None and not any(r["kv_cache"] for r in g["all"])
+    assert {r["prompts"] for r in g["all"]} == {load_config(preset).text.kind, "text.cache"}
+    assert g["gpu_peak_bytes"] > ex["frozen_bytes"]
+    assert render_text(plan).count(ex["text_encoder"]) >= 2
+
+
+def test_stacked_tiers_are_counted_by_the_plan():
+    """``--tiers RATES@stacked``: the training sequence holds every rate's tokens of every block, the session keeps
+    them all, the targets attend to each tier's span, and the block-causal KV cache holds what StackedTierCache
+    keeps (every rate's blocks the targets see plus one window; one cache for both CFG branches). TI2V-5B, 480×832,
+    24 fps, 60 s: 360 latent frames, 4×4×2 gives 3·6 = 18 tokens per latent frame, 8×8×4 gives 1·3 = 3 (floor grid
+    15×26 → 3×6 and 1×3); the fine tier is the newest 20 s (120 frames), moves of 10 s."""
+    from tinyhistory.sizing.cost import TierSet
+
+    spec = TierSet.parse("4x4x2:20+8x8x4@stacked:20", 10.0)
+    plan = make_plan(PlanSettings(preset="wan2.2-ti2v-5b", history_seconds=60.0, tiers=spec, gpu_memory_gib=80))
+    st = plan["settings"]
+    every = 360 // 2 * 18 + 360 // 4 * 3  # 3,240 + 270
+    view = 120 // 2 * 18 + 240 // 4 * 3  # the fine tier's 120 frames + the coarse tier's 240
+    assert st["tiers"]["every_rate"] == every and st["training_context_tokens"] == every
+    assert st["context_tokens"] == st["tiers"]["view"] == view
+    # the cache: the fine rate from the fine tier's start (120 frames = 30 blocks of 4 back; the window is as long),
+    # the coarse rate from block 0
+    assert st["cached_context_tokens"] == 30 * 2 * 18 + 90 * 3
+    g = plan["generate"]
+    assert all(r["kv_cache"] for r in g["all"])  # the stacked layout is a cache
+    assert g["kv_cache_bytes"] == kv_cache_bytes(30, st["cached_context_tokens"], 3072, branches=1)
+    items = {i["name"]: i for i in g["items"]}
+    assert items[f"history tokens ({every:,}, every rate's × bf16)"]["bytes"] == every * 3072 * 2
+    plain = make_plan(PlanSettings(preset="wan2.2-ti2v-5b", history_seconds=60.0, gpu_memory_gib=80, generate=False))
+    assert plan["train"]["activations_bytes"] > plain["train"]["activations_bytes"]  # 3,510 tokens vs 3,240
+
+
+def test_the_stacked_cache_count_is_what_stacked_tier_cache_keeps():
+    """:func:`tier_tokens`'s ``cached`` equals the session's own StackedTierCache grown over the same history (the
+    tiny preset's DiT on the meta device, every rate's tokens of every block)."""
+    from tinyhistory.history.stacked import StackedTierCache
+    from tinyhistory.sizing.cost import CostModel, CostSettings, TierSet
+    from tinyhistory.sizing.memory import tier_tokens
+
+    spec = TierSet.parse("4x4x2:2+8x8x4@stacked:1", 1.0)
+    model = CostModel(
+        CostSettings(preset="tiny", history_seconds=(6.0,), methods=("proposed",), tier_sets=(spec,), kv_cache=False)
+    )
+    dit = model.tiered[spec]
+    for seconds in (3.0, 6.0):
+        frames = model.latent_frames(seconds)
+        cache = StackedTierCache(dit.tiers)
+        cache.grow(dit, model._rate_tokens(dit, 0, frames // dit.tiers.block * dit.tiers.block), frames)
+        assert tier_tokens(dit.tiers, frames, model.grid_hw).cached == cache.num_tokens

@@ -165,7 +165,7 @@ def test_a_lora_run_resumes_exactly_and_the_empty_prompt_is_the_encoded_one(tmp_
     from tinyhistory.data.cache import read_empty_prompt
     from tinyhistory.text.umt5 import UMT5TextEncoder
 
-    empty = read_empty_prompt(cfg)
+    empty = read_empty_prompt(cfg.data.cache, cfg.text)
     expected = UMT5TextEncoder(model_dir, cfg.text.max_tokens).encode([""])
     torch.testing.assert_close(empty.states, expected)
     assert empty.states.abs().sum() > 0

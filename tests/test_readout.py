@@ -218,3 +218,28 @@ def test_hunyuan_refuses_value_rope_by_name():
 def test_the_miniature_preset_validates_with_both_options():
     cfg = load_config("miniature", overrides=["history.block_phase=true", "history.value_rope=true"])
     assert cfg.history.block_phase and cfg.history.value_rope
+
+
+def test_a_rate_curriculum_keeps_the_dit_and_shared_encoders_and_starts_new_rates_fresh(small_config, tmp_path):
+    from tinyhistory.train.trainer import prepare_model
+
+    train(small_config('history.rates=["2x2x2"]', "train.steps=2"), tmp_path / "coarse2", progress=False)
+    trained, _ = load_model(tmp_path / "coarse2" / "final")
+
+    # Without train.switch_rates the checkpoint's rates win (a plain continuation).
+    kept, kept_cfg = prepare_model(small_config('history.rates=["4x4x2"]'), tmp_path / "coarse2" / "final")
+    assert kept_cfg.history.rates == ["2x2x2"] and [str(p.rate) for p in kept.producers] == ["2x2x2"]
+
+    switched, cfg = prepare_model(
+        small_config('history.rates=["4x4x2", "2x2x2"]', "train.switch_rates=true"), tmp_path / "coarse2" / "final"
+    )
+    assert cfg.history.rates == ["4x4x2", "2x2x2"]
+    assert [str(p.rate) for p in switched.producers] == ["4x4x2", "2x2x2"]
+    # the shared rate's encoder and the whole DiT are the checkpoint's, weight for weight
+    for name, value in trained.producers[0].state_dict().items():
+        torch.testing.assert_close(switched.producers[1].state_dict()[name], value, rtol=0, atol=0)
+    for name, value in trained.backbone.state_dict().items():
+        torch.testing.assert_close(switched.backbone.state_dict()[name], value, rtol=0, atol=0)
+    # the new rate's encoder is a fresh one: its HR branch ends in a zero projection, so it adds nothing yet
+    fresh_hr = [v for k, v in switched.producers[0].state_dict().items() if k.startswith("hr.") and "proj" in k]
+    assert fresh_hr and all(v.abs().max() == 0 for v in fresh_hr)

@@ -310,7 +310,7 @@ def test_stacked_rows_of_the_cost_model():
     4×4×2, older at 8×8×4, a 20-s window: the cache's append per segment is the same (±10 %: ×1.024) at 10 s
     and 600 s (the recompute layout's is ×3.35), no move costs anything, and the targets read what the recompute
     layout shows (3,690 tokens at 600 s, +13.6 % per step)."""
-    from tinyhistory.cost import CostSettings, TierSet, cost_rows
+    from tinyhistory.sizing.cost import CostSettings, TierSet, cost_rows
 
     settings = CostSettings(
         preset="wan2.2-ti2v-5b",

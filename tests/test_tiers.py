@@ -283,7 +283,7 @@ def test_tier_rows_of_the_cost_model():
     at 4×4×2, older at 8×8×4, moves of 10 s: at 600 s the context is 3,690 tokens instead of 32,400 and the
     block-causal step +13.7 % (goal ≤ 15 %); the cache work per segment at 600 s, moves included, is ×3.4 that at
     10 s (goal ±10 %: missed; a move recomputes the 20-s fine tier, which attended to the moved chunk)."""
-    from tinyhistory.cost import CostSettings, cost_rows
+    from tinyhistory.sizing.cost import CostSettings, cost_rows
 
     settings = CostSettings(
         preset="wan2.2-ti2v-5b",
@@ -311,3 +311,22 @@ def test_tier_rows_of_the_cost_model():
     assert ratio == pytest.approx(3.35, abs=0.05)
     without_moves = (at_600.cache_build_tflops - at_600.cache_move_tflops) / at_10.cache_build_tflops
     assert without_moves == pytest.approx(1.14, abs=0.02)
+
+
+@pytest.mark.parametrize("stage", ["frame-query", "ar"])
+def test_training_refuses_tiers_its_histories_never_reach(small_config, tmp_path, stage):
+    """A tier the longest training history never reaches gets no gradient: refused before any step, naming the keys
+    (stage I: 8-frame windows; stage II: 16-frame windows less the 2-frame segment; the fine tier holds 16)."""
+    stage_args = SMALL_AR[1:] + ["train.history_frames=16"] if stage == "ar" else []
+    cfg = small_config(
+        *stage_args,
+        f'train.stage="{stage}"',
+        *KV,
+        'history.rates=["4x4x2", "4x4x4"]',
+        "history.tiers=[2.0]",
+        "history.tier_move=0.5",
+        "train.steps=2",
+    )
+    with pytest.raises(ValueError, match=r"train.history_frames = .*the 4x4x4 tier never appears in training"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "last").exists()

@@ -64,7 +64,7 @@ def test_heldout_part_is_the_last_fifth(small_config):
 
 
 def test_lr_schedule_warms_up_then_decays(small_config):
-    f = lr_lambda(small_config("train.steps=100", "train.warmup_steps=10", "train.min_lr_ratio=0.1"))
+    f = lr_lambda(small_config("train.steps=100", "train.warmup_steps=10", "train.min_lr_ratio=0.1").train)
     assert f(0) == 0.1 and f(9) == 1.0
     assert abs(f(100) - 0.1) < 1e-9 and f(50) < f(20)
 

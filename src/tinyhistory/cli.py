@@ -32,7 +32,7 @@ def _cmd_context(args: argparse.Namespace) -> int:
 
 def _cmd_cost(args: argparse.Namespace) -> int:
     """Exact FLOPs of each history method for a preset (meta device: a 14B DiT costs seconds, no weights)."""
-    from tinyhistory.cost import PROPOSED_RATES, TIER_SETS, CostModel, CostSettings, TierSet, markdown_table
+    from tinyhistory.sizing.cost import PROPOSED_RATES, TIER_SETS, CostModel, CostSettings, TierSet, markdown_table
 
     settings = CostSettings(
         preset=args.preset,
@@ -71,7 +71,8 @@ def _tier_sets(specs: list[str] | None, move: float | None, default: tuple, tier
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     """Predicted GPU and RAM peaks and the settings that fit (meta device: seconds, no weights, no GPU)."""
-    from tinyhistory.plan import PlanSettings, make_plan, parse_gib, render_text
+    from tinyhistory.sizing.cost import TIER_SETS, TierSet
+    from tinyhistory.sizing.plan import PlanSettings, make_plan, parse_gib, render_text
 
     settings = PlanSettings(
         preset=args.preset,
@@ -84,10 +85,18 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         history_seconds=args.history_seconds,
         height=args.height,
         width=args.width,
+        tiers=_plan_tiers(args.tiers, args.tier_move, TIER_SETS, TierSet),
     )
     plan = make_plan(settings)
     print(json.dumps(plan, indent=2) if args.json else render_text(plan))
     return 0
+
+
+def _plan_tiers(spec: str | None, move: float | None, default: tuple, tier_set):
+    """``plan --tiers`` (one tier set, e.g. ``4x4x2:20+8x8x4@stacked:20``) with ``--tier-move``, or None."""
+    if spec is None:
+        return None
+    return tier_set.parse(spec, move if move is not None else default[0].move)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -508,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HELP_FORMAT,
         help="exact FLOPs of a history per denoising step and per generated second (meta device, no weights)",
     )
-    cost.add_argument("--preset", default="wan2.2-ti2v-5b", help="wan2.2-ti2v-5b, wan2.1-t2v-14b, …")
+    cost.add_argument("--preset", default="wan2.2-ti2v-5b", help="wan2.2-ti2v-5b, hunyuanvideo, ltx-video, tiny, …")
     cost.add_argument("--height", type=positive_int, default=None, help="frame height; None: the preset's")
     cost.add_argument("--width", type=positive_int, default=None, help="frame width; None: the preset's")
     cost.add_argument("--fps", type=positive_float, default=None, help="frames per second; None: the preset's")
@@ -570,7 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HELP_FORMAT,
         help="will it fit? predicted GPU and RAM peaks (unmeasured) and the settings that fit a card",
     )
-    pl.add_argument("--preset", default="wan2.2-ti2v-5b", help="wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.2-ti2v-5b, …")
+    pl.add_argument(
+        "--preset", default="wan2.2-ti2v-5b", help="wan2.1-t2v-1.3b, wan2.2-ti2v-5b, hunyuanvideo, ltx-video, …"
+    )
     pl.add_argument("--model", default=None, metavar="DIR", help="take the sizes from this model folder's configs")
     # Strings, checked by the library: a bad amount is one line (exit 2), not argparse's usage block.
     pl.add_argument("--gpu-memory", default="24", metavar="GIB", help="memory of one GPU (GiB)")
@@ -582,6 +593,16 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--history-seconds", type=history_seconds, default=20.0, help="history length (s)")
     pl.add_argument("--height", type=positive_int, default=480)
     pl.add_argument("--width", type=positive_int, default=832)
+    pl.add_argument(
+        "--tiers",
+        default=None,
+        metavar="TIERS",
+        help="tiered encoders instead of one rate (history.tiers), newest first with seconds, e.g. 4x4x2:20+8x8x4; "
+        "RATES@stacked[:SECONDS]: the stacked layout (history.tier_layout) with that context window",
+    )
+    pl.add_argument(
+        "--tier-move", type=positive_float, default=None, help="seconds moved to a coarser tier at once (None: 10)"
+    )
     pl.add_argument("--json", action="store_true", help="print JSON")
     pl.set_defaults(func=_cmd_plan)
 

@@ -12,6 +12,7 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -339,6 +340,9 @@ class TrainConfig:
     # Classifier-free guidance: this fraction of samples sees the empty prompt (the text encoder's encoding of "").
     text_dropout: float = 0.1
     freeze_encoder: bool = False  # ablation switch: keep the stage-I encoder fixed
+    # A rate curriculum (issue 22): start from ``--init-from`` at *this* run's history.rates instead of the
+    # checkpoint's. The DiT and its LoRA carry over, an encoder whose rate both share is kept, the others start fresh.
+    switch_rates: bool = False
     # The block-phase tables' own learning rate (history.block_phase): at the encoder's rate a zero table hardly moves.
     block_phase_learning_rate: float = 1e-2
     # What of the DiT trains. "lora": the base stays frozen (model.dtype) and a LoRA of ``lora_rank`` on its blocks
@@ -400,8 +404,8 @@ class PrepareConfig:
 
 @dataclass
 class RunConfig:
-    preset: str = "tiny"
-    base: str = "tiny"
+    preset: str = "tiny"  # the preset the run was made from (its file's name)
+    base: str = "tiny"  # the model geometry it trains (geometry.BASES): VAE factors, patch, width, variant checks
     model: ModelConfig = field(default_factory=ModelConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -414,17 +418,19 @@ class RunConfig:
     def validate(self) -> RunConfig:
         get_base(self.base)
         if self.model.path:
-            # The VAE and the text encoder come from the user's folder unless the config names other folders.
-            if self.codec.kind != "pixel":
+            # The VAE and the text encoder come from the user's folder unless the config names other folders (or
+            # the codec or encoder is not a model folder's part: the pixel codec, MiniLM).
+            if CODECS.get(self.codec.kind).reads_model_folder:
                 self.codec.path = self.codec.path or self.model.path
-            if self.text.kind != "minilm":
+            if TEXT_ENCODERS.get(self.text.kind).reads_model_folder:
                 self.text.path = self.text.path or self.model.path
         for section in (self.model, self.codec, self.text, self.backbone, self.history, self.data, self.train):
             section.validate()
         for r in self.history.rates:
-            # Pixel frames are latent frames only for the pixel codec; a causal VAE's 1 + 4k frames are checked by
-            # the trainer, which knows the VAE's temporal factor.
-            if self.codec.kind == "pixel" and self.train.history_frames % Rate.parse(r).t:
+            # Pixel frames are latent frames only for a framewise codec; a causal VAE's 1 + 4k frames are checked by
+            # the trainer, which knows the VAE's temporal factor. (The codec class is asked only when the frames do
+            # not divide: importing it imports torch, which validating a config otherwise never does.)
+            if self.train.history_frames % Rate.parse(r).t and CODECS.get(self.codec.kind).framewise:
                 raise ValueError(
                     f"train.history_frames={self.train.history_frames} is not a multiple of the temporal rate of {r}"
                 )
@@ -525,13 +531,65 @@ def parse_override(text: str) -> dict:
     return out
 
 
-def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("tinyhistory.presets").iterdir() if p.name.endswith(".toml"))
+def preset_names(folder: Traversable | None = None) -> list[str]:
+    folder = folder if folder is not None else resources.files("tinyhistory.presets")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+# The key by which a preset names the preset it is written over. Not "base": ``RunConfig.base`` already names the
+# model geometry (geometry.BASES, variants.py) that a preset trains, a different thing.
+INHERITS = "inherits"
+
+
+def read_preset(name: str, folder: Traversable | None = None) -> dict:
+    """The tables of preset ``name`` (``presets/<name>.toml``), with what it inherits merged in.
+
+    A preset may start with ``inherits = "<other preset>"`` and then list only what differs from that preset: the
+    other preset's tables are read first (itself inheriting, if it says so) and this file's merged on top, table by
+    table, recursively (``[stage2.train]`` too): a key set here replaces the other's value, a key not set keeps it,
+    and a list is replaced whole, never appended to. ``inherits`` names a file, not a config value: it is not part of
+    the resolved config. Every preset still sets its own ``preset`` (its file's name) and ``base`` (its model
+    geometry), so a run's saved config reads the same however its preset was written. An unknown preset, a cycle,
+    or a table where the other preset has a value (or the reverse) is an error that names the file.
+
+    ``folder``: where the presets are (default: the packaged ``tinyhistory/presets``; tests use their own).
+    """
+    folder = folder if folder is not None else resources.files("tinyhistory.presets")
+    data = _read_preset(name, folder, [])
+    if data.get("preset") != name:
+        raise ValueError(
+            f"{folder.joinpath(name + '.toml')}: preset = {data.get('preset')!r} must be the file's own name "
+            f'{name!r} (a preset that inherits sets its own preset = "{name}")'
+        )
+    return data
+
+
+def _read_preset(name: str, folder: Traversable, chain: list[str]) -> dict:
+    """:func:`read_preset` below ``chain``, the presets that inherit from this one (to name a cycle)."""
+    path = folder.joinpath(f"{name}.toml")
+    if name in chain:
+        cycle = " -> ".join([*chain[chain.index(name) :], name])
+        raise ValueError(f"{folder.joinpath(chain[-1] + '.toml')}: inherits form a cycle: {cycle}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: invalid TOML ({exc})") from None
+    parent = data.pop(INHERITS, None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not folder.joinpath(f"{parent}.toml").is_file():
+        names = ", ".join(preset_names(folder))
+        raise ValueError(f"{path}: {INHERITS} = {parent!r} is not a preset; available presets: {names}")
+    base = _read_preset(parent, folder, [*chain, name])
+    try:
+        return _merge(base, data)
+    except ValueError as exc:
+        raise ValueError(f"{path} (over preset {parent!r}): {exc}") from None
 
 
 def load_config(preset: str = "tiny", config_file: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    """Preset, then (stage II only) the preset's ``[stage2]`` tables, then a user TOML file, then
-    ``section.key=value`` overrides; validated.
+    """Preset (with what it inherits: :func:`read_preset`), then (stage II only) the preset's ``[stage2]`` tables,
+    then a user TOML file, then ``section.key=value`` overrides; validated.
 
     ``[stage2]`` holds the preset's stage-II defaults (window length, LoRA rank, schedule) in the same sections as
     the rest, e.g. ``[stage2.train]``; they apply when the resolved ``train.stage`` is ``"ar"``.
@@ -539,7 +597,7 @@ def load_config(preset: str = "tiny", config_file: str | Path | None = None, ove
     names = preset_names()
     if preset not in names:
         raise ValueError(f"unknown preset {preset!r}; available presets: {', '.join(names)}")
-    data = tomllib.loads(resources.files("tinyhistory.presets").joinpath(f"{preset}.toml").read_text())
+    data = read_preset(preset)
     stage2 = data.pop("stage2", {})
     user: dict = {}
     if config_file is not None:

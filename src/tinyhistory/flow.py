@@ -1,4 +1,5 @@
-"""Rectified flow: timestep sampling, noising, velocity target and an Euler sampler.
+"""Rectified flow: timestep sampling, noising, velocity target, an Euler sampler, and the sampler seam generation
+integrates with (:class:`NoiseSchedule`, implemented by :class:`FlowMatchingSchedule`).
 
 Convention (SPEC §2): ``x_t = (1 - t) x0 + t ε`` with ``t ∈ (0, 1]``; the network predicts the velocity
 ``ε - x0``. Wan-style DiTs embed timesteps on a 0–1000 scale, so ``t`` is multiplied by ``TIMESTEP_SCALE`` at the
@@ -8,7 +9,9 @@ backbone boundary only.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
+import numpy as np
 import torch
 
 TIMESTEP_SCALE = 1000.0
@@ -84,3 +87,70 @@ def euler_sample(
         t = times[i].expand(noise.shape[0])
         x = x + (times[i + 1] - times[i]) * velocity_fn(x, t)
     return x
+
+
+# -- the sampler seam ----------------------------------------------------------------------------------------------
+class NoiseSchedule(Protocol):
+    """What generation integrates a segment with: the steps, the time the DiT is given at each, and one solver step.
+
+    Why a seam: the session's loop (guidance, the history, a second expert, a clean first frame) is the same for any
+    noise schedule; only these three differ. Rectified flow (:class:`FlowMatchingSchedule`) is the one today; a
+    family with another schedule (EDM's sigmas and preconditioning) would bring its own.
+    """
+
+    timesteps: torch.Tensor  # (steps,) on the scheduler's own scale, noisiest first
+
+    def model_time(self, timestep: torch.Tensor) -> torch.Tensor:
+        """The time the DiT is given at ``timestep`` (a 0-d tensor)."""
+        ...
+
+    def step(self, prediction: torch.Tensor, timestep: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``x`` one step on from ``timestep`` with the DiT's ``prediction``."""
+        ...
+
+
+FLOW_SAMPLERS = ("euler", "unipc")
+
+
+def flow_scheduler(sampler: str, shift: float, pipeline_config: dict | None = None, fixed_shift: bool = False):
+    """A diffusers flow-matching scheduler: ``sampler`` "euler" (``FlowMatchEulerDiscreteScheduler``) or "unipc"
+    (``UniPCMultistepScheduler`` with flow sigmas), time shift ``shift``.
+
+    ``pipeline_config``: the model folder's own config of this sampler (what the family's pipeline builds): the
+    scheduler is built from it (solver order, sigmas, ...) with ``shift`` in place of its own; ``fixed_shift`` (a
+    shift the user gave) also turns off shifting by the token count. Without it, a default one for flow matching."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    if sampler not in FLOW_SAMPLERS:
+        raise ValueError(f"sampler {sampler!r} is not one of {', '.join(FLOW_SAMPLERS)}")
+    if sampler == "unipc":
+        if pipeline_config is not None:
+            return UniPCMultistepScheduler.from_config(pipeline_config, flow_shift=shift)
+        return UniPCMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift, num_train_timesteps=1000
+        )
+    if pipeline_config is not None:
+        fixed = {"use_dynamic_shifting": False} if fixed_shift else {}
+        return FlowMatchEulerDiscreteScheduler.from_config(pipeline_config, shift=shift, **fixed)
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+
+
+class FlowMatchingSchedule:
+    """Rectified flow through a diffusers flow-matching scheduler, as the pipelines run it: ``steps`` timesteps
+    (shifted by ``mu`` where the family shifts by the token count: sigmas ``1 … 1/steps``, as ``LTXPipeline`` and
+    ``FluxPipeline`` set them), the DiT given ``t = timestep / 1000``, the scheduler's own step."""
+
+    def __init__(self, scheduler, steps: int, device: torch.device | str, mu: float | None = None):
+        if mu is None:
+            scheduler.set_timesteps(steps, device=device)
+        else:
+            scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu, device=device)
+        self.scheduler = scheduler
+        self.timesteps = scheduler.timesteps
+
+    def model_time(self, timestep: torch.Tensor) -> torch.Tensor:
+        """``timestep / 1000`` in float64, so that ``t · 1000`` in the DiT gives back the scheduler's timestep."""
+        return timestep.to(torch.float64) / TIMESTEP_SCALE
+
+    def step(self, prediction: torch.Tensor, timestep: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.scheduler.step(prediction, timestep, x, return_dict=False)[0]

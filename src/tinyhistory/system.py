@@ -19,7 +19,7 @@ from tinyhistory.backbones.base import (
     grid_positions,
     temporal_blocks,
 )
-from tinyhistory.config import RunConfig
+from tinyhistory.config import CodecConfig, HistoryConfig, RunConfig
 from tinyhistory.geometry import temporal_block
 from tinyhistory.history.phase import BlockPhase
 from tinyhistory.history.stacked import stack_tiers
@@ -30,9 +30,11 @@ from tinyhistory.text.condition import TextCondition
 from tinyhistory.variants import check_model_variant
 
 
-def build_codec(cfg: RunConfig):
-    """The run's codec (``codec.kind``, registered in ``registry.CODECS``)."""
-    return CODECS.get(cfg.codec.kind).from_config(cfg.codec)
+def build_codec(codec: CodecConfig):
+    """The codec ``codec.kind`` names (registered in ``registry.CODECS``), built from the ``[codec]`` table."""
+    if isinstance(codec, RunConfig):  # callers not yet passing cfg.codec (generate/run.py): drop once none does
+        codec = codec.codec
+    return CODECS.get(codec.kind).from_config(codec)
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -73,9 +75,8 @@ def check_model_parts(cfg: RunConfig) -> None:
     check_model_variant(cfg)  # and the preset's variant: a cache at another model's fps and latents is no use
 
 
-def build_producers(cfg: RunConfig, backbone: Backbone) -> nn.ModuleList:
+def build_producers(h: HistoryConfig, backbone: Backbone) -> nn.ModuleList:
     """One history producer per rate (``history.method``, registered in ``registry.HISTORY_METHODS``)."""
-    h = cfg.history
     factory = HISTORY_METHODS.get(h.method)
     producers = [factory(h.method, rate, h, backbone) for rate in h.rates]
     producers = [p for p in producers if p is not None]
@@ -143,7 +144,7 @@ class HistoryDiT(nn.Module):
     def from_config(cls, cfg: RunConfig, backbone: Backbone | None = None) -> HistoryDiT:
         """The run's whole model around ``backbone`` (default: :func:`build_backbone`)."""
         backbone = backbone if backbone is not None else build_backbone(cfg)
-        producers = build_producers(cfg, backbone)
+        producers = build_producers(cfg.history, backbone)
         enhancers = nn.ModuleList()
         if cfg.history.cross_attention:
             feature_dim = cfg.history.channels[-1]
@@ -156,7 +157,7 @@ class HistoryDiT(nn.Module):
         # first: a family without the stacked layout's window refuses by that name, not by block_causal's
         if tiers is not None and tiers.stacked:
             backbone.use_context_window(tiers.window_blocks)
-        elif getattr(backbone, "context_window", 0):  # a stacked backbone reused by another layout
+        elif backbone.context_window:  # a stacked backbone reused by another layout
             backbone.use_context_window(0)
         block_causal = cfg.history.context_attention == "block_causal"
         if block_causal:  # first: a family without it refuses by this name, not by the KV cache's

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tinyhistory.text.condition import TextCondition
 
 
 @dataclass
@@ -148,26 +151,90 @@ def check_model_folder(folder: str | Path, adapter, parts: tuple[str, ...]) -> P
     return folder
 
 
+@dataclass(frozen=True)
+class SamplingRecipe:
+    """How a family's own diffusers pipeline samples from one model folder: what ``generate`` copies so that its
+    first segment is the pipeline's. Read by the family's adapter (:meth:`DiffusersBackbone.sampling_recipe`), so
+    ``generate`` never names a family or a scheduler class.
+
+    The defaults are a run without a model folder (the tiny presets): the flow-matching Euler sampler, one expert,
+    no image conditioning.
+    """
+
+    # The folder's ``scheduler/scheduler_config.json`` (None: no folder, or none in it).
+    scheduler: dict[str, Any] | None = None
+    # The sampler that config is ("euler" | "unipc"): a run that picks it gets the folder's scheduler itself.
+    sampler: str = "euler"
+    # Wan 2.2 A14B: the low-noise expert's subfolder ("transformer_2") and the flow time below which it takes the
+    # steps (``boundary_ratio``), as ``WanPipeline`` switches experts; None for one-expert models.
+    second_expert: str | None = None
+    boundary: float | None = None
+    # Wan 2.2 TI2V-5B (``expand_timesteps``): an image start is a clean first latent frame at time 0 in every step.
+    first_frame: bool = False
+
+
+@runtime_checkable
 class Backbone(Protocol):
     """A DiT family adapter around a stock diffusers transformer (one per family, registered in ``registry.py``).
 
     Besides the forward it owns loading (``from_pretrained`` from a user's folder, ``from_config`` from the
-    ``[backbone]`` table), saving, its LoRA target pattern and its portable LoRA layout.
+    ``[backbone]`` table), saving, its LoRA target pattern and its portable LoRA layout, which history attention
+    patterns its attention supports (the rest are refused by name: :class:`WithoutHistoryAttention`), and how its
+    pipeline samples (:class:`SamplingRecipe`, the guidance defaults, a guidance embedding, a dynamic time shift).
+    Everything a caller reads of an adapter is declared here; :class:`DiffusersBackbone` gives the neutral defaults.
     """
 
     family: str
+    title: str  # the family as users know it, in messages ("HunyuanVideo")
     pipelines: tuple[str, ...]
     layout: str
     lora_targets: str
     portable_lora_file: str
+    # The transformer's ModuleLists of blocks (group offload and FSDP units).
+    block_lists: tuple[str, ...]
+    # Classifier-free guidance ``generate`` uses unless told (1 = off).
+    default_guidance: float
+    # The sampler of the family's pipelines ("euler" | "unipc"): what the folder's scheduler config is.
+    pipeline_sampler: str
+    # A guidance-distilled DiT (HunyuanVideo): the guidance scale is an input of the DiT (:meth:`use_guidance`).
+    guidance_distilled: bool
     kv_cache: bool  # context attends only to context (history.kv_cache), so its keys/values can be cached
     # history.context_attention = "block_causal": context attends to its own and earlier blocks and skips the text,
     # so its keys/values depend on nothing later and the cache grows incrementally
     block_causal: bool
+    # history.tier_layout = "stacked": blocks a context token sees (its own included); 0: every earlier block
+    context_window: int
     hidden_dim: int
     in_channels: int
     patch_size: tuple[int, int, int]
     transformer: torch.nn.Module
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, subfolder: str = "transformer", dtype: torch.dtype = torch.float32):
+        """The DiT of a user's model folder (``subfolder``: Wan 2.2 A14B's second expert is ``transformer_2``)."""
+        ...
+
+    @classmethod
+    def from_transformer_folder(cls, folder: str | Path, dtype: torch.dtype = torch.float32): ...
+
+    @classmethod
+    def from_config(cls, b): ...
+
+    @classmethod
+    def sampling_recipe(cls, folder: Path | None, transformer: str = "transformer") -> SamplingRecipe:
+        """How the family's pipeline samples from ``folder`` (None: no folder), whose DiT is ``transformer``."""
+        ...
+
+    @classmethod
+    def timestep_shift(cls, tokens: int, scheduler_config) -> float | None:
+        """The time shift ``mu`` for a segment of ``tokens`` DiT tokens where the family's pipeline shifts by the
+        sequence length (LTX-Video), else None (the scheduler's fixed shift)."""
+        ...
+
+    def use_guidance(self, scale: float) -> None:
+        """The embedded guidance of a guidance-distilled DiT (HunyuanVideo: the pipeline's ``guidance_scale``);
+        nothing for a DiT without a guidance embedding."""
+        ...
 
     def patch_embed(self, latents: torch.Tensor) -> torch.Tensor:
         """``(B, C, T, H, W)`` latents → ``(B, D, T/pt, H/ph, W/pw)`` token grid: the DiT's own patchify (its first
@@ -190,6 +257,10 @@ class Backbone(Protocol):
     @property
     def num_heads(self) -> int: ...
 
+    def blank_text(self, batch: int, tokens: int, device: str | torch.device = "cpu") -> TextCondition:
+        """An uninitialised condition of the shapes this DiT reads, for FLOP and memory counts."""
+        ...
+
     def enable_gradient_checkpointing(self) -> None: ...
 
     def use_kv_cache(self) -> None: ...
@@ -205,7 +276,16 @@ class Backbone(Protocol):
         every earlier block): ``history.tier_layout = "stacked"``."""
         ...
 
+    def build_context_cache(
+        self, context: ContextTokens, text: TextCondition | None, after_block=None, prior=None
+    ) -> Any:
+        """The history's keys/values in every block, computed once (``history.kv_cache``); ``prior``: a block-causal
+        cache the new blocks extend."""
+        ...
+
     def save_pretrained(self, folder: str | Path) -> None: ...
+
+    def write_model_index(self, folder: str | Path) -> None: ...
 
     def portable_lora(self, state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]: ...
 
@@ -213,10 +293,18 @@ class Backbone(Protocol):
         self,
         latents: torch.Tensor,
         timestep: torch.Tensor,
-        text,
+        text: TextCondition,
         context: ContextTokens | None = None,
         frame_positions: torch.Tensor | None = None,
-    ) -> torch.Tensor: ...
+        after_block: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+        context_cache=None,
+        target_offsets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The velocity of the target latents. ``after_block(i, tokens) → tokens`` runs after block ``i`` of
+        :attr:`blocks` on the ``(B, K + N, D)`` sequence (the cross-attention enhancement); ``context_cache``: the
+        history's keys/values from :meth:`build_context_cache` instead of ``context``; ``target_offsets``
+        ``(B, N, D)``: added to the target tokens after the patch embedding (the block phase)."""
+        ...
 
 
 def grid_positions(
@@ -286,6 +374,75 @@ def naming_dit_folder(folder: Path):
         raise ValueError(f"{folder}: cannot load this DiT folder ({type(exc).__name__}: {exc})") from None
 
 
+def read_folder_json(folder: Path | None, relative: str) -> dict[str, Any] | None:
+    """A JSON file of a model folder (``model_index.json``, ``scheduler/scheduler_config.json``), or None without a
+    folder or that file."""
+    if folder is None:
+        return None
+    path = Path(folder) / relative
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class WithoutHistoryAttention:
+    """The history attention patterns of a family whose attention has no processor for them yet, each refused by
+    name: the history KV cache, value RoPE, the block-causal context and the stacked layout's window built on it.
+
+    Why one place: every such family refuses the same four settings the same way (the setting, the family, the
+    reason, what to set instead); the family gives only its ``title`` and ``attention_gap``. Turning a pattern off
+    (``use_block_causal(False)``, ``use_context_window(0)``, ``use_full_attention``) is what the adapter always does,
+    so it is accepted. Mixed in before :class:`DiffusersBackbone`.
+    """
+
+    title: ClassVar[str]
+    # Why this family's attention cannot cache or mask the history yet (ends each refusal).
+    attention_gap: ClassVar[str]
+    kv_cache: bool = False
+    block_causal: bool = False
+    context_window: int = 0
+
+    def _no_kv_cache(self) -> str:
+        return f"history.kv_cache is not supported for {self.title} yet ({self.attention_gap})"
+
+    def use_kv_cache(self) -> None:
+        raise ValueError(f"{self._no_kv_cache()}; set history.kv_cache = false")
+
+    def use_value_rope(self, enabled: bool = True) -> None:
+        if enabled:
+            raise ValueError(
+                f"history.value_rope is implemented for Wan's self-attention only ({self.title}'s attention has no "
+                "processor for it yet); set history.value_rope = false"
+            )
+
+    def use_block_causal(self, enabled: bool = True) -> None:
+        if enabled:
+            raise ValueError(
+                f'history.context_attention = "block_causal" is not supported for {self.title} yet: it needs the '
+                f'history KV cache ({self.attention_gap}); set history.context_attention = "full"'
+            )
+
+    def use_context_window(self, blocks: int) -> None:
+        """The stacked tier layout's bounded, block-causal context window: refused (0, no window, is what this
+        adapter always does), as the block-causal context it builds on."""
+        if blocks:
+            raise ValueError(
+                f'history.tier_layout = "stacked" is not supported for {self.title} yet: it builds on the '
+                f"block-causal context and the history KV cache ({self.attention_gap}); set "
+                'history.tier_layout = "recompute"'
+            )
+
+    def use_full_attention(self) -> None:
+        """Every token attends to every token: the stock processors, which this adapter never replaces."""
+        self.kv_cache = False
+
+    def build_context_cache(self, context, text, after_block=None, prior=None):
+        raise ValueError(self._no_kv_cache())
+
+    def refuse_context_cache(self, context_cache) -> None:
+        """The forward's ``context_cache``, which this family cannot have built: refused by name."""
+        if context_cache is not None:
+            raise ValueError(self._no_kv_cache())
+
+
 class DiffusersBackbone(nn.Module):
     """What every adapter around a stock diffusers DiT does the same way: loading it from a user's folder or a saved
     one, saving it, and the pieces read straight off the transformer. A family sets ``model_class`` (the diffusers
@@ -298,6 +455,40 @@ class DiffusersBackbone(nn.Module):
     default_guidance: ClassVar[float] = 3.0
     # The transformer's ModuleLists of blocks (what `generate --offload` moves to the GPU one block at a time).
     block_lists: ClassVar[tuple[str, ...]] = ("blocks",)
+    title: ClassVar[str]  # the family as users know it, in messages
+    # The sampler of the family's pipelines, which is what a model folder's scheduler config is.
+    pipeline_sampler: ClassVar[str] = "euler"
+    # A guidance-distilled DiT takes the guidance scale as an input (:meth:`use_guidance`).
+    guidance_distilled: ClassVar[bool] = False
+
+    @classmethod
+    def sampling_recipe(cls, folder: Path | None, transformer: str = "transformer") -> SamplingRecipe:
+        """How the family's pipeline samples from ``folder``: its scheduler config, which is
+        :attr:`pipeline_sampler`'s (the flow-matching Euler default without one). One expert and no image
+        conditioning: a family that has either reads its folder for them (Wan)."""
+        scheduler = read_folder_json(folder, "scheduler/scheduler_config.json")
+        return SamplingRecipe(scheduler, cls.pipeline_sampler if scheduler else "euler")
+
+    @classmethod
+    def timestep_shift(cls, tokens: int, scheduler_config) -> float | None:
+        """None: the scheduler's fixed shift (a family that shifts by the token count overrides this)."""
+        return None
+
+    def use_guidance(self, scale: float) -> None:
+        """Nothing to set: this DiT has no guidance embedding (classifier-free guidance is the sampler's)."""
+
+    def target_positions(
+        self, latents: torch.Tensor, frame_positions: torch.Tensor | None
+    ) -> tuple[tuple[int, int, int], torch.Tensor]:
+        """The targets' token grid ``(T/pt, H/ph, W/pw)`` of ``(B, C, T, H, W)`` latents and their ``(B, N, 3)``
+        positions: ``frame_positions`` ``(B, T/pt)`` for the frames (default ``0 … T/pt − 1``), rows and columns from
+        0. How every family's forward starts."""
+        b, _, frames, height, width = latents.shape
+        pt, ph, pw = self.patch_size
+        grid = (frames // pt, height // ph, width // pw)
+        if frame_positions is None:
+            frame_positions = torch.arange(grid[0], device=latents.device).expand(b, grid[0])
+        return grid, grid_positions(frame_positions, grid[1], grid[2])
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, subfolder: str = "transformer", dtype: torch.dtype = torch.float32):
@@ -338,3 +529,29 @@ class DiffusersBackbone(nn.Module):
     def patch_embed(self, latents: torch.Tensor) -> torch.Tensor:
         """``(B, C, T, H, W)`` → ``(B, D, T/pt, H/ph, W/pw)`` with the DiT's own first layer (floor on odd sizes)."""
         return self.patch_embedding(latents)
+
+    # -- sizing facts (sizing/ reads these) ----------------------------------------------------------------------
+    # Each family adds ``released`` (its released DiTs by preset ``base``: tinyhistory.sizing.facts.ReleasedDiT) and,
+    # where its blocks are not counted in ``num_layers`` alone, ``depth_keys``: the config key counting each list of
+    # ``block_lists`` (a memory trace runs a shallower copy of the DiT: every block's working set is alike).
+    released: ClassVar[dict] = {}
+    depth_keys: ClassVar[tuple[str, ...]] = ("num_layers",)
+
+    @classmethod
+    def meta_transformer(cls, config: dict, depth: int | None = None) -> nn.Module:
+        """The family's diffusers DiT of ``config`` (a ``config.json`` dict) on the meta device: exact shapes, no
+        weights, no memory; ``depth`` caps every block list at that many blocks."""
+        kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
+        if depth is not None:
+            kwargs |= {key: min(depth, int(kwargs[key])) for key in cls.depth_keys}
+        with torch.device("meta"):
+            return cls.model_class.from_config(kwargs)
+
+    @staticmethod
+    def activation_formula(
+        config: dict, sequence: int, lora_rank: int, text_tokens: int
+    ) -> tuple[int, int, int] | None:
+        """A hand-checked formula for one training step's activations, ``(kept block inputs, shared block inputs,
+        one block recomputed)`` bytes for ``sequence`` DiT tokens, or None: the memory model then traces the
+        family's own forward on the meta device (tinyhistory.sizing.memory.traced_activations)."""
+        return None

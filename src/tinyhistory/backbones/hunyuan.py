@@ -36,8 +36,9 @@ from diffusers import HunyuanVideoTransformer3DModel
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from torch import nn
 
-from tinyhistory.backbones.base import ContextTokens, DiffusersBackbone, grid_positions
+from tinyhistory.backbones.base import ContextTokens, DiffusersBackbone, WithoutHistoryAttention
 from tinyhistory.flow import TIMESTEP_SCALE
+from tinyhistory.sizing.facts import ReleasedDiT
 from tinyhistory.text.condition import TextCondition
 
 
@@ -48,11 +49,19 @@ def _rope_axes(head_dim: int) -> tuple[int, int, int]:
     return t, h, head_dim - t - h
 
 
-class HunyuanBackbone(DiffusersBackbone):
+class HunyuanBackbone(WithoutHistoryAttention, DiffusersBackbone):
     """``velocity = backbone(noisy_latents, t, text, context, frame_positions)``."""
 
     model_class = HunyuanVideoTransformer3DModel
     family = "hunyuan"
+    title = "HunyuanVideo"
+    # Why the history KV cache, value RoPE and the block-causal context are refused (see the module docstring).
+    attention_gap = (
+        "its joint attention lets the text stream read the history and the noisy targets, and every later block reads "
+        "that stream back, so the history's keys/values depend on the targets and the prompt without a processor for "
+        "the dual- and single-stream attentions"
+    )
+    pipeline_sampler = "euler"  # HunyuanVideoPipeline's FlowMatchEulerDiscreteScheduler
     # Pipelines whose folders hold a HunyuanVideo DiT (model_index.json ``_class_name``).
     pipelines = ("HunyuanVideoPipeline", "HunyuanVideoImageToVideoPipeline", "HunyuanVideoFramepackPipeline")
     layout = (
@@ -75,6 +84,7 @@ class HunyuanBackbone(DiffusersBackbone):
     portable_lora_file = "lora_hunyuan_diffusers.safetensors"
     # Guidance-distilled: the pipeline's ``true_cfg_scale`` is 1 (one branch); the embedded ``guidance`` steers.
     default_guidance = 1.0
+    guidance_distilled = True
     block_lists = ("transformer_blocks", "single_transformer_blocks")
 
     def __init__(self, transformer: HunyuanVideoTransformer3DModel, guidance: float = 6.0):
@@ -88,48 +98,10 @@ class HunyuanBackbone(DiffusersBackbone):
         self._rope_theta = float(transformer.rope.theta)
         # The embedded guidance of the guidance-distilled DiT (the pipeline's ``guidance_scale``, default 6.0).
         self.guidance = guidance
-        self.kv_cache = False
-        self.block_causal = False
-        self.context_window = 0
 
-    def use_kv_cache(self) -> None:
-        raise ValueError(
-            "history.kv_cache is not supported for HunyuanVideo yet (its joint attention lets the text stream read "
-            "the noisy targets, so the history's keys/values cannot be cached); set history.kv_cache = false"
-        )
-
-    def use_value_rope(self, enabled: bool = True) -> None:
-        if enabled:
-            raise ValueError(
-                "history.value_rope is implemented for Wan's self-attention only (HunyuanVideo's joint attention has "
-                "no processor for it yet); set history.value_rope = false"
-            )
-
-    def use_block_causal(self, enabled: bool = True) -> None:
-        if enabled:
-            raise ValueError(
-                'history.context_attention = "block_causal" is not supported for HunyuanVideo: its joint attention '
-                "lets the text stream read the history and the noisy targets, and every later block reads that text "
-                "stream back, so the history's keys/values would depend on the targets and the prompt (a prompt-free, "
-                "block-causal context needs a processor for the dual- and single-stream attentions); set "
-                'history.context_attention = "full"'
-            )
-
-    def use_context_window(self, blocks: int) -> None:
-        """The stacked tier layout's bounded, block-causal context window: refused (0, no window, is what this
-        adapter always does)."""
-        if blocks:
-            raise ValueError(
-                'history.tier_layout = "stacked" is not supported for HunyuanVideo: it bounds and masks what the '
-                "history attends to and hides tokens from the targets, and HunyuanVideo's joint attention lets the "
-                "text stream read the history and the noisy targets and every later block read that stream back, so "
-                "neither mask holds without a processor for the dual- and single-stream attentions (the reason "
-                '"block_causal" is refused); set history.tier_layout = "recompute"'
-            )
-
-    def use_full_attention(self) -> None:
-        """Every token attends to every token: the stock processors, which this adapter never replaces."""
-        self.kv_cache = False
+    def use_guidance(self, scale: float) -> None:
+        """The embedded guidance scale of the next forwards (``generate --distilled-guidance``)."""
+        self.guidance = scale
 
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -223,17 +195,13 @@ class HunyuanBackbone(DiffusersBackbone):
         :attr:`blocks` to the ``(B, K + N, D)`` latent sequence; target_offsets: ``(B, N, D)`` added to the target
         tokens after the patch embedding (the block phase). Returns ``(B, C, T, H, W)``.
         """
-        if context_cache is not None:
-            raise ValueError("history.kv_cache is not supported for HunyuanVideo yet (no context cache)")
+        self.refuse_context_cache(context_cache)
         if text.pooled is None:
             raise ValueError("HunyuanVideo needs the CLIP pooled vector (text.pooled); use the 'hunyuan' text encoder")
         tr = self.transformer
-        b, _, frames, height, width = latents.shape
+        b = latents.shape[0]
         pt, ph, pw = self.patch_size
-        grid_t, grid_h, grid_w = frames // pt, height // ph, width // pw
-        if frame_positions is None:
-            frame_positions = torch.arange(grid_t, device=latents.device).expand(b, grid_t)
-        target_pos = grid_positions(frame_positions, grid_h, grid_w)  # (B, N, 3)
+        (grid_t, grid_h, grid_w), target_pos = self.target_positions(latents, frame_positions)  # (B, N, 3)
 
         if t.ndim == 2:
             if not torch.equal(t, t[:, :1].expand_as(t)):
@@ -300,3 +268,37 @@ class HunyuanBackbone(DiffusersBackbone):
         out = tokens.reshape(b, grid_t, grid_h, grid_w, -1, pt, ph, pw)
         out = out.permute(0, 4, 1, 5, 2, 6, 3, 7)
         return out.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    # -- sizing facts (sizing/ reads these) ----------------------------------------------------------------------
+    # Every dual- and single-stream block counts (a memory trace runs a shallower copy of each list).
+    depth_keys = ("num_layers", "num_single_layers")
+    # hunyuanvideo-community/HunyuanVideo transformer/config.json: diffusers' convert script
+    # (scripts/convert_hunyuan_video_to_diffusers.py) writes the HunyuanVideoTransformer3DModel defaults, which are this
+    # model: 24 heads × 128 = 3072, 20 dual- + 40 single-stream blocks, 2 refiner layers, patch 1×2×2 over 16 latent
+    # channels, Llama text 4096, CLIP pooled 768, RoPE 16/56/56 at θ 256, guidance embedding (12.8B parameters).
+    released = {
+        "hunyuanvideo": ReleasedDiT(
+            "HunyuanVideo",
+            {
+                "_class_name": "HunyuanVideoTransformer3DModel",
+                "attention_head_dim": 128,
+                "guidance_embeds": True,
+                "in_channels": 16,
+                "mlp_ratio": 4.0,
+                "num_attention_heads": 24,
+                "num_layers": 20,
+                "num_refiner_layers": 2,
+                "num_single_layers": 40,
+                "out_channels": 16,
+                "patch_size": 2,
+                "patch_size_t": 1,
+                "pooled_projection_dim": 768,
+                "qk_norm": "rms_norm",
+                "rope_axes_dim": [16, 56, 56],
+                "rope_theta": 256.0,
+                "text_embed_dim": 4096,
+            },
+            False,
+            "hunyuanvideo-community/HunyuanVideo (diffusers' convert script: the class defaults)",
+        )
+    }

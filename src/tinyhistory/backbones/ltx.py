@@ -40,8 +40,14 @@ from diffusers import AutoencoderKLLTXVideo, LTXVideoTransformer3DModel
 from diffusers.pipelines.ltx.pipeline_ltx import LTXPipeline
 from torch import nn
 
-from tinyhistory.backbones.base import ContextTokens, DiffusersBackbone, PackedLinearEmbedding, grid_positions
+from tinyhistory.backbones.base import (
+    ContextTokens,
+    DiffusersBackbone,
+    PackedLinearEmbedding,
+    WithoutHistoryAttention,
+)
 from tinyhistory.flow import TIMESTEP_SCALE
+from tinyhistory.sizing.facts import ReleasedDiT
 from tinyhistory.text.condition import TextCondition
 
 # The released LTX-Video VAE's factors (32× space, 8× time), for a DiT built without a model folder.
@@ -59,11 +65,17 @@ def vae_factors(folder: Path) -> tuple[int, int]:
     return vae.spatial_compression_ratio, vae.temporal_compression_ratio
 
 
-class LTXBackbone(DiffusersBackbone):
+class LTXBackbone(WithoutHistoryAttention, DiffusersBackbone):
     """``velocity = backbone(noisy_latents, t, text, context, frame_positions)``."""
 
     model_class = LTXVideoTransformer3DModel
     family = "ltx"
+    title = "LTX-Video"
+    # Why the history KV cache, value RoPE and the block-causal context are refused (see the module docstring).
+    attention_gap = (
+        "no attention processor is written for LTX's attention, RoPE over the whole inner width before the head split"
+    )
+    pipeline_sampler = "euler"  # LTXPipeline's FlowMatchEulerDiscreteScheduler, shifted by the token count
     # Pipelines whose folders hold an LTX-Video DiT (model_index.json ``_class_name``).
     pipelines = ("LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline")
     layout = (
@@ -91,9 +103,6 @@ class LTXBackbone(DiffusersBackbone):
         self.hidden_dim: int = cfg.num_attention_heads * cfg.attention_head_dim
         self.in_channels: int = cfg.in_channels
         self.vae_spatial, self.vae_temporal = vae_factors
-        self.kv_cache = False
-        self.block_causal = False
-        self.context_window = 0
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, subfolder: str = "transformer", dtype: torch.dtype = torch.float32):
@@ -102,39 +111,22 @@ class LTXBackbone(DiffusersBackbone):
         backbone.vae_spatial, backbone.vae_temporal = vae_factors(Path(folder))
         return backbone
 
-    def use_kv_cache(self) -> None:
-        raise ValueError(
-            "history.kv_cache is not supported for LTX-Video yet (no attention processor for its context cache); "
-            "set history.kv_cache = false"
+    @classmethod
+    def timestep_shift(cls, tokens: int, scheduler_config) -> float | None:
+        """``mu`` for a segment of ``tokens`` DiT tokens where the scheduler config asks for dynamic shifting (the
+        released folder's ``use_dynamic_shifting``), as ``LTXPipeline`` calls diffusers' ``calculate_shift`` from the
+        config's base/max sequence lengths and shifts; None for a fixed shift (a shift given with ``--flow-shift``)."""
+        if not scheduler_config.get("use_dynamic_shifting", False):
+            return None
+        from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift  # (Flux's, copied; without Flux's imports)
+
+        return calculate_shift(
+            tokens,
+            scheduler_config.get("base_image_seq_len", 256),
+            scheduler_config.get("max_image_seq_len", 4096),
+            scheduler_config.get("base_shift", 0.5),
+            scheduler_config.get("max_shift", 1.15),
         )
-
-    def use_value_rope(self, enabled: bool = True) -> None:
-        if enabled:
-            raise ValueError(
-                "history.value_rope is implemented for Wan's self-attention only (LTX-Video's has no processor for it "
-                "yet); set history.value_rope = false"
-            )
-
-    def use_block_causal(self, enabled: bool = True) -> None:
-        if enabled:
-            raise ValueError(
-                'history.context_attention = "block_causal" is not supported for LTX-Video yet (it needs the history '
-                'KV cache, which has no processor for LTX\'s attention); set history.context_attention = "full"'
-            )
-
-    def use_context_window(self, blocks: int) -> None:
-        """The stacked tier layout's bounded, block-causal context window: refused (0, no window, is what this
-        adapter always does), as the block-causal context it builds on."""
-        if blocks:
-            raise ValueError(
-                'history.tier_layout = "stacked" is not supported for LTX-Video yet (it builds on the block-causal '
-                "context and the history KV cache, which have no processor for LTX's attention); set "
-                'history.tier_layout = "recompute"'
-            )
-
-    def use_full_attention(self) -> None:
-        """Every token attends to every token: the stock processors, which this adapter never replaces."""
-        self.kv_cache = False
 
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -234,17 +226,13 @@ class LTXBackbone(DiffusersBackbone):
         ``(B, K + N, D)`` sequence (the cross-attention enhancement); target_offsets: ``(B, N, D)`` added to the
         target tokens after ``proj_in`` (the block phase). Returns ``(B, C, T, H, W)``.
         """
-        if context_cache is not None:
-            raise ValueError("history.kv_cache is not supported for LTX-Video yet (no context cache)")
+        self.refuse_context_cache(context_cache)
         if context is not None and context.visible is not None:
             raise ValueError("hidden context tokens (the stacked tier layout) are not supported for LTX-Video")
         tr = self.transformer
-        b, _, frames, height, width = latents.shape
+        b = latents.shape[0]
         pt, ph, pw = self.patch_size
-        grid_t, grid_h, grid_w = frames // pt, height // ph, width // pw
-        if frame_positions is None:
-            frame_positions = torch.arange(grid_t, device=latents.device).expand(b, grid_t)
-        target_pos = grid_positions(frame_positions, grid_h, grid_w)  # (B, N, 3)
+        (grid_t, grid_h, grid_w), target_pos = self.target_positions(latents, frame_positions)  # (B, N, 3)
 
         dtype = latents.dtype
         tokens = tr.proj_in(self.pack(latents))  # (B, N, D)
@@ -291,3 +279,34 @@ class LTXBackbone(DiffusersBackbone):
         tokens = tr.norm_out(tokens) * (1 + scale) + shift
         out = tr.proj_out(tokens)  # (B, N, C·pt·ph·pw)
         return LTXPipeline._unpack_latents(out, grid_t, grid_h, grid_w, ph, pt)
+
+    # -- sizing facts (sizing/ reads these) ----------------------------------------------------------------------
+    # Lightricks/LTX-Video (0.9.x 2B, diffusers layout) transformer/config.json: diffusers'
+    # scripts/convert_ltx_to_diffusers.py (get_transformer_config, every 2B version), which is also the
+    # LTXVideoTransformer3DModel defaults: 32 heads × 64 = 2048, 28 blocks, patch 1×1×1 over 128 latent channels,
+    # cross-attention at 2048, T5-XXL captions 4096 (1.92B parameters).
+    released = {
+        "ltx-video": ReleasedDiT(
+            "LTX-Video 0.9 (2B)",
+            {
+                "_class_name": "LTXVideoTransformer3DModel",
+                "activation_fn": "gelu-approximate",
+                "attention_bias": True,
+                "attention_head_dim": 64,
+                "attention_out_bias": True,
+                "caption_channels": 4096,
+                "cross_attention_dim": 2048,
+                "in_channels": 128,
+                "norm_elementwise_affine": False,
+                "norm_eps": 1e-06,
+                "num_attention_heads": 32,
+                "num_layers": 28,
+                "out_channels": 128,
+                "patch_size": 1,
+                "patch_size_t": 1,
+                "qk_norm": "rms_norm_across_heads",
+            },
+            False,
+            "diffusers scripts/convert_ltx_to_diffusers.py (the Lightricks/LTX-Video 2B configs)",
+        )
+    }

@@ -23,16 +23,18 @@ there and in the text cross-attention (:class:`ContextFreeCrossAttnProcessor`). 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from diffusers import WanTransformer3DModel
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from torch import nn
 
-from tinyhistory.backbones.base import ContextTokens, DiffusersBackbone, grid_positions
+from tinyhistory.backbones.base import ContextTokens, DiffusersBackbone, SamplingRecipe, read_folder_json
 from tinyhistory.backbones.wan_lora_format import to_original_layout
 from tinyhistory.flow import TIMESTEP_SCALE
+from tinyhistory.sizing.facts import ReleasedDiT
 from tinyhistory.text.condition import TextCondition
 
 
@@ -298,6 +300,8 @@ class WanBackbone(DiffusersBackbone):
 
     model_class = WanTransformer3DModel
     family = "wan"
+    title = "Wan"
+    pipeline_sampler = "unipc"  # WanPipeline's UniPCMultistepScheduler (flow sigmas)
     # Pipelines whose folders hold a Wan DiT (model_index.json ``_class_name``).
     pipelines = ("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline", "WanVACEPipeline")
     layout = (
@@ -326,6 +330,25 @@ class WanBackbone(DiffusersBackbone):
         self.block_causal = False
         self.context_window = 0  # blocks a context token sees (its own included); 0: every earlier block
         self._plan = _AttentionPlan()
+
+    @classmethod
+    def sampling_recipe(cls, folder: Path | None, transformer: str = "transformer") -> SamplingRecipe:
+        """The folder's UniPC scheduler, and what its ``model_index.json`` says of the pipeline:
+
+        * Wan 2.2 A14B (``boundary_ratio``, a ``transformer_2/``): the stock low-noise expert denoises the steps below
+          the boundary, as ``WanPipeline`` switches experts; only when ``transformer`` is the high-noise expert. The
+          history encoder and the LoRA are trained on the high-noise expert only (the paper's choice, t ≥ 0.875): it
+          lays out the scene and motion, which the history steers; the low-noise expert refines detail from the text
+          and the partly denoised latent alone, with no history tokens.
+        * Wan 2.2 TI2V-5B (``expand_timesteps``): an image start is the clean first latent frame of the first segment,
+          as ``WanImageToVideoPipeline`` conditions on it.
+        """
+        meta = read_folder_json(folder, "model_index.json") or {}
+        recipe = replace(super().sampling_recipe(folder, transformer), first_frame=bool(meta.get("expand_timesteps")))
+        experts = meta.get("boundary_ratio") is not None and (Path(folder) / "transformer_2").is_dir()
+        if transformer == "transformer" and experts:
+            recipe = replace(recipe, second_expert="transformer_2", boundary=float(meta["boundary_ratio"]))
+        return recipe
 
     def use_kv_cache(self) -> None:
         """History KV cache (``history.kv_cache``): context tokens attend to context (and text) only, in training
@@ -546,12 +569,9 @@ class WanBackbone(DiffusersBackbone):
         Returns ``(B, C, T, H, W)``.
         """
         tr = self.transformer
-        b, _, frames, height, width = latents.shape
+        b = latents.shape[0]
         pt, ph, pw = self.patch_size
-        grid_t, grid_h, grid_w = frames // pt, height // ph, width // pw
-        if frame_positions is None:
-            frame_positions = torch.arange(grid_t, device=latents.device).expand(b, grid_t)
-        target_pos = grid_positions(frame_positions, grid_h, grid_w)  # (B, N, 3)
+        (grid_t, grid_h, grid_w), target_pos = self.target_positions(latents, frame_positions)  # (B, N, 3)
 
         tokens = tr.patch_embedding(latents).flatten(2).transpose(1, 2).contiguous()  # (B, N, D)
         if target_offsets is not None:  # block phase (history/phase.py): where each target sits in a history block
@@ -619,3 +639,89 @@ class WanBackbone(DiffusersBackbone):
         out = tokens.reshape(b, grid_t, grid_h, grid_w, pt, ph, pw, -1)
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)
         return out.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    # -- sizing facts (sizing/ reads these) ----------------------------------------------------------------------
+    # The released Wan DiTs' transformer/config.json, keyed by the preset's ``base``. Values: diffusers'
+    # scripts/convert_wan_to_diffusers.py (get_transformer_config: "Wan-T2V-1.3B", "Wan-T2V-14B", "Wan2.2-TI2V-5B",
+    # "Wan2.2-T2V-A14B"), the script that wrote the Wan-AI/*-Diffusers repos, cross-checked against the original Wan
+    # configs (wan_t2v_1_3B.py: dim 1536, ffn 8960, 12 heads, 30 layers; wan_ti2v_5B.py: dim 3072, ffn 14336, 24
+    # heads, 30 layers; wan_t2v_A14B.py: dim 5120, ffn 13824, 40 heads, 40 layers). The A14B file is the Hub's
+    # Wan-AI/Wan2.2-T2V-A14B-Diffusers transformer_2/config.json (refs/pr/2) verbatim, and both A14B experts share one
+    # config ("transformer" = the high-noise expert the paper trains). Keys the convert script omits (image_dim,
+    # rope_max_seq_len, pos_embed_seq_len) take diffusers' defaults (None, 1024, None); none adds a parameter to a
+    # text-to-video model. A third-party TI2V-5B mirror (inference-sh/…, an image-to-video repackaging) lists
+    # added_kv_proj_dim 5120 / image_dim 1280; the official conversion has None/None, used here.
+    _keys21 = {
+        "_class_name": "WanTransformer3DModel",
+        "_diffusers_version": "0.33.0.dev0",
+        "added_kv_proj_dim": None,
+        "attention_head_dim": 128,
+        "cross_attn_norm": True,
+        "eps": 1e-06,
+        "freq_dim": 256,
+        "image_dim": None,
+        "in_channels": 16,
+        "out_channels": 16,
+        "patch_size": [1, 2, 2],
+        "qk_norm": "rms_norm_across_heads",
+        "rope_max_seq_len": 1024,
+        "text_dim": 4096,
+    }
+    _keys22 = {**_keys21, "_diffusers_version": "0.35.0.dev0", "pos_embed_seq_len": None}
+    _source = "diffusers scripts/convert_wan_to_diffusers.py (the Wan-AI/*-Diffusers configs)"
+    released = {
+        "wan2.1-1.3b": ReleasedDiT(
+            "Wan2.1-T2V-1.3B", {**_keys21, "ffn_dim": 8960, "num_attention_heads": 12, "num_layers": 30}, False, _source
+        ),
+        "wan2.1-14b": ReleasedDiT(
+            "Wan2.1-T2V-14B", {**_keys21, "ffn_dim": 13824, "num_attention_heads": 40, "num_layers": 40}, False, _source
+        ),
+        "wan2.2-ti2v-5b": ReleasedDiT(
+            "Wan2.2-TI2V-5B",
+            {
+                **_keys22,
+                "ffn_dim": 14336,
+                "num_attention_heads": 24,
+                "num_layers": 30,
+                "in_channels": 48,
+                "out_channels": 48,
+            },
+            False,
+            _source,
+        ),
+        "wan2.2-a14b-high": ReleasedDiT(
+            "Wan2.2-T2V-A14B (high-noise)",
+            {**_keys22, "ffn_dim": 13824, "num_attention_heads": 40, "num_layers": 40},
+            True,  # transformer_2/: the low-noise expert, same config, loaded for generation (no LoRA, no history)
+            _source,
+        ),
+    }
+    del _keys21, _keys22, _source
+
+    @staticmethod
+    def activation_formula(config: dict, sequence: int, lora_rank: int, text_tokens: int) -> tuple[int, int, int]:
+        """``(kept block inputs, shared block inputs, one block recomputed)`` bytes of one training step of
+        ``sequence`` = S tokens, batch 1, bf16 autocast, gradient checkpointing on every ``WanTransformerBlock``
+        (D = hidden, F = FFN width, r = LoRA rank, L = blocks):
+
+        * kept block inputs ``S·D·2·L`` (checkpointing keeps only each block's bf16 input);
+        * shared block inputs, kept once: the per-token timestep projection ``S·6·D·2`` (every token has its own
+          timestep: context 0, targets t), RoPE cos/sin ``2·S·head_dim·4``, text states ``text·D·2``;
+        * one block recomputed in backward: ``80·D + 4·F + 16·r`` bytes per token, what autograd keeps in a block
+          under bf16 autocast with flash attention (no S×S matrix):
+
+          - self-attention 54·D: fp32 LayerNorm input (4D), fp32 ``1 + scale`` (4D), the fp32 per-token modulation
+            ``scale_shift_table + temb`` of which gate views stay alive (6 × 4D), bf16 norm output (2D), q and k
+            before RMSNorm in bf16 and the fp32 copy RMSNorm squares (2 × 6D), SDPA's q, k, v and output (4 × 2D);
+          - cross-attention 16·D: fp32 LayerNorm input (4D), its bf16 output (2D), q before RMSNorm (6D), SDPA's q
+            and output (2 × 2D); K/V over the text tokens add ``10·text·D`` bytes per block;
+          - FFN 10·D + 4·F: fp32 LayerNorm input and ``1 + c_scale`` (2 × 4D), bf16 norm output (2D), the GELU's
+            input and output (2 × 2F);
+          - LoRA: the rank-r output of ``lora_A`` in each of the 8 adapted linears that run on the S tokens (8 × 2r).
+
+        Not counted: transient gradient buffers of the block being back-propagated, allocator fragmentation."""
+        s, d, f = sequence, config["num_attention_heads"] * config["attention_head_dim"], config["ffn_dim"]
+        kept = s * d * 2 * config["num_layers"]
+        shared = s * 6 * d * 2 + 2 * s * config["attention_head_dim"] * 4 + text_tokens * d * 2
+        one_block = s * (80 * d + 4 * f + 16 * lora_rank) + 10 * text_tokens * d
+        return kept, shared, one_block

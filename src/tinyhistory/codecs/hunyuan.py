@@ -13,20 +13,18 @@ GPUs (tiles in space and time, one sample at a time).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from diffusers import AutoencoderKLHunyuanVideo
 
-from tinyhistory.codecs.base import load_vae, require_folder
-from tinyhistory.codecs.streaming import WindowedStreamDecoder, WindowedStreamEncoder
+from tinyhistory.codecs.base import WindowedVAECodec
 
 
-class HunyuanVAECodec:
-    framewise = False  # causal in time: a window's latents depend on where the window starts
+class HunyuanVAECodec(WindowedVAECodec):
+    vae_class = AutoencoderKLHunyuanVideo
+    title = "HunyuanVideo VAE"
 
     def __init__(self, vae: AutoencoderKLHunyuanVideo, tiling: bool = False, slicing: bool = False) -> None:
-        self.vae = vae.eval()
+        super().__init__(vae, tiling, slicing)
         cfg = vae.config
         self.latent_channels: int = cfg.latent_channels
         self.spatial_factor: int = cfg.spatial_compression_ratio
@@ -35,64 +33,24 @@ class HunyuanVAECodec:
         # Streams see this many latent frames before each new piece: one temporal tile of diffusers' own long-video
         # path (``tile_sample_min_num_frames`` 16 frames = 4 latents), so a piece has the context a tile has.
         self.stream_context: int = vae.tile_sample_min_num_frames // self.temporal_factor
-        if tiling:
-            vae.enable_tiling()
-        if slicing:
-            vae.enable_slicing()
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw latents ``· scaling_factor`` (the image-to-video and FramePack pipelines)."""
+        return z * self.scaling_factor
+
+    def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
+        """``/ scaling_factor`` before decoding (every HunyuanVideo pipeline)."""
+        return latents / self.scaling_factor
+
+    # -- sizing facts (sizing/ reads these) ----------------------------------------------------------------------
+    # vae/config.json of the released VAE by the preset's ``base``: hunyuanvideo-community/HunyuanVideo's is
+    # AutoencoderKLHunyuanVideo's defaults (diffusers' convert script builds it with them: 16 channels, 8× space, 4×
+    # time, blocks 128-256-512-512).
+    released = {"hunyuanvideo": {}}
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, **options) -> HunyuanVAECodec:
-        """Load from a local diffusers folder (a model repo with ``vae/``, or the VAE folder itself)."""
-        return cls(load_vae(AutoencoderKLHunyuanVideo, path, dtype, "HunyuanVideo VAE"), **options)
-
-    @classmethod
-    def from_config(cls, c) -> HunyuanVAECodec:
-        """Registry constructor from the ``[codec]`` table (``codec.path``: the model folder or its ``vae/``)."""
-        path = require_folder(c.path, "codec.path", c.kind, "diffusers")
-        return cls.from_pretrained(path, tiling=c.tiling, slicing=c.slicing)
-
-    def to(self, device: str | torch.device):
-        """Run the VAE on ``device`` (a GPU for `data prepare`); tensors in and out stay where the caller has them."""
-        self.vae.to(device)
-        return self
-
-    def stream_encoder(self) -> WindowedStreamEncoder:
-        """Pixels in pieces → latents, each piece encoded after a context of :attr:`stream_context` latents' worth of
-        frames. Not exact (see ``codecs/streaming.py``: this VAE normalises over time)."""
-        return WindowedStreamEncoder(
-            self.encode, self.temporal_factor, self.stream_context, self.latent_channels, self.spatial_factor
-        )
-
-    def stream_decoder(self) -> WindowedStreamDecoder:
-        """Latents in pieces → pixels, each piece decoded after the last :attr:`stream_context` latents (not exact)."""
-        return WindowedStreamDecoder(self.decode, self.temporal_factor, self.stream_context)
-
-    @torch.no_grad()
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, 1 + 4k, H, W)`` in [-1, 1] → scaled latents ``(B, C, 1 + k, H/s, W/s)`` (the mode)."""
-        if pixels.ndim != 5 or pixels.shape[1] != 3:
-            raise ValueError(f"expected RGB pixels (B, 3, T, H, W), got {tuple(pixels.shape)}")
-        _, _, t, h, w = pixels.shape
-        if (t - 1) % self.temporal_factor:
-            raise ValueError(
-                f"the HunyuanVideo VAE needs 1 + {self.temporal_factor}k frames (1, 5, 9, ...), got {t} frames"
-            )
-        if h % self.spatial_factor or w % self.spatial_factor:
-            raise ValueError(
-                f"pixel size {h}x{w} is not divisible by the HunyuanVideo VAE's factor {self.spatial_factor}"
-            )
-        weight = next(self.vae.parameters())
-        latents = self.vae.encode(pixels.to(weight.device, weight.dtype)).latent_dist.mode().float().to(pixels.device)
-        return latents * self.scaling_factor
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents ``(B, C, 1 + k, h, w)`` → pixels ``(B, 3, 1 + 4k, h·s, w·s)`` in [-1, 1] (clamped)."""
-        if latents.ndim != 5 or latents.shape[1] != self.latent_channels:
-            raise ValueError(
-                f"expected latents (B, {self.latent_channels}, T, H, W) for the HunyuanVideo VAE, "
-                f"got {tuple(latents.shape)}"
-            )
-        weight = next(self.vae.parameters())
-        z = latents.float() / self.scaling_factor
-        return self.vae.decode(z.to(weight.device, weight.dtype)).sample.float().clamp(-1, 1).to(latents.device)
+    def meta(cls, config: dict) -> HunyuanVAECodec:
+        """The codec around ``AutoencoderKLHunyuanVideo`` of ``config`` on the meta device in fp32 (as generation
+        keeps it): exact shapes and parameter counts, no weights."""
+        with torch.device("meta"):
+            return cls(AutoencoderKLHunyuanVideo.from_config(dict(config)))

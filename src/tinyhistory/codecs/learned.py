@@ -135,6 +135,7 @@ class LearnedCodec:
 
     temporal_factor = 1
     framewise = True  # each latent frame depends on its own pixel frame only: cached windows may be concatenated
+    reads_model_folder = False  # its own weights (or none), never a model folder's vae/
 
     def __init__(self, model: FrameAutoencoder, batch_frames: int = 64):
         self.model = model.eval().requires_grad_(False)

@@ -16,6 +16,7 @@ from tinyhistory.codecs.streaming import FramewiseStream
 class PixelUnshuffleCodec:
     temporal_factor = 1
     framewise = True  # each latent frame depends on its own pixel frame only: cached windows may be concatenated
+    reads_model_folder = False  # its own weights (or none), never a model folder's vae/
 
     def __init__(self, factor: int = 4, channels: int = 3):
         self.spatial_factor = factor

@@ -10,65 +10,26 @@ channels, 8×8 spatial; Wan 2.2 TI2V-5B: 48 channels, 16×16 spatial (a 2×2 pat
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from diffusers import AutoencoderKLWan
 
-from tinyhistory.codecs.base import load_vae, require_folder
+from tinyhistory.codecs.base import DiffusersVAECodec
 from tinyhistory.codecs.streaming import WanStreamDecoder, WanStreamEncoder
 
 
-class WanVAECodec:
-    framewise = False  # causal in time: a window's latents depend on where the window starts
+class WanVAECodec(DiffusersVAECodec):
+    vae_class = AutoencoderKLWan
+    title = "Wan VAE"
+    whole_frames_only = False  # the VAE encodes frame 0, then whole chunks of 4, and drops the rest itself
 
     def __init__(self, vae: AutoencoderKLWan, tiling: bool = False, slicing: bool = False):
-        self.vae = vae.eval()
+        super().__init__(vae, tiling, slicing)
         cfg = vae.config
         self.latent_channels: int = cfg.z_dim
         self.spatial_factor: int = cfg.scale_factor_spatial
         self.temporal_factor: int = cfg.scale_factor_temporal
         self._mean = torch.tensor(cfg.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self._std = torch.tensor(cfg.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
-        if tiling:
-            vae.enable_tiling()
-        if slicing:
-            vae.enable_slicing()
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, **options) -> WanVAECodec:
-        """Load from a local diffusers folder (a model repo with ``vae/``, or the VAE folder itself)."""
-        return cls(load_vae(AutoencoderKLWan, path, dtype, "Wan VAE"), **options)
-
-    @classmethod
-    def from_config(cls, c) -> WanVAECodec:
-        """Registry constructor from the ``[codec]`` table (``codec.path``: the model folder or its ``vae/``)."""
-        path = require_folder(c.path, "codec.path", c.kind, "diffusers")
-        return cls.from_pretrained(path, tiling=c.tiling, slicing=c.slicing)
-
-    def to(self, device: str | torch.device):
-        """Run the VAE on ``device`` (a GPU for `data prepare`); tensors in and out stay where the caller has them."""
-        self.vae.to(device)
-        return self
-
-    @torch.no_grad()
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, 1 + 4k, H, W)`` in [-1, 1] → normalised latents ``(B, C, 1 + k, H/s, W/s)`` (the mode)."""
-        b, c, t, h, w = pixels.shape
-        if c != 3:
-            raise ValueError(f"expected RGB pixels (B, 3, T, H, W), got {tuple(pixels.shape)}")
-        if h % self.spatial_factor or w % self.spatial_factor:
-            raise ValueError(f"pixel size {h}x{w} is not divisible by the Wan VAE's factor {self.spatial_factor}")
-        weight = next(self.vae.parameters())
-        latents = self.vae.encode(pixels.to(weight.device, weight.dtype)).latent_dist.mode().float().to(pixels.device)
-        return self.normalize(latents)
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Normalised latents → pixels in [-1, 1] (clamped)."""
-        weight = next(self.vae.parameters())
-        z = self.denormalize(latents.float())
-        return self.vae.decode(z.to(weight.device, weight.dtype)).sample.float().clamp(-1, 1).to(latents.device)
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
         """The VAE's raw latents → what the DiT sees (the pipelines' per-channel mean/std)."""
@@ -84,3 +45,34 @@ class WanVAECodec:
     def stream_decoder(self) -> WanStreamDecoder:
         """Decode latents in pieces, exactly as one :meth:`decode`."""
         return WanStreamDecoder(self)
+
+    # -- sizing facts (sizing/ reads these) ----------------------------------------------------------------------
+    # vae/config.json of the released VAEs, keyed by the preset's ``base``: the Wan 2.1 VAE is AutoencoderKLWan's
+    # default config (diffusers' convert_wan_to_diffusers.py, convert_vae: ``config={}``), which Wan 2.2 A14B keeps;
+    # the Wan 2.2 VAE is the convert script's vae22_diffusers_config (latents_mean/std left out: normalisation
+    # constants, not parameters).
+    released = {
+        "wan2.1-1.3b": {},
+        "wan2.1-14b": {},
+        "wan2.2-a14b-high": {},
+        "wan2.2-ti2v-5b": {
+            "base_dim": 160,
+            "z_dim": 48,
+            "is_residual": True,
+            "in_channels": 12,
+            "out_channels": 12,
+            "decoder_base_dim": 256,
+            "scale_factor_temporal": 4,
+            "scale_factor_spatial": 16,
+            "patch_size": 2,
+        },
+    }
+
+    @classmethod
+    def meta(cls, config: dict) -> WanVAECodec:
+        """The codec around ``AutoencoderKLWan`` of ``config`` on the meta device in fp32, as generation keeps it
+        (the normalisation constants, which a bare convert-script config omits, are filled to the latent width)."""
+        z = int(config.get("z_dim", 16))
+        with torch.device("meta"):
+            vae = AutoencoderKLWan.from_config({**config, "latents_mean": [0.0] * z, "latents_std": [1.0] * z})
+        return cls(vae)

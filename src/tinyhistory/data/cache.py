@@ -32,12 +32,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from tinyhistory.codecs.base import check_causal_frames
-from tinyhistory.config import RunConfig
+from tinyhistory.config import RunConfig, TextConfig
 from tinyhistory.files import read_jsonl
 from tinyhistory.geometry import Rate, temporal_block
 from tinyhistory.paths import resolve_path
 from tinyhistory.text.cache import encode_condition
-from tinyhistory.text.condition import TextCondition
+from tinyhistory.text.condition import PARTS, TextCondition
 from tinyhistory.text.storyboard import Storyboard
 
 MAX_OPEN_SHARDS = 64
@@ -89,9 +89,9 @@ class CachedVideo:
     storyboard: Storyboard
     hr_keys: list[str]  # per window, "w{i}.hr_latents.{shape}.{dtype}"
     lr_keys: dict[str, list[str]]  # rate → per window
-    text_keys: list[str]  # per shot: the token states
-    text_mask_keys: list[str]  # per shot, where the text encoder gives a mask (HunyuanVideo), else empty
-    text_pooled_keys: list[str]  # per shot, where the text encoder gives a pooled vector (HunyuanVideo), else empty
+    # per shot: its condition's part ("states"; "mask", "pooled" where the encoder gives them) → tensor name;
+    # empty when the cache holds no text
+    prompt_names: list[dict[str, str]]
     window_latents: list[int]  # latent frames of each window (a framewise cache may end in a shorter one)
     window_frames: int  # pixel frames per (full) window
     latent_shape: tuple[int, int, int]  # (channels, height, width) of the HR latents
@@ -122,7 +122,10 @@ class CachedVideo:
                 lr_keys.setdefault(parts[2], []).append(key)
         for rate, names in lr_keys.items():
             lr_keys[rate] = sorted(names, key=lambda k: int(k.split(".")[0][1:]))
-        text_keys = {kind: _per_shot(keys, kind) for kind in ("text", "text_mask", "text_pooled")}
+        per_part = {part: _per_shot(keys, SHARD_TEXT[part]) for part in PARTS}
+        prompt_names = [
+            {part: names[j] for part, names in per_part.items() if names} for j in range(len(per_part["states"]))
+        ]
         shapes = [tensor_shape(key) for key in hr_keys]  # (C, T, H, W) per window
         return cls(
             shard=shard,
@@ -136,9 +139,7 @@ class CachedVideo:
             storyboard=Storyboard.from_dict(json.loads(meta["storyboard"]), f"{shard} storyboard"),
             hr_keys=hr_keys,
             lr_keys=lr_keys,
-            text_keys=text_keys["text"],
-            text_mask_keys=text_keys["text_mask"],
-            text_pooled_keys=text_keys["text_pooled"],
+            prompt_names=prompt_names,
             window_latents=[shape[1] for shape in shapes],
             window_frames=int(meta["window_frames"]),
             latent_shape=(shapes[0][0], shapes[0][2], shapes[0][3]),
@@ -146,9 +147,20 @@ class CachedVideo:
         )
 
 
-def _per_shot(keys: list[str], kind: str) -> list[str]:
-    """A shard's ``"{kind}.{j}.<shape>.<dtype>"`` tensor names in shot order ``j``."""
-    return sorted((k for k in keys if k.split(".")[0] == kind), key=lambda k: int(k.split(".")[1]))
+# A shard's prompt layout: shot j's condition part is stored as "{prefix}.{j}.{shape}.{dtype}", e.g.
+# "text.0.512x4096.float16", "text_mask.0.256.bool", "text_pooled.0.768.float16" (written by data prepare).
+SHARD_TEXT = {"states": "text", "mask": "text_mask", "pooled": "text_pooled"}
+
+
+def shard_text_name(shot: int, part: str, tensor: torch.Tensor) -> str:
+    """The name of ``part`` of shot ``shot``'s condition in a shard (shape and dtype in the name, as for latents)."""
+    shape = "x".join(str(n) for n in tensor.shape)
+    return f"{SHARD_TEXT[part]}.{shot}.{shape}.{str(tensor.dtype).removeprefix('torch.')}"
+
+
+def _per_shot(keys: list[str], prefix: str) -> list[str]:
+    """A shard's ``"{prefix}.{j}.<shape>.<dtype>"`` tensor names in shot order ``j``."""
+    return sorted((k for k in keys if k.split(".")[0] == prefix), key=lambda k: int(k.split(".")[1]))
 
 
 @dataclass(frozen=True)
@@ -176,11 +188,11 @@ def read_manifest(cache: str | Path) -> list[dict]:
 EMPTY_PROMPT_FILE = "empty_prompt.safetensors"
 
 
-def _text_identity(text) -> dict[str, str]:
+def _text_identity(text: TextConfig) -> dict[str, str]:
     return {"kind": text.kind, "max_tokens": str(text.max_tokens), "path": text.path}
 
 
-def write_empty_prompt(cache: Path, text, text_encoder) -> None:
+def write_empty_prompt(cache: Path, text: TextConfig, text_encoder) -> None:
     """Store the text encoder's encoding of ``""`` beside the shards (once per text encoder), so training from the
     cache has classifier-free guidance's unconditional prompt without loading the encoder."""
     path = cache / EMPTY_PROMPT_FILE
@@ -189,30 +201,26 @@ def write_empty_prompt(cache: Path, text, text_encoder) -> None:
         with safe_open(str(path), "pt") as f:
             if f.metadata() == identity:
                 return
-    empty = encode_condition(text_encoder(), [""]).to("cpu")
-    tensors = {"states": empty.states[0].to(torch.float32).contiguous()}  # (L, D)
-    if empty.mask is not None:
-        tensors["mask"] = empty.mask[0].contiguous()  # (L,)
-    if empty.pooled is not None:
-        tensors["pooled"] = empty.pooled[0].to(torch.float32).contiguous()  # (P,)
+    empty = encode_condition(text_encoder(), [""])
+    tensors = empty.to_tensors(lambda i, part, _: part, float_dtype=torch.float32)  # "states", "mask", "pooled"
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=identity)
     tmp.replace(path)
 
 
-def read_empty_prompt(cfg: RunConfig) -> TextCondition | None:
-    """The cached empty prompt of the run's ``data.cache``, if ``data prepare`` stored one for the run's encoder."""
-    if not cfg.data.cache:
+def read_empty_prompt(cache: str, text: TextConfig) -> TextCondition | None:
+    """The empty prompt that ``data prepare`` stored in ``cache`` (``data.cache``; "" = none) for the text encoder
+    ``text`` describes, or None (no cache, none stored, or stored for another encoder)."""
+    if not cache:
         return None
-    path = resolve_path(cfg.data.cache) / EMPTY_PROMPT_FILE
+    path = resolve_path(cache) / EMPTY_PROMPT_FILE
     if not path.is_file():
         return None
     with safe_open(str(path), "pt") as f:
-        if f.metadata() != _text_identity(cfg.text):
+        if f.metadata() != _text_identity(text):
             return None
         names = set(f.keys())
-        mask, pooled = (f.get_tensor(k)[None] if k in names else None for k in ("mask", "pooled"))
-        return TextCondition(f.get_tensor("states")[None], mask, pooled)
+        return TextCondition.from_tensors(f.get_tensor, {part: part for part in PARTS if part in names})
 
 
 def _identity(config: dict) -> dict:
@@ -224,14 +232,21 @@ def _identity(config: dict) -> dict:
     }
 
 
-def check_compatible(cfg: RunConfig, shard_config: dict, shard: Path) -> None:
-    """The run must read latents made with its own codec, text encoder and rates; name the first mismatch."""
-    wanted, found = _identity(output_config(cfg, 0)), _identity(shard_config)
-    for key, value in wanted.items():
+def run_identity(cfg: RunConfig) -> dict:
+    """What a run's cache must have been made with: its codec (less the memory savers), its text encoder and fps.
+    A :class:`CacheSampler` checks every shard against it."""
+    return _identity(output_config(cfg, 0))
+
+
+def check_compatible(expects: dict, rates: list[Rate], uses_lr: list[bool], shard_config: dict, shard: Path) -> None:
+    """The run must read latents made with its own codec, text encoder (``expects``: :func:`run_identity`) and,
+    for the producers that read LR latents (``uses_lr``), its rates; name the first mismatch."""
+    found = _identity(shard_config)
+    for key, value in expects.items():
         if found[key] != value:
             raise ValueError(f"{shard}: cached with {key} = {found[key]!r}, this run has {key} = {value!r}")
-    missing = [r for r in cfg.history.rates if r not in shard_config["rates"]]
-    if missing and cfg.history.method not in ("no_history", "without_lr", "large_patchifier"):
+    missing = [str(r) for r, use in zip(rates, uses_lr, strict=True) if use and str(r) not in shard_config["rates"]]
+    if missing:
         raise ValueError(
             f"{shard}: no LR latents for rate(s) {', '.join(missing)} (cached: {', '.join(shard_config['rates'])}); "
             "run `data prepare` with these history.rates"
@@ -243,6 +258,9 @@ class CacheSampler:
 
     A *pick* is a ``(run, offset)`` pair; ``window(picks)`` reads the latents, ``text_for(picks, first, last)`` the
     embedding of the shot nearest to latent frames ``[first, last)`` of each picked window.
+
+    ``expects``: what the run's latents and prompts must have been made with (:func:`run_identity`), checked against
+    every shard (None: unchecked). :meth:`for_run` builds one from a run's config.
     """
 
     def __init__(
@@ -253,7 +271,7 @@ class CacheSampler:
         uses_lr: list[bool],
         heldout_fraction: float,
         part: str,
-        cfg: RunConfig | None = None,
+        expects: dict | None = None,
         heldout_split: str = "tail",
     ):
         if part not in ("train", "heldout"):
@@ -261,9 +279,9 @@ class CacheSampler:
         cache = Path(cache)
         self.videos = [CachedVideo.open(cache / row["shard"]) for row in read_manifest(cache)]
         heldout_videos = _heldout_videos(self.videos, heldout_fraction, cache) if heldout_split == "videos" else None
-        if cfg is not None:
+        if expects is not None:
             for video in self.videos:
-                check_compatible(cfg, video.config, video.shard)
+                check_compatible(expects, rates, uses_lr, video.config, video.shard)
         self.frames = frames
         self.rates = rates
         self.uses_lr = uses_lr
@@ -310,7 +328,8 @@ class CacheSampler:
         cache = resolve_path(cfg.data.cache)
         first = CachedVideo.open(cache / read_manifest(cache)[0]["shard"])
         frames = latent_frames(cfg.train.history_frames, first.temporal_factor)
-        return cls(cache, frames, rates, uses_lr, cfg.data.heldout_fraction, part, cfg, cfg.data.heldout_split)
+        data = cfg.data
+        return cls(cache, frames, rates, uses_lr, data.heldout_fraction, part, run_identity(cfg), data.heldout_split)
 
     def __len__(self) -> int:
         return len(self.valid_picks)
@@ -356,15 +375,12 @@ class CacheSampler:
         for run_index, offset in picks.tolist():
             run = self.runs[run_index]
             video = self.videos[run.video]
-            if not video.text_keys:
+            if not video.prompt_names:
                 return None
             start_frame = video.window_starts[run.windows[0]] + (offset + first) * video.temporal_factor
             end_frame = video.window_starts[run.windows[0]] + (offset + last) * video.temporal_factor
             shot = video.storyboard.shot_index_for(start_frame / video.fps, end_frame / video.fps)
-            shard = self._handle(video.shard)
-            mask = shard.get_tensor(video.text_mask_keys[shot]).long()[None] if video.text_mask_keys else None
-            pooled = shard.get_tensor(video.text_pooled_keys[shot]).float()[None] if video.text_pooled_keys else None
-            out.append(TextCondition(shard.get_tensor(video.text_keys[shot]).float()[None], mask, pooled))
+            out.append(TextCondition.from_tensors(self._handle(video.shard).get_tensor, video.prompt_names[shot]))
         return TextCondition.cat(out)
 
     def _slice(self, video: CachedVideo, run: Run, keys: list[str], start: int, length: int, per: int):
@@ -468,7 +484,7 @@ def inspect_cache(cache: str | Path) -> dict:
                 "latent_shape": "x".join(str(n) for n in video.latent_shape),
                 "rates": sorted(video.lr_keys),
                 "shots": len(video.storyboard.shots),
-                "prompts_cached": len(video.text_keys),
+                "prompts_cached": len(video.prompt_names),
             }
         )
     stale = sorted(shards_on_disk(cache) - {row["shard"] for row in rows})

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from tinyhistory.codecs.base import check_causal_frames
 from tinyhistory.config import RunConfig
-from tinyhistory.data.cache import CachedVideo, output_config, shards_on_disk, write_empty_prompt
+from tinyhistory.data.cache import CachedVideo, output_config, shard_text_name, shards_on_disk, write_empty_prompt
 from tinyhistory.data.clip import to_pixels
 from tinyhistory.data.video import choose_bucket, decode_video, probe_video
 from tinyhistory.files import WriteError, read_jsonl, replace_file, writing
@@ -212,19 +212,9 @@ def encode_windows(
 
 def encode_prompts_of(board: Storyboard, text_encoder) -> dict[str, torch.Tensor]:
     """One condition per shot, on CPU: token states (float16), and where the encoder gives them (HunyuanVideo) the
-    attention mask (bool) and the pooled CLIP vector (float16)."""
-    condition = encode_condition(text_encoder, [shot.prompt for shot in board.shots]).to("cpu")
-    tensors = {}
-    for j in range(len(condition)):
-        emb = condition.states[j].to(torch.float16).contiguous()
-        tensors[f"text.{j}.{_shape(emb)}.float16"] = emb
-        if condition.mask is not None:
-            mask = condition.mask[j].bool().contiguous()
-            tensors[f"text_mask.{j}.{_shape(mask)}.bool"] = mask
-        if condition.pooled is not None:
-            pooled = condition.pooled[j].to(torch.float16).contiguous()
-            tensors[f"text_pooled.{j}.{_shape(pooled)}.float16"] = pooled
-    return tensors
+    attention mask (bool) and the pooled CLIP vector (float16), named as shards name them (:func:`shard_text_name`)."""
+    condition = encode_condition(text_encoder, [shot.prompt for shot in board.shots])
+    return condition.to_tensors(shard_text_name, float_dtype=torch.float16, mask_dtype=torch.bool)
 
 
 def prepare(
@@ -249,9 +239,9 @@ def prepare(
     (out / "shards").mkdir(parents=True, exist_ok=True)
     window = resolve_window(cfg, window_frames)
     config = output_config(cfg, window)
-    codec = build_codec(cfg).to(device)
+    codec = build_codec(cfg.codec).to(device)
     rates = [Rate.parse(r) for r in cfg.history.rates]
-    framewise = bool(getattr(codec, "framewise", False))
+    framewise = codec.framewise
     check_window(codec, window, rates)
     report = Report()
     bar = tqdm(items[rank::world_size], desc="data prepare", unit="video", disable=not progress)

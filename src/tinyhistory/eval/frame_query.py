@@ -154,6 +154,7 @@ def evaluate_method(
             "queries": batch.omega[w].tolist(),
             "heldout_loss": float(window_loss[w]),
             "psnr": float(frame_psnr[w].mean()),
+            "psnr_per_query": [float(v) for v in frame_psnr[w]],  # in the order of "queries"
             "ssim": float(frame_ssim[w].mean()),
             **({"lpips": float(frame_lpips[w].mean())} if frame_lpips is not None else {}),
         }

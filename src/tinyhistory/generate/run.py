@@ -29,12 +29,7 @@ from tinyhistory.config import apply_overrides, check_generation_overrides
 from tinyhistory.data.mp4 import GrowingMp4, whole_fragments
 from tinyhistory.data.video import count_video_frames, iter_video_chunks
 from tinyhistory.files import WriteError, append_line, repair_jsonl, writing
-from tinyhistory.generate.session import (
-    GenerationSession,
-    SamplingSettings,
-    folder_sampler,
-    frame_shape,
-)
+from tinyhistory.generate.session import GenerationSession, SamplingSettings, frame_shape, sampling_recipe
 from tinyhistory.locks import file_lock
 from tinyhistory.paths import resolve_path
 from tinyhistory.registry import BACKBONES
@@ -124,10 +119,11 @@ def sampling_settings(cfg, given: dict, saved: SamplingSettings | None, resume: 
             before = ", ".join(f"{k} {getattr(saved, k)} -> {v}" for k, v in changed.items())
             print(f"[generate] resuming {resume} with new settings for the segments to come: {before}")
         return SamplingSettings(**(asdict(saved) | given))
+    family = BACKBONES.get(cfg.backbone.family)
     defaults = {
         "segment_frames": cfg.train.segment_frames,
-        "sampler": folder_sampler(cfg),
-        "guidance": BACKBONES.get(cfg.backbone.family).default_guidance,
+        "sampler": sampling_recipe(family, cfg.model).sampler,
+        "guidance": family.default_guidance,
     }
     return SamplingSettings(**(defaults | given))
 

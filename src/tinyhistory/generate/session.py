@@ -18,9 +18,11 @@ would be, downsampled by the rate and encoded by its own stream. One
 session's state is its latents, its stream and encoder caches and its random generator, so ``save``/``load``
 continue bit for bit.
 
-Sampling uses the diffusers flow-matching schedulers (Euler or UniPC; with a model folder, UniPC is built from its
-``scheduler/`` config, as the pipeline's) with classifier-free guidance: the unconditional branch sees the empty
-prompt (``text.empty``), the same history, and the stage-II text dropout taught the model what that means.
+Sampling uses the diffusers flow-matching schedulers (Euler or UniPC, behind ``flow.NoiseSchedule``) with
+classifier-free guidance: the unconditional branch sees the empty prompt (``text.empty``), the same history, and the
+stage-II text dropout taught the model what that means. What the family's own pipeline does differently is read off
+its adapter (:class:`~tinyhistory.backbones.base.SamplingRecipe`: the folder's scheduler, a second expert, a clean
+first frame; a guidance embedding; a time shift by the token count), never by a family's or a scheduler's name here.
 
 With the history KV cache (``history.kv_cache``) the history's keys and values are computed once per segment. With
 ``history.context_attention = "block_causal"`` they depend on nothing later (not on later blocks, not on the prompt),
@@ -45,16 +47,19 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from tinyhistory.backbones import ContextTokens
+from tinyhistory.backbones.base import Backbone, SamplingRecipe
 from tinyhistory.codecs.streaming import LowResStream
 from tinyhistory.data.clip import to_pixels, to_uint8
 from tinyhistory.files import read_tensors
-from tinyhistory.flow import TIMESTEP_SCALE
+from tinyhistory.flow import FLOW_SAMPLERS, TIMESTEP_SCALE, FlowMatchingSchedule, flow_scheduler
 from tinyhistory.geometry import temporal_block
 from tinyhistory.history.stacked import StackedTierCache, stack_tiers
 from tinyhistory.history.streaming import IncrementalHistory
@@ -62,7 +67,10 @@ from tinyhistory.history.tiers import select_tiers
 from tinyhistory.paths import resolve_path
 from tinyhistory.text.condition import TextCondition
 
-SAMPLERS = ("euler", "unipc")
+if TYPE_CHECKING:
+    from tinyhistory.config import ModelConfig
+
+SAMPLERS = FLOW_SAMPLERS
 
 
 @dataclass
@@ -105,93 +113,44 @@ class SegmentRecord:
     pixel_frames: int = 0
 
 
-def _folder_json(cfg, relative: str) -> dict | None:
-    """A JSON file of the run's model folder (``model.path``), or None without a folder or that file."""
-    if not cfg.model.path:
-        return None
-    path = resolve_path(cfg.model.path) / relative
-    return json.loads(path.read_text()) if path.is_file() else None
+def sampling_recipe(backbone: Backbone | type[Backbone], model: ModelConfig) -> SamplingRecipe:
+    """How the family's own pipeline samples from the run's model folder (``model``: the ``[model]`` table, its
+    ``path`` and ``transformer``); without a folder, the defaults. The family's adapter reads the folder
+    (:meth:`~tinyhistory.backbones.base.DiffusersBackbone.sampling_recipe`)."""
+    folder = resolve_path(model.path) if model.path else None
+    return backbone.sampling_recipe(folder, model.transformer)
 
 
-def folder_scheduler_config(cfg) -> dict | None:
-    """The model folder's ``scheduler/scheduler_config.json`` (the pipeline's sampler), or None."""
-    return _folder_json(cfg, "scheduler/scheduler_config.json")
-
-
-def make_scheduler(settings: SamplingSettings, folder_config: dict | None = None):
-    """A diffusers flow-matching scheduler. UniPC from a model folder is the folder's own (solver order, flow
-    sigmas, its flow shift) as ``WanPipeline`` builds it; ``settings.flow_shift`` > 0 replaces the shift."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
-
-    folder_config = folder_config or {}
-    kind = folder_config.get("_class_name")
+def make_scheduler(settings: SamplingSettings, recipe: SamplingRecipe | None = None):
+    """A diffusers flow-matching scheduler for ``settings.sampler``. The sampler of the model folder's pipeline
+    (``recipe.sampler``) is built from the folder's own config (solver order, flow sigmas, its flow shift), as the
+    pipeline builds it; ``settings.flow_shift`` > 0 replaces the shift (and any shifting by the token count)."""
+    recipe = recipe or SamplingRecipe()
+    folder = recipe.scheduler or {}
     # UniPC calls its shift ``flow_shift`` (Wan), the flow-matching Euler scheduler ``shift`` (HunyuanVideo).
-    folder_shift = float(folder_config.get("flow_shift", folder_config.get("shift", 1.0)))
-    shift = settings.flow_shift or folder_shift
-    if settings.sampler == "unipc":
-        if kind == "UniPCMultistepScheduler":
-            return UniPCMultistepScheduler.from_config(folder_config, flow_shift=shift)
-        return UniPCMultistepScheduler(
-            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift, num_train_timesteps=1000
-        )
-    if kind == "FlowMatchEulerDiscreteScheduler":
-        # a shift given by the user replaces the folder's, dynamic (token-count) shifting included
-        fixed = {"use_dynamic_shifting": False} if settings.flow_shift else {}
-        return FlowMatchEulerDiscreteScheduler.from_config(folder_config, shift=shift, **fixed)
-    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    shift = settings.flow_shift or float(folder.get("flow_shift", folder.get("shift", 1.0)))
+    own = recipe.scheduler if recipe.scheduler and settings.sampler == recipe.sampler else None
+    return flow_scheduler(settings.sampler, shift, own, fixed_shift=bool(settings.flow_shift))
 
 
-def set_timesteps(scheduler, steps: int, tokens: int, device: torch.device | str) -> None:
-    """``steps`` timesteps on ``scheduler``. One whose config asks for dynamic shifting (``use_dynamic_shifting``:
-    LTX-Video's folder) shifts by the segment's DiT token count, as the pipelines that ship one call it
-    (``LTXPipeline``, ``FluxPipeline``): ``mu`` of diffusers' ``calculate_shift`` from the config's base/max sequence
-    lengths and shifts, sigmas ``1 … 1/steps``. Every other scheduler takes the step count alone."""
-    config = scheduler.config
-    if not config.get("use_dynamic_shifting", False):
-        scheduler.set_timesteps(steps, device=device)
-        return
-    from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift  # (Flux's, copied; without Flux's imports)
-
-    mu = calculate_shift(
-        tokens,
-        config.get("base_image_seq_len", 256),
-        config.get("max_image_seq_len", 4096),
-        config.get("base_shift", 0.5),
-        config.get("max_shift", 1.15),
-    )
-    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu, device=device)
+def segment_schedule(
+    settings: SamplingSettings, recipe: SamplingRecipe, backbone: Backbone, tokens: int, device: torch.device | str
+) -> FlowMatchingSchedule:
+    """The ``settings.steps`` steps of one segment of ``tokens`` DiT tokens: :func:`make_scheduler`'s, shifted by
+    the token count where the family's pipeline does (``backbone.timestep_shift``: LTX-Video's folder)."""
+    scheduler = make_scheduler(settings, recipe)
+    return FlowMatchingSchedule(scheduler, settings.steps, device, backbone.timestep_shift(tokens, scheduler.config))
 
 
-def folder_sampler(cfg) -> str:
-    """The sampler the model folder's pipeline uses: Euler where its scheduler is the flow-matching Euler one
-    (HunyuanVideo) or where there is no folder, else UniPC (Wan)."""
-    config = folder_scheduler_config(cfg)
-    return "euler" if not config or config.get("_class_name") == "FlowMatchEulerDiscreteScheduler" else "unipc"
-
-
-def low_noise_expert(cfg, dtype: torch.dtype):
-    """Wan 2.2 A14B: the stock low-noise expert (``transformer_2/``) and the boundary below which it denoises, as
-    ``WanPipeline`` switches experts at ``boundary_ratio``; ``(None, None)`` for one-expert models.
-
-    The history encoder and the LoRA are trained on the high-noise expert only (the paper's choice, t ≥ 0.875): it
-    lays out the scene and motion, which the history steers; the low-noise expert refines detail from the text and
-    the partly denoised latent alone, with no history tokens."""
-    if cfg.model.transformer != "transformer":
-        return None, None
-    meta = _folder_json(cfg, "model_index.json") or {}
-    folder = resolve_path(cfg.model.path)
-    if meta.get("boundary_ratio") is None or not (folder / "transformer_2").is_dir():
-        return None, None
-    from tinyhistory.registry import BACKBONES
-
-    expert = BACKBONES.get(cfg.backbone.family).from_pretrained(folder, "transformer_2", dtype).eval()
-    return expert, float(meta["boundary_ratio"])
-
-
-def folder_conditions_first_frame(cfg) -> bool:
-    """Whether the model folder's pipeline conditions on an image through a clean first latent frame (Wan 2.2
-    TI2V-5B: ``expand_timesteps`` in ``model_index.json``)."""
-    return bool((_folder_json(cfg, "model_index.json") or {}).get("expand_timesteps", False))
+def load_second_expert(
+    backbone: Backbone, model: ModelConfig, recipe: SamplingRecipe, dtype: torch.dtype
+) -> nn.Module | None:
+    """The stock second expert the recipe names (Wan 2.2 A14B's low-noise ``transformer_2/``) from the model folder
+    (``model.path``), of the same family as ``backbone``; None for one-expert models. It denoises the steps below
+    ``recipe.boundary`` without history, as the pipeline switches experts (see ``WanBackbone.sampling_recipe``)."""
+    if recipe.second_expert is None:
+        return None
+    return type(backbone).from_pretrained(resolve_path(model.path), recipe.second_expert, dtype).eval()
 
 
 def frame_shape(data) -> tuple[int, int]:
@@ -217,11 +176,12 @@ class GenerationSession:
         self.encode_text = encode_text
         self.settings = settings or SamplingSettings(segment_frames=cfg.train.segment_frames)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.scheduler_config = folder_scheduler_config(cfg)
+        # how the family's pipeline samples from the model folder: its scheduler, a second expert, image conditioning
+        self.recipe = sampling_recipe(model.backbone, cfg.model)
         base_dtype = model.backbone.patch_embedding.weight.dtype
         # (loaded on the CPU; it visits the device at the first segment, or block by block when the caller
         # group-offloads it and sets ``low_noise_offloaded``)
-        self.low_noise, self.boundary = low_noise_expert(cfg, base_dtype)
+        self.low_noise = load_second_expert(model.backbone, cfg.model, self.recipe, base_dtype)
         self.low_noise_offloaded = False
         with_features = len(model.enhancers) > 0
         self.caches = [IncrementalHistory(p, model.backbone.patch_embed, with_features) for p in model.producers]
@@ -254,6 +214,11 @@ class GenerationSession:
         self._history_kv_tokens = [0] * len(self.caches)
         self._history_kv_frames = 0  # with tiers: the encoded frames whose layout the kept cache holds
         self._stacked_kv: StackedTierCache | None = None  # the stacked tier layout's cache (rebuilt after ``load``)
+
+    @property
+    def boundary(self) -> float | None:
+        """The flow time below which the second expert takes the steps (Wan 2.2 A14B), or None."""
+        return self.recipe.boundary if self.low_noise is not None else None
 
     def _autocast(self):
         """The DiT and the encoders run under autocast when the base keeps a low dtype (``model.dtype``, bfloat16
@@ -333,10 +298,11 @@ class GenerationSession:
         self.origin = self.history_frames
 
     def start_from_image(self, image: np.ndarray) -> None:
-        """An image to start from. Wan 2.2 TI2V-5B (its folder's ``expand_timesteps``): the model's own image
-        conditioning, the image's latent as the clean first frame of the first segment. Other models: the still
-        frame as history for one temporal block (``1 + f·(block − 1)`` frames)."""
-        if folder_conditions_first_frame(self.cfg):
+        """An image to start from. Where the family's pipeline conditions on a clean first frame (Wan 2.2 TI2V-5B,
+        ``recipe.first_frame``): the model's own image conditioning, the image's latent as the clean first frame of the
+        first segment. Other models: the still frame as history for one temporal block (``1 + f·(block − 1)``
+        frames)."""
+        if self.recipe.first_frame:
             if self.history_frames or self.records:
                 raise ValueError("a session starts once: this one has history already")
             if image.shape != (self.height, self.width, 3):
@@ -448,8 +414,9 @@ class GenerationSession:
         n = frames or s.segment_frames
         started = time.perf_counter()
         text = self._prompt_embedding(prompt)
-        if hasattr(self.model.backbone, "guidance"):  # a guidance-distilled DiT (HunyuanVideo)
-            self.model.backbone.guidance = s.distilled_guidance
+        for dit in (self.model.backbone, self.low_noise):  # a guidance-distilled DiT's embedded guidance (HunyuanVideo)
+            if dit is not None:
+                dit.use_guidance(s.distilled_guidance)
         shape = (1, *self.latents.shape[1:2], n, *self.latents.shape[3:])
         noise = torch.randn(shape, generator=self.generator).to(self.device)
         positions = torch.arange(self.history_frames, self.history_frames + n, device=self.device)[None]
@@ -466,10 +433,9 @@ class GenerationSession:
                 positions,
                 s,
                 self._empty_prompt(),
-                self.scheduler_config,
+                self.recipe,
                 self.first_frame if self.history_frames == 0 else None,
                 self.low_noise,
-                self.boundary,
                 cache,
             ).float()
         segment = to_uint8(self.decoder.push(x)[0].cpu())
@@ -648,13 +614,13 @@ def sample_segment(
     positions: torch.Tensor,
     settings: SamplingSettings,
     empty: TextCondition | None = None,
-    scheduler_config: dict | None = None,
+    recipe: SamplingRecipe | None = None,
     first_frame: torch.Tensor | None = None,
     low_noise=None,
-    boundary: float | None = None,
     context_cache=None,
 ) -> torch.Tensor:
-    """Integrate the flow from ``noise`` ``(B, C, n, h, w)`` to clean latents with a diffusers scheduler.
+    """Integrate the flow from ``noise`` ``(B, C, n, h, w)`` to clean latents with a diffusers scheduler
+    (:func:`segment_schedule`: the family pipeline's, from ``recipe``; default: no model folder's).
 
     Classifier-free guidance: ``v = v(∅) + g·(v(text) − v(∅))`` with ∅ the empty prompt ``empty`` (default: all-zero
     states, what the tiny preset trained with) and the same history;
@@ -665,15 +631,15 @@ def sample_segment(
     with ``expand_timesteps``: latent frame 0 is the clean image latent at time 0 in every step (the scheduler's
     own frame 0 is ignored) and is the image latent in the result.
 
-    ``low_noise``, ``boundary``: Wan 2.2 A14B's second expert takes the steps whose timestep is below
-    ``boundary · 1000``, without history (see :func:`low_noise_expert`), as ``WanPipeline`` does.
+    ``low_noise``: the second expert (Wan 2.2 A14B's) takes the steps whose timestep is below
+    ``recipe.boundary · 1000``, without history (see :func:`load_second_expert`), as ``WanPipeline`` does.
 
     ``context_cache``: the history's keys/values already built (a session's block-causal cache, grown segment by
     segment) instead of building them here from ``context``.
     """
-    scheduler = make_scheduler(settings, scheduler_config)
+    recipe = recipe or SamplingRecipe()
     grid = [size // patch for size, patch in zip(noise.shape[2:], model.backbone.patch_size, strict=True)]
-    set_timesteps(scheduler, settings.steps, math.prod(grid), noise.device)
+    schedule = segment_schedule(settings, recipe, model.backbone, math.prod(grid), noise.device)
     b = noise.shape[0]
     empty = (empty if empty is not None else text.zeros_like()).expand(len(text)).to(noise.device)
     guided = settings.guidance != 1.0
@@ -689,15 +655,14 @@ def sample_segment(
     if cache is not None:
         context = None
     x = noise
-    for timestep in scheduler.timesteps:
-        # float64, so that t · 1000 in the DiT gives back the scheduler's timestep exactly
-        t = (timestep.to(noise.device, torch.float64) / TIMESTEP_SCALE).expand(b)
+    for timestep in schedule.timesteps:
+        t = schedule.model_time(timestep.to(noise.device)).expand(b)
         model_x = x
         if first_frame is not None:
             model_x = torch.cat([first_frame.to(x.dtype), x[:, :, 1:]], dim=2)
             t = t[:, None].repeat(1, x.shape[2])  # (B, n): the image frame at time 0
             t[:, 0] = 0.0
-        low = low_noise is not None and float(timestep) < boundary * TIMESTEP_SCALE
+        low = low_noise is not None and float(timestep) < recipe.boundary * TIMESTEP_SCALE
         if not guided:
             if low:
                 velocity = low_noise(model_x, t, text, None, positions)
@@ -711,7 +676,7 @@ def sample_segment(
                 both = model(*args, _repeat(context), positions.repeat(2, 1), context_cache=cache)
             cond, uncond = both.chunk(2)
             velocity = uncond + settings.guidance * (cond - uncond)
-        x = scheduler.step(velocity, timestep, x, return_dict=False)[0]
+        x = schedule.step(velocity, timestep, x)
     if first_frame is not None:
         x = torch.cat([first_frame.to(x.dtype), x[:, :, 1:]], dim=2)
     return x

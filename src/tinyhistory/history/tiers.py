@@ -111,6 +111,19 @@ class TierPlan:
         moved = [old for old, new in zip(self.boundaries(before), self.boundaries(after), strict=True) if old != new]
         return min([before, *moved])
 
+    def check_every_tier_trains(self, longest_history: int, where: str) -> None:
+        """Refuse a training run whose longest history (``longest_history`` latent frames) never reaches a tier:
+        that tier's encoder would get no gradient, and generation past that length would read untrained tokens."""
+        spans = self.spans(longest_history)
+        idle = [str(rate) for rate, (start, end) in zip(self.rates, spans, strict=True) if start == end]
+        if idle:
+            raise ValueError(
+                f"history.tiers keeps the newest {list(self.frames)} latent frames at the finer rates, but {where} "
+                f"gives histories of at most {longest_history} latent frames, so the {', '.join(idle)} tier never "
+                "appears in training and its encoder would not train: lengthen train.history_frames or shorten "
+                "history.tiers (or history.tier_move)"
+            )
+
     def describe(self) -> dict:
         """What a session's cache depends on (its identity): rates, tier lengths and move, in latent frames."""
         return {"rates": [str(r) for r in self.rates], "frames": list(self.frames), "move": self.move}

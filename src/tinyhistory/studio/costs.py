@@ -75,9 +75,7 @@ def history_cost(loaded: Loaded, given_frames: int) -> HistoryCost:
 def image_cost(loaded: Loaded) -> HistoryCost:
     """An image start: one temporal block of the still frame (no tokens on Wan 2.2 TI2V, whose image is the first
     frame of the first segment instead)."""
-    from tinyhistory.generate.session import folder_conditions_first_frame
-
-    if folder_conditions_first_frame(loaded.cfg):
+    if loaded.recipe.first_frame:
         note = "the image is the first frame of the first segment (the model's own image conditioning), no history"
         return HistoryCost(1, 0, 0, 0.0, 0, note)
     f = loaded.codec.temporal_factor

@@ -81,6 +81,14 @@ class Loaded:
         return self.cfg.data.fps
 
     @property
+    def recipe(self):
+        """How the model folder's own pipeline samples (the family adapter reads it: e.g. Wan 2.2 TI2V's clean first
+        frame, which makes an image start cost no history)."""
+        from tinyhistory.generate.session import sampling_recipe
+
+        return sampling_recipe(self.model.backbone, self.cfg.model)
+
+    @property
     def frame_shape(self) -> tuple[int, int]:
         from tinyhistory.generate.session import frame_shape
 

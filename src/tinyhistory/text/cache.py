@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from tinyhistory.config import TextConfig
 from tinyhistory.registry import TEXT_ENCODERS
-from tinyhistory.text.condition import TextCondition
+from tinyhistory.text.condition import PARTS, TextCondition
 
 
 def prompt_key(kind: str, max_tokens: int, prompt: str, path: str = "") -> str:
@@ -72,10 +72,9 @@ class PromptEncoder:
 
 
 def encode_condition(encoder, prompts: list[str]) -> TextCondition:
-    """What ``encoder`` gives for ``prompts``: its ``encode_condition`` where it has one (HunyuanVideo: states, mask
-    and CLIP's pooled vector), else its token states alone (UMT5, MiniLM)."""
-    full = getattr(encoder, "encode_condition", None)
-    return full(prompts) if full is not None else TextCondition(encoder.encode(prompts))
+    """What ``encoder`` gives for ``prompts`` (``TextEncoder.encode_condition``: HunyuanVideo's states, mask and
+    CLIP's pooled vector; UMT5's and MiniLM's token states alone)."""
+    return encoder.encode_condition(prompts)
 
 
 def empty_prompt(cfg: TextConfig, like: TextCondition | None = None) -> TextCondition:
@@ -103,23 +102,25 @@ def encode_prompts(cfg: TextConfig, prompts: list[str], encoder=None) -> TextCon
     key = {p: prompt_key(cfg.kind, cfg.max_tokens, p, cfg.path) for p in prompts}
     missing = sorted(p for p in key if key[p] not in cached)
     if missing:
-        fresh = encode_condition(encoder(), missing).to("cpu")
-        for i, prompt in enumerate(missing):
-            cached[key[prompt]] = fresh.states[i].contiguous()
-            if fresh.mask is not None:
-                cached[f"{key[prompt]}.mask"] = fresh.mask[i].contiguous()
-            if fresh.pooled is not None:
-                cached[f"{key[prompt]}.pooled"] = fresh.pooled[i].contiguous()
+        fresh = encode_condition(encoder(), missing)
+        cached.update(fresh.to_tensors(lambda i, part, _: _cached_name(key[missing[i]], part)))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         save_file(cached, str(tmp))
         tmp.replace(path)
+    return TextCondition.cat([_cached_condition(cached, key[p]) for p in prompts])
 
-    def stacked(suffix: str) -> torch.Tensor | None:
-        names = [key[p] + suffix for p in prompts]
-        return torch.stack([cached[n] for n in names]) if all(n in cached for n in names) else None
 
-    return TextCondition(stacked("").float(), stacked(".mask"), stacked(".pooled")).map(_float_but_mask)
+def _cached_name(key: str, part: str) -> str:
+    """The prompt cache's layout: the states under the prompt's key, the mask and pooled vector at ``KEY.mask``,
+    ``KEY.pooled``."""
+    return key if part == "states" else f"{key}.{part}"
+
+
+def _cached_condition(cached: dict[str, torch.Tensor], key: str) -> TextCondition:
+    """One cached prompt's condition ``(1, ...)``."""
+    names = {part: _cached_name(key, part) for part in PARTS}
+    return TextCondition.from_tensors(cached.__getitem__, {part: n for part, n in names.items() if n in cached})
 
 
 def _float_but_mask(x: torch.Tensor) -> torch.Tensor:

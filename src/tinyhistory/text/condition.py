@@ -7,13 +7,22 @@ the objectives and the sampler free of family branches.
 The *empty prompt* (classifier-free guidance's unconditional branch and stage II's text dropout) is the text
 encoder's own encoding of ``""``, as the diffusers pipelines' negative prompt is; the tiny preset's committed
 checkpoints were trained with all-zero states instead (``text.empty = "zeros"``).
+
+On disk (the prompt cache ``text.cache``, a ``data prepare`` shard's shots, the cache's empty prompt) a condition is
+one safetensors tensor per prompt and part, written by :meth:`TextCondition.to_tensors` and read by
+:meth:`TextCondition.from_tensors`: only the names differ from file to file, so what is stored, in which dtype, and
+how it comes back is decided here once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
+
+# What a condition holds, by the names its parts are stored under: states (L, D), mask (L,), pooled (P,).
+PARTS = ("states", "mask", "pooled")
 
 
 @dataclass
@@ -76,3 +85,38 @@ class TextCondition:
     def zeros_like(self) -> TextCondition:
         """One all-zero prompt shaped like this condition's samples."""
         return self.map(lambda x: torch.zeros_like(x[:1]))
+
+    def to_tensors(
+        self,
+        name: Callable[[int, str, torch.Tensor], str],
+        float_dtype: torch.dtype | None = None,
+        mask_dtype: torch.dtype | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Each prompt's parts as separate tensors without the batch axis (CPU, contiguous), for a safetensors file.
+
+        ``name(i, part, tensor)`` gives the name of prompt ``i``'s ``part`` (one of :data:`PARTS`; mask and pooled only
+        where the condition has them), after any conversion, so a layout may write shape and dtype into the name.
+        ``float_dtype``: the states' and pooled vectors' stored dtype, ``mask_dtype`` the mask's (None: as they are).
+        """
+        tensors = {}
+        for part in PARTS:
+            batch = getattr(self, part)
+            if batch is None:
+                continue
+            dtype = mask_dtype if part == "mask" else float_dtype
+            for i in range(len(self)):
+                tensor = batch[i].to("cpu", dtype or batch.dtype).contiguous()
+                tensors[name(i, part, tensor)] = tensor
+        return tensors
+
+    @classmethod
+    def from_tensors(cls, read: Callable[[str], torch.Tensor], names: Mapping[str, str]) -> TextCondition:
+        """One prompt's condition ``(1, ...)`` from what :meth:`to_tensors` stored.
+
+        ``names`` maps ``"states"`` (and ``"mask"``, ``"pooled"`` where they were stored) to their names in the file;
+        ``read(name)`` loads one (a dict's ``__getitem__``, a safetensors handle's ``get_tensor``). States and the
+        pooled vector come back float32, the mask int64 (what the encoders give and the backbones take, whatever it
+        was stored as: a shard keeps it as bool).
+        """
+        states, mask, pooled = (read(names[part])[None] if part in names else None for part in PARTS)
+        return cls(states.float(), None if mask is None else mask.long(), None if pooled is None else pooled.float())

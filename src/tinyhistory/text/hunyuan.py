@@ -25,12 +25,13 @@ from typing import Any
 import torch
 
 from tinyhistory.codecs.base import require_folder
+from tinyhistory.text.base import StatesTextEncoder
 from tinyhistory.text.condition import TextCondition
 
 SUBFOLDERS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 
 
-class HunyuanTextEncoder:
+class HunyuanTextEncoder(StatesTextEncoder):
     """``encode(prompts)`` → ``(B, max_tokens, text_dim)``; ``encode_pooled(prompts)`` → ``(B, pooled_dim)``.
 
     ``max_tokens`` is the pipeline's ``max_sequence_length`` (256 by default), counted after the template crop.
@@ -154,3 +155,48 @@ class HunyuanTextEncoder:
         if self.crop_start > 0:
             states, mask = states[:, self.crop_start :], mask[:, self.crop_start :]
         return states, mask
+
+    # -- sizing facts (sizing/ reads these) ----------------------------------------------------------------------
+    sizing_name = "Llama + CLIP"
+    # text_encoder/ and text_encoder_2/ config.json of hunyuanvideo-community/HunyuanVideo, as diffusers'
+    # convert_hunyuan_video_to_diffusers.py writes them: the LLaVA-Llama-3-8B language model as a LlamaModel (4096
+    # wide, 32 layers, 32 heads / 8 KV heads, MLP 14336, vocab 128320) and CLIP-L's text tower (768, 12 layers).
+    released = {
+        "text_encoder": {
+            "hidden_size": 4096,
+            "intermediate_size": 14336,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "vocab_size": 128320,
+            "max_position_embeddings": 8192,
+            "rms_norm_eps": 1e-05,
+            "rope_theta": 500000.0,
+            "attention_bias": False,
+            "mlp_bias": False,
+            "tie_word_embeddings": False,
+        },
+        "text_encoder_2": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "max_position_embeddings": 77,
+            "vocab_size": 49408,
+            "projection_dim": 768,
+            "hidden_act": "quick_gelu",
+            "layer_norm_eps": 1e-05,
+        },
+    }
+
+    @staticmethod
+    def meta_model(component: str, config: dict) -> torch.nn.Module:
+        """``text_encoder`` (Llama) or ``text_encoder_2`` (CLIP) of ``config`` on the meta device: exact shapes, no
+        weights."""
+        from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+        with torch.device("meta"):
+            if component == "text_encoder":
+                return LlamaModel(LlamaConfig.from_dict(dict(config)))
+            return CLIPTextModel(CLIPTextConfig.from_dict(dict(config)))

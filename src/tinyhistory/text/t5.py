@@ -19,11 +19,12 @@ from pathlib import Path
 import torch
 
 from tinyhistory.codecs.base import require_folder
+from tinyhistory.text.base import StatesTextEncoder
 from tinyhistory.text.condition import TextCondition
 from tinyhistory.text.umt5 import _component_folders
 
 
-class T5TextEncoder:
+class T5TextEncoder(StatesTextEncoder):
     """``encode_condition(prompts)`` → states ``(B, max_tokens, d_model)`` float32 (zero past each prompt) and the
     mask ``(B, max_tokens)`` int64.
 
@@ -88,3 +89,31 @@ class T5TextEncoder:
         """What the DiT takes: the states (zero under the mask) and the mask ``(B, L)`` int64."""
         states, mask = self.encode_prompt(prompts)
         return TextCondition(states * mask.unsqueeze(-1).to(states.dtype), mask)
+
+    # -- sizing facts (sizing/ reads these) ----------------------------------------------------------------------
+    sizing_name = "T5"
+    # text_encoder/config.json of Lightricks/LTX-Video: google/t5-v1_1-xxl's encoder (d_model 4096, d_ff 10240, 24
+    # layers, 64 heads, vocab 32128, gated-gelu, untied; 4.76B parameters), as published with T5 v1.1.
+    released = {
+        "text_encoder": {
+            "d_model": 4096,
+            "d_ff": 10240,
+            "d_kv": 64,
+            "num_heads": 64,
+            "num_layers": 24,
+            "vocab_size": 32128,
+            "feed_forward_proj": "gated-gelu",
+            "relative_attention_num_buckets": 32,
+            "relative_attention_max_distance": 128,
+            "tie_word_embeddings": False,
+            "layer_norm_epsilon": 1e-6,
+        }
+    }
+
+    @staticmethod
+    def meta_model(component: str, config: dict) -> torch.nn.Module:
+        """The ``component`` (``text_encoder``) of ``config`` on the meta device: exact shapes, no weights."""
+        from transformers import T5Config, T5EncoderModel
+
+        with torch.device("meta"):
+            return T5EncoderModel(T5Config.from_dict(dict(config)))

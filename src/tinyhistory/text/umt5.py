@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from tinyhistory.codecs.base import require_folder
+from tinyhistory.text.base import StatesTextEncoder
 
 
 def _component_folders(path: Path, model: str, tokenizer: str, what: str) -> tuple[Path, Path]:
@@ -34,7 +35,7 @@ def _component_folders(path: Path, model: str, tokenizer: str, what: str) -> tup
     return path, path
 
 
-class UMT5TextEncoder:
+class UMT5TextEncoder(StatesTextEncoder):
     """Wan's text encoder: ``encode(prompts)`` → ``(B, max_tokens, d_model)`` float32, zero beyond each prompt.
 
     ``max_tokens`` is the pipeline's ``max_sequence_length`` (``WanPipeline.__call__`` uses 512). ``dtype`` is the
@@ -97,3 +98,35 @@ class UMT5TextEncoder:
         # left-padding tokenizer would give what the pipeline gives too).
         rows = [u[:n] for u, n in zip(states, seq_lens, strict=True)]
         return torch.stack([torch.cat([u, u.new_zeros(self.max_tokens - u.size(0), u.size(1))]) for u in rows])
+
+    # -- sizing facts (sizing/ reads these) ----------------------------------------------------------------------
+    sizing_name = "UMT5"
+    # text_encoder/config.json of the Wan *-Diffusers repos (UMT5-XXL encoder: d_model 4096, d_ff 10240, 24 layers,
+    # 64 heads, vocab 256384, gated-gelu, untied); Wan ships it in bf16.
+    released = {
+        "text_encoder": {
+            "d_model": 4096,
+            "d_ff": 10240,
+            "d_kv": 64,
+            "num_heads": 64,
+            "num_layers": 24,
+            "num_decoder_layers": 24,
+            "vocab_size": 256384,
+            "feed_forward_proj": "gated-gelu",
+            "dense_act_fn": "gelu_new",
+            "is_gated_act": True,
+            "relative_attention_num_buckets": 32,
+            "relative_attention_max_distance": 128,
+            "scalable_attention": True,
+            "tie_word_embeddings": False,
+            "layer_norm_epsilon": 1e-6,
+        }
+    }
+
+    @staticmethod
+    def meta_model(component: str, config: dict) -> torch.nn.Module:
+        """The ``component`` (``text_encoder``) of ``config`` on the meta device: exact shapes, no weights."""
+        from transformers import UMT5Config, UMT5EncoderModel
+
+        with torch.device("meta"):
+            return UMT5EncoderModel(UMT5Config.from_dict(dict(config)))

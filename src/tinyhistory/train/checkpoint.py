@@ -174,18 +174,20 @@ def load_model(
         load_lora(model.backbone, folder / LORA_FILE, cfg.train.lora_rank)
         if merge:
             merge_lora(model.backbone)
-    _load_modules(model, cfg, folder)
+    _load_modules(model, cfg.history.method, folder)
     if dtype is not None:
         model.to(dtype)
     return model, cfg
 
 
-def _load_modules(model: HistoryDiT, cfg: RunConfig, folder: Path) -> None:
+def _load_modules(model: HistoryDiT, method: str, folder: Path) -> None:
+    """The history producers' and enhancers' weights from ``folder`` (``method``: ``history.method``, to name what
+    needs a missing file)."""
     for modules, name in ((model.producers, ENCODER_FILE), (model.enhancers, CROSS_ATTENTION_FILE)):
         if len(modules):
             path = folder / name
             if not path.is_file():
-                raise FileNotFoundError(f"{folder}: this model ({cfg.history.method!r}) needs {name}")
+                raise FileNotFoundError(f"{folder}: this model ({method!r}) needs {name}")
             first = next(modules.parameters(), None)
             if first is None:  # e.g. only-LR: the DiT's own patch embedding, no weights of its own to load
                 continue
@@ -211,7 +213,7 @@ def restore_trained(model: HistoryDiT, cfg: RunConfig, folder: str | Path) -> No
     else:
         trained = BACKBONES.get(cfg.backbone.family).from_transformer_folder(folder / "transformer")
         transformer.load_state_dict(trained.transformer.state_dict())
-    _load_modules(model, cfg, folder)
+    _load_modules(model, cfg.history.method, folder)
 
 
 def trained_steps(folder: str | Path) -> int | None:

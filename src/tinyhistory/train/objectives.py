@@ -215,9 +215,10 @@ class NextSegmentObjective:
 
 
 OBJECTIVES = {"frame-query": FrameQueryObjective, "ar": NextSegmentObjective}
+Objective = FrameQueryObjective | NextSegmentObjective  # what the loop and the held-out loss take
 
 
-def objective_for(train: TrainConfig) -> FrameQueryObjective | NextSegmentObjective:
+def objective_for(train: TrainConfig) -> Objective:
     """The objective of ``train.stage``."""
     return OBJECTIVES[train.stage](train)
 

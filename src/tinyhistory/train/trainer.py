@@ -25,11 +25,11 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType, gat
 from torch import nn
 from tqdm.auto import tqdm
 
-from tinyhistory.config import RunConfig
+from tinyhistory.config import RunConfig, TextConfig, TrainConfig
 from tinyhistory.data.cache import CacheSampler, read_empty_prompt
 from tinyhistory.data.clip import WindowSampler, clip_from_config, load_extra_training
 from tinyhistory.files import append_line, repair_jsonl, replace_file, writing
-from tinyhistory.geometry import Rate
+from tinyhistory.geometry import Rate, get_base
 from tinyhistory.locks import folder_lock, is_main_rank
 from tinyhistory.system import HistoryDiT, build_codec, torch_dtype
 from tinyhistory.text.cache import empty_prompt, encode_prompts
@@ -47,12 +47,11 @@ from tinyhistory.train.checkpoint import (
 )
 from tinyhistory.train.ema import EMA
 from tinyhistory.train.lora import LORA_FILE, add_lora, has_lora
-from tinyhistory.train.objectives import drop_text, objective_for
+from tinyhistory.train.objectives import Objective, drop_text, objective_for
 
 
-def lr_lambda(cfg: RunConfig):
+def lr_lambda(tc: TrainConfig):
     """Linear warm-up, then cosine decay to ``min_lr_ratio`` of the peak at the last step."""
-    tc = cfg.train
 
     def factor(step: int) -> float:
         if step < tc.warmup_steps:
@@ -66,15 +65,27 @@ def lr_lambda(cfg: RunConfig):
 Sampler = WindowSampler | CacheSampler
 
 
+def longest_training_history(cfg: RunConfig) -> tuple[int, str]:
+    """(latent frames of the longest history a training sample holds, the keys that set it): the whole window in
+    stage I, the window less the target segment in stage II."""
+    geometry = get_base(cfg.base)
+    window = geometry.latent_frames(cfg.train.history_frames)
+    if cfg.train.stage == "ar":  # segment_frames counts latent frames
+        return window - cfg.train.segment_frames, (
+            f"train.history_frames = {cfg.train.history_frames} less train.segment_frames = {cfg.train.segment_frames}"
+        )
+    return window, f"train.history_frames = {cfg.train.history_frames}"
+
+
 def make_samplers(cfg: RunConfig, model: HistoryDiT) -> tuple[Sampler, Sampler]:
     """Training and held-out windows: from a ``data prepare`` cache (``data.cache``), else from the decoded clip."""
     rates = [Rate.parse(r) for r in cfg.history.rates] if len(model.producers) else []
-    uses_lr = [bool(getattr(p, "uses_lr", False)) for p in model.producers]
+    uses_lr = [p.uses_lr for p in model.producers]
     frames = cfg.train.history_frames
     if cfg.data.cache:
         return CacheSampler.for_run(cfg, "train", rates, uses_lr), CacheSampler.for_run(cfg, "heldout", rates, uses_lr)
     clip = clip_from_config(cfg.data)
-    codec = build_codec(cfg)
+    codec = build_codec(cfg.codec)
     extra = load_extra_training(cfg.data.extra_train_videos, cfg.data.fps, cfg.data.size)
     return (
         WindowSampler([clip.train, *extra], frames, codec, rates, uses_lr),
@@ -89,14 +100,13 @@ def sample_text(sampler: Sampler, picks: torch.Tensor, span: tuple[int, int], ca
     return caption().expand(len(picks)) if cached is None else cached
 
 
-def batch_for(cfg: RunConfig, sampler: Sampler, picks: torch.Tensor, generator, caption):
-    """The stage's batch for the picked windows and each sample's prompt (a :class:`TextCondition`).
+def batch_for(objective: Objective, sampler: Sampler, picks: torch.Tensor, generator, caption):
+    """The ``objective``'s batch for the picked windows and each sample's prompt (a :class:`TextCondition`).
 
     Stage I: Ω, the masked history and the queried frames (``FrameQueryBatch``); stage II: a random history/future
     split (``NextSegmentBatch``) and the prompt nearest to the future segment. The one API both training and
     evaluation use, over a decoded clip or a ``data prepare`` cache alike.
     """
-    objective = objective_for(cfg.train)
     _, hr, lr = sampler.window(picks)
     batch = objective.batch(hr, lr, sampler.rates, generator)
     return batch, sample_text(sampler, picks, objective.prompt_span(batch), caption)
@@ -104,28 +114,27 @@ def batch_for(cfg: RunConfig, sampler: Sampler, picks: torch.Tensor, generator, 
 
 @torch.no_grad()
 def heldout_loss(
-    model: HistoryDiT, cfg: RunConfig, sampler: Sampler, caption, windows: int = 16, loss_fn: StageLoss | None = None
+    model: HistoryDiT, loss_fn: StageLoss, sampler: Sampler, caption, batch_size: int, windows: int = 16
 ) -> float:
     """The stage's flow loss on fixed held-out windows with fixed Ω / splits, masks, noise and timesteps.
 
-    ``loss_fn``: the sharded run's stage loss (its forward gathers the shards; every rank must call this then)."""
-    loss_fn = loss_fn if loss_fn is not None else StageLoss(cfg, model)
+    ``loss_fn``: ``model``'s stage loss (a sharded run's root: its forward gathers the shards, so every rank must
+    call this then), whose objective makes the batches."""
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(1234)
     losses = []
-    for picks in sampler.fixed_starts(windows).split(cfg.train.batch_size):
-        batch, text_batch = batch_for(cfg, sampler, picks, generator, caption)
+    for picks in sampler.fixed_starts(windows).split(batch_size):
+        batch, text_batch = batch_for(loss_fn.objective, sampler, picks, generator, caption)
         losses.append(loss_fn(_to(batch, device), text_batch.to(device)).item() * len(picks))
     model.train()
     return sum(losses) / windows
 
 
-def make_optimizer(model: HistoryDiT, cfg: RunConfig) -> torch.optim.AdamW:
+def make_optimizer(model: HistoryDiT, tc: TrainConfig) -> torch.optim.AdamW:
     """AdamW over what trains: the DiT (LoRA or whole) at ``learning_rate``, the history encoder and enhancers at
     ``encoder_learning_rate``, block-phase tables at their own rate. Built after any sharding (its parameters are
     then the shards)."""
-    tc = cfg.train
     groups = [{"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": tc.learning_rate}]
     # history.block_phase: the zero-initialised tables need their own, larger rate (they live in the producers)
     phase_params = [p for table in model.block_phases for p in table.parameters() if p.requires_grad]
@@ -204,6 +213,8 @@ def prepare_model(cfg: RunConfig, init_from: str | Path | None) -> tuple[History
     )
     if cfg.history.method == "no_history":
         history = dataclasses.replace(history, method="no_history", cross_attention=False)
+    if cfg.train.switch_rates:  # a rate curriculum: this run's rates, not the checkpoint's
+        history = dataclasses.replace(history, rates=list(cfg.history.rates))
     backbone = init_cfg.backbone
     if new_lora_on_dit:
         base = Path(init_from) / "transformer"
@@ -220,8 +231,16 @@ def prepare_model(cfg: RunConfig, init_from: str | Path | None) -> tuple[History
     if len(fresh.enhancers) and len(model.enhancers):
         fresh.enhancers.load_state_dict(model.enhancers.state_dict())
     if len(fresh.producers):
-        fresh.producers = model.producers
+        fresh.producers = carried_producers(fresh.producers, model.producers)
     return fresh, cfg
+
+
+def carried_producers(fresh: nn.ModuleList, trained: nn.ModuleList) -> nn.ModuleList:
+    """The checkpoint's trained producers in place of the fresh ones, rate for rate. Without ``train.switch_rates``
+    the rates are the checkpoint's, so all carry over; with it, a rate the checkpoint lacks keeps its fresh
+    (zero-initialised HR) encoder and a rate this run drops is left behind."""
+    by_rate = {str(p.rate): p for p in trained}
+    return nn.ModuleList([by_rate.get(str(p.rate), p) for p in fresh])
 
 
 def train(
@@ -261,15 +280,19 @@ def _train(
     # Unused parameters are allowed: not every stage and method touches every trainable weight in each step.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
-    check_parallel(cfg, accelerator.distributed_type)
+    check_parallel(tc, accelerator.distributed_type)
     torch.manual_seed(tc.seed)
 
     # From a checkpoint the architecture is the checkpoint's; the rest of the config (data, schedule) is this run's.
     model, cfg = prepare_model(cfg, init_from)
+    if model.tiers is not None:
+        model.tiers.check_every_tier_trains(*longest_training_history(cfg))
     objective = objective_for(tc)
     train_sampler, heldout_sampler = make_samplers(cfg, model)
-    caption = LazyPrompt(cfg, cfg.text.caption)  # encoded only if some sample has no storyboard prompt
-    empty = LazyPrompt(cfg, "")  # the unconditional prompt of text dropout, loaded at the first dropped sample
+    # encoded only if some sample has no storyboard prompt (no caption: the empty prompt, as the empty one below)
+    caption = LazyPrompt(cfg.text, cfg.text.caption, cfg.data.cache)
+    # the unconditional prompt of text dropout, loaded at the first dropped sample (from the data cache if it has it)
+    empty = LazyPrompt(cfg.text, "", cfg.data.cache)
     if tc.gradient_checkpointing:
         model.backbone.enable_gradient_checkpointing()
 
@@ -287,8 +310,8 @@ def _train(
         units = parallel.shard(loss_module, model, accelerator.device.type)
         loss_module.sharded = True
         accelerator.print(f"FSDP2: {units} sharded units over {accelerator.num_processes} processes")
-    optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    optimizer = make_optimizer(model, tc)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))
     # ``model`` stays the plain HistoryDiT (saved, evaluated); ``stage_loss`` is what trains (DDP-wrapped when several
     # under "ddp"; under "fsdp" the sharded root itself, which accelerate must not wrap again).
     # The scheduler is not prepared: accelerate's wrapper steps it once per process per step (it counts single-process
@@ -298,8 +321,9 @@ def _train(
         stage_loss = loss_module
     else:
         stage_loss, optimizer = accelerator.prepare(loss_module, optimizer)
-    # Held-out passes of a sharded model go through its root (which gathers the shards), on every rank.
-    eval_loss = stage_loss if sharded else None
+    # Held-out passes of a sharded model go through its root (which gathers the shards), on every rank; otherwise
+    # through a loss module of its own, never the one accelerate wrapped for training.
+    eval_loss = stage_loss if sharded else StageLoss(cfg, model)
     device = accelerator.device
     ema = EMA(model, tc.ema_decay) if tc.ema_decay > 0 else None  # on the device the model now lives on
 
@@ -343,7 +367,7 @@ def _train(
     try:
         while step < end and not stop.requested:
             picks = train_sampler.pick(tc.batch_size, generator)
-            batch, text_batch = batch_for(cfg, train_sampler, picks, generator, caption)
+            batch, text_batch = batch_for(objective, train_sampler, picks, generator, caption)
             if objective.text_dropout > 0:  # classifier-free guidance: some samples see the empty prompt
                 text_batch = drop_text(text_batch, empty.like(text_batch), objective.text_dropout, generator)
             loss = stage_loss(_to(batch, device), text_batch.to(device))
@@ -374,11 +398,12 @@ def _train(
                 due = True
             if due:
                 last_checkpoint = time.time()
-                held = heldout_loss(model, cfg, heldout_sampler, caption, loss_fn=eval_loss)
+                held = heldout_loss(model, eval_loss, heldout_sampler, caption, tc.batch_size)
                 record = {"step": step, "heldout_loss": round(held, 6)}
                 if ema is not None:
                     with ema.applied(model):
-                        record["heldout_loss_ema"] = round(heldout_loss(model, cfg, heldout_sampler, caption), 6)
+                        held = heldout_loss(model, eval_loss, heldout_sampler, caption, tc.batch_size)
+                        record["heldout_loss_ema"] = round(held, 6)
                 log.write(record)
                 data_rng = gather_object([generator.get_state()])  # every process's sampling RNG, for an exact resume
                 if fsdp:  # every rank gathers and writes its shard of the state
@@ -405,14 +430,14 @@ def _train(
         "rates": cfg.history.rates,
         "sliding_window": cfg.history.sliding_window,
         "steps": step,
-        "heldout_loss": heldout_loss(model, cfg, heldout_sampler, caption, loss_fn=eval_loss),
+        "heldout_loss": heldout_loss(model, eval_loss, heldout_sampler, caption, tc.batch_size),
         "final": str(final),
     }
     if ema is not None:
         with ema.applied(model):
             if main:
                 _save_whole(model, cfg, out / "final_ema", save_dtype, None, out / "last")
-            summary["heldout_loss_ema"] = heldout_loss(model, cfg, heldout_sampler, caption)
+            summary["heldout_loss_ema"] = heldout_loss(model, eval_loss, heldout_sampler, caption, tc.batch_size)
         summary["final_ema"] = str(out / "final_ema")
     if main:
         replace_file(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode(), "the run summary")
@@ -474,11 +499,12 @@ class TrainLog:
 class LazyPrompt:
     """One prompt's condition ``(1, L, D)``, encoded on first use, so a run whose samples all carry cached storyboard
     prompts never loads the text encoder. The empty prompt ``""`` follows ``text.empty`` and comes from the data
-    cache when ``data prepare`` stored it."""
+    cache ``data_cache`` (``data.cache``) when ``data prepare`` stored it there."""
 
-    def __init__(self, cfg: RunConfig, prompt: str):
-        self.cfg = cfg
+    def __init__(self, text: TextConfig, prompt: str, data_cache: str = ""):
+        self.text = text
         self.prompt = prompt
+        self.data_cache = data_cache
         self.condition: TextCondition | None = None
 
     def __call__(self) -> TextCondition:
@@ -487,10 +513,10 @@ class LazyPrompt:
     def like(self, text: TextCondition | None) -> TextCondition:
         if self.condition is None:
             if self.prompt:
-                self.condition = encode_prompts(self.cfg.text, [self.prompt])
+                self.condition = encode_prompts(self.text, [self.prompt])
             else:
-                cached = read_empty_prompt(self.cfg) if self.cfg.text.empty == "encoded" else None
-                self.condition = cached if cached is not None else empty_prompt(self.cfg.text, text)
+                cached = read_empty_prompt(self.data_cache, self.text) if self.text.empty == "encoded" else None
+                self.condition = cached if cached is not None else empty_prompt(self.text, text)
         return self.condition
 
 
@@ -568,7 +594,7 @@ def _flatten(data: dict, prefix: str = "") -> dict:
     return flat
 
 
-def check_parallel(cfg: RunConfig, distributed_type: DistributedType) -> None:
+def check_parallel(tc: TrainConfig, distributed_type: DistributedType) -> None:
     """``train.parallel = "fsdp"`` is the one way to shard: refuse an Accelerate FSDP config (it would wrap the model
     a second time, its own way) and what the sharded path does not carry (a whole trained DiT, an EMA)."""
     if distributed_type == DistributedType.FSDP:
@@ -577,14 +603,14 @@ def check_parallel(cfg: RunConfig, distributed_type: DistributedType) -> None:
             '(configs/accelerate/multi_gpu.yaml, or --multi_gpu) and set train.parallel = "fsdp" '
             "(configs/accelerate/README.md)"
         )
-    if cfg.train.parallel != "fsdp":
+    if tc.parallel != "fsdp":
         return
-    if cfg.train.dit != "lora":
+    if tc.dit != "lora":
         raise ValueError(
             "train.parallel = 'fsdp' shards a frozen base under a LoRA (train.dit = 'lora'); a whole trained DiT "
             "(the tiny preset) fits one card: use train.parallel = 'ddp'"
         )
-    if cfg.train.ema_decay > 0:
+    if tc.ema_decay > 0:
         raise ValueError("train.ema_decay is not supported with train.parallel = 'fsdp' yet; set it to 0")
 
 

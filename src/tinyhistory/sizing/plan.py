@@ -6,9 +6,10 @@ the settings that fit a given card and RAM, best first.
 
 Why this exists: whether a run fits is the first question before renting (or buying) a GPU, and the answer depends
 on more than the parameter count: gradient checkpointing, the history's rate and length, the frame size, the KV
-cache, ``--offload``, whether UMT5-XXL must be loaded at all. Running each combination on a GPU to find out costs
-hours; every number here comes from the real architectures on the ``meta`` device in a few seconds
-(:mod:`tinyhistory.memory`).
+cache, ``--offload``, whether the text encoder must be loaded at all. Running each combination on a GPU to find out
+costs hours; every number here comes from the real architectures on the ``meta`` device in a few seconds
+(:mod:`tinyhistory.sizing.memory`), which each family declares (:mod:`tinyhistory.sizing.models`): Wan, HunyuanVideo
+and LTX-Video alike.
 
 **Unmeasured.** These peaks have not yet been checked against a run on a GPU, so every one is a prediction: the
 parameter bytes are exact, the activations are a formula, generation's working sets are traces of the project's own
@@ -20,14 +21,20 @@ VAE decode, forward/backward, optimizer step, …); a peak is everything ``alway
 when ``peak × (1 + ALLOCATOR_SLACK) + CUDA_CONTEXT`` is at most ``--gpu-memory``; RAM fits when its peak is at most
 ``RAM_USABLE`` of ``--ram``.
 
-What the plan assumes, as the project runs today: training reads latents and prompt embeddings from a ``data
-prepare`` cache (no VAE, no UMT5); generation keeps the VAE (fp32) on the GPU, merges the LoRA into the DiT, encodes
-prompts with UMT5-XXL (bf16) on the GPU — with ``--offload`` UMT5 waits on the CPU and visits the GPU while it
-encodes a new prompt — unless every prompt is already in a ``text.cache`` file; ``--offload`` keeps the DiT's blocks
-in ordinary (pageable) CPU RAM and moves one block at a time (``generate/run.py: offload_blocks``, diffusers group
-offload without CUDA streams, which pins nothing). The trainer has no offload; several GPUs train with DDP, or FSDP
-(``train.parallel = "fsdp"``, ``configs/accelerate/fsdp.yaml``) when the model does not fit one: its units are the
+What the plan assumes, as the project runs today: training reads latents and prompt embeddings from a ``data prepare``
+cache (no VAE, no text encoder); generation keeps the VAE (fp32) on the GPU, merges the LoRA into the DiT, encodes
+prompts with the family's text encoder (bf16) on the GPU — with ``--offload`` it waits on the CPU and visits the GPU
+while it encodes a new prompt — unless every prompt is already in a ``text.cache`` file; ``--offload`` keeps the DiT's
+blocks in ordinary (pageable) CPU RAM and moves one block at a time (``generate/run.py: offload_blocks``, diffusers
+group offload without CUDA streams, which pins nothing). The trainer has no offload; several GPUs train with DDP, or
+FSDP (``train.parallel = "fsdp"``, ``configs/accelerate/fsdp.yaml``) when the model does not fit one: its units are the
 ones ``train/parallel.py`` shards (one per DiT block, the rest in the root unit), in the same dtypes.
+
+Tiers (``--tiers``, ``history.tiers``; ``RATES@stacked[:SECONDS]`` for ``history.tier_layout = "stacked"``): the
+targets read each tier's span; the session keeps every rate's tokens of every block (it encodes every rate); the
+stacked layout trains on every rate's tokens of every block (old fine tokens kept beside the coarse ones, masked)
+and generates with its block-causal cache of every rate's blocks that the targets see plus one window
+(``StackedTierCache``), one cache for both CFG branches.
 """
 
 from __future__ import annotations
@@ -40,19 +47,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinyhistory.geometry import BaseGeometry, Rate, context_report, get_base
-from tinyhistory.memory import (
+from tinyhistory.sizing.cost import TierSet
+from tinyhistory.sizing.memory import (
     GIB,
-    MODEL_VAE,
-    UMT5_XXL,
-    VAE_CONFIGS,
     ActivationEstimate,
     CodecTrace,
     ModelCounts,
     StepTrace,
+    TierTokens,
     activations_without_checkpointing,
-    block_storage_bytes,
-    build_transformer,
-    component_params,
+    block_bytes,
+    build_backbone,
     decode_trace,
     dit_step_trace,
     kv_cache_bytes,
@@ -60,7 +65,9 @@ from tinyhistory.memory import (
     meta_encoder,
     model_counts,
     stage_activations,
+    tier_tokens,
 )
+from tinyhistory.sizing.models import component_params, released, released_presets
 
 # -- assumptions (shown in every plan) ---------------------------------------------------------------------------
 CUDA_CONTEXT = GIB // 2  # the CUDA context and library workspaces take card memory outside max_memory_allocated
@@ -80,7 +87,7 @@ SHOWN = 12  # rows of fitting generation settings printed as text (``--json`` ha
 RATES = ("4x4x2", "2x2x2")
 RESOLUTIONS = ((480, 832), (320, 576))
 STAGES = ("frame-query", "ar")
-PROMPTS = ("umt5", "text.cache")
+TEXT_CACHE = "text.cache"  # every prompt already encoded (the other choice: the preset's text.kind)
 
 UNMEASURED = (
     "UNMEASURED: predictions, not measurements (not yet checked against a run on a GPU; leave some margin). "
@@ -103,6 +110,7 @@ class PlanSettings:
     history_seconds: float = 20.0
     height: int = 480
     width: int = 832
+    tiers: TierSet | None = None  # --tiers: tiered encoders (history.tiers), stacked or not, instead of one rate
 
     def __post_init__(self) -> None:
         for name, value in (("--gpu-memory", self.gpu_memory_gib), ("--ram", self.ram_gib)):
@@ -196,44 +204,58 @@ def _largest_file(folder: Path) -> int | None:
 
 @dataclass
 class RateFacts:
-    """What depends on the history rate: the encoder's exact counts and (lazily) the training activations."""
+    """What depends on the history's encoders (one rate, or the rates of ``--tiers``): their exact counts, the meta
+    encoders and (lazily) the training activations."""
 
-    rate: Rate
+    rates: tuple[Rate, ...]
     counts: ModelCounts
-    encoder: object
+    encoders: list
+
+    @property
+    def uses_lr(self) -> bool:
+        return any(e.uses_lr for e in self.encoders)
+
+
+def _check_stacked(adapter: type, config: dict) -> None:
+    """The stacked tier layout needs the family's block-causal context window: a family without it refuses by name
+    (a ValueError naming the family and ``history.tier_layout``), before anything is counted."""
+    adapter(adapter.meta_transformer(config, 1)).use_context_window(1)
 
 
 class ModelFacts:
-    """Everything the budgets need about one model: configs (the preset's embedded ones, or ``--model DIR``'s),
-    exact counts, geometry; traces and activation estimates memoised per setting."""
+    """Everything the budgets need about one model: configs (the released model the preset's ``base`` names, or
+    ``--model DIR``'s), the family's classes, exact counts, geometry; traces and activation estimates memoised per
+    setting."""
 
     def __init__(self, settings: PlanSettings):
-        from tinyhistory.backbones.wan import WanBackbone
         from tinyhistory.config import load_config
-        from tinyhistory.model_configs import PRESET_MODELS, get_config
 
         self.settings = s = settings
-        cfg = load_config(s.preset, overrides=[f'train.stage="{s.stage}"'])
-        ar = load_config(s.preset, overrides=['train.stage="ar"'])
-        if cfg.backbone.family != "wan" or cfg.codec.kind != "wan" or cfg.text.kind != "umt5":
-            what = (
-                "a CPU preset"
-                if cfg.codec.kind == "pixel"
-                else f"a {cfg.backbone.family} preset (its FLOPs: tinyhistory cost --preset {s.preset})"
+        tiers = _tier_overrides(s.tiers)
+        cfg = load_config(s.preset, overrides=[f'train.stage="{s.stage}"', *tiers])
+        ar = load_config(s.preset, overrides=['train.stage="ar"', *tiers])
+        model = released(cfg)
+        if model is None:
+            raise ValueError(
+                f"plan covers the presets of released models ({', '.join(released_presets())}); {s.preset!r} is a "
+                f"CPU preset built from its [backbone] table (its FLOPs: tinyhistory cost --preset {s.preset})"
             )
-            raise ValueError(f"plan covers the real Wan presets ({', '.join(PRESET_MODELS)}); {s.preset!r} is {what}")
         if cfg.history.method not in ("proposed", "only_lr", "without_lr"):
             raise ValueError(
                 f"plan covers the history encoder (proposed, only_lr, without_lr), not {cfg.history.method}"
             )
         self.cfg = cfg
+        self.adapter, self.codec_class, self.text_class = model.adapter, model.codec, model.text
+        self.text_name = self.text_class.sizing_name
+        self.text_kind = cfg.text.kind
         self.fps = cfg.data.fps
         self.lora_rank = cfg.train.lora_rank
         self.target_frames = cfg.train.query_window if s.stage == "frame-query" else cfg.train.segment_frames
         self.segment_frames = ar.train.segment_frames
         self.text_tokens = cfg.text.max_tokens
-        self.default_rate = cfg.history.rates[0]
-        self.shards: dict[str, int | None] = {"transformer": None, "text_encoder": None}
+        self.default_rate = str(s.tiers) if s.tiers is not None else cfg.history.rates[0]
+        components = tuple(self.text_class.released)
+        self.shards: dict[str, int | None] = {c: None for c in ("transformer", *components)}
         if s.model_path:
             folder = Path(s.model_path).expanduser()
             transformer = _read_json(folder / cfg.model.transformer / "config.json")
@@ -248,57 +270,85 @@ class ModelFacts:
             self.name = f"{folder.name} ({folder})"
             self.source = f"the configs in {folder}"
             self.transformer = transformer
-            self.vae = _read_json(folder / "vae" / "config.json")
-            self.text = _read_json(folder / "text_encoder" / "config.json")
+            self.vae = _read_json(folder / "vae" / "config.json") or {}
+            found = {c: _read_json(folder / c / "config.json") for c in components}
+            self.text = {c: config for c, config in found.items() if config is not None}
             index = _read_json(folder / "model_index.json") or {}
             second = _read_json(folder / "transformer_2" / "config.json")
             self.expert2 = second if index.get("boundary_ratio") is not None else None
-            self.shards = {c: _largest_file(folder / c) for c in ("transformer", "text_encoder")}
+            self.shards = {c: _largest_file(folder / c) for c in self.shards}
         else:
-            model = PRESET_MODELS.get(s.preset)
-            if model is None:
-                raise ValueError(f"no embedded config for preset {s.preset!r}: give --model DIR")
-            self.name = model
-            self.source = "the preset's embedded configs (tinyhistory.model_configs)"
-            self.transformer = get_config(model)
-            self.vae = VAE_CONFIGS[MODEL_VAE[model]]
-            self.text = UMT5_XXL
-            self.expert2 = self.transformer if "A14B" in model else None
-        t = self.transformer
-        self.hidden = t["num_attention_heads"] * t["attention_head_dim"]
-        self.layers = t["num_layers"]
-        vae = self.vae or {}
-        latent = int(vae.get("z_dim", 16))
-        if latent != t["in_channels"]:
-            raise ValueError(f"the VAE's {latent} latent channels do not match the DiT's {t['in_channels']} inputs")
+            self.name = model.name
+            self.source = f"the preset's released model ({model.dit.source})"
+            self.transformer = model.dit.config
+            self.vae = model.vae
+            self.text = model.text_components
+            self.expert2 = self.transformer if model.dit.second_expert else None
+        if s.tiers is not None and s.tiers.layout == "stacked":
+            _check_stacked(self.adapter, self.transformer)
+        self.dit = build_backbone(self.adapter, self.transformer, self.lora_rank)
+        self.hidden = self.dit.hidden_dim
+        self.layers = len(self.dit.blocks)
+        codec = self.codec_class.meta(self.vae)
+        if codec.latent_channels != self.dit.in_channels:
+            raise ValueError(
+                f"the VAE's {codec.latent_channels} latent channels do not match the DiT's {self.dit.in_channels} "
+                "inputs"
+            )
         self.base = BaseGeometry(
             name=self.name,
-            vae_spatial=int(vae.get("scale_factor_spatial", 8)),
-            vae_temporal=int(vae.get("scale_factor_temporal", 4)),
-            patch=tuple(t["patch_size"]),
-            latent_channels=latent,
+            vae_spatial=codec.spatial_factor,
+            vae_temporal=codec.temporal_factor,
+            patch=tuple(self.dit.patch_size),
+            latent_channels=codec.latent_channels,
             hidden_dim=self.hidden,
         )
         if not s.model_path:
-            preset_base = get_base(cfg.base)
-            if (preset_base.vae_spatial, preset_base.hidden_dim) != (self.base.vae_spatial, self.hidden):
+            preset = get_base(cfg.base)
+            if dataclasses.replace(preset, name=self.name) != self.base:
                 raise RuntimeError(f"tinyhistory.geometry {cfg.base!r} disagrees with {self.name}'s configs")
-        self.lora_targets = WanBackbone.lora_targets
-        self.dit = build_transformer(t, self.lora_rank, self.lora_targets)
-        self.block_bytes = block_storage_bytes(self.dit)
+        self.lora_targets = self.adapter.lora_targets
+        # Classifier-free guidance's batch: 2 branches, or 1 for a guidance-distilled family (default guidance 1 =
+        # off: HunyuanVideo embeds its guidance instead)
+        self.branches = 1 if self.adapter.default_guidance == 1 else 2
+        self.kv = self._has_kv_cache()
+        self.tier_plan = self._tier_plan(cfg)
+        blocks = block_bytes(self.dit)
+        self.block_bytes, self.all_blocks_bytes = max(blocks), sum(blocks)
         self._rates: dict[str, RateFacts] = {}
         self._acts: dict[tuple, ActivationEstimate] = {}
         self._steps: dict[tuple, StepTrace] = {}
         self._codecs: dict[tuple, CodecTrace] = {}
-        self.text_params = component_params("umt5", self.text) if self.text is not None else 0
-        self.vae_params = component_params("vae", self.vae) if self.vae is not None else 0
+        self.text_params_by = {c: component_params(self.text_class, c, cfg_) for c, cfg_ in self.text.items()}
+        self.text_params = sum(self.text_params_by.values())
+        self.vae_params = sum(p.numel() for p in codec.vae.parameters())
         if self.expert2 is not None:
-            expert = build_transformer(self.expert2, 0)
-            self.expert2_bytes = model_counts("expert 2", self.expert2, expert, None).frozen_bytes
-            self.expert2_block_bytes = block_storage_bytes(expert)
-            self.expert2_layers = self.expert2["num_layers"]
-        for rate in (self.default_rate, *RATES):
+            expert = build_backbone(self.adapter, self.expert2, 0)
+            self.expert2_bytes = model_counts("expert 2", expert, []).frozen_bytes
+            expert_blocks = block_bytes(expert)
+            self.expert2_block_bytes, self.expert2_all_blocks_bytes = max(expert_blocks), sum(expert_blocks)
+        for rate in _rates(self):
             self.rate(rate)
+
+    def _has_kv_cache(self) -> bool:
+        """Whether the family has the history KV cache (``history.kv_cache``); one without refuses it by name."""
+        try:
+            self.adapter(self.adapter.meta_transformer(self.transformer, 1)).use_kv_cache()
+        except ValueError:
+            return False
+        return True
+
+    def _tier_plan(self, cfg):
+        """The tier layout of ``--tiers`` at the preset's fps (``history/tiers.py``), or None."""
+        if self.settings.tiers is None:
+            return None
+        from tinyhistory.history.tiers import TierPlan
+
+        return TierPlan.from_config(cfg.history, cfg.base, self.fps)
+
+    @property
+    def stacked(self) -> bool:
+        return self.tier_plan is not None and self.tier_plan.stacked
 
     # -- memoised pieces ---------------------------------------------------------------------------------------
     def rate(self, rate: str) -> RateFacts:
@@ -306,16 +356,22 @@ class ModelFacts:
             from tinyhistory.history import EncoderConfig
 
             h = self.cfg.history
-            enc_cfg = EncoderConfig(
-                rate=rate,
-                variant=h.method,
-                channels=tuple(h.channels),
-                attention_blocks=h.attention_blocks,
-                attention_heads=h.attention_heads,
-            )
-            encoder = meta_encoder(enc_cfg, self.transformer)
-            counts = model_counts(self.name, self.transformer, self.dit, encoder)
-            self._rates[rate] = RateFacts(Rate.parse(rate), counts, encoder)
+            rates = tuple(self.settings.tiers.rates) if self.tier_plan is not None else (rate,)
+            encoders = [
+                meta_encoder(
+                    EncoderConfig(
+                        rate=r,
+                        variant=h.method,
+                        channels=tuple(h.channels),
+                        attention_blocks=h.attention_blocks,
+                        attention_heads=h.attention_heads,
+                    ),
+                    self.dit,
+                )
+                for r in rates
+            ]
+            counts = model_counts(self.name, self.dit, encoders)
+            self._rates[rate] = RateFacts(tuple(Rate.parse(r) for r in rates), counts, encoders)
         return self._rates[rate]
 
     def check_size(self, height: int, width: int) -> None:
@@ -326,28 +382,55 @@ class ModelFacts:
                 f"{self.base.vae_spatial}, DiT patch {self.base.patch[1]})"
             )
 
+    def tiers(self, height: int, width: int) -> TierTokens:
+        """The ``--tiers`` layout's token counts after ``history_seconds`` at ``height``×``width``."""
+        frames = self.base.latent_frames(int(round(self.fps * self.settings.history_seconds)))
+        return tier_tokens(self.tier_plan, frames, self.base.token_grid(height, width, 0)[1:])
+
     def context_tokens(self, rate: str, height: int, width: int) -> int:
+        """History tokens the targets attend to (one rate's, or the tiers' spans)."""
+        if self.tier_plan is not None:
+            return self.tiers(height, width).view
         report = context_report(self.base, height, width, self.fps, self.settings.history_seconds, [Rate.parse(rate)])
         return report.history_tokens
+
+    def training_tokens(self, rate: str, height: int, width: int) -> int:
+        """History tokens in a training step's sequence: what the targets see, and with the stacked layout every
+        rate's tokens of every block (the context attends to them, masked)."""
+        if self.stacked:
+            return self.tiers(height, width).every_rate
+        return self.context_tokens(rate, height, width)
+
+    def kept_tokens(self, rate: str, height: int, width: int) -> int:
+        """History tokens a generation session keeps (the producers' outputs: every rate's tokens with tiers)."""
+        if self.tier_plan is not None:
+            return self.tiers(height, width).every_rate
+        return self.context_tokens(rate, height, width)
+
+    def cache_tokens(self, rate: str, height: int, width: int) -> int:
+        """Tokens of the history KV cache: the stacked cache's kept blocks, else what the targets attend to."""
+        if self.stacked:
+            return self.tiers(height, width).cached
+        return self.context_tokens(rate, height, width)
 
     def activations(self, rate: str, height: int, width: int) -> ActivationEstimate:
         key = (rate, height, width)
         if key not in self._acts:
             facts = self.rate(rate)
             self._acts[key] = stage_activations(
-                facts.counts,
-                self.transformer["attention_head_dim"],
-                facts.encoder,
-                self.dit.patch_embedding,
+                self.dit,
+                self.transformer,
+                facts.encoders,
                 self.base,
                 height,
                 width,
                 self.fps,
                 self.settings.history_seconds,
-                facts.rate,
+                self.training_tokens(rate, height, width),
                 self.target_frames,
                 self.lora_rank,
                 self.text_tokens,
+                self.name,
             )
         return self._acts[key]
 
@@ -359,24 +442,31 @@ class ModelFacts:
         shape = (self.base.latent_channels, self.segment_frames, *self.latent_hw(height, width))
         key = (k, shape, kv)
         if key not in self._steps:
-            self._steps[key] = dit_step_trace(self.transformer, k, shape, kv, 2, self.text_tokens)
+            self._steps[key] = dit_step_trace(
+                self.adapter, self.transformer, k, shape, kv, self.branches, self.text_tokens
+            )
         return self._steps[key]
 
     def decode(self, height: int, width: int) -> CodecTrace:
         key = ("decode", height, width)
         if key not in self._codecs:
-            self._codecs[key] = decode_trace(self.vae or {}, self.segment_frames, height, width)
+            self._codecs[key] = decode_trace(self.codec_class, self.vae, self.segment_frames, height, width)
         return self._codecs[key]
 
     def lowres(self, rate: str, height: int, width: int) -> CodecTrace | None:
-        """The LR stream's trace (frames cropped to the VAE's factor, as the stream does), or None without an LR
-        branch."""
+        """The LR streams' trace (frames cropped to the VAE's factor, as the stream does; one per encoder with an LR
+        branch, summed), or None without an LR branch."""
         facts = self.rate(rate)
-        if not facts.encoder.uses_lr:
+        if not facts.uses_lr:
             return None
         key = ("lowres", rate, height, width)
         if key not in self._codecs:
-            self._codecs[key] = lowres_trace(self.vae or {}, facts.rate, self.segment_frames, height, width)
+            traces = [
+                lowres_trace(self.codec_class, self.vae, e.rate, self.segment_frames, height, width)
+                for e in facts.encoders
+                if e.uses_lr
+            ]
+            self._codecs[key] = CodecTrace(sum(t.working for t in traces), sum(t.cache for t in traces))
         return self._codecs[key]
 
     def shard(self, component: str, stored_bytes: int) -> tuple[int, str]:
@@ -386,6 +476,33 @@ class ModelFacts:
         if size is not None:
             return size, "exact"
         return min(stored_bytes, HUB_SHARD), "assumption"
+
+    def text_shard(self) -> tuple[int, str]:
+        """(bytes, kind) of the largest text-encoder file read whole (of every component)."""
+        sizes = [self.shard(c, 2 * n) for c, n in self.text_params_by.items()]
+        return max(sizes, default=(0, "exact"))
+
+
+def _tier_overrides(tiers: TierSet | None) -> list[str]:
+    """Config overrides for ``--tiers`` (what ``tinyhistory cost`` counts for the same spec)."""
+    if tiers is None:
+        return []
+    rates = ",".join(f'"{r}"' for r in tiers.rates)
+    seconds = ",".join(f"{x:g}" for x in tiers.seconds)
+    out = [
+        'history.method="proposed"',
+        f"history.rates=[{rates}]",
+        f"history.tiers=[{seconds}]",
+        f"history.tier_move={tiers.move:g}",
+    ]
+    if tiers.layout == "stacked":
+        out += [
+            "history.kv_cache=true",
+            'history.context_attention="block_causal"',
+            'history.tier_layout="stacked"',
+            f"history.context_window={tiers.window:g}",
+        ]
+    return out
 
 
 # -- training --------------------------------------------------------------------------------------------------
@@ -432,7 +549,7 @@ def train_budget(m: ModelFacts, sc: TrainScenario) -> Budget:
         )
         # The root unit (train/parallel.py: everything outside the blocks) stays gathered from its forward to the end
         # of its backward: the other N - 1 shards of the DiT's embedders and head and of the history encoder.
-        root = (c.frozen_bytes - m.layers * m.block_bytes) + 4 * enc
+        root = (c.frozen_bytes - m.all_blocks_bytes) + 4 * enc
         b.add(
             "GPU",
             "forward/backward",
@@ -440,30 +557,20 @@ def train_budget(m: ModelFacts, sc: TrainScenario) -> Budget:
             root - shard(root),
             "exact",
         )
-    b.add("GPU", "always", "UMT5 text encoder: not loaded (prompt embeddings from the cache)", 0, "exact")
+    b.add("GPU", "always", f"{m.text_name} text encoder: not loaded (prompt embeddings from the cache)", 0, "exact")
     b.add("GPU", "always", "VAE: not loaded (latents from the cache)", 0, "exact")
     a = m.activations(sc.rate, sc.height, sc.width)
     k = sc.batch
     per = f" × batch {k}" if k > 1 else ""
     phase = "forward/backward"
     if sc.checkpointing:
-        b.add("GPU", phase, f"kept block inputs (bf16, one per block){per}", k * a.kept_block_inputs, "formula")
-        b.add(
-            "GPU", phase, f"shared block inputs (per-token timesteps, RoPE, text){per}", k * a.shared_inputs, "formula"
-        )
-        b.add("GPU", phase, f"one block recomputed in backward{per}", k * a.one_block, "formula")
+        b.add("GPU", phase, f"kept block inputs (bf16, one per block){per}", k * a.kept_block_inputs, a.kind)
+        b.add("GPU", phase, f"shared block inputs (per-token timesteps, RoPE, text){per}", k * a.shared_inputs, a.kind)
+        b.add("GPU", phase, f"one block recomputed in backward{per}", k * a.one_block, a.kind)
     else:
-        b.add(
-            "GPU",
-            phase,
-            f"every block's saved tensors ({m.layers} × one block){per}",
-            k * m.layers * a.one_block,
-            "formula",
-        )
-        b.add(
-            "GPU", phase, f"shared block inputs (per-token timesteps, RoPE, text){per}", k * a.shared_inputs, "formula"
-        )
-    b.add("GPU", phase, f"history encoder's HR branch (bf16, not checkpointed){per}", k * a.encoder, "formula")
+        b.add("GPU", phase, f"every block's saved tensors ({m.layers} blocks){per}", k * a.every_block, a.kind)
+        b.add("GPU", phase, f"shared block inputs (per-token timesteps, RoPE, text){per}", k * a.shared_inputs, a.kind)
+    b.add("GPU", phase, f"history encoders' HR branches (bf16, not checkpointed){per}", k * a.encoder, "formula")
     b.add(
         "GPU",
         "optimizer step",
@@ -494,7 +601,8 @@ class GenerateScenario:
     height: int = 480
     width: int = 832
     kv_cache: bool = False
-    prompts: str = "umt5"  # "umt5": encoded by UMT5-XXL; "text.cache": every prompt already in a text.cache file
+    prompts: str = "umt5"  # the preset's text.kind: encoded by its text encoder; "text.cache": every prompt already
+    # in a text.cache file
 
 
 def generate_budget(m: ModelFacts, sc: GenerateScenario) -> Budget:
@@ -502,14 +610,14 @@ def generate_budget(m: ModelFacts, sc: GenerateScenario) -> Budget:
     facts = m.rate(sc.rate)
     c = facts.counts
     b = Budget()
-    non_block = c.frozen_bytes - m.layers * m.block_bytes
+    non_block = c.frozen_bytes - m.all_blocks_bytes
     if sc.offload:
         b.add("GPU", "always", "DiT outside its blocks (embedders, head; bf16)", non_block, "exact")
         b.add("GPU", "denoising", "one DiT block on the GPU at a time (bf16, group offload)", m.block_bytes, "exact")
     else:
         b.add("GPU", "always", "DiT weights (bf16, LoRA merged)", c.frozen_bytes, "exact")
     if m.expert2 is not None:
-        e_non_block = m.expert2_bytes - m.expert2_layers * m.expert2_block_bytes
+        e_non_block = m.expert2_bytes - m.expert2_all_blocks_bytes
         if sc.offload:
             b.add("GPU", "always", "low-noise expert outside its blocks (bf16)", e_non_block, "exact")
         else:
@@ -517,22 +625,43 @@ def generate_budget(m: ModelFacts, sc: GenerateScenario) -> Budget:
     b.add("GPU", "always", f"history encoder {sc.rate} (fp32)", 4 * c.encoder_params, "exact")
     b.add("GPU", "always", "VAE (fp32)", 4 * m.vae_params, "exact")
     k = m.context_tokens(sc.rate, sc.height, sc.width)
-    b.add("GPU", "always", f"history tokens ({k:,} × bf16)", k * m.hidden * 2, "formula")
+    kept = m.kept_tokens(sc.rate, sc.height, sc.width)
+    every = ", every rate's" if m.tier_plan is not None else ""
+    b.add("GPU", "always", f"history tokens ({kept:,}{every} × bf16)", kept * m.hidden * 2, "formula")
     decode = m.decode(sc.height, sc.width)
     lowres = m.lowres(sc.rate, sc.height, sc.width)
     b.add("GPU", "always", "VAE decoder's causal cache (carried between segments)", decode.cache, "trace")
     if lowres is not None:
         b.add("GPU", "always", "LR branch's stream encoder cache", lowres.cache, "trace")
-    text = 2 * m.text_params
-    if sc.prompts == "text.cache":
-        b.add("GPU", "always", "UMT5 text encoder: never loaded (every prompt in text.cache)", 0, "exact")
+    text, name = 2 * m.text_params, m.text_name
+    if sc.prompts == TEXT_CACHE:
+        b.add("GPU", "always", f"{name} text encoder: never loaded (every prompt in text.cache)", 0, "exact")
     elif sc.offload:
-        b.add("GPU", "text encoding", "UMT5 text encoder visiting the GPU to encode a new prompt (bf16)", text, "exact")
+        visiting = f"{name} text encoder visiting the GPU to encode a new prompt (bf16)"
+        b.add("GPU", "text encoding", visiting, text, "exact")
     else:
-        b.add("GPU", "always", "UMT5 text encoder (bf16), built once and kept", text, "exact")
+        b.add("GPU", "always", f"{name} text encoder (bf16), built once and kept", text, "exact")
     step = m.step(sc.rate, sc.height, sc.width, sc.kv_cache)
-    b.add("GPU", "denoising", "one guided DiT step's working set (CFG batch 2)", step.working, "trace")
-    if sc.kv_cache and k:
+    cfg = f"CFG batch {m.branches}" if m.branches > 1 else "one branch: guidance-distilled"
+    b.add("GPU", "denoising", f"one guided DiT step's working set ({cfg})", step.working, "trace")
+    if sc.kv_cache and k and m.stacked:
+        cached = m.cache_tokens(sc.rate, sc.height, sc.width)
+        b.add(
+            "GPU",
+            "always",
+            f"stacked history KV cache (keys + values × {m.layers} blocks × {cached:,} tokens: every rate's blocks the "
+            "targets see plus one window; × bf16, one cache for both CFG branches)",
+            kv_cache_bytes(m.layers, cached, m.hidden, branches=1),
+            "formula",
+        )
+        b.add(
+            "GPU",
+            "denoising",
+            f"the targets' view of it ({k:,} tokens, concatenated per segment)",
+            kv_cache_bytes(m.layers, k, m.hidden, branches=1),
+            "formula",
+        )
+    elif sc.kv_cache and k:
         cache = kv_cache_bytes(m.layers, k, m.hidden)
         b.add(
             "GPU",
@@ -552,7 +681,7 @@ def generate_budget(m: ModelFacts, sc: GenerateScenario) -> Budget:
     b.add("RAM", "always", "history latents on the CPU (fp32)", latents, "formula")
     size, kind = m.shard("transformer", 2 * c.frozen_bytes)
     if sc.offload:
-        blocks = m.layers * m.block_bytes
+        blocks = m.all_blocks_bytes
         b.add(
             "RAM",
             "always",
@@ -573,7 +702,7 @@ def generate_budget(m: ModelFacts, sc: GenerateScenario) -> Budget:
     b.add("RAM", "loading the DiT", "LoRA read for merging (fp32)", 4 * c.lora_params, "exact")
     if m.expert2 is not None:
         if sc.offload:
-            blocks = m.expert2_layers * m.expert2_block_bytes
+            blocks = m.expert2_all_blocks_bytes
             b.add("RAM", "always", "low-noise expert's blocks waiting in RAM (bf16)", blocks, "exact")
             b.add("RAM", "loading the low-noise expert", "largest transformer_2 file, read whole", size, kind)
         else:
@@ -585,19 +714,19 @@ def generate_budget(m: ModelFacts, sc: GenerateScenario) -> Budget:
                 "exact",
             )
             b.add("RAM", "loading the low-noise expert", "largest transformer_2 file, read whole", size, kind)
-    if sc.prompts == "umt5":
-        tsize, tkind = m.shard("text_encoder", text)
+    if sc.prompts != TEXT_CACHE:
+        tsize, tkind = m.text_shard()
         if sc.offload:
-            b.add("RAM", "always", "UMT5 text encoder waiting on the CPU between prompts (bf16)", text, "exact")
+            b.add("RAM", "always", f"{name} text encoder waiting on the CPU between prompts (bf16)", text, "exact")
         else:
             b.add(
                 "RAM",
-                "loading UMT5",
-                "UMT5 text encoder read into RAM (bf16) before it moves to the GPU",
+                f"loading {name}",
+                f"{name} text encoder read into RAM (bf16) before it moves to the GPU",
                 text,
                 "exact",
             )
-        b.add("RAM", "loading UMT5", "largest text_encoder safetensors file, read whole", tsize, tkind)
+        b.add("RAM", f"loading {name}", "largest text_encoder safetensors file, read whole", tsize, tkind)
     b.add("RAM", "loading the VAE", "VAE read into RAM (fp32) before it moves to the GPU", 4 * m.vae_params, "exact")
     return b
 
@@ -609,7 +738,17 @@ def _resolutions(s: PlanSettings) -> list[tuple[int, int]]:
 
 
 def _rates(m: ModelFacts) -> list[str]:
+    """The history settings searched: the preset's rate and the alternatives, or the ``--tiers`` layout alone."""
+    if m.tier_plan is not None:
+        return [m.default_rate]
     return list(dict.fromkeys((m.default_rate, *RATES)))
+
+
+def _kv_options(m: ModelFacts) -> tuple[bool, ...]:
+    """History KV cache off and on where the family has it; always on for the stacked layout (it is a cache)."""
+    if m.stacked:
+        return (True,)
+    return (False, True) if m.kv else (False,)
 
 
 def _fits(m: ModelFacts, budget: Budget) -> tuple[bool, bool]:
@@ -671,10 +810,10 @@ def generate_candidates(m: ModelFacts) -> list[dict]:
     given = (s.height, s.width)
     rows = []
     for rate, (h, w), kv, offload, prompts in itertools.product(
-        _rates(m), _resolutions(s), (False, True), (False, True), PROMPTS
+        _rates(m), _resolutions(s), _kv_options(m), (False, True), (m.text_kind, TEXT_CACHE)
     ):
         sc = GenerateScenario(offload, rate, h, w, kv, prompts)
-        rank = ((h, w) != given, rate != m.default_rate, kv, offload, prompts != "umt5")
+        rank = ((h, w) != given, rate != m.default_rate, kv, offload, prompts != m.text_kind)
         summary = _summary(m, generate_budget(m, sc))
         rows.append({**dataclasses.asdict(sc), **summary, "_rank": rank})
     rows.sort(key=lambda r: (not r["fits"], r["_rank"]))
@@ -715,6 +854,9 @@ def make_plan(settings: PlanSettings) -> dict:
             "target_latent_frames": m.target_frames,
             "segment_latent_frames": m.segment_frames,
             "lora_rank": m.lora_rank,
+            "tiers": None if m.tier_plan is None else dataclasses.asdict(m.tiers(s.height, s.width)),
+            "training_context_tokens": m.training_tokens(rate, s.height, s.width),
+            "cached_context_tokens": m.cache_tokens(rate, s.height, s.width),
         },
         "exact": {
             "frozen_params": c.frozen_params,
@@ -724,6 +866,7 @@ def make_plan(settings: PlanSettings) -> dict:
             "block_bytes": m.block_bytes,
             "num_layers": m.layers,
             "hidden_dim": m.hidden,
+            "text_encoder": m.text_name,
             "text_encoder_params": m.text_params,
             "vae_params": m.vae_params,
             "second_expert_bytes": m.expert2_bytes if m.expert2 is not None else 0,
@@ -748,7 +891,8 @@ def make_plan(settings: PlanSettings) -> dict:
             "items": [i.as_dict() for i in budget.items],
             **_summary(m, budget),
             "activations_bytes": act.total,
-            "activations_without_checkpointing_bytes": activations_without_checkpointing(act, m.layers),
+            "activations_without_checkpointing_bytes": activations_without_checkpointing(act),
+            "activations_kind": act.kind,
             "without_checkpointing": _summary(m, without),
             "candidates": fitting,
             "nothing_fits": not fitting,
@@ -756,15 +900,21 @@ def make_plan(settings: PlanSettings) -> dict:
             "all": every,
         }
     if s.generate:
-        sc = GenerateScenario(False, rate, s.height, s.width, False, "umt5")
+        sc = GenerateScenario(False, rate, s.height, s.width, m.stacked, m.text_kind)
         budget = generate_budget(m, sc)
         rows = generate_candidates(m)
         plan["generate"] = {
             "scenario": dataclasses.asdict(sc),
             "items": [i.as_dict() for i in budget.items],
             **_summary(m, budget),
-            "kv_cache_bytes": kv_cache_bytes(m.layers, k, m.hidden),
-            "with_kv_cache": _summary(m, generate_budget(m, dataclasses.replace(sc, kv_cache=True))),
+            "kv_cache_bytes": (
+                kv_cache_bytes(m.layers, m.cache_tokens(rate, s.height, s.width), m.hidden, branches=1)
+                if m.stacked
+                else kv_cache_bytes(m.layers, k, m.hidden)
+            ),
+            "with_kv_cache": (
+                _summary(m, generate_budget(m, dataclasses.replace(sc, kv_cache=True))) if m.kv or m.stacked else None
+            ),
             "with_offload": _summary(m, generate_budget(m, dataclasses.replace(sc, offload=True))),
             "candidates": [r for r in rows if r["fits"]],
             "nothing_fits": not any(r["fits"] for r in rows),
@@ -817,7 +967,8 @@ def render_text(plan: dict) -> str:
         f"Settings: {st['height']}x{st['width']} at {st['fps']:g} fps, {st['history_seconds']:g} s of history at "
         f"{st['rate']} = {st['context_tokens']:,} context tokens; DiT {ex['frozen_params']:,} frozen parameters "
         f"({ex['num_layers']} blocks of width {ex['hidden_dim']}), LoRA r{st['lora_rank']} {ex['lora_params']:,}, "
-        f"encoder {ex['encoder_params']:,}, UMT5 {ex['text_encoder_params']:,}, VAE {ex['vae_params']:,}.",
+        f"encoder {ex['encoder_params']:,}, {ex['text_encoder']} {ex['text_encoder_params']:,}, "
+        f"VAE {ex['vae_params']:,}.",
         f"Assumptions: CUDA context {_g(CUDA_CONTEXT)} GiB, allocator slack {ALLOCATOR_SLACK:.0%}, a process's own "
         f"RAM {_g(PROCESS_RAM)} GiB, {RAM_USABLE:.0%} of the RAM usable, model files read one shard (≤ 10 GB) at a "
         f"time; a fit is tight when it fails with every estimate {TIGHT_FACTOR:g}x larger.",
@@ -895,23 +1046,32 @@ def render_text(plan: dict) -> str:
         g = plan["generate"]
         out += [
             "",
-            f"## Generation: segments of {st['segment_latent_frames']} latent frames, CFG, no --offload, no KV cache, "
-            "prompts through UMT5-XXL",
+            f"## Generation: segments of {st['segment_latent_frames']} latent frames, CFG, no --offload, "
+            f"{'the stacked KV cache' if g['scenario']['kv_cache'] else 'no KV cache'}, "
+            f"prompts through {plan['exact']['text_encoder']}",
             "",
             *_items_table(g["items"]),
             "",
             *_verdict(plan, g),
-            f"With history.kv_cache: + {_g(g['kv_cache_bytes'])} GiB of keys and values → "
-            f"{_g(g['with_kv_cache']['gpu_card_bytes'])} GiB on the card. With --offload: "
-            f"{_g(g['with_offload']['gpu_card_bytes'])} GiB on the card, {_g(g['with_offload']['ram_peak_bytes'])} "
-            "GiB of RAM (every denoising step then copies all blocks to the GPU and back over PCIe).",
+        ]
+        if g["with_kv_cache"] is None:
+            out.append("history.kv_cache: not offered by this family (it refuses the option).")
+        elif not g["scenario"]["kv_cache"]:
+            out.append(
+                f"With history.kv_cache: + {_g(g['kv_cache_bytes'])} GiB of keys and values → "
+                f"{_g(g['with_kv_cache']['gpu_card_bytes'])} GiB on the card."
+            )
+        out += [
+            f"With --offload: {_g(g['with_offload']['gpu_card_bytes'])} GiB on the card, "
+            f"{_g(g['with_offload']['ram_peak_bytes'])} GiB of RAM (every denoising step then copies all blocks to "
+            "the GPU and back over PCIe).",
             "",
         ]
         if g["candidates"]:
             out += [
                 f"Generation settings that fit one {plan['gpu_memory_gib']:g} GiB GPU and {plan['ram_gib']:g} GiB "
                 "of RAM, best first (closest to the defaults; KV cache needs a model trained with history.kv_cache; "
-                "text.cache = every prompt encoded beforehand, UMT5 never loaded):",
+                f"text.cache = every prompt encoded beforehand, {plan['exact']['text_encoder']} never loaded):",
                 "",
                 "| # | resolution | rate | KV cache | --offload | prompts | GPU GiB | RAM GiB | note |",
                 "|---|---|---|---|---|---|---|---|---|",

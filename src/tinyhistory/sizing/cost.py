@@ -72,8 +72,8 @@ from tinyhistory.history.patchifier import LargePatchifier
 from tinyhistory.history.stacked import StackedTierCache
 from tinyhistory.history.streaming import IncrementalHistory
 from tinyhistory.history.tiers import TierPlan, select_tiers
-from tinyhistory.model_configs import COST_PRESET_MODELS, meta_transformer
 from tinyhistory.registry import BACKBONES
+from tinyhistory.sizing.models import released
 from tinyhistory.system import HistoryDiT
 
 METHODS = ("no_history", "full", "window", "framepack", "proposed")
@@ -218,13 +218,13 @@ def count_flops(fn: Callable[[], T]) -> tuple[T, int]:
 def meta_backbone(cfg: RunConfig) -> Backbone:
     """The preset's DiT adapter around its real-size transformer on the meta device (no weights are read).
 
-    Real presets take the embedded ``config.json`` of the DiT they train on (:mod:`tinyhistory.model_configs`); a
-    preset without one (tiny) builds its DiT from its ``[backbone]`` table.
+    Real presets take the ``config.json`` of the released DiT their ``base`` names, which the family declares
+    (:mod:`tinyhistory.sizing.models`); a preset without one (tiny) builds its DiT from its ``[backbone]`` table.
     """
     adapter = BACKBONES.get(cfg.backbone.family)
-    name = COST_PRESET_MODELS.get(cfg.preset)
-    if name is not None:
-        return adapter(meta_transformer(name))
+    model = released(cfg)
+    if model is not None:
+        return adapter(adapter.meta_transformer(model.dit.config))
     with torch.device("meta"):
         return adapter.from_config(cfg.backbone)
 
@@ -307,7 +307,8 @@ class CostModel:
         self.width = s.width or data.width or data.size
         self.fps = s.fps or data.fps
         self.backbone = meta_backbone(self.cfg)
-        self.model_name = COST_PRESET_MODELS.get(s.preset, f"{s.preset} [backbone] table")
+        model = released(self.cfg)
+        self.model_name = model.name if model is not None else f"{s.preset} [backbone] table"
         bb, base = self.backbone, self.base
         if (bb.in_channels, bb.hidden_dim) != (base.latent_channels, base.hidden_dim):
             raise RuntimeError(f"geometry base {base.name!r} disagrees with the DiT of preset {s.preset!r}")
@@ -346,20 +347,21 @@ class CostModel:
         return self.base.latent_frames(int(round(seconds * self.fps)))
 
     def _kv_model(self) -> HistoryDiT | None:
-        """A second meta DiT with the history KV cache on, or None while the adapter has none."""
+        """A second meta DiT with the history KV cache on, or None where the family refuses it."""
         fresh = meta_backbone(self.cfg)
-        if not (hasattr(fresh, "build_context_cache") and hasattr(fresh, "use_kv_cache")):
+        try:
+            fresh.use_kv_cache()
+        except ValueError:  # a family without it (HunyuanVideo, LTX-Video) refuses by name
             return None
-        fresh.use_kv_cache()
         return HistoryDiT(fresh, nn.ModuleList())
 
     def _block_causal_model(self) -> HistoryDiT | None:
-        """A meta DiT with the block-causal context and the KV cache, or None where the adapter refuses it."""
+        """A meta DiT with the block-causal context and the KV cache, or None where the family refuses it."""
         fresh = meta_backbone(self.cfg)
         try:
             fresh.use_block_causal()
             fresh.use_kv_cache()
-        except ValueError:  # a family without it (HunyuanVideo) refuses by name
+        except ValueError:  # a family without it (HunyuanVideo, LTX-Video) refuses by name
             return None
         return HistoryDiT(fresh, nn.ModuleList())
 
@@ -371,8 +373,9 @@ class CostModel:
 
     def _tiered_model(self, spec: TierSet) -> HistoryDiT | None:
         """The preset's encoders at ``spec``'s rates laid out as its tiers (``HistoryDiT.from_config``). The stacked
-        layout gets its own block-causal meta DiT with the window (None where the adapter refuses it, or without the
-        block-causal rows: the layout exists only under that cache)."""
+        layout gets its own block-causal meta DiT with the window (None without the block-causal rows: the layout
+        exists only under that cache). A family without the stacked layout refuses it by name (a ValueError naming
+        the family and ``history.tier_layout``): a stacked tier set is only counted when asked for."""
         rate_list = ",".join(f'"{r}"' for r in spec.rates)
         seconds = ",".join(f"{x:g}" for x in spec.seconds)
         overrides = [
@@ -394,10 +397,9 @@ class CostModel:
             return HistoryDiT.from_config(cfg, self.backbone)
         if not self.settings.block_causal:
             return None
-        try:
-            return HistoryDiT.from_config(cfg, meta_backbone(self.cfg))
-        except ValueError:  # a family without it (HunyuanVideo) refuses by name
-            return None
+        backbone = meta_backbone(self.cfg)
+        backbone.use_context_window(1)  # a family without the stacked layout refuses it here, by name
+        return HistoryDiT.from_config(cfg, backbone)
 
     def hr(self, frames: int) -> torch.Tensor:
         """Full-resolution history latents ``(1, C, frames, H, W)`` on meta."""

@@ -1,0 +1,84 @@
+"""Teacher-forced next second of several stage-II checkpoints, each with its history and with it removed.
+
+Issue 24's quality table asks what block-causal context attention and tiered rates cost in stage II; issue 22 asks
+whether a stage-II model uses its history at all. Both are the demo's teacher-forced protocol
+(:mod:`tinyhistory.eval.next_segment`) on the held-out part of the checkpoints' clip: the same windows, the same
+noise and the same sampler for every model, each model scored with its true history and with its history removed.
+
+    python scripts/next_second_scores.py --out DIR --history-frames 16 \\
+        full=runs/i24/s2_full/final block_causal=runs/i24/s2_block_causal/final
+
+Writes ``DIR/next_second.json`` and ``DIR/next_second.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from tinyhistory.data.clip import clip_from_config
+from tinyhistory.eval.next_segment import evaluate_next_segment, next_segment_set
+from tinyhistory.generate.session import SamplingSettings
+from tinyhistory.system import build_codec
+from tinyhistory.text.cache import encode_prompts
+from tinyhistory.train.checkpoint import load_model, trained_steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", help="LABEL=CHECKPOINT_FOLDER")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--history-frames", type=int, required=True, help="latent frames of true history shown")
+    parser.add_argument("--windows", type=int, default=16)
+    parser.add_argument("--sample-steps", type=int, default=20)
+    args = parser.parse_args()
+    started = time.time()
+    pairs = []
+    for item in args.models:
+        label, sep, folder = item.partition("=")
+        if not sep or not label or not folder:
+            parser.error(f"expected LABEL=CHECKPOINT_FOLDER, got {item!r}")
+        pairs.append((label, Path(folder)))
+
+    results: dict = {"history_frames": args.history_frames, "windows": args.windows, "models": {}}
+    eval_set = codec = text = None
+    for label, folder in pairs:
+        model, cfg = load_model(folder, merge=True)
+        if eval_set is None:  # the first checkpoint fixes clip, codec, segment and prompt for all
+            codec = build_codec(cfg)
+            clip = clip_from_config(cfg.data)
+            segment = cfg.train.segment_frames
+            eval_set = next_segment_set(clip.heldout, codec, args.history_frames, segment, args.windows)
+            text = encode_prompts(cfg.text, [cfg.text.caption])
+            settings = SamplingSettings(steps=args.sample_steps, guidance=1.0, segment_frames=segment)
+        row = {"checkpoint": str(folder), "steps": trained_steps(folder), "rates": list(cfg.history.rates)}
+        for mode in ("true", "removed"):
+            print(f"[next second] {label}: history {mode}", flush=True)
+            metrics, _ = evaluate_next_segment(model, eval_set, text, codec, settings, history=mode)
+            row[mode] = metrics
+        results["models"][label] = row
+    results["seconds"] = round(time.time() - started, 1)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "next_second.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = [
+        f"# Teacher-forced next {eval_set.segment} frames after {args.history_frames} true history frames "
+        f"({args.windows} held-out windows, {args.sample_steps} Euler steps, same noise for all)",
+        "",
+        "| | steps | context tokens | PSNR | SSIM | PSNR, history removed | Δ (history − removed) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, row in results["models"].items():
+        true, removed = row["true"], row["removed"]
+        lines.append(
+            f"| {label} | {row['steps']} | {true['context_tokens']} | {true['psnr']:.2f} | {true['ssim']:.3f} | "
+            f"{removed['psnr']:.2f} | {true['psnr'] - removed['psnr']:+.2f} |"
+        )
+    (args.out / "next_second.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
