@@ -43,6 +43,17 @@ from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.checkpoint import load_model
 
 
+def labelled_folders(parser: argparse.ArgumentParser, items: list[str]) -> list[tuple[str, Path]]:
+    """``LABEL=CHECKPOINT_FOLDER`` arguments as (label, folder) pairs; a malformed one is a usage error."""
+    pairs = []
+    for item in items:
+        label, sep, folder = item.partition("=")
+        if not sep or not label or not folder:
+            parser.error(f"expected LABEL=CHECKPOINT_FOLDER, got {item!r}")
+        pairs.append((label, Path(folder)))
+    return pairs
+
+
 def recent_and_old(per_window: list[dict], frames: int, recent: int) -> dict:
     """Mean PSNR of the queries in the last ``recent`` of ``frames`` history frames and of the older ones."""
     split: dict[str, list[float]] = {"recent": [], "old": []}
@@ -78,12 +89,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     started = time.time()
-    pairs = []
-    for item in args.models:
-        label, sep, folder = item.partition("=")
-        if not sep or not label or not folder:
-            parser.error(f"expected LABEL=CHECKPOINT_FOLDER, got {item!r}")
-        pairs.append((label, Path(folder)))
+    pairs = labelled_folders(parser, args.models)
 
     loaded = [(label, *load_model(folder)) for label, folder in pairs]
     base_cfg = loaded[0][2]

@@ -18,6 +18,8 @@ import json
 import time
 from pathlib import Path
 
+from frame_query_scales import labelled_folders  # scripts/ is on sys.path when a script runs
+
 from tinyhistory.data.clip import clip_from_config
 from tinyhistory.eval.next_segment import evaluate_next_segment, next_segment_set
 from tinyhistory.generate.session import SamplingSettings
@@ -35,12 +37,7 @@ def main() -> None:
     parser.add_argument("--sample-steps", type=int, default=20)
     args = parser.parse_args()
     started = time.time()
-    pairs = []
-    for item in args.models:
-        label, sep, folder = item.partition("=")
-        if not sep or not label or not folder:
-            parser.error(f"expected LABEL=CHECKPOINT_FOLDER, got {item!r}")
-        pairs.append((label, Path(folder)))
+    pairs = labelled_folders(parser, args.models)
 
     results: dict = {"history_frames": args.history_frames, "windows": args.windows, "models": {}}
     eval_set = codec = text = None
