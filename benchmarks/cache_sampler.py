@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
+from tinyhistory.assemble import build_codec
 from tinyhistory.config import load_config
 from tinyhistory.data.cache import CacheSampler, run_identity
-from tinyhistory.data.clip import WindowSampler, clip_from_config
 from tinyhistory.data.prepare import run_prepare
+from tinyhistory.data.windows import WindowSampler, clip_from_config
 from tinyhistory.geometry import Rate
 from tinyhistory.paths import resolve_path
-from tinyhistory.system import build_codec
 
 
 def main() -> None:
@@ -38,8 +38,9 @@ def main() -> None:
         print("|---|---|---|---|---|")
         for stage, frames, batch in (("I", 32, 8), ("II", 96, 4)):
             heldout = cfg.data.heldout_fraction
-            cached = CacheSampler(Path(cache), frames, rates, [True], heldout, "train", run_identity(cfg))
-            decoded = WindowSampler(clip.train, frames, build_codec(cfg), rates, [True])
+            expects = run_identity(cfg.codec, cfg.text, cfg.data.fps)
+            cached = CacheSampler(Path(cache), frames, rates, [True], heldout, "train", expects)
+            decoded = WindowSampler(clip.train, frames, build_codec(cfg.codec), rates, [True])
             seconds = {"cache": 0.0, "clip": 0.0}
             generator = torch.Generator().manual_seed(0)
             for _ in range(args.repeats):

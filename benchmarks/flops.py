@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from tinyhistory.assemble import HistoryDiT
 from tinyhistory.config import load_config
 from tinyhistory.history import EncoderConfig, HistoryEncoder, LargePatchifier
-from tinyhistory.system import HistoryDiT
 
 
 def count(fn) -> int:

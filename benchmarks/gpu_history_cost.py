@@ -56,6 +56,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from tinyhistory.assemble import HistoryDiT
 from tinyhistory.backbones.wan import WanBackbone
 from tinyhistory.codecs.wan import WanVAECodec
 from tinyhistory.config import load_config
@@ -71,7 +72,6 @@ from tinyhistory.sizing.memory import (
 )
 from tinyhistory.sizing.memory import build_backbone as meta_backbone
 from tinyhistory.sizing.models import get_config
-from tinyhistory.system import HistoryDiT
 from tinyhistory.text.condition import TextCondition
 
 PEAK_FLOPS = 989e12  # dense bf16 tensor-core peak of an H100 SXM and of an H200 (NVIDIA's data sheets), FLOP/s
@@ -437,7 +437,7 @@ def train_run(run: Run, args, p: dict) -> None:
     backbone.enable_gradient_checkpointing()
     trainable = [q for q in model.parameters() if q.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=cfg.train.weight_decay, betas=(0.9, 0.99))
-    loss_fn = StageLoss(cfg, model)
+    loss_fn = StageLoss(cfg.train, cfg.model.dtype, model)
     frames = base.latent_frames(int(round(cfg.data.fps * p["train_history"])))
     h, w = p["height"] // base.vae_spatial, p["width"] // base.vae_spatial
     rate = model.producers[0].rate

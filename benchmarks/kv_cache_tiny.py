@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tinyhistory.assemble import build_codec
 from tinyhistory.config import load_config
-from tinyhistory.data.clip import clip_from_config, to_uint8
-from tinyhistory.demo_stage2 import HISTORY_FRAMES, WINDOWS
+from tinyhistory.data.windows import clip_from_config, to_uint8
 from tinyhistory.eval.next_segment import evaluate_next_segment, next_segment_set
+from tinyhistory.generate.run import session_setup
 from tinyhistory.generate.session import GenerationSession, SamplingSettings
-from tinyhistory.system import build_codec
+from tinyhistory.reproduce.demo_stage2 import HISTORY_FRAMES, WINDOWS
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.checkpoint import load_model
 
@@ -56,7 +57,9 @@ def latency(folders: list[Path], history: np.ndarray, segments: int) -> list[dic
     for folder in folders:
         model, cfg = load_model(folder, merge=True)
         settings = SamplingSettings(steps=20, guidance=3.0, segment_frames=cfg.train.segment_frames)
-        session = GenerationSession(model, cfg, build_codec(cfg), lambda p, c=cfg: encode_prompts(c.text, p), settings)
+        session = GenerationSession(
+            model, session_setup(cfg), build_codec(cfg.codec), lambda p, c=cfg: encode_prompts(c.text, p), settings
+        )
         session.start_from_video(history)
         sessions.append(session)
     rows = []
@@ -66,7 +69,7 @@ def latency(folders: list[Path], history: np.ndarray, segments: int) -> list[dic
             started = time.perf_counter()
             session.generate_segment("Big Buck Bunny")
             row[str(folder)] = time.perf_counter() - started
-            row["history_seconds"] = session.history_frames / session.cfg.data.fps
+            row["history_seconds"] = session.history_frames / session.setup.fps
         rows.append(row)
     return rows
 
@@ -80,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     cfg = load_config("tiny", overrides=['train.stage="ar"'])
-    codec = build_codec(cfg)
+    codec = build_codec(cfg.codec)
     heldout = clip_from_config(cfg.data).heldout
     text = encode_prompts(cfg.text, [cfg.text.caption])
     eval_set = next_segment_set(heldout, codec, HISTORY_FRAMES, cfg.train.segment_frames, WINDOWS)

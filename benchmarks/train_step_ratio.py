@@ -13,9 +13,9 @@ import time
 
 import torch
 
+from tinyhistory.assemble import HistoryDiT
 from tinyhistory.config import load_config
 from tinyhistory.geometry import Rate
-from tinyhistory.system import HistoryDiT
 from tinyhistory.train.objectives import frame_query_loss, make_frame_query_batch
 
 METHODS = ("no_history", "large_patchifier", "proposed")

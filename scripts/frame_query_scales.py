@@ -21,14 +21,13 @@ each LR branch hands the DiT — its LR latent decoded and upsampled — and eac
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from tinyhistory.data.clip import clip_from_config, to_uint8
+from tinyhistory.data.windows import clip_from_config, to_uint8
 from tinyhistory.eval.figures import grid_image
 from tinyhistory.eval.frame_query import (
     eval_set_for_clip,
@@ -97,9 +96,9 @@ def main() -> None:
     if len(set(lengths.values())) != 1:
         raise SystemExit(f"the checkpoints have different history lengths {lengths}; compare like with like")
     all_rates = sorted({r for _, _, cfg in loaded for r in cfg.history.rates})
-    eval_cfg = dataclasses.replace(base_cfg, history=dataclasses.replace(base_cfg.history, rates=all_rates))
     clip = clip_from_config(base_cfg.data)
-    eval_set, codec = eval_set_for_clip(getattr(clip, args.split), eval_cfg, args.windows, args.queries, seed=0)
+    split = getattr(clip, args.split)
+    eval_set, codec = eval_set_for_clip(split, base_cfg.codec, all_rates, base_cfg.train, args.windows, args.queries)
     text = encode_prompts(base_cfg.text, [base_cfg.text.caption])
     truth = queried_pixels(eval_set)
     size = truth.shape[-1]

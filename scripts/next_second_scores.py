@@ -20,10 +20,10 @@ from pathlib import Path
 
 from frame_query_scales import labelled_folders  # scripts/ is on sys.path when a script runs
 
-from tinyhistory.data.clip import clip_from_config
+from tinyhistory.assemble import build_codec
+from tinyhistory.data.windows import clip_from_config
 from tinyhistory.eval.next_segment import evaluate_next_segment, next_segment_set
 from tinyhistory.generate.session import SamplingSettings
-from tinyhistory.system import build_codec
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.checkpoint import load_model, trained_steps
 
@@ -44,7 +44,7 @@ def main() -> None:
     for label, folder in pairs:
         model, cfg = load_model(folder, merge=True)
         if eval_set is None:  # the first checkpoint fixes clip, codec, segment and prompt for all
-            codec = build_codec(cfg)
+            codec = build_codec(cfg.codec)
             clip = clip_from_config(cfg.data)
             segment = cfg.train.segment_frames
             eval_set = next_segment_set(clip.heldout, codec, args.history_frames, segment, args.windows)

@@ -14,12 +14,12 @@ import json
 import torch
 import torch.nn.functional as F
 
+from tinyhistory.assemble import build_codec
 from tinyhistory.config import load_config
-from tinyhistory.data.clip import WindowSampler, clip_from_config
+from tinyhistory.data.windows import WindowSampler, clip_from_config
 from tinyhistory.eval.frame_query import loss_timesteps
 from tinyhistory.flow import add_noise, velocity_target
 from tinyhistory.geometry import Rate
-from tinyhistory.system import build_codec
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.checkpoint import load_model
 from tinyhistory.train.objectives import make_next_segment_batch
@@ -55,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config("tiny", overrides=['train.stage="ar"'])
     clip = clip_from_config(cfg.data)
-    codec = build_codec(cfg)
+    codec = build_codec(cfg.codec)
     sampler = WindowSampler(clip.heldout, cfg.train.history_frames, codec, [Rate.parse("4x4x2")], [True])
     text = encode_prompts(cfg.text, [cfg.text.caption])
     results = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tinyhistory.system import HistoryDiT
+from tinyhistory.assemble import HistoryDiT
 
 
 def record_cache_builds(model: HistoryDiT) -> list[int]:

@@ -3,7 +3,8 @@
 Each family is a tiny random-weight model folder in the Hub layout, written by the pipeline's own
 ``save_pretrained`` and loaded back through the adapter's real ``from_pretrained``. A new family adds one entry to
 ``FAMILIES`` (a folder maker, the stock forward, the stock RoPE table and, where the family needs more than token
-states, its text condition) and must pass every test here.
+states, its text condition) and must pass every test here: generation's block offloading, and the history KV cache
+(exact in every step, cheaper per step) or its refusal by the family's name, included.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 from tiny_model_folders import hunyuan_folder, ltx_folder, wan21_t2v_folder, wan22_a14b_folder, wan22_ti2v_folder
+from torch.utils.flop_counter import FlopCounterMode
 
+from tinyhistory.assemble import HistoryDiT
 from tinyhistory.backbones import ContextTokens
 from tinyhistory.backbones.base import Backbone, SamplingRecipe
 from tinyhistory.codecs.base import Codec
 from tinyhistory.config import CodecConfig, HistoryConfig, TextConfig
+from tinyhistory.generate.run import offload_blocks
+from tinyhistory.generate.session import SamplingSettings, sample_segment
 from tinyhistory.registry import BACKBONES, CODECS, HISTORY_METHODS, TEXT_ENCODERS
 from tinyhistory.text.base import TextEncoder
 from tinyhistory.text.condition import TextCondition
@@ -347,24 +352,169 @@ def test_history_attention_is_supported_or_refused_by_the_familys_name(family):
         backbone.use_context_window(2)
         assert (backbone.kv_cache, backbone.block_causal, backbone.context_window) == (True, True, 2)
         return
-    for turn_on in (
-        backbone.use_kv_cache,
-        backbone.use_value_rope,
-        backbone.use_block_causal,
-        lambda: backbone.use_context_window(2),
-        lambda: backbone.build_context_cache(None, None),
+    # each refused by the setting's name and the family's, with what to set instead
+    title = re.escape(backbone.title)
+    no_kv_cache = rf"^history\.kv_cache is not supported for {title} yet \(.+\)"
+    for turn_on, refusal in (
+        (backbone.use_kv_cache, rf"{no_kv_cache}; set history\.kv_cache = false$"),
+        (
+            backbone.use_value_rope,
+            rf"^history\.value_rope is implemented for Wan's self-attention only \({title}'s .+; "
+            r"set history\.value_rope = false$",
+        ),
+        (
+            backbone.use_block_causal,
+            rf'^history\.context_attention = "block_causal" is not supported for {title} yet: .+; '
+            r'set history\.context_attention = "full"$',
+        ),
+        (
+            lambda: backbone.use_context_window(2),
+            rf'^history\.tier_layout = "stacked" is not supported for {title} yet: .+; '
+            r'set history\.tier_layout = "recompute"$',
+        ),
+        (lambda: backbone.build_context_cache(None, None), f"{no_kv_cache}$"),
     ):
-        with pytest.raises(ValueError, match=f"not (supported|implemented) for .*{backbone.title}|{backbone.title}'s"):
+        with pytest.raises(ValueError, match=refusal):
             turn_on()
     x, t, text = _inputs(backbone, fam=fam)
-    with pytest.raises(ValueError, match=f"history.kv_cache is not supported for {backbone.title}"):
+    with pytest.raises(ValueError, match=f"{no_kv_cache}$"):
         backbone(x, t, text, context_cache=object())
     # turning them off is what the adapter always does
     backbone.use_value_rope(False)
     backbone.use_block_causal(False)
     backbone.use_context_window(0)
     backbone.use_full_attention()
-    assert backbone.kv_cache is False
+    assert (backbone.kv_cache, backbone.block_causal, backbone.context_window) == (False, False, 0)
+
+
+# -- generation's block offloading and the history KV cache --------------------------------------------------------
+def test_block_offloading_hooks_every_block_list_and_keeps_the_output(family):
+    """`generate --offload` group-offloads the DiT's blocks (every block list, one block per group: HunyuanVideo's
+    dual- and single-stream blocks both); the adapter calls the blocks one by one (not the transformer's forward), so
+    the hooks must fire and the output stay the same, with and without context (CPU ⇄ CPU here; CUDA in real use)."""
+    fam, folder = family
+    backbone = _load(fam, folder)
+    # the lists that stay home are exactly the blocks (everything else visits the device for good)
+    lists = [getattr(backbone.transformer, name) for name in backbone.block_lists]
+    assert [b for blocks in lists for b in blocks] == list(backbone.blocks)
+    x, t, text = _inputs(backbone, fam=fam)
+    context = ContextTokens(torch.randn(2, 4, backbone.hidden_dim), torch.rand(2, 4, 3) * 4)
+    with torch.no_grad():
+        before = [backbone(x, t, text), backbone(x, t, text, context)]
+        offload_blocks(backbone, torch.device("cpu"))
+        assert all(hasattr(block, "_diffusers_hook") for block in backbone.blocks)  # one group per block
+        after = [backbone(x, t, text), backbone(x, t, text, context)]
+    for offloaded, home in zip(after, before, strict=True):
+        torch.testing.assert_close(offloaded, home)
+
+
+# Two DiT blocks (with one, what the context attends to cannot reach the targets), a sliding window of raw latent
+# frames and the cross-attention enhancers next to the encoder's tokens.
+_CACHED_RUN = (
+    'train.stage="ar"', "train.history_frames=8", "train.segment_frames=2", "train.lora_rank=0",
+    "history.sliding_window=2", "history.cross_attention=true",
+)  # fmt: skip
+
+
+def _cache_models(fam: Family, folder: Path, small_config) -> tuple[HistoryDiT, HistoryDiT] | None:
+    """The same weights around the family's DiT with full attention and with the KV cache's attention pattern
+    (context attends to context only); None where the family refuses ``history.kv_cache``, which this asserts."""
+    if not fam.history_attention:
+        backbone = _load(fam, folder)
+        refusal = rf"^history\.kv_cache is not supported for {re.escape(backbone.title)} yet \(.+\); set"
+        with pytest.raises(ValueError, match=refusal):
+            HistoryDiT.from_config(small_config(*_CACHED_RUN, "history.kv_cache=true"), backbone=backbone)
+        return None
+    torch.manual_seed(0)
+    full = HistoryDiT.from_config(small_config(*_CACHED_RUN), backbone=_load(fam, folder)).eval()
+    cached = HistoryDiT.from_config(small_config(*_CACHED_RUN, "history.kv_cache=true"), backbone=_load(fam, folder))
+    with torch.no_grad():  # zero-initialised layers would hide the encoder and the enhancers
+        for p in [*full.producers.parameters(), *full.enhancers.parameters()]:
+            if p.abs().sum() == 0:
+                p.copy_(torch.randn(p.shape) * 0.05)
+    cached.load_state_dict(full.state_dict())
+    return full, cached.eval()
+
+
+def _cache_inputs(model: HistoryDiT, fam: Family):
+    """A history of 8 latent frames (its context: the encoder's tokens with their features, then the window) and two
+    target frames right after it."""
+    g = torch.Generator().manual_seed(0)
+    c = model.backbone.in_channels
+    hr, lr = torch.randn(1, c, 8, 16, 16, generator=g), [torch.randn(1, c, 4, 4, 4, generator=g)]
+    with torch.no_grad():
+        context = model.history_context(hr, lr)
+    x = torch.randn(1, c, 2, 16, 16, generator=g)
+    _, _, text = _inputs(model.backbone, b=1, fam=fam)
+    return x, torch.tensor([0.6]), text, context, torch.tensor([[8, 9]])
+
+
+def test_the_kv_cache_equals_the_masked_forward_in_every_step_or_is_refused_by_name(family, small_config):
+    """``history.kv_cache``: the context attends only to the context (and the text), so its keys and values are
+    computed once per segment and serve every denoising step exactly; without context the pattern is the stock
+    forward, with context it changes what the model computes."""
+    fam, folder = family
+    models = _cache_models(fam, folder, small_config)
+    if models is None:
+        return
+    full, cached = models
+    x, t, text, context, positions = _cache_inputs(full, fam)
+    assert context.features is not None and context.num_tokens > 0
+    with torch.no_grad():
+        torch.testing.assert_close(cached(x, t, text, None), full(x, t, text, None), atol=1e-6, rtol=1e-5)
+        masked = cached(x, t, text, context, positions)
+        cache = cached.build_context_cache(context, text)
+        assert len(cache.keys) == len(cached.backbone.blocks) and cache.num_tokens == context.num_tokens
+        for step_t in (0.9, 0.6, 0.2):  # the same cache serves every denoising step
+            step = torch.tensor([step_t])
+            torch.testing.assert_close(
+                cached(x, step, text, None, positions, context_cache=cache),
+                cached(x, step, text, context, positions),
+                atol=1e-5,
+                rtol=1e-5,
+            )
+        unmasked = full(x, t, text, context, positions)
+    assert (masked - unmasked).abs().max() > 1e-4  # the pattern changes what the model computes
+
+    # sampling (CFG: the cache is built per text branch) equals the uncached masked sampling
+    settings = SamplingSettings(sampler="unipc", steps=3, guidance=2.0)
+    with torch.no_grad():
+        with_cache = sample_segment(cached, x, text, context, positions, settings)
+        cached.backbone.kv_cache = False  # same attention pattern, context recomputed at every step
+        try:
+            without = sample_segment(cached, x, text, context, positions, settings)
+        finally:
+            cached.backbone.kv_cache = True
+    torch.testing.assert_close(with_cache, without, atol=1e-4, rtol=1e-4)
+
+    # a model without the cache built on the cached backbone attends fully again
+    again = HistoryDiT.from_config(small_config(*_CACHED_RUN), backbone=cached.backbone)
+    again.producers, again.enhancers = cached.producers, cached.enhancers
+    assert not again.backbone.kv_cache
+    with torch.no_grad():
+        torch.testing.assert_close(again(x, t, text, context, positions), full(x, t, text, context, positions))
+
+
+def test_a_kv_cached_step_costs_only_the_targets_or_is_refused_by_name(family, small_config):
+    fam, folder = family
+    models = _cache_models(fam, folder, small_config)
+    if models is None:
+        return
+    _, cached = models
+    x, t, text, context, positions = _cache_inputs(cached, fam)
+    with torch.no_grad():
+        cache = cached.build_context_cache(context, text)
+        counts = []
+        for kwargs in ({"context": context}, {"context": None, "context_cache": cache}):
+            with FlopCounterMode(display=False) as counter:
+                cached(x, t, text, frame_positions=positions, **kwargs)
+            counts.append(counter.get_total_flops())
+        with FlopCounterMode(display=False) as counter:
+            cached(x, t, text, None, positions)
+        no_history = counter.get_total_flops()
+    uncached, per_step = counts
+    # per step the history now costs only the targets' attention to its keys (+ enhancers), not its own tokens
+    assert per_step < uncached and (per_step - no_history) < 0.5 * (uncached - no_history)
 
 
 def test_wan22_a14b_declares_its_second_expert_and_boundary(tmp_path):

@@ -100,15 +100,6 @@ def test_pooled_is_required_and_mask_defaults_to_all_tokens(backbone):
         )
 
 
-def test_kv_cache_is_refused_and_full_attention_is_a_no_op(backbone):
-    with pytest.raises(ValueError, match="not supported for HunyuanVideo yet"):
-        backbone.use_kv_cache()
-    backbone.use_full_attention()
-    assert backbone.kv_cache is False
-    with pytest.raises(ValueError, match="history.kv_cache is not supported for HunyuanVideo yet"):
-        backbone.build_context_cache(None, None)
-
-
 def test_portable_lora_is_the_diffusers_state():
     adapter = BACKBONES.get("hunyuan")
     state = {"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.ones(2, 3)}
@@ -133,20 +124,3 @@ def test_from_config_builds_a_small_dit():
     text = TextCondition(torch.randn(1, 3, 8), torch.ones(1, 3), torch.randn(1, 8))
     with torch.no_grad():
         assert backbone(x, torch.tensor([0.5]), text).shape == x.shape
-
-
-def test_block_offloading_hooks_both_block_lists_and_keeps_the_output(tmp_path):
-    """`generate --offload` group-offloads the dual- and the single-stream blocks (both lists, one block per group);
-    the adapter calls them one by one, so the hooks fire and the output is unchanged (CPU ⇄ CPU here)."""
-    from tinyhistory.generate.run import offload_blocks
-
-    fresh = BACKBONES.get("hunyuan").from_pretrained(hunyuan_folder(tmp_path / "model")).eval()
-    # the lists that stay home are exactly the blocks (everything else visits the device for good)
-    lists = [getattr(fresh.transformer, name) for name in fresh.block_lists]
-    assert [b for blocks in lists for b in blocks] == list(fresh.blocks)
-    x, t, text = _inputs(fresh, b=1)
-    with torch.no_grad():
-        before = fresh(x, t, text, None)
-        offload_blocks(fresh, torch.device("cpu"))
-        assert all(hasattr(block, "_diffusers_hook") for block in fresh.blocks)
-        torch.testing.assert_close(fresh(x, t, text, None), before)

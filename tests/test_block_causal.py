@@ -3,16 +3,17 @@ and reads no prompt, so its keys/values depend on nothing later and the session'
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 from cache_builds import record_cache_builds
+from history_inputs import randomise_zero_layers
+from trained_runs import generate_and_resume
 
+from tinyhistory.assemble import HistoryDiT, build_codec
 from tinyhistory.backbones.base import NEWEST_BLOCK, ContextTokens
-from tinyhistory.generate.session import GenerationSession, SamplingSettings, sample_segment, session_meta
-from tinyhistory.system import HistoryDiT, build_codec
+from tinyhistory.generate.run import session_setup
+from tinyhistory.generate.session import GenerationSession, SamplingSettings, sample_segment
 from tinyhistory.text.condition import TextCondition
 from tinyhistory.train.checkpoint import load_model
 from tinyhistory.train.trainer import train
@@ -24,21 +25,12 @@ KV = "history.kv_cache=true"
 BLOCK_CAUSAL = 'history.context_attention="block_causal"'
 
 
-def _randomise_zero_layers(model: HistoryDiT) -> None:
-    """Zero-initialised layers (the encoder's projection, the enhancers' outputs) would hide the context."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in [*model.producers.parameters(), *model.enhancers.parameters()]:
-            if p.abs().sum() == 0:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-
-
 @pytest.fixture
 def models(small_config):
     """The same weights with the KV cache's full context attention and with the block-causal one."""
     torch.manual_seed(0)
     full = HistoryDiT.from_config(small_config(*EXTRA, KV)).eval()
-    _randomise_zero_layers(full)
+    randomise_zero_layers(full)
     causal = HistoryDiT.from_config(small_config(*EXTRA, KV, BLOCK_CAUSAL)).eval()
     causal.load_state_dict(full.state_dict())
     return full, causal
@@ -135,7 +127,7 @@ def test_a_cache_grown_in_pieces_equals_the_masked_forward_with_value_rope(small
     """history.value_rope (issue 22) keeps working: the grown cache stores rotated values like the whole one."""
     torch.manual_seed(0)
     model = HistoryDiT.from_config(small_config(*EXTRA, KV, BLOCK_CAUSAL, "history.value_rope=true")).eval()
-    _randomise_zero_layers(model)
+    randomise_zero_layers(model)
     x, t, text, context, positions = _inputs(model)
     split = int((context.blocks[0] < 2).sum())  # blocks 0–1, then block 2–3 and the window
     with torch.no_grad():
@@ -178,7 +170,7 @@ def test_gradient_checkpointing_recomputes_the_same_pattern(models):
 def _session(model, cfg) -> GenerationSession:
     """Two UniPC steps with CFG, one 4×4×2 block (2 latent frames) per segment."""
     settings = SamplingSettings(steps=2, segment_frames=2, guidance=2.0)
-    return GenerationSession(model, cfg, build_codec(cfg), _text, settings)
+    return GenerationSession(model, session_setup(cfg), build_codec(cfg.codec), _text, settings)
 
 
 def _check_cache(session: GenerationSession, prompt: str) -> None:
@@ -217,7 +209,7 @@ def test_the_session_cache_grows_incrementally_across_prompts_and_a_resume(model
         assert sizes == [4, 128] or (len(session.records) == 1 and sizes == [128]), sizes
     _check_cache(session, prompts[2])
     session.save(tmp_path / "s.session")
-    resumed = GenerationSession.load(tmp_path / "s.session", causal, cfg, build_codec(cfg), _text)
+    resumed = GenerationSession.load(tmp_path / "s.session", causal, session_setup(cfg), build_codec(cfg.codec), _text)
     for prompt in prompts[3:]:
         _check_cache(session, prompt)
         _check_cache(resumed, prompt)  # rebuilt from the saved tokens at once: the same keys/values
@@ -254,8 +246,10 @@ def test_a_session_resumes_only_under_its_own_setting(models, small_config, tmp_
         session.generate_segment("a")
         session.save(tmp_path / f"{name}.session")
         with pytest.raises(ValueError, match="context_attention: session '(full|block_causal)', this model"):
-            GenerationSession.load(tmp_path / f"{name}.session", other, other_cfg, build_codec(other_cfg), _text)
-        GenerationSession.load(tmp_path / f"{name}.session", model, cfg, build_codec(cfg), _text)
+            GenerationSession.load(
+                tmp_path / f"{name}.session", other, session_setup(other_cfg), build_codec(other_cfg.codec), _text
+            )
+        GenerationSession.load(tmp_path / f"{name}.session", model, session_setup(cfg), build_codec(cfg.codec), _text)
 
 
 def test_the_studio_drives_a_block_causal_session(models, small_config):
@@ -278,25 +272,13 @@ def test_the_studio_drives_a_block_causal_session(models, small_config):
 
 def test_training_with_the_setting_and_its_checkpoint(small_config, tmp_path):
     """Stage II, 2 steps; the checkpoint reloads block-causal; ``generate`` and ``generate --resume`` run on it."""
-    from tinyhistory.generate.run import generate
-
     cfg = small_config(*SMALL_AR, KV, BLOCK_CAUSAL, "train.steps=2")
     summary = train(cfg, tmp_path / "run", progress=False)
     assert summary["heldout_loss"] > 0
     model, loaded = load_model(tmp_path / "run" / "final")
     assert loaded.history.context_attention == "block_causal"
     assert model.backbone.block_causal and model.backbone.kv_cache
-    story = tmp_path / "story.json"
-    story.write_text(json.dumps({"shots": [{"start": 0, "end": 1.0, "prompt": "a rabbit"}]}))
-    out = tmp_path / "story.mp4"
-    settings = {"steps": 2, "segment_frames": 2}
-    generate(tmp_path / "run" / "final", story, out, settings=settings, progress=False)
-    story.write_text(json.dumps({"shots": [{"start": 0, "end": 2.0, "prompt": "a rabbit, then a bird"}]}))
-    session = out.with_name(out.name + ".session")
-    made = len(session_meta(session)["records"])
-    generate(tmp_path / "run" / "final", story, out, resume=session, settings=settings, progress=False)
-    meta = session_meta(session)
-    assert len(meta["records"]) > made and meta["model"]["context_attention"] == "block_causal"
+    assert generate_and_resume(tmp_path, steps=2)["model"]["context_attention"] == "block_causal"
 
 
 def test_stage_one_trains_with_the_mask(small_config, tmp_path):

@@ -8,11 +8,11 @@ import pytest
 import torch
 from tiny_vaes import wan22_tiny_vae
 
+from tinyhistory.assemble import build_codec
 from tinyhistory.cli import main
 from tinyhistory.data.cache import CacheSampler, run_identity
-from tinyhistory.data.clip import WindowSampler, load_clip
+from tinyhistory.data.windows import WindowSampler, load_clip
 from tinyhistory.geometry import Rate
-from tinyhistory.system import build_codec
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.trainer import train
 
@@ -46,7 +46,8 @@ def test_cached_windows_equal_decoded_windows(cache, small_config):
     """Any block-aligned start, across cached-window borders, gives the latents of encoding the clip itself."""
     cfg = small_config()
     codec = build_codec(cfg.codec)
-    sampler = CacheSampler(cache / "out", 24, RATES, [True], 0.2, "train", run_identity(cfg))
+    expects = run_identity(cfg.codec, cfg.text, cfg.data.fps)
+    sampler = CacheSampler(cache / "out", 24, RATES, [True], 0.2, "train", expects)
     clip = load_clip(cache / "bikes.mp4", cfg.data.fps, cfg.data.size, 0.2)
     reference = WindowSampler(clip.train, 24, codec, RATES, [True])
     bikes_run = next(i for i, run in enumerate(sampler.runs) if sampler.videos[run.video].source.endswith("bikes.mp4"))
@@ -62,8 +63,9 @@ def test_cached_windows_equal_decoded_windows(cache, small_config):
 
 def test_train_and_heldout_parts_do_not_overlap(cache, small_config):
     cfg = small_config()
-    train_part = CacheSampler(cache / "out", 8, RATES, [True], 0.2, "train", run_identity(cfg))
-    heldout = CacheSampler(cache / "out", 8, RATES, [True], 0.2, "heldout", run_identity(cfg))
+    expects = run_identity(cfg.codec, cfg.text, cfg.data.fps)
+    train_part = CacheSampler(cache / "out", 8, RATES, [True], 0.2, "train", expects)
+    heldout = CacheSampler(cache / "out", 8, RATES, [True], 0.2, "heldout", expects)
     for sampler, inside in ((train_part, lambda a, b, cut: b <= cut), (heldout, lambda a, b, cut: a >= cut)):
         for run_index, offset in sampler.valid_picks.tolist():
             video = sampler.videos[sampler.runs[run_index].video]
@@ -75,7 +77,8 @@ def test_train_and_heldout_parts_do_not_overlap(cache, small_config):
 def test_text_for_follows_the_storyboard(cache, small_config):
     """The nearest shot to a span of each sample: carphone switches prompt at 2 s, bikes has its caption only."""
     cfg = small_config()
-    sampler = CacheSampler(cache / "out", 8, RATES, [True], 0.2, "train", run_identity(cfg))
+    expects = run_identity(cfg.codec, cfg.text, cfg.data.fps)
+    sampler = CacheSampler(cache / "out", 8, RATES, [True], 0.2, "train", expects)
     phone = next(i for i, run in enumerate(sampler.runs) if sampler.videos[run.video].source.endswith("carphone.mp4"))
     bikes = next(i for i, run in enumerate(sampler.runs) if sampler.videos[run.video].source.endswith("bikes.mp4"))
     prompts = [BOARD["shots"][0]["prompt"], BOARD["shots"][1]["prompt"], "people cycle in a city"]
@@ -113,11 +116,13 @@ def test_trainer_reads_the_cache(cache, small_config, tmp_path, monkeypatch):
 def test_cache_mismatch_and_missing_cache_are_named(cache, small_config, tmp_path):
     cfg = small_config("text.max_tokens=32")
     with pytest.raises(ValueError, match="text.max_tokens = 64.*text.max_tokens = 32"):
-        CacheSampler(cache / "out", 8, RATES, [True], 0.2, "train", run_identity(cfg))
+        CacheSampler(cache / "out", 8, RATES, [True], 0.2, "train", run_identity(cfg.codec, cfg.text, cfg.data.fps))
+    cfg = small_config()
+    expects = run_identity(cfg.codec, cfg.text, cfg.data.fps)
     with pytest.raises(ValueError, match="no manifest.jsonl"):
-        CacheSampler(tmp_path, 8, RATES, [True], 0.2, "train", run_identity(small_config()))
+        CacheSampler(tmp_path, 8, RATES, [True], 0.2, "train", expects)
     with pytest.raises(ValueError, match="no train window of 200 latent frames"):
-        CacheSampler(cache / "out", 200, RATES, [True], 0.2, "train", run_identity(small_config()))
+        CacheSampler(cache / "out", 200, RATES, [True], 0.2, "train", expects)
 
 
 def test_aspect_ratio_buckets_never_mix_in_a_batch(tmp_path, small_config):
@@ -130,7 +135,7 @@ def test_aspect_ratio_buckets_never_mix_in_a_batch(tmp_path, small_config):
     out = tmp_path / "out"
     assert main(["data", "prepare", "--input", str(folder), "--out", str(out), "--window-frames", "16", *buckets]) == 0
     cfg = small_config(f'data.cache="{out}"', "data.buckets=[[64, 64], [32, 80]]", 'data.resize="pad"')
-    sampler = CacheSampler(out, 8, RATES, [True], 0.2, "train", run_identity(cfg))
+    sampler = CacheSampler(out, 8, RATES, [True], 0.2, "train", run_identity(cfg.codec, cfg.text, cfg.data.fps))
     shapes = {os.path.basename(video.source): video.hr_keys[0] for video in sampler.videos}
     assert shapes == {
         "bikes.mp4": "w0.hr_latents.48x16x8x20.float16",
@@ -158,7 +163,7 @@ def test_the_tail_after_the_last_full_window_is_kept(tmp_path, small_config):
     bikes = os.path.join(DATA, "bikes.mp4")
     assert main(["data", "prepare", "--input", bikes, "--out", str(out), "--window-frames", "24"]) == 0
     cfg = small_config()
-    heldout = CacheSampler(out, 16, RATES, [True], 0.2, "heldout", run_identity(cfg))
+    heldout = CacheSampler(out, 16, RATES, [True], 0.2, "heldout", run_identity(cfg.codec, cfg.text, cfg.data.fps))
     assert [length for length in heldout.videos[0].window_latents] == [24, 24, 24, 8]
     assert heldout.valid_picks[:, 1].tolist() == [64]  # held-out frames 64..80 reach into the tail
     clip = load_clip(bikes, cfg.data.fps, cfg.data.size, 0.2)
@@ -180,7 +185,7 @@ def test_a_causal_vae_cache_trains(tmp_path, small_config):
     assert main(["data", "prepare", "--input", bikes, "--out", str(out), "--window-frames", "16", *sets]) == 2
     assert main(["data", "prepare", "--input", bikes, "--out", str(out), "--window-frames", "17", *sets]) == 0
     cfg = small_config(*wan, f'data.cache="{out}"', "train.history_frames=17", "train.steps=2")
-    sampler = CacheSampler(out, 5, RATES, [True], 0.4, "train", run_identity(cfg))
+    sampler = CacheSampler(out, 5, RATES, [True], 0.4, "train", run_identity(cfg.codec, cfg.text, cfg.data.fps))
     video = sampler.videos[0]
     assert video.window_starts == [0, 17, 34, 51] and video.window_latents == [5, 5, 5, 5] and not video.framewise
     assert [run.windows for run in sampler.runs] == [(0,), (1,)]  # window 2 straddles the cut at 48: in no part
@@ -193,7 +198,8 @@ def test_a_causal_vae_cache_trains(tmp_path, small_config):
     # overlapping windows (a stride of 8 frames): more distinct samples, each window still its own run
     slide = ["--window-frames", "17", "--set", "data.window_stride=8"]
     assert main(["data", "prepare", "--input", bikes, "--out", str(tmp_path / "slide"), *slide, *sets]) == 0
-    sampler = CacheSampler(tmp_path / "slide", 5, RATES, [True], 0.4, "train", run_identity(cfg))
+    expects = run_identity(cfg.codec, cfg.text, cfg.data.fps)
+    sampler = CacheSampler(tmp_path / "slide", 5, RATES, [True], 0.4, "train", expects)
     assert sampler.videos[0].window_starts == [0, 8, 16, 24, 32, 40, 48, 56]
     assert [run.windows for run in sampler.runs] == [(0,), (1,), (2,), (3,)]  # windows ending by the cut at 48
 
@@ -214,8 +220,9 @@ def test_inspect_and_a_damaged_shard_is_named(cache, small_config, tmp_path, cap
     shutil.copytree(cache / "out", damaged)
     shard = damaged / json.loads((damaged / "manifest.jsonl").read_text().splitlines()[0])["shard"]
     shard.write_bytes(shard.read_bytes()[:1000])
+    cfg = small_config()
     with pytest.raises(ValueError, match=f"{shard.name}: not a readable cache shard"):
-        CacheSampler(damaged, 8, RATES, [True], 0.2, "train", run_identity(small_config()))
+        CacheSampler(damaged, 8, RATES, [True], 0.2, "train", run_identity(cfg.codec, cfg.text, cfg.data.fps))
     assert main(["data", "inspect", str(damaged)]) == 1
     assert f"DAMAGED shards/{shard.name}" in capsys.readouterr().out
 

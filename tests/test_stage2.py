@@ -4,10 +4,10 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 
+from tinyhistory.assemble import HistoryDiT
 from tinyhistory.backbones import WanBackbone
 from tinyhistory.config import load_config
 from tinyhistory.geometry import Rate
-from tinyhistory.system import HistoryDiT
 from tinyhistory.text.condition import TextCondition
 from tinyhistory.train.checkpoint import load_model, save_weights
 from tinyhistory.train.objectives import make_next_segment_batch, split_points

@@ -87,13 +87,13 @@ def test_what_the_page_says_a_history_costs_is_what_the_session_holds(method):
     loaded = Loaded.load(f"{STAGE2}/{method}")
     settings = SamplingSettings(steps=1, segment_frames=8)
     for frames in (1, 2, 3, 8, 13):
-        session = GenerationSession(loaded.model, loaded.cfg, loaded.codec, _no_text, settings, loaded.device)
+        session = GenerationSession(loaded.model, loaded.setup, loaded.codec, _no_text, settings, loaded.device)
         session.start_from_video(np.zeros((frames, 128, 128, 3), dtype=np.uint8))
         context = session.context()
         cost = history_cost(loaded, frames)
         assert cost.kept_frames == session.pixel_frames and cost.latent_frames == session.history_frames
         assert cost.context_tokens == (context.num_tokens if context is not None else 0)
-    session = GenerationSession(loaded.model, loaded.cfg, loaded.codec, _no_text, settings, loaded.device)
+    session = GenerationSession(loaded.model, loaded.setup, loaded.codec, _no_text, settings, loaded.device)
     session.start_from_image(np.zeros((128, 128, 3), dtype=np.uint8))
     context = session.context()
     assert image_cost(loaded).context_tokens == (context.num_tokens if context is not None else 0)
@@ -146,7 +146,7 @@ def test_stop_in_a_segment_then_resume_equals_a_run_never_stopped(loaded, tmp_pa
 
 
 def _parts(loaded: Loaded) -> tuple:
-    return loaded.model, loaded.cfg, loaded.codec, loaded.encode_text, loaded.device
+    return loaded.model, loaded.setup, loaded.codec, loaded.encode_text, loaded.device
 
 
 def test_a_storyboard_no_longer_than_what_was_made_is_refused(loaded, tmp_path):

@@ -9,31 +9,23 @@ import numpy as np
 import pytest
 import torch
 from cache_builds import record_cache_builds
+from history_inputs import randomise_zero_layers
+from trained_runs import KV, SMALL_AR, generate_and_resume, two_tier_training
 
+from tinyhistory.assemble import HistoryDiT, build_codec
 from tinyhistory.codecs.pixel import PixelUnshuffleCodec
+from tinyhistory.generate.run import session_setup
 from tinyhistory.generate.session import GenerationSession, SamplingSettings
 from tinyhistory.history.base import lowres_latents_per_rate
 from tinyhistory.history.tiers import TierPlan
-from tinyhistory.system import HistoryDiT, build_codec
 from tinyhistory.text.condition import TextCondition
 from tinyhistory.train.checkpoint import load_model
 from tinyhistory.train.trainer import train
 
-SMALL_AR = ['train.stage="ar"', "train.history_frames=8", "train.segment_frames=2", "train.lora_rank=0"]
-KV = ("history.kv_cache=true", 'history.context_attention="block_causal"')
 # Three tiers at the tiny preset's 8 fps (latent frames = frames): the newest 4 frames at 4×4×2, the 4 before at
 # 4×4×4, the rest at 8×8×4; frames leave a tier 8 at a time (two temporal blocks of 4).
 TIERS = ('history.rates=["4x4x2", "4x4x4", "8x8x4"]', "history.tiers=[0.5, 0.5]", "history.tier_move=1.0")
 OTHER_TIERS = ('history.rates=["4x4x2", "4x4x4", "8x8x4"]', "history.tiers=[0.5, 1.0]", "history.tier_move=1.0")
-
-
-def _randomise_zero_layers(model: HistoryDiT) -> None:
-    """The encoders' zero-initialised projections would hide the HR branch (and with it the lookback)."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.producers.parameters():
-            if p.abs().sum() == 0:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
 
 def _text(prompts: list[str]) -> TextCondition:
@@ -45,13 +37,13 @@ def _model(small_config, *extra: str) -> tuple[HistoryDiT, object]:
     cfg = small_config(*SMALL_AR, "backbone.num_layers=2", *extra)
     torch.manual_seed(0)
     model = HistoryDiT.from_config(cfg).eval()
-    _randomise_zero_layers(model)
+    randomise_zero_layers(model)
     return model, cfg
 
 
 def _session(model, cfg) -> GenerationSession:
     settings = SamplingSettings(steps=2, segment_frames=2, guidance=2.0)
-    session = GenerationSession(model, cfg, build_codec(cfg), _text, settings)
+    session = GenerationSession(model, session_setup(cfg), build_codec(cfg.codec), _text, settings)
     session.start_from_video(np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8))
     return session
 
@@ -182,7 +174,7 @@ def test_the_grown_cache_equals_a_fresh_build_across_moves_prompts_and_a_resume(
     assert [8] in built and any(len(b) == 1 and b[0] > 8 for b in built), built
     assert session.caches[0].frames_encoded >= 20  # several moves crossed (at 12 → 16 → 20 …)
     session.save(tmp_path / "s.session")
-    resumed = GenerationSession.load(tmp_path / "s.session", model, cfg, build_codec(cfg), _text)
+    resumed = GenerationSession.load(tmp_path / "s.session", model, session_setup(cfg), build_codec(cfg.codec), _text)
     for prompt in prompts[8:]:
         _check(resumed, prompt)
         frames = session.generate_segment(prompt)
@@ -200,8 +192,10 @@ def test_a_session_resumes_only_under_its_own_tiers(small_config, tmp_path):
     for extra in (OTHER_TIERS, ('history.rates=["4x4x2", "4x4x4", "8x8x4"]',)):
         other, other_cfg = _model(small_config, *extra, *KV)
         with pytest.raises(ValueError, match="tiers: session .*this model"):
-            GenerationSession.load(tmp_path / "s.session", other, other_cfg, build_codec(other_cfg), _text)
-    GenerationSession.load(tmp_path / "s.session", model, cfg, build_codec(cfg), _text)
+            GenerationSession.load(
+                tmp_path / "s.session", other, session_setup(other_cfg), build_codec(other_cfg.codec), _text
+            )
+    GenerationSession.load(tmp_path / "s.session", model, session_setup(cfg), build_codec(cfg.codec), _text)
 
 
 def test_tiers_without_the_block_causal_cache(small_config):
@@ -220,44 +214,15 @@ def test_tiers_without_the_block_causal_cache(small_config):
 def test_training_with_tiers_and_its_checkpoint(small_config, tmp_path, stage):
     """Stage I (8-frame windows: both tiers in every sample) and stage II (16-frame windows split at 0–12 frames);
     the checkpoint reloads with its tiers."""
-    stage_args = SMALL_AR[1:] + ["train.history_frames=16"] if stage == "ar" else []
-    cfg = small_config(
-        *stage_args,
-        f'train.stage="{stage}"',
-        *KV,
-        'history.rates=["4x4x2", "4x4x4"]',
-        "history.tiers=[0.5]",
-        "history.tier_move=0.5",
-        "train.steps=2",
-    )
+    cfg = two_tier_training(small_config, stage, 0.5)
     summary = train(cfg, tmp_path / "run", progress=False)
     assert summary["heldout_loss"] > 0
     model, loaded = load_model(tmp_path / "run" / "final")
     assert loaded.history.tiers == [0.5] and model.tiers == TierPlan.from_config(cfg.history, cfg.base, cfg.data.fps)
     assert len(model.producers) == 2
     if stage == "ar":  # ``generate`` and ``generate --resume`` on the checkpoint, past the first move
-        _generate_and_resume(tmp_path)
-
-
-def _generate_and_resume(tmp_path) -> None:
-    from tinyhistory.generate.run import generate
-    from tinyhistory.generate.session import session_meta
-
-    story = tmp_path / "story.json"
-    story.write_text(json.dumps({"shots": [{"start": 0, "end": 1.0, "prompt": "a rabbit"}]}))
-    out = tmp_path / "story.mp4"
-    settings = {"steps": 1, "segment_frames": 2}
-    generate(tmp_path / "run" / "final", story, out, settings=settings, progress=False)
-    story.write_text(json.dumps({"shots": [{"start": 0, "end": 2.0, "prompt": "a rabbit, then a bird"}]}))
-    session = out.with_name(out.name + ".session")
-    made = len(session_meta(session)["records"])
-    generate(tmp_path / "run" / "final", story, out, resume=session, settings=settings, progress=False)
-    meta = session_meta(session)
-    assert len(meta["records"]) > made and meta["model"]["tiers"] == {
-        "rates": ["4x4x2", "4x4x4"],
-        "frames": [4],
-        "move": 4,
-    }
+        meta = generate_and_resume(tmp_path)
+        assert meta["model"]["tiers"] == {"rates": ["4x4x2", "4x4x4"], "frames": [4], "move": 4}
 
 
 def test_the_cost_command_takes_tier_sets(capsys):
@@ -317,16 +282,7 @@ def test_tier_rows_of_the_cost_model():
 def test_training_refuses_tiers_its_histories_never_reach(small_config, tmp_path, stage):
     """A tier the longest training history never reaches gets no gradient: refused before any step, naming the keys
     (stage I: 8-frame windows; stage II: 16-frame windows less the 2-frame segment; the fine tier holds 16)."""
-    stage_args = SMALL_AR[1:] + ["train.history_frames=16"] if stage == "ar" else []
-    cfg = small_config(
-        *stage_args,
-        f'train.stage="{stage}"',
-        *KV,
-        'history.rates=["4x4x2", "4x4x4"]',
-        "history.tiers=[2.0]",
-        "history.tier_move=0.5",
-        "train.steps=2",
-    )
+    cfg = two_tier_training(small_config, stage, 2.0)
     with pytest.raises(ValueError, match=r"train.history_frames = .*the 4x4x4 tier never appears in training"):
         train(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "last").exists()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tinyhistory.data.clip import clip_from_config
+from tinyhistory.data.windows import clip_from_config
 from tinyhistory.train.checkpoint import load_model
 from tinyhistory.train.trainer import lr_lambda, train
 
@@ -70,7 +70,7 @@ def test_lr_schedule_warms_up_then_decays(small_config):
 
 
 def test_fp16_export_halves_the_transformer_file(small_config, tmp_path):
-    from tinyhistory.system import HistoryDiT
+    from tinyhistory.assemble import HistoryDiT
     from tinyhistory.train.checkpoint import save_weights
 
     cfg = small_config()
@@ -89,7 +89,7 @@ def test_fp16_export_halves_the_transformer_file(small_config, tmp_path):
 
 def test_window_sampler_never_crosses_clips_and_keeps_the_single_clip_stream():
     from tinyhistory.codecs import PixelUnshuffleCodec
-    from tinyhistory.data.clip import WindowSampler
+    from tinyhistory.data.windows import WindowSampler
 
     codec = PixelUnshuffleCodec(4)
     a = torch.arange(10.0).view(1, 10, 1, 1).expand(3, 10, 4, 4)

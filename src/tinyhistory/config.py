@@ -141,6 +141,10 @@ class HistoryConfig:
     # back by the query's, so what a target reads from a history token depends on its offset from the block centre
     # (backbones/wan.py, HistoryAttnProcessor). Wan only.
     value_rope: bool = False
+    # Phase readout (issue 22): the rank of a per-cell linear map of what each target token reads from the context,
+    # per DiT block (history/phase.py, PhaseReadout): the "unpatchify" of a history token that the block phase only
+    # points at. 0: off. One map set per rate, summed; saved with the encoder. Wan only.
+    phase_readout: int = 0
     # Who the context attends to (issue 24). "full": every context token. "block_causal" (needs kv_cache): each
     # temporal history block attends to itself and earlier blocks only, and the context skips the text
     # cross-attention, so its keys/values depend on nothing later: generation appends only the newest blocks' keys
@@ -180,8 +184,10 @@ class HistoryConfig:
             raise ValueError(f"history.sliding_window must be >= 0 latent frames, got {self.sliding_window}")
         if self.cross_attention and self.method in ("no_history", "large_patchifier", "only_lr"):
             raise ValueError(f"history.cross_attention needs the HR branch's features; method {self.method!r} has none")
-        if (self.block_phase or self.value_rope) and self.method == "no_history":
-            name = "block_phase" if self.block_phase else "value_rope"
+        if not isinstance(self.phase_readout, int) or isinstance(self.phase_readout, bool) or self.phase_readout < 0:
+            raise ValueError(f"history.phase_readout is a rank >= 0 (0: off), got {self.phase_readout!r}")
+        if (self.block_phase or self.value_rope or self.phase_readout) and self.method == "no_history":
+            name = "block_phase" if self.block_phase else "value_rope" if self.value_rope else "phase_readout"
             raise ValueError(f"history.{name} is about reading history blocks; method 'no_history' has none")
         _choice("history.context_attention", self.context_attention, CONTEXT_ATTENTION)
         if self.context_attention == "block_causal" and not self.kv_cache:
@@ -633,7 +639,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
 # attention pattern of the context (KV cache, block-causal) is part of what the model learned.
 TRAINED_HISTORY_KEYS = (
     "method", "rates", "channels", "attention_blocks", "attention_heads", "sliding_window", "cross_attention",
-    "block_phase", "value_rope", "kv_cache", "context_attention",
+    "block_phase", "value_rope", "phase_readout", "kv_cache", "context_attention",
 )  # fmt: skip
 
 

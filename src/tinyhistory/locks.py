@@ -197,8 +197,10 @@ def _pid(holder: dict) -> int:
 def _command_line(command: str) -> str:
     """The holder's command line as a user would recognise it (``tinyhistory generate --out …``); inside another
     program (a test, a notebook) the command's name and that program."""
-    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
-    if program in ("tinyhistory", "cli.py") or program.startswith("tinyhistory"):
+    started = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    program = started.name
+    # the console script, or ``python -m tinyhistory.cli`` (argv[0] is then the cli package's __main__.py)
+    if program.startswith("tinyhistory") or started.parts[-2:] == ("cli", "__main__.py"):
         return " ".join(["tinyhistory", *sys.argv[1:]])[:500]
     return f"{command} in {program or 'python'}"
 

@@ -2,7 +2,7 @@
 
 The config validates names against these tables at load time without importing torch or diffusers (entries are
 ``"module:attribute"`` strings, imported on first use). Adding a base-model family is one adapter file, one line in
-``BACKBONES`` and one preset; nothing in ``system.py``, ``train/`` or ``generate/`` names a family.
+``BACKBONES`` and one preset; nothing in ``assemble.py``, ``train/`` or ``generate/`` names a family.
 """
 
 from __future__ import annotations

@@ -269,6 +269,8 @@ class Backbone(Protocol):
 
     def use_value_rope(self, enabled: bool = True) -> None: ...
 
+    def use_phase_readout(self, enabled: bool = True) -> None: ...
+
     def use_block_causal(self, enabled: bool = True) -> None: ...
 
     def use_context_window(self, blocks: int) -> None:
@@ -411,6 +413,13 @@ class WithoutHistoryAttention:
             raise ValueError(
                 f"history.value_rope is implemented for Wan's self-attention only ({self.title}'s attention has no "
                 "processor for it yet); set history.value_rope = false"
+            )
+
+    def use_phase_readout(self, enabled: bool = True) -> None:
+        if enabled:
+            raise ValueError(
+                f"history.phase_readout is implemented for Wan's self-attention only ({self.title}'s attention has "
+                "no processor for it yet); set history.phase_readout = 0"
             )
 
     def use_block_causal(self, enabled: bool = True) -> None:

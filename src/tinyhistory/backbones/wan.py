@@ -115,6 +115,10 @@ class _AttentionPlan:
     context_sees_targets: bool = True
     # history.value_rope: the context's values carry their position (see HistoryAttnProcessor).
     value_rope: bool = False
+    # history.phase_readout: our processor splits each target's output into its context and target parts, and
+    # ``readouts`` (set per forward: (PhaseReadout, cells (B, N)) pairs) map the context part by the target's cell.
+    phase_readout: bool = False
+    readouts: list | None = None
     # history.context_attention = "block_causal": context queries see context keys of their own and earlier blocks
     # (``mask``), and the context skips the text cross-attention (ContextFreeCrossAttnProcessor).
     block_causal: bool = False
@@ -215,22 +219,25 @@ class HistoryAttnProcessor:
             b = query.shape[0]
             keys = torch.cat([_expand_batch(plan.cache.keys[self.index], b).to(key.dtype), key], dim=1)
             context_values = _expand_batch(plan.cache.values[self.index], b).to(value.dtype)
-            if rope_values:
-                out = _unpair(attend(query, keys, _pair(context_values, value)), rotary_emb)
+            if rope_values or plan.readouts:
+                out = self._combine(attend(query, keys, _pair(context_values, value)), rotary_emb, rope_values, 0)
             else:
                 out = attend(query, keys, torch.cat([context_values, value], dim=1))
         else:
             k = plan.context_tokens
             sees_all = plan.context_sees_targets and not plan.block_causal
-            if rope_values and k:
-                cos, sin = rotary_emb
-                values = _pair(_rotate(value[:, :k], cos[:, :k], sin[:, :k]), value[:, k:])
+            if (rope_values or plan.readouts) and k:
+                context_values = value[:, :k]
+                if rope_values:
+                    cos, sin = rotary_emb
+                    context_values = _rotate(context_values, cos[:, :k], sin[:, :k])
+                values = _pair(context_values, value[:, k:])
                 if sees_all:
                     out = attend(query, key, values)
                 else:
                     context = attend(query[:, :k], key[:, :k], values[:, :k], plan.mask)
                     out = torch.cat([context, attend(query[:, k:], key, values, plan.target_mask)], dim=1)
-                out = _unpair(out, rotary_emb)
+                out = self._combine(out, rotary_emb, rope_values, k)
             elif k == 0 or sees_all:
                 out = attend(query, key, value)
             else:
@@ -239,6 +246,24 @@ class HistoryAttnProcessor:
                 out = torch.cat([context, targets], dim=1)
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
+
+    def _combine(self, out: torch.Tensor, rotary_emb, rope_values: bool, first_target: int) -> torch.Tensor:
+        """Paired output ``(B, S, H, 2·Dh)`` → ``(B, S, H, Dh)``: the context half (rotated back with value RoPE;
+        for the target rows, from ``first_target`` on, plus the phase readout's map of it) plus the target half."""
+        context, targets = out.chunk(2, dim=-1)
+        if rope_values:  # the queries are the last S positions (the whole sequence, or the targets after a cache)
+            cos, sin = (x[:, -out.shape[1] :] for x in rotary_emb)
+            context = _rotate(context, cos, -sin)
+        return self._read(context, first_target) + targets
+
+    def _read(self, context: torch.Tensor, first_target: int) -> torch.Tensor:
+        """The context part ``(B, S, H, Dh)`` with ``history.phase_readout``'s per-cell maps added to its target
+        rows (none without readouts)."""
+        if not self.plan.readouts:
+            return context
+        read = context[:, first_target:].flatten(2)  # (B, N, D)
+        delta = sum(readout.delta(self.index, read, cells) for readout, cells in self.plan.readouts)
+        return torch.cat([context[:, :first_target], (read + delta).unflatten(2, context.shape[2:])], dim=1)
 
 
 class ContextFreeCrossAttnProcessor:
@@ -275,14 +300,6 @@ def _pair(context_values: torch.Tensor, target_values: torch.Tensor) -> torch.Te
         ],
         dim=1,
     )
-
-
-def _unpair(out: torch.Tensor, rotary_emb: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """The context half rotated back by each query's position, plus the target half: ``(B, S, H, Dh)``. The queries
-    are the last ``S`` positions of ``rotary_emb`` (the whole sequence, or the targets after a cached context)."""
-    cos, sin = (x[:, -out.shape[1] :] for x in rotary_emb)
-    context, targets = out.chunk(2, dim=-1)
-    return _rotate(context, cos, -sin) + targets
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -386,11 +403,17 @@ class WanBackbone(DiffusersBackbone):
         self._plan.value_rope = enabled
         self._set_processors()
 
+    def use_phase_readout(self, enabled: bool = True) -> None:
+        """``history.phase_readout``: our processor keeps each target's context read apart, so the readouts given
+        to :meth:`forward` (``target_readouts``) can map it per cell (``history.phase.PhaseReadout``)."""
+        self._plan.phase_readout = enabled
+        self._set_processors()
+
     def _set_processors(self) -> None:
         """Our processor where the KV cache or value RoPE needs it, else diffusers' own (bit for bit the stock)."""
         from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
-        ours = self.kv_cache or self._plan.value_rope or self.block_causal
+        ours = self.kv_cache or self._plan.value_rope or self._plan.phase_readout or self.block_causal
         for i, block in enumerate(self.transformer.blocks):
             block.attn1.set_processor(HistoryAttnProcessor(self._plan, i) if ours else WanAttnProcessor())
             cross = block.attn2.processor
@@ -557,6 +580,7 @@ class WanBackbone(DiffusersBackbone):
         after_block: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
         context_cache: ContextCache | None = None,
         target_offsets: torch.Tensor | None = None,
+        target_readouts: list | None = None,
     ) -> torch.Tensor:
         """Predict the velocity of the target latents.
 
@@ -565,8 +589,9 @@ class WanBackbone(DiffusersBackbone):
         context: optional history tokens; frame_positions: ``(B, T)`` temporal position of each target frame
         (default ``0 … T−1``); after_block: ``f(i, tokens) → tokens`` applied after DiT block ``i`` to the whole
         ``(B, K + N, D)`` sequence (the cross-attention enhancement); context_cache: the history's keys and values
-        from :meth:`build_context_cache` instead of ``context`` (only the targets run through the blocks).
-        Returns ``(B, C, T, H, W)``.
+        from :meth:`build_context_cache` instead of ``context`` (only the targets run through the blocks);
+        target_readouts: ``(PhaseReadout, cells (B, N))`` pairs (``history.phase_readout``, after
+        :meth:`use_phase_readout`). Returns ``(B, C, T, H, W)``.
         """
         tr = self.transformer
         b = latents.shape[0]
@@ -592,6 +617,9 @@ class WanBackbone(DiffusersBackbone):
             positions = target_pos
         rotary_emb = self.rotary(positions)
         self._plan.mode, self._plan.context_tokens, self._plan.cache = "masked", k, None
+        if target_readouts and not self._plan.phase_readout:
+            raise ValueError("target_readouts need use_phase_readout() first (the stock processor ignores them)")
+        self._plan.readouts = target_readouts or None  # kept after the forward, like the mask (checkpointing)
         # (B, 1, K, K) block-causal; kept after the forward, as the plan's other fields are: gradient checkpointing
         # recomputes the blocks during backward and must see the same pattern
         self._plan.mask = self._plan.target_mask = None

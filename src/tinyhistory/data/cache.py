@@ -2,7 +2,7 @@
 
 A cache holds, per video, windows of HR latents, the LR latents of every encoding rate, and one text embedding per
 storyboard shot (see :mod:`tinyhistory.data.prepare`). :class:`CacheSampler` serves the trainer the same things the
-pixel-clip :class:`~tinyhistory.data.clip.WindowSampler` does — ``(B, C, T, h, w)`` HR latents and per-rate LR
+pixel-clip :class:`~tinyhistory.data.windows.WindowSampler` does — ``(B, C, T, h, w)`` HR latents and per-rate LR
 latents of ``frames``-long windows — plus the text embedding of the storyboard shot nearest to any span of a
 sample (stage I: the whole window; stage II: the target segment, the paper's nearest-timestamp rule).
 
@@ -32,7 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from tinyhistory.codecs.base import check_causal_frames
-from tinyhistory.config import RunConfig, TextConfig
+from tinyhistory.config import CodecConfig, RunConfig, TextConfig
 from tinyhistory.files import read_jsonl
 from tinyhistory.geometry import Rate, temporal_block
 from tinyhistory.paths import resolve_path
@@ -48,7 +48,7 @@ def output_config(cfg: RunConfig, window_frames: int) -> dict:
     return {
         "base": cfg.base,
         "codec": vars(cfg.codec),
-        "text": {"kind": cfg.text.kind, "max_tokens": cfg.text.max_tokens, "path": cfg.text.path},
+        "text": _text_config(cfg.text),
         "fps": cfg.data.fps,
         "size": cfg.data.size,
         "height": cfg.data.height,
@@ -62,6 +62,11 @@ def output_config(cfg: RunConfig, window_frames: int) -> dict:
         # 4: a causal VAE's LR latents group the first 1 + f(rT - 1) frames (history.base.downsample_pixels)
         "version": 4,
     }
+
+
+def _text_config(text: TextConfig) -> dict:
+    """What of the ``[text]`` table changes a shard's prompt embeddings (an output config's ``"text"``)."""
+    return {"kind": text.kind, "max_tokens": text.max_tokens, "path": text.path}
 
 
 def tensor_shape(key: str) -> tuple[int, ...]:
@@ -232,10 +237,11 @@ def _identity(config: dict) -> dict:
     }
 
 
-def run_identity(cfg: RunConfig) -> dict:
-    """What a run's cache must have been made with: its codec (less the memory savers), its text encoder and fps.
-    A :class:`CacheSampler` checks every shard against it."""
-    return _identity(output_config(cfg, 0))
+def run_identity(codec: CodecConfig, text: TextConfig, fps: float) -> dict:
+    """What a run's cache must have been made with: its codec (the ``[codec]`` table less the memory savers), its
+    text encoder (``[text]``) and its frame rate (``data.fps``). A :class:`CacheSampler` checks every shard against
+    it."""
+    return _identity({"codec": vars(codec), "text": _text_config(text), "fps": fps})
 
 
 def check_compatible(expects: dict, rates: list[Rate], uses_lr: list[bool], shard_config: dict, shard: Path) -> None:
@@ -329,7 +335,8 @@ class CacheSampler:
         first = CachedVideo.open(cache / read_manifest(cache)[0]["shard"])
         frames = latent_frames(cfg.train.history_frames, first.temporal_factor)
         data = cfg.data
-        return cls(cache, frames, rates, uses_lr, data.heldout_fraction, part, run_identity(cfg), data.heldout_split)
+        expects = run_identity(cfg.codec, cfg.text, data.fps)
+        return cls(cache, frames, rates, uses_lr, data.heldout_fraction, part, expects, data.heldout_split)
 
     def __len__(self) -> int:
         return len(self.valid_picks)

@@ -44,17 +44,17 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from tinyhistory.assemble import build_codec, check_model_parts
 from tinyhistory.codecs.base import check_causal_frames
-from tinyhistory.config import RunConfig
+from tinyhistory.config import DataConfig, RunConfig, TrainConfig
 from tinyhistory.data.cache import CachedVideo, output_config, shard_text_name, shards_on_disk, write_empty_prompt
-from tinyhistory.data.clip import to_pixels
 from tinyhistory.data.video import choose_bucket, decode_video, probe_video
+from tinyhistory.data.windows import to_pixels
 from tinyhistory.files import WriteError, read_jsonl, replace_file, writing
 from tinyhistory.geometry import Rate, temporal_block
 from tinyhistory.hashing import file_sha256
 from tinyhistory.history import lowres_latents
 from tinyhistory.locks import folder_lock
-from tinyhistory.system import build_codec, check_model_parts
 from tinyhistory.text.cache import encode_condition
 from tinyhistory.text.storyboard import Storyboard
 
@@ -154,9 +154,9 @@ def _item_from_row(row: dict, video: Path, where: str, folder: Path) -> Item:
     return Item(video, board, caption)
 
 
-def resolve_window(cfg: RunConfig, window_frames: int | None) -> int:
+def resolve_window(data: DataConfig, train: TrainConfig, window_frames: int | None) -> int:
     """Frames per cached window: ``--window-frames``, else ``data.window_frames``, else ``train.history_frames``."""
-    return window_frames or cfg.data.window_frames or cfg.train.history_frames
+    return window_frames or data.window_frames or train.history_frames
 
 
 def window_spans(
@@ -237,7 +237,7 @@ def prepare(
     """
     out = Path(out)
     (out / "shards").mkdir(parents=True, exist_ok=True)
-    window = resolve_window(cfg, window_frames)
+    window = resolve_window(cfg.data, cfg.train, window_frames)
     config = output_config(cfg, window)
     codec = build_codec(cfg.codec).to(device)
     rates = [Rate.parse(r) for r in cfg.history.rates]
@@ -461,7 +461,7 @@ def _run_prepare(cfg: RunConfig, state, items: list[Item], out: Path, window_fra
             {"decode_frames_per_s": part["decode_frames_per_s"], "encode_frames_per_s": part["encode_frames_per_s"]}
         )
         part_path.unlink()
-    config = output_config(cfg, resolve_window(cfg, window_frames))
+    config = output_config(cfg, resolve_window(cfg.data, cfg.train, window_frames))
     rows, stale, pruned = write_manifest(out, merged["shards"], config, prune)
     merged["manifest_entries"] = len(rows)
     merged["pruned_from_manifest"] = pruned

@@ -16,20 +16,24 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tinyhistory.assemble import build_codec
 from tinyhistory.codecs.base import Codec
-from tinyhistory.data.clip import WindowSampler, to_uint8
+from tinyhistory.data.windows import WindowSampler, to_uint8
 from tinyhistory.eval.lpips import uint8_to_lpips_input
 from tinyhistory.eval.metrics import mean_metric, per_frame, psnr, ssim
 from tinyhistory.flow import add_noise, euler_sample, velocity_target
 from tinyhistory.geometry import Rate, context_report, get_base
-from tinyhistory.system import build_codec
 from tinyhistory.text.condition import TextCondition
 from tinyhistory.train.objectives import FrameQueryBatch, make_frame_query_batch
+
+if TYPE_CHECKING:
+    from tinyhistory.config import CodecConfig, DataConfig, TrainConfig
 
 
 @dataclass
@@ -50,28 +54,37 @@ def build_eval_set(sampler: WindowSampler, windows: int, queries: int, mask_low:
 
 
 def eval_set_for_clip(
-    pixels: torch.Tensor, cfg, windows: int, queries: int, seed: int = 0
+    pixels: torch.Tensor,
+    codec: CodecConfig,
+    rates: list[str],
+    train: TrainConfig,
+    windows: int,
+    queries: int,
+    seed: int = 0,
 ) -> tuple[FrameQuerySet, Codec]:
-    """The fixed set for a ``(3, T, H, W)`` clip under ``cfg`` (history length, rates, codec); returns it and the codec.
+    """The fixed set for a ``(3, T, H, W)`` clip: windows of ``train.history_frames`` frames through the ``[codec]``
+    table's codec, LR latents for every one of ``rates`` (``history.rates``, or the union of the compared models'),
+    masked as training masks (``train.mask_low``); returns it and the codec.
 
     LR latents are built for every rate whatever the method, so every method is scored on identical inputs.
     """
-    codec = build_codec(cfg)
-    rates = [Rate.parse(r) for r in cfg.history.rates]
-    sampler = WindowSampler(pixels, cfg.train.history_frames, codec, rates, [True] * len(rates))
-    return build_eval_set(sampler, windows, queries, cfg.train.mask_low, seed), codec
+    built = build_codec(codec)
+    parsed = [Rate.parse(r) for r in rates]
+    sampler = WindowSampler(pixels, train.history_frames, built, parsed, [True] * len(parsed))
+    return build_eval_set(sampler, windows, queries, train.mask_low, seed), built
 
 
-def context_size(cfg, rates: list[str], method: str, frames: int) -> tuple[int, float]:
-    """(context tokens for a history of ``frames`` frames, nominal tokens per second) of a model under ``cfg``."""
+def context_size(base: str, data: DataConfig, rates: list[str], method: str, frames: int) -> tuple[int, float]:
+    """(context tokens for a history of ``frames`` frames, nominal tokens per second) of a model of geometry ``base``
+    on the ``[data]`` table's square frames (``data.size``) at ``data.fps``."""
     if method == "no_history":
         return 0, 0.0
     report = context_report(
-        get_base(cfg.base),
-        cfg.data.size,
-        cfg.data.size,
-        cfg.data.fps,
-        frames / cfg.data.fps,
+        get_base(base),
+        data.size,
+        data.size,
+        data.fps,
+        frames / data.fps,
         [Rate.parse(r) for r in rates],
     )
     return report.history_tokens, report.history_tokens_per_second
@@ -247,15 +260,15 @@ def frame_query_report(
     The video is decoded at the checkpoint's fps and size; ``windows`` evenly spaced windows of the checkpoint's
     history length, ``queries`` fixed-seed query frames each.
     """
-    from tinyhistory.data.clip import to_pixels
     from tinyhistory.data.video import decode_video
+    from tinyhistory.data.windows import to_pixels
     from tinyhistory.eval.lpips import LPIPS
     from tinyhistory.text.cache import encode_prompts
     from tinyhistory.train.checkpoint import load_model
 
     model, cfg = load_model(checkpoint)
     pixels = to_pixels(decode_video(video, fps=cfg.data.fps, size=cfg.data.size))
-    eval_set, codec = eval_set_for_clip(pixels, cfg, windows, queries, seed)
+    eval_set, codec = eval_set_for_clip(pixels, cfg.codec, cfg.history.rates, cfg.train, windows, queries, seed)
     text = encode_prompts(cfg.text, [cfg.text.caption])
     metrics, sampled = evaluate_method(model, eval_set, text, codec, lpips=LPIPS("alex"))
     # The demo's reference rows, so a checkpoint can be judged on one's own footage: the average frame (here of the

@@ -80,7 +80,7 @@ def long_range_seconds(
 
 def clip_features(pixels: torch.Tensor, features, batch: int = 64) -> torch.Tensor:
     """MobileNetV2 features ``(T, F)`` of a ``(3, T, H, W)`` clip in [-1, 1], a batch of frames at a time."""
-    from tinyhistory.data.clip import to_uint8
+    from tinyhistory.data.windows import to_uint8
 
     parts = [features(to_uint8(pixels[:, i : i + batch])) for i in range(0, pixels.shape[1], batch)]
     return torch.cat(parts) if parts else torch.empty(0)

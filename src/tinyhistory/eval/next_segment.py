@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tinyhistory.data.clip import to_uint8
+from tinyhistory.data.windows import to_uint8
 from tinyhistory.eval.metrics import per_frame, psnr, ssim
 from tinyhistory.generate.session import SamplingSettings, sample_segment
 from tinyhistory.history.base import lowres_latents_per_rate

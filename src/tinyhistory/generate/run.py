@@ -25,15 +25,21 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from tinyhistory.config import apply_overrides, check_generation_overrides
+from tinyhistory.assemble import build_codec
+from tinyhistory.config import RunConfig, apply_overrides, check_generation_overrides
 from tinyhistory.data.mp4 import GrowingMp4, whole_fragments
 from tinyhistory.data.video import count_video_frames, iter_video_chunks
 from tinyhistory.files import WriteError, append_line, repair_jsonl, writing
-from tinyhistory.generate.session import GenerationSession, SamplingSettings, frame_shape, sampling_recipe
+from tinyhistory.generate.session import (
+    GenerationSession,
+    SamplingSettings,
+    SessionSetup,
+    frame_shape,
+    sampling_recipe,
+)
 from tinyhistory.locks import file_lock
 from tinyhistory.paths import resolve_path
 from tinyhistory.registry import BACKBONES
-from tinyhistory.system import build_codec
 from tinyhistory.text.cache import PromptEncoder
 from tinyhistory.text.storyboard import Storyboard
 from tinyhistory.train.checkpoint import load_model
@@ -100,7 +106,26 @@ def offload_blocks(backbone, device: torch.device, home: str = "cpu") -> None:
         parameter.data = parameter.data.to(device)
 
 
-def sampling_settings(cfg, given: dict, saved: SamplingSettings | None, resume: str | Path | None) -> SamplingSettings:
+def session_setup(cfg: RunConfig) -> SessionSetup:
+    """What a :class:`GenerationSession` reads of the run's config (its model folder, frame shape, fps, segment length,
+    empty prompt and the identity its saved file records), taken here so the session never holds the whole config."""
+    height, width = frame_shape(cfg.data)
+    return SessionSetup(
+        model=cfg.model,
+        height=height,
+        width=width,
+        fps=cfg.data.fps,
+        segment_frames=cfg.train.segment_frames,
+        text_empty=cfg.text.empty,
+        preset=cfg.preset,
+        history_method=cfg.history.method,
+        history_rates=tuple(cfg.history.rates),
+    )
+
+
+def sampling_settings(
+    cfg: RunConfig, given: dict, saved: SamplingSettings | None, resume: str | Path | None
+) -> SamplingSettings:
     """This run's sampling settings: the flags given, else the saved session's (``--resume``), else the defaults
     (the preset's 1-s segment; the model folder's sampler, UniPC for Wan, Euler for HunyuanVideo and without a
     folder; the family's classifier-free guidance, off for guidance-distilled HunyuanVideo).
@@ -192,10 +217,11 @@ def _generate(
 
     out, session_path, sheet_path, log_path = outputs
     height, width = frame_shape(cfg.data)
+    setup = session_setup(cfg)
     if resume is not None:
-        session = GenerationSession.load(resume, model, cfg, codec, encode_text, device, settings)
+        session = GenerationSession.load(resume, model, setup, codec, encode_text, device, settings)
     else:
-        session = GenerationSession(model, cfg, codec, encode_text, settings, device)
+        session = GenerationSession(model, setup, codec, encode_text, settings, device)
         if history is not None:
             total = count_video_frames(history, cfg.data.fps)
             chunks = iter_video_chunks(history, cfg.data.fps, (height, width))
@@ -283,7 +309,7 @@ def load_for_generation(checkpoint, preset: str | None, model_path: str | None, 
     else:
         model.to(device)
     # The VAE stays on the device (0.5 GB for Wan 2.1, 2.8 GB for Wan 2.2 in float32): its causal caches live there.
-    codec = build_codec(cfg).to(device)
+    codec = build_codec(cfg.codec).to(device)
     encode_text = PromptEncoder(cfg.text, device, offload)  # built once; with --offload it waits on the CPU
     return model.eval(), cfg, codec, encode_text, device
 

@@ -1,6 +1,6 @@
 """Streaming generation: a storyboard becomes a video one segment at a time, every segment seeing the whole history.
 
-    session = GenerationSession(model, cfg, codec, encode_text)
+    session = GenerationSession(model, setup, codec, encode_text)   # setup: generate.run.session_setup(cfg)
     session.start_from_video(frames)            # or start_from_image(image), or nothing
     clip = session.extend("A rabbit wakes up.", seconds=2.0)   # (T, H, W, 3) uint8
     session.save("story.session")               # pause ... GenerationSession.load(...) resumes exactly
@@ -57,7 +57,7 @@ from torch import nn
 from tinyhistory.backbones import ContextTokens
 from tinyhistory.backbones.base import Backbone, SamplingRecipe
 from tinyhistory.codecs.streaming import LowResStream
-from tinyhistory.data.clip import to_pixels, to_uint8
+from tinyhistory.data.windows import to_pixels, to_uint8
 from tinyhistory.files import read_tensors
 from tinyhistory.flow import FLOW_SAMPLERS, TIMESTEP_SCALE, FlowMatchingSchedule, flow_scheduler
 from tinyhistory.geometry import temporal_block
@@ -68,7 +68,7 @@ from tinyhistory.paths import resolve_path
 from tinyhistory.text.condition import TextCondition
 
 if TYPE_CHECKING:
-    from tinyhistory.config import ModelConfig
+    from tinyhistory.config import DataConfig, ModelConfig
 
 SAMPLERS = FLOW_SAMPLERS
 
@@ -153,9 +153,30 @@ def load_second_expert(
     return type(backbone).from_pretrained(resolve_path(model.path), recipe.second_expert, dtype).eval()
 
 
-def frame_shape(data) -> tuple[int, int]:
+def frame_shape(data: DataConfig) -> tuple[int, int]:
     """The run's frame ``(height, width)``: ``data.height × data.width`` when set, else ``data.size`` square."""
     return (data.height, data.width) if data.height else (data.size, data.size)
+
+
+@dataclass(frozen=True)
+class SessionSetup:
+    """The few values of a run's config that a session reads, so that a session depends on them and on nothing else
+    of the config. The whole config stays with the caller: ``tinyhistory generate`` and the studio build this from it
+    with :func:`tinyhistory.generate.run.session_setup`.
+
+    ``preset``, ``history_method`` and ``history_rates`` are the config's own values, written into a saved session's
+    identity (:meth:`GenerationSession.identity`: a session resumes only under the same).
+    """
+
+    model: ModelConfig  # ``[model]``: the folder whose pipeline's scheduler, second expert and image conditioning apply
+    height: int  # frame height × width in pixels (:func:`frame_shape` of ``[data]``)
+    width: int
+    fps: float  # ``data.fps``: how long a segment is in seconds
+    segment_frames: int  # ``train.segment_frames``: latent frames per segment when no settings are given
+    text_empty: str  # ``text.empty``: "encoded" = CFG's unconditional prompt is the encoder's "", else all zeros
+    preset: str  # ``preset``
+    history_method: str  # ``history.method``
+    history_rates: tuple[str, ...]  # ``history.rates``
 
 
 class GenerationSession:
@@ -164,30 +185,30 @@ class GenerationSession:
     def __init__(
         self,
         model,
-        cfg,
+        setup: SessionSetup,
         codec,
         encode_text: Callable[[list[str]], TextCondition],
         settings: SamplingSettings | None = None,
         device: torch.device | str | None = None,
     ):
         self.model = model.eval()
-        self.cfg = cfg
+        self.setup = setup
         self.codec = codec
         self.encode_text = encode_text
-        self.settings = settings or SamplingSettings(segment_frames=cfg.train.segment_frames)
+        self.settings = settings or SamplingSettings(segment_frames=setup.segment_frames)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         # how the family's pipeline samples from the model folder: its scheduler, a second expert, image conditioning
-        self.recipe = sampling_recipe(model.backbone, cfg.model)
+        self.recipe = sampling_recipe(model.backbone, setup.model)
         base_dtype = model.backbone.patch_embedding.weight.dtype
         # (loaded on the CPU; it visits the device at the first segment, or block by block when the caller
         # group-offloads it and sets ``low_noise_offloaded``)
-        self.low_noise = load_second_expert(model.backbone, cfg.model, self.recipe, base_dtype)
+        self.low_noise = load_second_expert(model.backbone, setup.model, self.recipe, base_dtype)
         self.low_noise_offloaded = False
         with_features = len(model.enhancers) > 0
         self.caches = [IncrementalHistory(p, model.backbone.patch_embed, with_features) for p in model.producers]
         self.block = temporal_block([p.rate for p in model.producers])
         self.generator = torch.Generator().manual_seed(self.settings.seed)
-        self.height, self.width = frame_shape(cfg.data)
+        self.height, self.width = setup.height, setup.width
         s = codec.spatial_factor
         patch = model.backbone.patch_size[1]
         for p in model.producers:
@@ -404,7 +425,7 @@ class GenerationSession:
 
     def _empty_prompt(self) -> TextCondition | None:
         """CFG's unconditional prompt: the encoder's ``""`` (``text.empty = "encoded"``), else None (all zeros)."""
-        return self._prompt_embedding("") if self.cfg.text.empty == "encoded" else None
+        return self._prompt_embedding("") if self.setup.text_empty == "encoded" else None
 
     @torch.no_grad()
     def generate_segment(self, prompt: str, frames: int | None = None) -> np.ndarray:
@@ -456,7 +477,7 @@ class GenerationSession:
         return segment
 
     def seconds_per_segment(self) -> float:
-        return self.settings.segment_frames * self.frames_per_latent / self.cfg.data.fps
+        return self.settings.segment_frames * self.frames_per_latent / self.setup.fps
 
     def storyboard_segments(self, story, origin: int | None = None) -> int:
         """Segments still to generate for ``story``, whose shot times count from latent frame ``origin`` (default:
@@ -518,11 +539,11 @@ class GenerationSession:
 
     def identity(self) -> dict:
         """What a saved session's caches and latents depend on: a session resumes only under the same."""
-        h = self.cfg.history
+        setup = self.setup
         return {
-            "preset": self.cfg.preset,
-            "method": h.method if len(self.model.producers) else "no_history",
-            "rates": list(h.rates) if len(self.model.producers) else [],
+            "preset": setup.preset,
+            "method": setup.history_method if len(self.model.producers) else "no_history",
+            "rates": list(setup.history_rates) if len(self.model.producers) else [],
             "sliding_window": self.model.sliding_window,
             "cross_attention": len(self.model.enhancers) > 0,
             # the model's own (a --set after loading does not change the model it was built as)
@@ -543,7 +564,14 @@ class GenerationSession:
 
     @classmethod
     def load(
-        cls, path: str | Path, model, cfg, codec, encode_text, device=None, settings: SamplingSettings | None = None
+        cls,
+        path: str | Path,
+        model,
+        setup: SessionSetup,
+        codec,
+        encode_text,
+        device=None,
+        settings: SamplingSettings | None = None,
     ) -> GenerationSession:
         """Continue a saved session. ``settings``: other sampling settings for what comes next (the segment length
         must stay: positions and blocks depend on it); default: the saved ones."""
@@ -557,7 +585,7 @@ class GenerationSession:
             raise ValueError(
                 f"{path} was made with {saved.segment_frames}-frame segments, which a resumed session keeps"
             )
-        session = cls(model, cfg, codec, encode_text, settings, device)
+        session = cls(model, setup, codec, encode_text, settings, device)
         wanted, made = session.identity(), meta.get("model", {})
         made.setdefault("context_attention", "full")  # sessions saved before the setting existed
         made.setdefault("tiers", None)

@@ -27,7 +27,7 @@ from torch import nn
 from tinyhistory.backbones.base import ContextTokens
 from tinyhistory.geometry import Rate
 from tinyhistory.history.base import tokens_from_grid
-from tinyhistory.history.phase import BlockPhase
+from tinyhistory.history.phase import BlockPhase, PhaseReadout
 
 VARIANTS = ("proposed", "only_lr", "without_lr")
 
@@ -160,7 +160,8 @@ class HistoryEncoder(nn.Module):
         self.rate = Rate.parse(cfg.rate)
         self.patch = patch
         self.uses_lr = cfg.variant in ("proposed", "only_lr")
-        self.block_phase: BlockPhase | None = None  # history.block_phase: set by system.build_producers
+        self.block_phase: BlockPhase | None = None  # history.block_phase: set by assemble.build_producers
+        self.phase_readout: PhaseReadout | None = None  # history.phase_readout: set by build_producers
         self.hr = (
             HighResBranch(latent_channels, hidden_dim, self.rate, patch, cfg) if cfg.variant != "only_lr" else None
         )

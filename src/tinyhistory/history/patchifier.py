@@ -13,7 +13,7 @@ from torch import nn
 from tinyhistory.backbones.base import ContextTokens
 from tinyhistory.geometry import Rate
 from tinyhistory.history.base import tokens_from_grid
-from tinyhistory.history.phase import BlockPhase
+from tinyhistory.history.phase import BlockPhase, PhaseReadout
 
 
 class LargePatchifier(nn.Module):
@@ -23,7 +23,8 @@ class LargePatchifier(nn.Module):
     def __init__(self, rate: str, patch_embedding: nn.Conv3d):
         super().__init__()
         self.rate = Rate.parse(rate)
-        self.block_phase: BlockPhase | None = None  # history.block_phase: set by system.build_producers
+        self.block_phase: BlockPhase | None = None  # history.block_phase: set by assemble.build_producers
+        self.phase_readout: PhaseReadout | None = None  # history.phase_readout: set by build_producers
         pt, ph, pw = patch_embedding.kernel_size
         kernel = (pt * self.rate.t, ph * self.rate.h, pw * self.rate.w)
         self.conv = nn.Conv3d(patch_embedding.in_channels, patch_embedding.out_channels, kernel, stride=kernel)

@@ -40,3 +40,47 @@ class BlockPhase(nn.Module):
         phase_w = torch.arange(grid_w, device=device) % self.rate.w
         offsets = self.table[phase_t[:, :, None, None], phase_h[None, None, :, None], phase_w[None, None, None, :]]
         return offsets.flatten(1, 3)  # (B, T, H, W, D) → (B, N, D)
+
+
+class PhaseReadout(nn.Module):
+    """A phase-conditioned linear readout of the history (``history.phase_readout``, issue 22): per DiT block and per
+    cell of a history block, a low-rank map added to what a target token reads from the context.
+
+    Why: with the block phase a target token knows *which* cell of a history token is its own, but the value it
+    receives is still the same for every cell, so turning "this token's content and my cell" into "my part of the
+    content" is a product of the two that the per-token FFN must approximate. The Large Patchifier's linear packing
+    (and the LR branch's downsampling) are linear, so their inverse is one linear map per cell: an "unpatchify". Here
+    the context part of each target's attention output ``c`` (before the output projection; the target part is
+    untouched, so the base's own attention among targets stays the stock one) becomes ``c + U_p V_p c`` for the
+    target's cell ``p``, ``V_p`` ``(D, r)`` random, ``U_p`` ``(r, D)`` zero-initialised: a fresh readout leaves the
+    DiT exactly as it was, like a LoRA. Cells are ``(t mod rT, h mod rH, w mod rW)`` in DiT-token units, as for the
+    block phase. Parameters: ``2 · layers · rT·rH·rW · D · r``; saved with the encoder, trained in its group.
+    """
+
+    def __init__(self, rate: Rate, dim: int, layers: int, rank: int):
+        super().__init__()
+        self.rate = rate
+        cells = rate.t * rate.h * rate.w
+        self.down = nn.Parameter(torch.randn(layers, cells, dim, rank) / dim**0.5)  # (L, P, D, r)
+        self.up = nn.Parameter(torch.zeros(layers, cells, rank, dim))  # (L, P, r, D)
+
+    def cells(self, frame_positions: torch.Tensor, grid_h: int, grid_w: int, frame_offset: int = 0) -> torch.Tensor:
+        """frame_positions ``(B, T)`` → ``(B, T·grid_h·grid_w)`` cell index of each target token (row-major
+        ``(t, h, w)`` inside the block), in the targets' (frame, row, column) token order."""
+        device = self.up.device
+        rate = self.rate
+        phase_t = torch.remainder(frame_positions.to(device=device, dtype=torch.long) - frame_offset, rate.t)
+        phase_h = torch.arange(grid_h, device=device) % rate.h
+        phase_w = torch.arange(grid_w, device=device) % rate.w
+        cell = (phase_t[:, :, None, None] * rate.h + phase_h[None, None, :, None]) * rate.w + phase_w[None, None, None]
+        return cell.flatten(1, 3)  # (B, T, H, W) → (B, N)
+
+    def delta(self, layer: int, read: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """``U_p V_p c`` for block ``layer``: read ``(B, N, D)`` (the context part of the targets' attention output),
+        cells ``(B, N)`` → ``(B, N, D)``. Every cell's rank-r projection is computed, the others' zeroed, then one
+        matmul maps the ``P·r`` features up, so no ``(B, N, D, r)`` gather is ever made."""
+        down, up = self.down[layer].to(read.dtype), self.up[layer].to(read.dtype)
+        cells_count, _, rank = down.shape
+        low = torch.einsum("bnd,pdr->bnpr", read, down)  # (B, N, P, r)
+        own = nn.functional.one_hot(cells, cells_count).to(read.dtype)[..., None]  # (B, N, P, 1)
+        return (low * own).flatten(2) @ up.reshape(cells_count * rank, -1)  # (B, N, P·r) @ (P·r, D) → (B, N, D)

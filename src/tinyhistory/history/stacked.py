@@ -17,7 +17,7 @@ So a block's keys/values never change once computed; a move changes only which o
 recomputed), and an append attends to at most one window of keys, so its cost does not grow with the history. The
 price is in what the context sees: a block reads only the last ``window`` of history (the recompute layout lets it
 read every older block at its tier's rate) and the coarse tokens read fine ones of their window. Training (stage I and
-II) sees the same masks: :meth:`~tinyhistory.system.HistoryDiT.encode_history` gives the stacked context with its
+II) sees the same masks: :meth:`~tinyhistory.assemble.HistoryDiT.encode_history` gives the stacked context with its
 visibility, and the backbone's attention processor applies both masks (backbones/wan.py).
 
 :class:`StackedTierCache` is the session's cache: one :class:`~tinyhistory.backbones.wan.ContextCache` per rate over

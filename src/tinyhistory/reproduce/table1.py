@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from tinyhistory.config import load_config
-from tinyhistory.data.clip import clip_from_config, to_uint8
+from tinyhistory.data.windows import clip_from_config, to_uint8
 from tinyhistory.eval.figures import grid_image
 from tinyhistory.eval.frame_query import (
     FrameQuerySet,
@@ -198,8 +198,9 @@ def reproduce_table1(
     print("[table1] evaluating on the held-out part of the clip")
     clip = clip_from_config(base_cfg.data)
     all_rates = sorted({r for row in selected for r in row.rates})
-    eval_cfg = dataclasses.replace(base_cfg, history=dataclasses.replace(base_cfg.history, rates=all_rates))
-    eval_set, codec = eval_set_for_clip(clip.heldout, eval_cfg, windows, queries, seed=0)
+    eval_set, codec = eval_set_for_clip(
+        clip.heldout, base_cfg.codec, all_rates, base_cfg.train, windows, queries, seed=0
+    )
     text = encode_prompts(base_cfg.text, [base_cfg.text.caption])
     try:
         from tinyhistory.eval.lpips import LPIPS
@@ -238,7 +239,9 @@ def reproduce_table1(
                 "ctx_per_s": row.paper_ctx_per_s,
             },
         }
-        tokens, per_second = context_size(base_cfg, list(row.rates), row.method, base_cfg.train.history_frames)
+        tokens, per_second = context_size(
+            base_cfg.base, base_cfg.data, list(row.rates), row.method, base_cfg.train.history_frames
+        )
         entry["context_tokens"], entry["context_tokens_per_s"] = tokens, per_second
         per_seed = []
         for job in (j for j in todo if j.row == row):

@@ -64,6 +64,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from tinyhistory.assemble import HistoryDiT
 from tinyhistory.backbones.base import Backbone, ContextTokens
 from tinyhistory.config import RunConfig, load_config
 from tinyhistory.geometry import BaseGeometry, Rate, get_base, history_grid, temporal_block
@@ -74,7 +75,6 @@ from tinyhistory.history.streaming import IncrementalHistory
 from tinyhistory.history.tiers import TierPlan, select_tiers
 from tinyhistory.registry import BACKBONES
 from tinyhistory.sizing.models import released
-from tinyhistory.system import HistoryDiT
 
 METHODS = ("no_history", "full", "window", "framepack", "proposed")
 # Rate sets of the proposed encoder reported by default: the paper's 4×4×2, a lighter 2×2×2 and two encoders.
@@ -134,6 +134,26 @@ class TierSet:
         if len(rates) < 2:
             raise ValueError(f"tiers {text!r} need at least two rates, e.g. 4x4x2:20+8x8x4")
         return cls(tuple(rates), tuple(seconds), move)
+
+    def overrides(self) -> list[str]:
+        """The config overrides that lay the preset's history out as this tier set (what ``tinyhistory cost``
+        counts and ``tinyhistory plan`` sizes for the same spec): the stacked layout with its cache and window."""
+        rates = ",".join(f'"{r}"' for r in self.rates)
+        seconds = ",".join(f"{x:g}" for x in self.seconds)
+        out = [
+            'history.method="proposed"',
+            f"history.rates=[{rates}]",
+            f"history.tiers=[{seconds}]",
+            f"history.tier_move={self.move:g}",
+        ]
+        if self.layout == "stacked":
+            out += [
+                "history.kv_cache=true",
+                'history.context_attention="block_causal"',
+                'history.tier_layout="stacked"',
+                f"history.context_window={self.window:g}",
+            ]
+        return out
 
     def __str__(self) -> str:
         tiers = [f"{r}:{s:g}s" for r, s in zip(self.rates, self.seconds, strict=False)] + [self.rates[-1]]
@@ -376,22 +396,7 @@ class CostModel:
         layout gets its own block-causal meta DiT with the window (None without the block-causal rows: the layout
         exists only under that cache). A family without the stacked layout refuses it by name (a ValueError naming
         the family and ``history.tier_layout``): a stacked tier set is only counted when asked for."""
-        rate_list = ",".join(f'"{r}"' for r in spec.rates)
-        seconds = ",".join(f"{x:g}" for x in spec.seconds)
-        overrides = [
-            'history.method="proposed"',
-            f"history.rates=[{rate_list}]",
-            f"history.tiers=[{seconds}]",
-            f"history.tier_move={spec.move:g}",
-        ]
-        if spec.layout == "stacked":
-            overrides += [
-                "history.kv_cache=true",
-                'history.context_attention="block_causal"',
-                'history.tier_layout="stacked"',
-                f"history.context_window={spec.window:g}",
-            ]
-        cfg = load_config(self.settings.preset, overrides=overrides)
+        cfg = load_config(self.settings.preset, overrides=spec.overrides())
         cfg.data.fps = self.fps  # the tiers' seconds at the counted frame rate
         if spec.layout != "stacked":
             return HistoryDiT.from_config(cfg, self.backbone)
@@ -606,53 +611,14 @@ class CostModel:
         self, spec: TierSet, model: HistoryDiT, seconds: float, frames: int, baseline: int, per_second: float
     ) -> list[CostRow]:
         """A tier set's rows at one history length: uncached, and block-causal with its cache work and moves."""
-        s = self.settings
-        forwards = s.steps * s.branches
         context, whole = count_flops(lambda: self.tier_context(model, frames))
         append = self._append_flops(model, frames)
-        common = dict(
-            preset=s.preset,
-            method="proposed",
-            rates=list(spec.rates),
-            history_seconds=seconds,
-            history_frames=frames,
-            context_tokens=context.num_tokens,
-            producer_tflops=whole / TERA,
-            append_tflops=append / TERA,
-            tiers=list(spec.seconds),
-            tier_move=spec.move,
-            tier_layout=spec.layout,
-        )
-        step = self.dit_step(context, frames)
-        total = step + append / forwards
-        rows = [
-            CostRow(
-                **common,
-                kv_cache=False,
-                dit_step_tflops=step / TERA,
-                cache_build_tflops=0.0,
-                step_tflops=total / TERA,
-                second_tflops=(step * forwards + append) * per_second / TERA,
-                history_overhead=total / baseline - 1,
-            )
-        ]
+        common = self._tier_fields(spec, seconds, frames, context.num_tokens, whole, append)
+        rows = [self._row(common, self.dit_step(context, frames), append, baseline, per_second)]
         if self.causal_dit is not None:
             step = self.causal_step(context, frames)
             work, moves = self.tier_cache_work(model, frames)
-            total = step + (work + append) / forwards
-            rows.append(
-                CostRow(
-                    **common,
-                    kv_cache=True,
-                    dit_step_tflops=step / TERA,
-                    cache_build_tflops=work / TERA,
-                    step_tflops=total / TERA,
-                    second_tflops=(step * forwards + work + append) * per_second / TERA,
-                    history_overhead=total / baseline - 1,
-                    context_attention="block_causal",
-                    cache_move_tflops=moves / TERA,
-                )
-            )
+            rows.append(self._row(common, step, append, baseline, per_second, work, cache_move_tflops=moves / TERA))
         return rows
 
     # -- the stacked tier layout -------------------------------------------------------------------------------
@@ -705,34 +671,12 @@ class CostModel:
     ) -> CostRow:
         """A stacked tier set's row at one history length: the cached step over the targets' view, the producers'
         append (every rate) and the stacked cache's append, spread over every forward of the segment."""
-        s = self.settings
-        forwards = s.steps * s.branches
         view, whole = self.stacked_view(model, frames)
         append = self._append_flops(model, frames)
         step = self.stacked_step(model, view, frames)
         work = self.stacked_cache_work(model, frames)
-        total = step + (work + append) / forwards
-        return CostRow(
-            preset=s.preset,
-            method="proposed",
-            rates=list(spec.rates),
-            history_seconds=seconds,
-            history_frames=frames,
-            kv_cache=True,
-            context_tokens=view.num_tokens,
-            dit_step_tflops=step / TERA,
-            producer_tflops=whole / TERA,
-            append_tflops=append / TERA,
-            cache_build_tflops=work / TERA,
-            step_tflops=total / TERA,
-            second_tflops=(step * forwards + work + append) * per_second / TERA,
-            history_overhead=total / baseline - 1,
-            context_attention="block_causal",
-            tiers=list(spec.seconds),
-            tier_move=spec.move,
-            tier_layout="stacked",
-            context_window=spec.window,
-        )
+        common = self._tier_fields(spec, seconds, frames, view.num_tokens, whole, append)
+        return self._row(common, step, append, baseline, per_second, work, context_window=spec.window)
 
     # -- rows -------------------------------------------------------------------------------------------------
     def variants(self) -> list[tuple[str, tuple[str, ...]]]:
@@ -755,30 +699,9 @@ class CostModel:
             for method, rates in self.variants():
                 context, whole, append, schedule = self.produce(method, rates, frames)
                 k = context.num_tokens if context is not None else 0
-                step = self.dit_step(context, frames)
-                common = dict(
-                    preset=s.preset,
-                    method=method,
-                    rates=list(rates) if schedule is None else [t["rate"] for t in schedule],
-                    history_seconds=seconds,
-                    history_frames=frames,
-                    context_tokens=k,
-                    producer_tflops=whole / TERA,
-                    append_tflops=append / TERA,
-                    schedule=schedule,
-                )
-                total = step + append / (steps * branches)
-                out.append(
-                    CostRow(
-                        **common,
-                        kv_cache=False,
-                        dit_step_tflops=step / TERA,
-                        cache_build_tflops=0.0,
-                        step_tflops=total / TERA,
-                        second_tflops=(step * steps * branches + append) * per_second / TERA,
-                        history_overhead=total / baseline - 1,
-                    )
-                )
+                used = list(rates) if schedule is None else [t["rate"] for t in schedule]
+                common = self._fields(method, used, seconds, frames, k, whole, append, schedule=schedule)
+                out.append(self._row(common, self.dit_step(context, frames), append, baseline, per_second))
                 if self.kv_dit is not None and k:
                     cached, build = self.cached_step(context, frames)
                     total = cached + build / steps + append / (steps * branches)
@@ -794,7 +717,8 @@ class CostModel:
                         )
                     )
                 if self.causal_dit is not None and k and method == "proposed":
-                    out.append(self._causal_row(common, context, rates, frames, append, baseline, per_second))
+                    step, work = self.causal_step(context, frames), self.causal_append(rates, frames)
+                    out.append(self._row(common, step, append, baseline, per_second, work))
             for spec, model in self.tiered.items():
                 if spec.layout == "stacked":
                     out.append(self._stacked_row(spec, model, seconds, frames, baseline, per_second))
@@ -802,25 +726,67 @@ class CostModel:
                     out += self._tier_rows(spec, model, seconds, frames, baseline, per_second)
         return out
 
-    def _causal_row(
-        self, common: dict, context: ContextTokens, rates, frames: int, append: float, baseline: int, per_second
+    def _fields(
+        self,
+        method: str,
+        rates: list[str],
+        seconds: float,
+        frames: int,
+        tokens: int,
+        whole: float,
+        append: float,
+        **extra,
+    ) -> dict:
+        """What every row of one producer at one history length shares: its context and what producing it costs,
+        on the whole history (``whole``) and per generated segment (``append``), FLOPs."""
+        return dict(
+            preset=self.settings.preset,
+            method=method,
+            rates=rates,
+            history_seconds=seconds,
+            history_frames=frames,
+            context_tokens=tokens,
+            producer_tflops=whole / TERA,
+            append_tflops=append / TERA,
+            **extra,
+        )
+
+    def _tier_fields(
+        self, spec: TierSet, seconds: float, frames: int, tokens: int, whole: float, append: float
+    ) -> dict:
+        """:meth:`_fields` of a tier set's rows (the proposed encoders at its rates, its tiers, move and layout)."""
+        tiers = dict(tiers=list(spec.seconds), tier_move=spec.move, tier_layout=spec.layout)
+        return self._fields("proposed", list(spec.rates), seconds, frames, tokens, whole, append, **tiers)
+
+    def _row(
+        self,
+        common: dict,
+        step: int,
+        append: float,
+        baseline: int,
+        per_second: float,
+        work: float | None = None,
+        **extra,
     ) -> CostRow:
-        """The block-causal incremental cache's row: the cached step plus the per-segment cache append, both spread
-        over every forward of the segment (one append serves both branches)."""
+        """One row from one branch's DiT step (``step``), spread over every forward of the segment: the producers'
+        per-segment ``append`` and, on a block-causal row (``work`` given), the incremental cache's work per
+        segment (one append serves both branches). ``work`` None: the uncached row. ``extra``: the tier rows'
+        ``cache_move_tflops``, the stacked rows' ``context_window``."""
         s = self.settings
         forwards = s.steps * s.branches
-        step = self.causal_step(context, frames)
-        work = self.causal_append(rates, frames)
-        total = step + (work + append) / forwards
+        cached = work is not None
+        build = work if cached else 0  # the uncached row builds no cache
+        total = step + (build + append) / forwards
         return CostRow(
             **common,
-            kv_cache=True,
+            kv_cache=cached,
             dit_step_tflops=step / TERA,
-            cache_build_tflops=work / TERA,
+            cache_build_tflops=build / TERA,
             step_tflops=total / TERA,
-            second_tflops=(step * forwards + work + append) * per_second / TERA,
+            second_tflops=(step * forwards + build + append) * per_second / TERA,
             history_overhead=total / baseline - 1,
-            context_attention="block_causal",
+            context_attention="block_causal" if cached else "full",
+            **extra,
         )
 
     def header(self) -> str:

@@ -231,7 +231,7 @@ class ModelFacts:
         from tinyhistory.config import load_config
 
         self.settings = s = settings
-        tiers = _tier_overrides(s.tiers)
+        tiers = [] if s.tiers is None else s.tiers.overrides()  # what tinyhistory cost counts for the spec
         cfg = load_config(s.preset, overrides=[f'train.stage="{s.stage}"', *tiers])
         ar = load_config(s.preset, overrides=['train.stage="ar"', *tiers])
         model = released(cfg)
@@ -481,28 +481,6 @@ class ModelFacts:
         """(bytes, kind) of the largest text-encoder file read whole (of every component)."""
         sizes = [self.shard(c, 2 * n) for c, n in self.text_params_by.items()]
         return max(sizes, default=(0, "exact"))
-
-
-def _tier_overrides(tiers: TierSet | None) -> list[str]:
-    """Config overrides for ``--tiers`` (what ``tinyhistory cost`` counts for the same spec)."""
-    if tiers is None:
-        return []
-    rates = ",".join(f'"{r}"' for r in tiers.rates)
-    seconds = ",".join(f"{x:g}" for x in tiers.seconds)
-    out = [
-        'history.method="proposed"',
-        f"history.rates=[{rates}]",
-        f"history.tiers=[{seconds}]",
-        f"history.tier_move={tiers.move:g}",
-    ]
-    if tiers.layout == "stacked":
-        out += [
-            "history.kv_cache=true",
-            'history.context_attention="block_causal"',
-            'history.tier_layout="stacked"',
-            f"history.context_window={tiers.window:g}",
-        ]
-    return out
 
 
 # -- training --------------------------------------------------------------------------------------------------

@@ -23,12 +23,16 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from tinyhistory.data.mp4 import GrowingMp4
 from tinyhistory.files import replace_file
+
+if TYPE_CHECKING:
+    from tinyhistory.generate.session import SessionSetup
 
 DEMO_CHECKPOINT = "checkpoints/miniature/stage2/proposed"  # the embedded demo's stage-II model
 VIDEO = "story.mp4"  # a run folder holds what ``tinyhistory generate --out DIR/story.mp4`` writes
@@ -79,6 +83,13 @@ class Loaded:
     @property
     def fps(self) -> float:
         return self.cfg.data.fps
+
+    @property
+    def setup(self) -> SessionSetup:
+        """What a generation session reads of the checkpoint's config (``tinyhistory generate``'s own)."""
+        from tinyhistory.generate.run import session_setup
+
+        return session_setup(self.cfg)
 
     @property
     def recipe(self):
@@ -346,7 +357,7 @@ class Studio:
         if request.start == "resume":
             self._set(message="Loading the session…")
             session = GenerationSession.load(
-                request.path, loaded.model, loaded.cfg, loaded.codec, loaded.encode_text, loaded.device, settings
+                request.path, loaded.model, loaded.setup, loaded.codec, loaded.encode_text, loaded.device, settings
             )
             same_run = self._run is not None and Path(request.path) == self._run.session_path
             run = self._run if same_run else self._new_run(height, width)
@@ -354,7 +365,7 @@ class Studio:
                 self._carry(run, request.previous_video, sum(r.pixel_frames for r in session.records))
         else:
             session = GenerationSession(
-                loaded.model, loaded.cfg, loaded.codec, loaded.encode_text, settings, loaded.device
+                loaded.model, loaded.setup, loaded.codec, loaded.encode_text, settings, loaded.device
             )
             run = self._new_run(height, width)
             self._start(session, request)

@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-from tinyhistory.codecs.base import require_folder
 from tinyhistory.text.base import StatesTextEncoder
 from tinyhistory.text.condition import TextCondition
 
@@ -37,12 +36,6 @@ class HunyuanTextEncoder(StatesTextEncoder):
     ``max_tokens`` is the pipeline's ``max_sequence_length`` (256 by default), counted after the template crop.
     ``dtype`` is the compute dtype of both encoders (Llama-3-8B: bfloat16 on a GPU); outputs are float32.
     """
-
-    @classmethod
-    def from_config(cls, cfg, dtype: torch.dtype, device) -> HunyuanTextEncoder:
-        """Registry constructor from the ``[text]`` table (``text.path``: a HunyuanVideo model folder)."""
-        path = require_folder(cfg.path, "text.path", cfg.kind, "model")
-        return cls(path, cfg.max_tokens, dtype=dtype, device=device)
 
     def __init__(
         self,

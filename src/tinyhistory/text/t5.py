@@ -14,17 +14,13 @@ diffusers model repo (``text_encoder/`` and ``tokenizer/``) or one folder holdin
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from tinyhistory.codecs.base import require_folder
-from tinyhistory.text.base import StatesTextEncoder
+from tinyhistory.text.base import EncoderFolderTextEncoder
 from tinyhistory.text.condition import TextCondition
-from tinyhistory.text.umt5 import _component_folders
 
 
-class T5TextEncoder(StatesTextEncoder):
+class T5TextEncoder(EncoderFolderTextEncoder):
     """``encode_condition(prompts)`` → states ``(B, max_tokens, d_model)`` float32 (zero past each prompt) and the
     mask ``(B, max_tokens)`` int64.
 
@@ -32,37 +28,13 @@ class T5TextEncoder(StatesTextEncoder):
     encoder's compute dtype (T5-XXL's encoder is ~4.8B parameters: bfloat16 on a GPU; the output is float32 either way).
     """
 
-    pooled_dim = 0  # LTX-Video has no pooled text vector
+    default_max_tokens = 128
 
-    @classmethod
-    def from_config(cls, cfg, dtype: torch.dtype, device) -> T5TextEncoder:
-        """Registry constructor from the ``[text]`` table (``text.path``: an LTX-Video folder or one T5 folder)."""
-        path = require_folder(cfg.path, "text.path", cfg.kind, "model")
-        return cls(path, cfg.max_tokens, dtype=dtype, device=device)
+    @staticmethod
+    def model_class() -> type:
+        from transformers import T5EncoderModel
 
-    def __init__(
-        self,
-        path: str | Path,
-        max_tokens: int = 128,
-        dtype: torch.dtype = torch.float32,
-        device: str | torch.device = "cpu",
-    ) -> None:
-        from transformers import AutoTokenizer, T5EncoderModel
-
-        model_dir, tokenizer_dir = _component_folders(Path(path), "text_encoder", "tokenizer", "T5 text encoder")
-        if max_tokens <= 0:
-            raise ValueError(f"max_tokens must be positive, got {max_tokens}")
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-        self.model = T5EncoderModel.from_pretrained(
-            model_dir, dtype=dtype, local_files_only=True, use_safetensors=True
-        ).eval()
-        self.model.to(device)
-        self.max_tokens = max_tokens
-        self.text_dim: int = self.model.config.d_model
-
-    def to(self, device: str | torch.device) -> T5TextEncoder:
-        self.model.to(device)
-        return self
+        return T5EncoderModel
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,11 +81,3 @@ class T5TextEncoder(StatesTextEncoder):
             "layer_norm_epsilon": 1e-6,
         }
     }
-
-    @staticmethod
-    def meta_model(component: str, config: dict) -> torch.nn.Module:
-        """The ``component`` (``text_encoder``) of ``config`` on the meta device: exact shapes, no weights."""
-        from transformers import T5Config, T5EncoderModel
-
-        with torch.device("meta"):
-            return T5EncoderModel(T5Config.from_dict(dict(config)))

@@ -14,65 +14,25 @@ tokenizer files.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from tinyhistory.codecs.base import require_folder
-from tinyhistory.text.base import StatesTextEncoder
+from tinyhistory.text.base import EncoderFolderTextEncoder
 
 
-def _component_folders(path: Path, model: str, tokenizer: str, what: str) -> tuple[Path, Path]:
-    """``(model folder, tokenizer folder)`` inside ``path``: its subfolders if present, else ``path`` itself."""
-    if not path.is_dir():
-        raise FileNotFoundError(f"{what} folder not found: {path}")
-    if (path / model).is_dir() or (path / tokenizer).is_dir():
-        folders = (path / model, path / tokenizer)
-        for folder in folders:
-            if not folder.is_dir():
-                raise FileNotFoundError(f"{what}: {path} has no {folder.name}/ subfolder")
-        return folders
-    return path, path
-
-
-class UMT5TextEncoder(StatesTextEncoder):
+class UMT5TextEncoder(EncoderFolderTextEncoder):
     """Wan's text encoder: ``encode(prompts)`` → ``(B, max_tokens, d_model)`` float32, zero beyond each prompt.
 
     ``max_tokens`` is the pipeline's ``max_sequence_length`` (``WanPipeline.__call__`` uses 512). ``dtype`` is the
     encoder's compute dtype (UMT5-XXL is ~5.7B parameters: bfloat16 on a GPU; the output is float32 either way).
     """
 
-    pooled_dim = 0  # Wan has no pooled text vector
+    default_max_tokens = 512
 
-    @classmethod
-    def from_config(cls, cfg, dtype: torch.dtype, device) -> UMT5TextEncoder:
-        """Registry constructor from the ``[text]`` table (``text.path``: a Wan model folder or one UMT5 folder)."""
-        path = require_folder(cfg.path, "text.path", cfg.kind, "model")
-        return cls(path, cfg.max_tokens, dtype=dtype, device=device)
+    @staticmethod
+    def model_class() -> type:
+        from transformers import UMT5EncoderModel
 
-    def __init__(
-        self,
-        path: str | Path,
-        max_tokens: int = 512,
-        dtype: torch.dtype = torch.float32,
-        device: str | torch.device = "cpu",
-    ) -> None:
-        from transformers import AutoTokenizer, UMT5EncoderModel
-
-        model_dir, tokenizer_dir = _component_folders(Path(path), "text_encoder", "tokenizer", "UMT5 text encoder")
-        if max_tokens <= 0:
-            raise ValueError(f"max_tokens must be positive, got {max_tokens}")
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-        self.model = UMT5EncoderModel.from_pretrained(
-            model_dir, dtype=dtype, local_files_only=True, use_safetensors=True
-        ).eval()
-        self.model.to(device)
-        self.max_tokens = max_tokens
-        self.text_dim: int = self.model.config.d_model
-
-    def to(self, device: str | torch.device) -> UMT5TextEncoder:
-        self.model.to(device)
-        return self
+        return UMT5EncoderModel
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
@@ -122,11 +82,3 @@ class UMT5TextEncoder(StatesTextEncoder):
             "layer_norm_epsilon": 1e-6,
         }
     }
-
-    @staticmethod
-    def meta_model(component: str, config: dict) -> torch.nn.Module:
-        """The ``component`` (``text_encoder``) of ``config`` on the meta device: exact shapes, no weights."""
-        from transformers import UMT5Config, UMT5EncoderModel
-
-        with torch.device("meta"):
-            return UMT5EncoderModel(UMT5Config.from_dict(dict(config)))

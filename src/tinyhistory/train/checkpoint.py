@@ -26,12 +26,12 @@ import torch
 from peft.utils import set_peft_model_state_dict
 from safetensors.torch import save_file
 
+from tinyhistory.assemble import HistoryDiT, torch_dtype
 from tinyhistory.config import RunConfig, config_from_dict
 from tinyhistory.files import read_json, read_jsonl, read_tensors
 from tinyhistory.hashing import hash_into
 from tinyhistory.paths import PROJECT_ROOT, resolve_path
 from tinyhistory.registry import BACKBONES
-from tinyhistory.system import HistoryDiT, torch_dtype
 from tinyhistory.train.lora import LORA_FILE, PREFIX, has_lora, load_lora, merge_lora, save_lora
 from tinyhistory.variants import check_model_variant
 

@@ -40,7 +40,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from tinyhistory.system import HistoryDiT
+from tinyhistory.assemble import HistoryDiT
 
 # The sharded optimizer state inside a checkpoint's ``state/`` folder (a DCP checkpoint: one file per rank + metadata).
 OPTIMIZER_DIR = "optimizer"

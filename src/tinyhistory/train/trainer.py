@@ -25,13 +25,13 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType, gat
 from torch import nn
 from tqdm.auto import tqdm
 
+from tinyhistory.assemble import HistoryDiT, build_codec, torch_dtype
 from tinyhistory.config import RunConfig, TextConfig, TrainConfig
 from tinyhistory.data.cache import CacheSampler, read_empty_prompt
-from tinyhistory.data.clip import WindowSampler, clip_from_config, load_extra_training
+from tinyhistory.data.windows import WindowSampler, clip_from_config, load_extra_training
 from tinyhistory.files import append_line, repair_jsonl, replace_file, writing
 from tinyhistory.geometry import Rate, get_base
 from tinyhistory.locks import folder_lock, is_main_rank
-from tinyhistory.system import HistoryDiT, build_codec, torch_dtype
 from tinyhistory.text.cache import empty_prompt, encode_prompts
 from tinyhistory.text.condition import TextCondition
 from tinyhistory.train import parallel
@@ -65,16 +65,17 @@ def lr_lambda(tc: TrainConfig):
 Sampler = WindowSampler | CacheSampler
 
 
-def longest_training_history(cfg: RunConfig) -> tuple[int, str]:
+def longest_training_history(base: str, train: TrainConfig) -> tuple[int, str]:
     """(latent frames of the longest history a training sample holds, the keys that set it): the whole window in
-    stage I, the window less the target segment in stage II."""
-    geometry = get_base(cfg.base)
-    window = geometry.latent_frames(cfg.train.history_frames)
-    if cfg.train.stage == "ar":  # segment_frames counts latent frames
-        return window - cfg.train.segment_frames, (
-            f"train.history_frames = {cfg.train.history_frames} less train.segment_frames = {cfg.train.segment_frames}"
+    stage I, the window less the target segment in stage II. ``base``: the geometry whose VAE turns the ``[train]``
+    table's pixel frames into latent frames."""
+    geometry = get_base(base)
+    window = geometry.latent_frames(train.history_frames)
+    if train.stage == "ar":  # segment_frames counts latent frames
+        return window - train.segment_frames, (
+            f"train.history_frames = {train.history_frames} less train.segment_frames = {train.segment_frames}"
         )
-    return window, f"train.history_frames = {cfg.train.history_frames}"
+    return window, f"train.history_frames = {train.history_frames}"
 
 
 def make_samplers(cfg: RunConfig, model: HistoryDiT) -> tuple[Sampler, Sampler]:
@@ -286,7 +287,7 @@ def _train(
     # From a checkpoint the architecture is the checkpoint's; the rest of the config (data, schedule) is this run's.
     model, cfg = prepare_model(cfg, init_from)
     if model.tiers is not None:
-        model.tiers.check_every_tier_trains(*longest_training_history(cfg))
+        model.tiers.check_every_tier_trains(*longest_training_history(cfg.base, cfg.train))
     objective = objective_for(tc)
     train_sampler, heldout_sampler = make_samplers(cfg, model)
     # encoded only if some sample has no storyboard prompt (no caption: the empty prompt, as the empty one below)
@@ -304,7 +305,7 @@ def _train(
         check_resume_config(cfg, last)
         restore_trained(model, cfg, last)
     fsdp = tc.parallel == "fsdp"
-    loss_module = StageLoss(cfg, model)
+    loss_module = StageLoss(tc, cfg.model.dtype, model)
     sharded = fsdp and parallel.distributed()
     if sharded:  # before the optimizer: its parameters are the shards
         units = parallel.shard(loss_module, model, accelerator.device.type)
@@ -323,7 +324,7 @@ def _train(
         stage_loss, optimizer = accelerator.prepare(loss_module, optimizer)
     # Held-out passes of a sharded model go through its root (which gathers the shards), on every rank; otherwise
     # through a loss module of its own, never the one accelerate wrapped for training.
-    eval_loss = stage_loss if sharded else StageLoss(cfg, model)
+    eval_loss = stage_loss if sharded else StageLoss(tc, cfg.model.dtype, model)
     device = accelerator.device
     ema = EMA(model, tc.ema_decay) if tc.ema_decay > 0 else None  # on the device the model now lives on
 
@@ -453,11 +454,12 @@ class StageLoss(nn.Module):
     the low dtype and keeps the float32 master weights.
     """
 
-    def __init__(self, cfg: RunConfig, model: HistoryDiT):
+    def __init__(self, train: TrainConfig, dtype: str, model: HistoryDiT):
+        """``train``: the ``[train]`` table (its stage's objective); ``dtype``: ``model.dtype``, the frozen base's."""
         super().__init__()
-        self.objective = objective_for(cfg.train)
+        self.objective = objective_for(train)
         self.model = model
-        self.autocast = torch_dtype(cfg.model.dtype)
+        self.autocast = torch_dtype(dtype)
         # Sharded (train.parallel = "fsdp"): all ranks must reduce the same gradients in the same order. So every
         # trainable weight of the root unit gets a gradient, zero where this rank's batch did not use it, and the
         # noise requires a gradient, so the first DiT block's input always does and its gradients are reduced as its

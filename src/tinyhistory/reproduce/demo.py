@@ -24,10 +24,8 @@ import torch
 
 from tinyhistory.codecs.learned_train import CodecTrainSettings, train_codec
 from tinyhistory.config import RunConfig, load_config
-from tinyhistory.data.clip import clip_from_config, to_uint8
 from tinyhistory.data.prepare import run_prepare
-from tinyhistory.demo_stage2 import markdown as stage2_markdown
-from tinyhistory.demo_stage2 import run_stage2, stage2_folders
+from tinyhistory.data.windows import clip_from_config, to_uint8
 from tinyhistory.eval.figures import grid_image
 from tinyhistory.eval.frame_query import (
     context_size,
@@ -38,6 +36,8 @@ from tinyhistory.eval.frame_query import (
 )
 from tinyhistory.eval.lpips import LPIPS
 from tinyhistory.paths import PROJECT_ROOT, resolve_path
+from tinyhistory.reproduce.demo_stage2 import markdown as stage2_markdown
+from tinyhistory.reproduce.demo_stage2 import run_stage2, stage2_folders
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.checkpoint import load_model, trained_steps
 from tinyhistory.train.trainer import train
@@ -184,7 +184,9 @@ def run_demo(
     print("[demo] loading the held-out part of the demo clip and the text encoder")
     clip = clip_from_config(base_cfg.data)
     text = encode_prompts(base_cfg.text, [base_cfg.text.caption])
-    eval_set, codec = eval_set_for_clip(clip.heldout, base_cfg, EVAL_WINDOWS, EVAL_QUERIES, seed=0)
+    eval_set, codec = eval_set_for_clip(
+        clip.heldout, base_cfg.codec, base_cfg.history.rates, base_cfg.train, EVAL_WINDOWS, EVAL_QUERIES, seed=0
+    )
 
     results: dict = {
         "preset": preset,
@@ -208,7 +210,9 @@ def run_demo(
         model, cfg = load_model(folders[method])
         print(f"[demo] evaluating {method}")
         metrics, sampled = evaluate_method(model, eval_set, text, codec, lpips=lpips)
-        metrics["context_tokens"], _ = context_size(cfg, cfg.history.rates, method, base_cfg.train.history_frames)
+        metrics["context_tokens"], _ = context_size(
+            cfg.base, cfg.data, cfg.history.rates, method, base_cfg.train.history_frames
+        )
         metrics["steps"] = trained_steps(folders[method])
         results["methods"][method] = metrics
         samples[method] = sampled

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from tinyhistory.config import load_config
-from tinyhistory.data.clip import to_uint8
 from tinyhistory.data.video import write_video
+from tinyhistory.data.windows import to_uint8
 from tinyhistory.eval.long_range import clip_features, listing, long_range_seconds
 from tinyhistory.eval.next_segment import NextSegmentSet, evaluate_next_segment, next_segment_set
-from tinyhistory.generate.run import contact_sheet
+from tinyhistory.generate.run import contact_sheet, session_setup
 from tinyhistory.generate.session import GenerationSession, SamplingSettings
 from tinyhistory.paths import PROJECT_ROOT
 from tinyhistory.text.cache import encode_prompts
@@ -93,10 +93,10 @@ def run_stage2(
 ) -> dict:
     """Teacher-forced comparison and the continuation; returns the results section (``results["stage2"]``)."""
     base_cfg = load_config(preset, overrides=[*(common or []), 'train.stage="ar"'])
+    from tinyhistory.assemble import build_codec
     from tinyhistory.eval.features import MobileNetV2Features
-    from tinyhistory.system import build_codec
 
-    codec = build_codec(base_cfg)
+    codec = build_codec(base_cfg.codec)
     text = encode_prompts(base_cfg.text, [base_cfg.text.caption])
     segment = base_cfg.train.segment_frames
     settings = SamplingSettings(steps=sample_steps, guidance=1.0, segment_frames=segment)
@@ -144,7 +144,7 @@ def run_stage2(
 
     story = Storyboard.load(STORYBOARD)
     history = to_uint8(heldout[:, :CONTINUATION_HISTORY])
-    session = GenerationSession(model, cfg, codec, lambda p: encode_prompts(cfg.text, p), settings)
+    session = GenerationSession(model, session_setup(cfg), codec, lambda p: encode_prompts(cfg.text, p), settings)
     session.start_from_video(history)
     fps = cfg.data.fps
     segments = session.storyboard_segments(story)

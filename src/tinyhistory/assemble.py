@@ -8,7 +8,6 @@ the LR branch, so no weight lives twice.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tinyhistory.backbones.base import (
@@ -21,7 +20,8 @@ from tinyhistory.backbones.base import (
 )
 from tinyhistory.config import CodecConfig, HistoryConfig, RunConfig
 from tinyhistory.geometry import temporal_block
-from tinyhistory.history.phase import BlockPhase
+from tinyhistory.history.enhancer import build_enhancers
+from tinyhistory.history.phase import BlockPhase, PhaseReadout
 from tinyhistory.history.stacked import stack_tiers
 from tinyhistory.history.tiers import TierPlan, encode_tiers
 from tinyhistory.paths import resolve_path
@@ -32,8 +32,6 @@ from tinyhistory.variants import check_model_variant
 
 def build_codec(codec: CodecConfig):
     """The codec ``codec.kind`` names (registered in ``registry.CODECS``), built from the ``[codec]`` table."""
-    if isinstance(codec, RunConfig):  # callers not yet passing cfg.codec (generate/run.py): drop once none does
-        codec = codec.codec
     return CODECS.get(codec.kind).from_config(codec)
 
 
@@ -84,34 +82,11 @@ def build_producers(h: HistoryConfig, backbone: Backbone) -> nn.ModuleList:
         # Each producer owns its rate's table, so it trains with the encoder and is saved in the encoder's file.
         for producer in producers:
             producer.block_phase = BlockPhase(producer.rate, backbone.hidden_dim)
+    if h.phase_readout:  # the same: each rate's per-cell readout maps live in its producer
+        for producer in producers:
+            layers = len(backbone.blocks)
+            producer.phase_readout = PhaseReadout(producer.rate, backbone.hidden_dim, layers, h.phase_readout)
     return nn.ModuleList(producers)
-
-
-class CrossAttentionEnhancer(nn.Module):
-    """IP-Adapter-like extra cross-attention from DiT tokens to encoder features (SPEC §3.4), one per DiT block.
-
-    ``tokens + out(attention(norm(tokens), features))`` with ``out`` zero-initialised, so a fresh enhancer leaves the
-    DiT exactly as it was.
-    """
-
-    def __init__(self, dim: int, feature_dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.feature_norm = nn.LayerNorm(feature_dim)
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(feature_dim, 2 * dim)
-        self.out = nn.Linear(dim, dim)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """tokens ``(B, S, D)``, features ``(B, M, F)`` → ``(B, S, D)``."""
-        b, s, d = tokens.shape
-        q = self.q(self.norm(tokens)).reshape(b, s, self.heads, d // self.heads).transpose(1, 2)
-        k, v = self.kv(self.feature_norm(features)).reshape(b, -1, 2, self.heads, d // self.heads).unbind(2)
-        attended = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2))
-        return tokens + self.out(attended.transpose(1, 2).reshape(b, s, d))
 
 
 class HistoryDiT(nn.Module):
@@ -145,14 +120,7 @@ class HistoryDiT(nn.Module):
         """The run's whole model around ``backbone`` (default: :func:`build_backbone`)."""
         backbone = backbone if backbone is not None else build_backbone(cfg)
         producers = build_producers(cfg.history, backbone)
-        enhancers = nn.ModuleList()
-        if cfg.history.cross_attention:
-            feature_dim = cfg.history.channels[-1]
-            heads = backbone.num_heads
-            blocks = len(backbone.blocks)
-            enhancers = nn.ModuleList(
-                CrossAttentionEnhancer(backbone.hidden_dim, feature_dim, heads) for _ in range(blocks)
-            )
+        enhancers = build_enhancers(cfg.history, backbone)
         tiers = TierPlan.from_config(cfg.history, cfg.base, cfg.data.fps)
         # first: a family without the stacked layout's window refuses by that name, not by block_causal's
         if tiers is not None and tiers.stacked:
@@ -170,6 +138,7 @@ class HistoryDiT(nn.Module):
             backbone.use_block_causal(False)
         if cfg.history.value_rope:
             backbone.use_value_rope()
+        backbone.use_phase_readout(bool(cfg.history.phase_readout))  # off as well: a backbone reused by another run
         return cls(backbone, producers, cfg.history.sliding_window, enhancers, tiers)
 
     @property
@@ -284,11 +253,27 @@ class HistoryDiT(nn.Module):
         phases = self.block_phases
         if not phases:
             return None
+        return sum(phase(*self._target_grid(latents, frame_positions)) for phase in phases)
+
+    def target_readouts(self, latents: torch.Tensor, frame_positions: torch.Tensor | None) -> list | None:
+        """``(PhaseReadout, cells (B, N))`` for each producer with a readout (``history.phase_readout``), the cells of
+        the target tokens of ``latents`` ``(B, C, T, H, W)``; None without any. The history starts at frame 0."""
+        readouts = [p.phase_readout for p in self.producers if p.phase_readout is not None]
+        if not readouts:
+            return None
+        grid = self._target_grid(latents, frame_positions)
+        return [(readout, readout.cells(*grid)) for readout in readouts]
+
+    def _target_grid(
+        self, latents: torch.Tensor, frame_positions: torch.Tensor | None
+    ) -> tuple[torch.Tensor, int, int]:
+        """The DiT token grid of the targets ``latents`` ``(B, C, T, H, W)``: their temporal positions ``(B, T / pt)``
+        (``frame_positions``; by default ``0 … T / pt − 1``) and the token rows and columns of one frame."""
         b, _, frames, height, width = latents.shape
         pt, ph, pw = self.backbone.patch_size
         if frame_positions is None:
             frame_positions = torch.arange(frames // pt, device=latents.device).expand(b, frames // pt)
-        return sum(phase(frame_positions, height // ph, width // pw) for phase in phases)
+        return frame_positions, height // ph, width // pw
 
     def forward(
         self,
@@ -300,6 +285,7 @@ class HistoryDiT(nn.Module):
         context_cache=None,
     ) -> torch.Tensor:
         """Velocity of the targets; ``context_cache`` (from :meth:`build_context_cache`) instead of ``context``."""
+        readouts = self.target_readouts(latents, frame_positions)
         return self.backbone(
             latents,
             t,
@@ -309,4 +295,5 @@ class HistoryDiT(nn.Module):
             after_block=self._after_block(context if context_cache is None else context_cache),
             context_cache=context_cache,
             target_offsets=self.target_offsets(latents, frame_positions),
+            **({"target_readouts": readouts} if readouts else {}),  # only Wan takes them (others refuse at build)
         )
