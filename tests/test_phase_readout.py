@@ -57,12 +57,14 @@ def test_a_fresh_readout_leaves_the_model_as_it_was_and_a_trained_one_changes_on
             torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("value_rope", [False, True], ids=["plain", "value-rope"])
-def test_the_kv_cache_equals_the_masked_forward_with_a_readout(small_config, value_rope):
+@pytest.mark.parametrize(
+    ("value_rope", "readout"), [(True, 0), (False, 4), (True, 4)], ids=["value-rope", "readout", "both"]
+)
+def test_the_kv_cache_equals_the_masked_forward_with_value_rope_and_a_readout(small_config, value_rope, readout):
     torch.manual_seed(0)
     model = HistoryDiT.from_config(
         small_config(
-            "backbone.num_layers=2", "history.kv_cache=true", "history.phase_readout=4",
+            "backbone.num_layers=2", "history.kv_cache=true", f"history.phase_readout={readout}",
             f"history.value_rope={str(value_rope).lower()}",
         )
     ).eval()  # fmt: skip

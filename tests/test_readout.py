@@ -164,22 +164,7 @@ def test_value_rope_depends_on_relative_positions_only_and_changes_the_readout(r
         assert (plain(x, t, text, context, positions) - out).abs().max() > 1e-4
 
 
-def test_value_rope_with_the_kv_cache_equals_the_masked_forward(small_config):
-    torch.manual_seed(0)
-    model = HistoryDiT.from_config(
-        small_config("backbone.num_layers=2", "history.value_rope=true", "history.kv_cache=true")
-    ).eval()
-    randomise_zero_layers(model)
-    hr, lr, x, t, text, positions = tiny_history_inputs()
-    with torch.no_grad():
-        context = model.encode_history(hr, lr)
-        cache = model.build_context_cache(context, text)
-        torch.testing.assert_close(
-            model(x, t, text, None, positions, context_cache=cache),
-            model(x, t, text, context, positions),
-            atol=1e-5,
-            rtol=1e-5,
-        )
+# (value RoPE with the KV cache: tests/test_phase_readout.py, beside the readout)
 
 
 def test_a_value_rope_checkpoint_loads_with_value_rope(small_config, tmp_path):
