@@ -410,7 +410,8 @@ class WanBackbone(DiffusersBackbone):
         self._set_processors()
 
     def _set_processors(self) -> None:
-        """Our processor where the KV cache or value RoPE needs it, else diffusers' own (bit for bit the stock)."""
+        """Our processor where the KV cache, value RoPE or the phase readout needs it, else diffusers' own (bit for
+        bit the stock)."""
         from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
         ours = self.kv_cache or self._plan.value_rope or self._plan.phase_readout or self.block_causal
