@@ -23,6 +23,18 @@ from torch import nn
 from tinyhistory.geometry import Rate
 
 
+def block_phases(
+    rate: Rate, frame_positions: torch.Tensor, grid_h: int, grid_w: int, frame_offset: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each target token sits inside a history block, ``(t mod rT, h mod rH, w mod rW)`` in DiT-token units
+    (the history's blocks start at ``frame_offset``), as three index tensors that broadcast to ``(B, T, H, W)``:
+    ``(B, T, 1, 1)``, ``(1, 1, H, 1)``, ``(1, 1, 1, W)``. frame_positions: ``(B, T)`` DiT frames of the targets."""
+    phase_t = torch.remainder(frame_positions.to(device=device, dtype=torch.long) - frame_offset, rate.t)
+    phase_h = torch.arange(grid_h, device=device) % rate.h
+    phase_w = torch.arange(grid_w, device=device) % rate.w
+    return phase_t[:, :, None, None], phase_h[None, None, :, None], phase_w[None, None, None, :]
+
+
 class BlockPhase(nn.Module):
     """A ``(rT, rH, rW, D)`` table of offsets for the target tokens, indexed by their position inside a block."""
 
@@ -34,11 +46,10 @@ class BlockPhase(nn.Module):
     def forward(self, frame_positions: torch.Tensor, grid_h: int, grid_w: int, frame_offset: int = 0) -> torch.Tensor:
         """frame_positions ``(B, T)`` (DiT frames of the targets) → ``(B, T·grid_h·grid_w, D)`` offsets, in the
         targets' (frame, row, column) token order."""
-        device = self.table.device
-        phase_t = torch.remainder(frame_positions.to(device=device, dtype=torch.long) - frame_offset, self.rate.t)
-        phase_h = torch.arange(grid_h, device=device) % self.rate.h
-        phase_w = torch.arange(grid_w, device=device) % self.rate.w
-        offsets = self.table[phase_t[:, :, None, None], phase_h[None, None, :, None], phase_w[None, None, None, :]]
+        phase_t, phase_h, phase_w = block_phases(
+            self.rate, frame_positions, grid_h, grid_w, frame_offset, self.table.device
+        )
+        offsets = self.table[phase_t, phase_h, phase_w]
         return offsets.flatten(1, 3)  # (B, T, H, W, D) → (B, N, D)
 
 
@@ -67,12 +78,10 @@ class PhaseReadout(nn.Module):
     def cells(self, frame_positions: torch.Tensor, grid_h: int, grid_w: int, frame_offset: int = 0) -> torch.Tensor:
         """frame_positions ``(B, T)`` → ``(B, T·grid_h·grid_w)`` cell index of each target token (row-major
         ``(t, h, w)`` inside the block), in the targets' (frame, row, column) token order."""
-        device = self.up.device
-        rate = self.rate
-        phase_t = torch.remainder(frame_positions.to(device=device, dtype=torch.long) - frame_offset, rate.t)
-        phase_h = torch.arange(grid_h, device=device) % rate.h
-        phase_w = torch.arange(grid_w, device=device) % rate.w
-        cell = (phase_t[:, :, None, None] * rate.h + phase_h[None, None, :, None]) * rate.w + phase_w[None, None, None]
+        phase_t, phase_h, phase_w = block_phases(
+            self.rate, frame_positions, grid_h, grid_w, frame_offset, self.up.device
+        )
+        cell = (phase_t * self.rate.h + phase_h) * self.rate.w + phase_w  # (B, T, H, W)
         return cell.flatten(1, 3)  # (B, T, H, W) → (B, N)
 
     def delta(self, layer: int, read: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
