@@ -16,7 +16,7 @@ from tinyhistory.train.checkpoint import load_model
 SETS = [a for o in SMALL_OVERRIDES for a in ("--set", o)]
 
 
-def test_a_pretrained_tiny_dit_is_the_frozen_base_of_a_lora_run(tmp_path):
+def test_a_pretrained_tiny_dit_is_the_frozen_base_of_a_lora_run(tmp_path, capsys):
     base_run, lora_run = tmp_path / "base", tmp_path / "lora"
     pretrain = ["train", "--stage", "ar", "--preset", "tiny", "--steps", "2", "--no-progress", *SETS]
     pretrain += ["--set", 'history.method="no_history"', "--set", "train.lora_rank=0", "--set", "train.batch_size=1"]
@@ -58,6 +58,14 @@ def test_a_pretrained_tiny_dit_is_the_frozen_base_of_a_lora_run(tmp_path):
     assert main([*stage2, "--steps", "1", "--no-progress", "--out", str(tmp_path / "s2")]) == 0
     fresh = load_file(str(tmp_path / "s2" / "final" / "lora.safetensors"))
     assert all(v.abs().max() < 1e-6 for k, v in fresh.items() if "lora_B" in k)
+    # ... unless train.carry_lora: then stage II goes on with the stage-I LoRA, which learned to read the encoder
+    carry = [*stage2, "--set", "train.carry_lora=true", "--steps", "1", "--no-progress"]
+    assert main([*carry, "--out", str(tmp_path / "s2carry")]) == 0
+    carried = load_file(str(tmp_path / "s2carry" / "final" / "lora.safetensors"))
+    assert carried.keys() == before.keys() and all(torch.allclose(before[k], carried[k], atol=1e-6) for k in before)
+    capsys.readouterr()
+    assert main([*carry, "--set", "train.lora_rank=8", "--out", str(tmp_path / "s2rank")]) != 0
+    assert "rank 4; this run (train.carry_lora, so it continues that LoRA) asks for" in capsys.readouterr().err
 
     # an only-LR row on the frozen base has no encoder weights of its own (the LR branch is the base's patch
     # embedding): its checkpoint still loads (Table 1 under the miniature protocol)

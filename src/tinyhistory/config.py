@@ -349,6 +349,10 @@ class TrainConfig:
     # A rate curriculum (issue 22): start from ``--init-from`` at *this* run's history.rates instead of the
     # checkpoint's. The DiT and its LoRA carry over, an encoder whose rate both share is kept, the others start fresh.
     switch_rates: bool = False
+    # Stage II from a stage-I checkpoint: go on training that checkpoint's LoRA instead of the paper's newly initialised
+    # one (issue 22). Stage I is where the DiT learned to read the encoder's tokens; a fresh stage-II LoRA must learn
+    # that again, which the paper's 100k steps afford and a short run does not.
+    carry_lora: bool = False
     # The block-phase tables' own learning rate (history.block_phase): at the encoder's rate a zero table hardly moves.
     block_phase_learning_rate: float = 1e-2
     # What of the DiT trains. "lora": the base stays frozen (model.dtype) and a LoRA of ``lora_rank`` on its blocks

@@ -5,10 +5,16 @@ next ``segment`` frames from fixed noise (the same noise for every model); the r
 segment:
 
 * ``psnr`` / ``ssim``: pixel agreement with the true segment (mean over frames and windows);
+* ``psnr_one_step``: the same for the one-step estimate from the fixed noise, ``x0 = ε − v(ε, t=1)``: the model's
+  mean guess. A sample invents texture that the truth does not share, which costs up to 3 dB whatever the model
+  knows; the mean guess shows what the history told it;
 * ``feature_to_truth``: cosine of ImageNet MobileNetV2 features of each generated frame and its true frame;
 * ``feature_to_history``: the ``to_history_mean`` score of :func:`~tinyhistory.eval.features.feature_consistency`
   (generated frames against the window's history frames);
 * ``lpips`` (AlexNet) when its weights are installed.
+
+:func:`reference_metrics` scores what copying the history would reach (the last frame held; the last LR input held),
+so a model's number can be read against what its own context hands it.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import torch.nn.functional as F
 from tinyhistory.data.windows import to_uint8
 from tinyhistory.eval.metrics import per_frame, psnr, ssim
 from tinyhistory.generate.session import SamplingSettings, sample_segment
-from tinyhistory.history.base import lowres_latents_per_rate
+from tinyhistory.history.base import lowres_latents, lowres_latents_per_rate
 from tinyhistory.text.condition import TextCondition
 
 
@@ -111,13 +117,20 @@ def evaluate_next_segment(
     context = model.history_context(hr, lr) if history != "removed" else None
     b = eval_set.noise.shape[0]
     positions = torch.arange(h, h + eval_set.segment, device=device).expand(b, -1)
-    latents = sample_segment(model, eval_set.noise.to(device), text.to(device).expand(b), context, positions, settings)
+    noise, txt = eval_set.noise.to(device), text.to(device).expand(b)
+    latents = sample_segment(model, noise, txt, context, positions, settings)
     generated_px = codec.decode(latents.float().cpu())
     generated = np.concatenate([to_uint8(p) for p in generated_px])
+    # The one-step estimate x0 = ε − v(ε, t=1): the model's mean guess, free of the texture a sample invents
+    # (the conditional prediction alone: guidance sharpens samples, not the mean).
+    t_one = torch.ones(b, device=device)
+    one_step_px = codec.decode((noise - model(noise, t_one, txt, context, frame_positions=positions)).float().cpu())
+    one_step = np.concatenate([to_uint8(p) for p in one_step_px])
     truth = eval_set.truth
     metrics = {
         "psnr": float(per_frame(psnr, truth, generated).mean()),
         "ssim": float(per_frame(ssim, truth, generated).mean()),
+        "psnr_one_step": float(per_frame(psnr, truth, one_step).mean()),
         "context_tokens": context.num_tokens if context is not None else 0,
     }
     if features is not None:
@@ -131,3 +144,38 @@ def evaluate_next_segment(
 
         metrics["lpips"] = float(lpips(uint8_to_lpips_input(truth), uint8_to_lpips_input(generated)).mean())
     return metrics, generated
+
+
+@torch.no_grad()
+def reference_metrics(eval_set: NextSegmentSet, codec, rates: list) -> dict[str, dict[str, float]]:
+    """Predictors of the next segment that only copy the history, scored like a model (PSNR, SSIM):
+
+    * ``last_frame_held``: the last true history frame, repeated for the whole segment — what a sliding window that
+      copies reaches with no motion model;
+    * ``lr_input_{rate}_held``: the last temporal block of the LR branch's input at ``rate`` (the history pixels
+      downsampled and encoded, as the encoder receives them), decoded, bilinearly upsampled and held — what a model
+      that reads only its LR tokens could copy (each latent decoded alone: exact for a framewise codec);
+    * ``history_mean_held``: the mean of the history frames, held (the window's average colour layout).
+    """
+    h, n = eval_set.history_frames, eval_set.segment
+    history_px = eval_set.pixels[:, :, :h]  # (B, 3, h, H, W)
+    size = tuple(history_px.shape[-2:])
+    held = {
+        "last_frame_held": history_px[:, :, -1:],
+        "history_mean_held": history_px.mean(2, keepdim=True),
+    }
+    for rate in rates:
+        lr = lowres_latents(history_px, rate, codec)[:, :, -1:]  # (B, C, 1, h/r, w/r)
+        small = codec.decode(lr)[:, :, -1]  # (B, 3, H/rH, W/rW)
+        up = F.interpolate(small.float(), size=size, mode="bilinear", align_corners=False)
+        held[f"lr_input_{rate}_held"] = up[:, :, None]
+    truth = eval_set.truth
+    out = {}
+    for name, frames in held.items():
+        frames = frames.clamp(-1, 1).expand(-1, -1, n, -1, -1)  # (B, 3, n, H, W)
+        predicted = np.concatenate([to_uint8(p) for p in frames])
+        out[name] = {
+            "psnr": float(per_frame(psnr, truth, predicted).mean()),
+            "ssim": float(per_frame(ssim, truth, predicted).mean()),
+        }
+    return out

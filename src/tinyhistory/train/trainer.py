@@ -169,7 +169,8 @@ def prepare_model(cfg: RunConfig, init_from: str | Path | None) -> tuple[History
     ``train.dit = "lora"``: the base DiT (the user's folder) stays frozen and a fresh LoRA is attached — in stage I,
     and again in stage II, which keeps the stage-I history encoder but not its LoRA (the paper's "newly initialized
     LoRA"). From a checkpoint of the *same* stage (a longer or fine-tuned stage I, a stage-II model trained further)
-    the checkpoint's own LoRA goes on training: a fresh one would throw away what that stage learned. ``"full"``
+    the checkpoint's own LoRA goes on training: a fresh one would throw away what that stage learned (and in stage II
+    with ``train.carry_lora``: the stage-I LoRA, which learned to read the encoder, goes on). ``"full"``
     (tiny): the whole DiT trains, and a stage-II ``lora_rank`` > 0 puts a LoRA on the stage-I DiT.
     From a checkpoint the architecture (backbone, encoders) is the checkpoint's; this run adds a sliding window,
     cross-attention enhancers (zero-initialised) when it asks for them. ``history.method = "no_history"`` drops the
@@ -189,10 +190,14 @@ def prepare_model(cfg: RunConfig, init_from: str | Path | None) -> tuple[History
     # Decided before loading, so the base (a real model: many GB) is read once.
     new_lora_on_dit = False  # "full": a first LoRA on the stage-I DiT, named by its path and hash
     if cfg.train.dit == "lora":
-        continues_lora = init_cfg.train.stage == cfg.train.stage and (Path(init_from) / LORA_FILE).is_file()
+        same_stage = init_cfg.train.stage == cfg.train.stage
+        continues_lora = (same_stage or cfg.train.carry_lora) and (Path(init_from) / LORA_FILE).is_file()
+        if cfg.train.carry_lora and not continues_lora:
+            raise ValueError(f"train.carry_lora is set but {init_from} has no {LORA_FILE} to carry")
         if continues_lora and init_cfg.train.lora_rank != cfg.train.lora_rank:
+            why = "the same stage" if same_stage else "train.carry_lora"
             raise ValueError(
-                f"{init_from} carries a LoRA of rank {init_cfg.train.lora_rank}; this run (the same stage, so it "
+                f"{init_from} carries a LoRA of rank {init_cfg.train.lora_rank}; this run ({why}, so it "
                 f"continues that LoRA) asks for train.lora_rank={cfg.train.lora_rank}"
             )
     elif cfg.train.lora_rank > 0 and init_cfg.train.lora_rank == 0:

@@ -1,0 +1,52 @@
+"""The next-segment references: what copying the history reaches, computed by hand on clips whose answer is known."""
+
+import numpy as np
+import torch
+
+from tinyhistory.codecs.pixel import PixelUnshuffleCodec
+from tinyhistory.data.windows import to_uint8
+from tinyhistory.eval.metrics import psnr
+from tinyhistory.eval.next_segment import next_segment_set, reference_metrics
+from tinyhistory.geometry import Rate
+
+
+def grey_ramp(frames: int, size: int = 32) -> torch.Tensor:
+    """``(3, T, H, W)``: frame t is the uniform grey −1 + t/8."""
+    levels = -1 + torch.arange(frames, dtype=torch.float32) / 8
+    return levels[None, :, None, None].expand(3, frames, size, size).clone()
+
+
+def uniform_psnr(predicted: float, truth: torch.Tensor) -> float:
+    """Mean per-frame PSNR of a constant grey against ``(T,)`` true greys, through the same uint8 rounding."""
+    size = (1, 4, 4)
+    pred = to_uint8(torch.full((3, *size), predicted))
+    return float(np.mean([psnr(to_uint8(torch.full((3, *size), float(v))), pred) for v in truth]))
+
+
+def test_references_hold_the_last_frame_the_last_lr_block_and_the_mean():
+    clip = grey_ramp(12)
+    codec = PixelUnshuffleCodec(factor=4)
+    eval_set = next_segment_set(clip, codec, history_frames=8, segment=4, windows=1)
+    refs = reference_metrics(eval_set, codec, [Rate.parse("4x4x2")])
+
+    truth = clip[0, 8:12, 0, 0]
+    assert refs["last_frame_held"]["psnr"] == uniform_psnr(float(clip[0, 7, 0, 0]), truth)
+    # The last 4x4x2 block averages history frames 6 and 7; a uniform frame survives the codec and the upsampling.
+    assert refs["lr_input_4x4x2_held"]["psnr"] == uniform_psnr(float(clip[0, 6:8, 0, 0].mean()), truth)
+    assert refs["history_mean_held"]["psnr"] == uniform_psnr(float(clip[0, :8, 0, 0].mean()), truth)
+    # Holding older content is worse on a steady ramp.
+    assert refs["last_frame_held"]["psnr"] > refs["lr_input_4x4x2_held"]["psnr"] > refs["history_mean_held"]["psnr"]
+
+
+def test_a_static_clip_is_copied_exactly_and_its_lr_input_loses_detail():
+    torch.manual_seed(0)
+    still = torch.rand(3, 1, 32, 32) * 2 - 1
+    clip = still.expand(3, 12, 32, 32).clone()
+    codec = PixelUnshuffleCodec(factor=4)
+    eval_set = next_segment_set(clip, codec, history_frames=8, segment=4, windows=1)
+    refs = reference_metrics(eval_set, codec, [Rate.parse("2x2x2"), Rate.parse("4x4x2")])
+    assert refs["last_frame_held"]["psnr"] == float("inf")
+    assert refs["last_frame_held"]["ssim"] == 1.0
+    # Random pixels: the coarser LR input keeps less of them.
+    assert np.isfinite(refs["lr_input_2x2x2_held"]["psnr"])
+    assert refs["lr_input_2x2x2_held"]["psnr"] > refs["lr_input_4x4x2_held"]["psnr"]
