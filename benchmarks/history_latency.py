@@ -5,8 +5,9 @@ One block-causal checkpoint (``history.context_attention = "block_causal"``, ``h
 three sessions from the same history, prompt, noise seed and sampler:
 
 * **incremental**: the session as shipped: each segment appends only the newest blocks' keys/values to the kept cache;
-* **rebuilt**: the kept cache is dropped before each segment, so the whole history's keys/values are computed again
-  (what a cache that depends on the prompt, or on later blocks, must do every segment);
+* **rebuilt**: the kept cache is dropped before each segment (``GenerationSession.forget_cache``), so the whole
+  history's keys/values are computed again (what a cache that depends on the prompt, or on later blocks, must do
+  every segment);
 * **uncached**: no cache at all: every denoising step runs the history through the DiT with the same block-causal
   masks (the backbone's processors stay as trained; only the flag that makes the session and the sampler build a
   cache is off), twice per step with CFG.
@@ -54,12 +55,6 @@ def open_session(folder: Path, mode: str, history: np.ndarray, steps: int, guida
     return session
 
 
-def forget_cache(session: GenerationSession) -> None:
-    """Drop the kept history cache, so the next segment computes every block's keys/values again."""
-    session._history_kv = None
-    session._history_kv_tokens = [0] * len(session.caches)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path)
@@ -80,7 +75,7 @@ def main() -> None:
         frames = {}
         for mode, session in sessions.items():
             if mode == "rebuilt":
-                forget_cache(session)
+                session.forget_cache()  # the next segment computes every block's keys/values again
             started = time.perf_counter()
             frames[mode] = session.generate_segment(cfg.text.caption).astype(np.int16)
             row[f"{mode}_s"] = round(time.perf_counter() - started, 3)

@@ -220,6 +220,29 @@ def test_the_session_cache_grows_incrementally_across_prompts_and_a_resume(model
     assert len(session.records) == 6 and session.history_frames == 4 + 6 * 2
 
 
+def test_a_forgotten_cache_is_rebuilt_as_a_loaded_session_builds_it(models, small_config, tmp_path):
+    """After ``forget_cache()`` the next segment computes the keys/values of every encoded token again (not only the
+    newest block's), and its frames equal those of the same session saved and loaded, whose cache is built afresh."""
+    _, causal = models
+    cfg = small_config(*EXTRA, KV, BLOCK_CAUSAL)
+    session = _session(causal, cfg)
+    session.start_from_video(np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8))
+    for prompt in ("a rabbit", "a rabbit", "a bird flies"):
+        session.generate_segment(prompt)
+    session.save(tmp_path / "s.session")
+    loaded = GenerationSession.load(tmp_path / "s.session", causal, session_setup(cfg), build_codec(cfg.codec), _text)
+    encoded = sum(c.context.num_tokens for c in session.caches if c.frames_encoded > 0)
+    assert encoded > 4  # more than the one block a grown cache would append
+    sizes = record_cache_builds(causal)
+    session.forget_cache()
+    frames = session.generate_segment("the end")
+    assert sizes == [encoded, 128]  # the whole history, then the window (128 tokens) for this segment
+    sizes.clear()
+    again = loaded.generate_segment("the end")
+    assert sizes == [encoded, 128]
+    np.testing.assert_array_equal(frames, again)
+
+
 def test_generation_with_the_cache_equals_uncached_masked_sampling(models):
     _, causal = models
     x, _, text, context, positions = _inputs(causal)

@@ -230,8 +230,9 @@ def test_inspect_and_a_damaged_shard_is_named(cache, small_config, tmp_path, cap
 def test_whole_videos_can_be_held_out(cache, small_config, tmp_path):
     """`data.heldout_split = "videos"`: one of the two videos (by content hash) is held out whole, the other trains."""
     cfg = small_config(f'data.cache="{cache / "out"}"', 'data.heldout_split="videos"', "train.steps=2")
-    train_part = CacheSampler.for_run(cfg, "train", RATES, [True])
-    heldout = CacheSampler.for_run(cfg, "heldout", RATES, [True])
+    sections = (cfg.data, cfg.codec, cfg.text, cfg.train.history_frames)
+    train_part = CacheSampler.for_run(*sections, "train", RATES, [True])
+    heldout = CacheSampler.for_run(*sections, "heldout", RATES, [True])
     train_videos = {train_part.runs[r].video for r in train_part.valid_picks[:, 0].tolist()}
     heldout_videos = {heldout.runs[r].video for r in heldout.valid_picks[:, 0].tolist()}
     assert len(train_videos) == len(heldout_videos) == 1 and train_videos != heldout_videos

@@ -255,6 +255,37 @@ def test_ltx_video_is_counted_with_its_real_grid():
     assert 0 < by["proposed"].history_overhead < by["full"].history_overhead
 
 
+def test_the_rows_left_out_are_named_under_the_table(capsys):
+    """``cost`` says, one line each under the table, which rows it was asked for and did not count, with the
+    refusal's message: LTX-Video refuses the KV cache and the block-causal context; a stacked tier set needs the
+    block-causal rows. With ``--json`` the lines go to stderr (stdout stays one JSON document); a Wan preset that
+    counts everything asked for says nothing."""
+    ltx = ["cost", "--preset", "ltx-video", "--history", "20", "--method", "no_history", "--method", "proposed"]
+    assert main([*ltx, "--rate", "2x2x1", "--tiers", "none"]) == 0
+    table, _, notes = capsys.readouterr().out.rpartition("|\n\n")  # the lines follow the table after a blank line
+    assert table and "left out" not in table
+    kv_cache, block_causal = notes.splitlines()
+    assert kv_cache.startswith(
+        "left out: the KV-cache rows (history.kv_cache): history.kv_cache is not supported for LTX-Video yet ("
+    )
+    assert block_causal.startswith(
+        'left out: the block-causal rows (history.context_attention = "block_causal"): '
+        'history.context_attention = "block_causal" is not supported for LTX-Video yet'
+    )
+
+    tiny = ["cost", "--preset", "tiny", "--history", "8", "--method", "no_history", "--method", "proposed"]
+    stacked = [*tiny, "--rate", "4x4x2", "--tiers", "4x4x2:2+4x4x4@stacked:1", "--tier-move", "1"]
+    assert main([*stacked, "--no-block-causal", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert all(r["tiers"] is None for r in json.loads(captured.out))
+    assert captured.err.splitlines() == [
+        "left out: the tier set 4x4x2:2s+4x4x4 (moves of 1s, stacked, window 1s): the stacked layout exists only "
+        "under the block-causal cache, whose rows are off (--no-block-causal)"
+    ]
+    assert main(stacked) == 0
+    assert "left out" not in capsys.readouterr().out
+
+
 def test_a_family_without_the_stacked_layout_refuses_it_by_name():
     """Asked for the stacked tier layout, HunyuanVideo and LTX-Video refuse with the family and the option named."""
     from tinyhistory.sizing.cost import TierSet

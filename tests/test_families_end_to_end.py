@@ -161,7 +161,10 @@ def test_family_prepares_trains_both_stages_exports_a_stock_lora_and_streams_a_s
     sets = [a for a in (*sizes, *LORA_RUN_FLAGS) if a not in ("--set", "--no-progress")]
     cfg = load_config(preset, overrides=[*sets, f'model.path="{model_dir}"', f'data.cache="{cache}"'])
     rates = [Rate.parse(r) for r in cfg.history.rates]
-    cached = CacheSampler.for_run(cfg, "train", rates, [True] * len(rates)).text_for(torch.tensor([[0, 0]]), 0, 1)
+    sampler = CacheSampler.for_run(
+        cfg.data, cfg.codec, cfg.text, cfg.train.history_frames, "train", rates, [True] * len(rates)
+    )
+    cached = sampler.text_for(torch.tensor([[0, 0]]), 0, 1)
     fresh = encode_prompts(cfg.text, [PROMPT])
     for condition in (cached, fresh):
         assert {p for p in ("mask", "pooled") if getattr(condition, p) is not None} == set(fam.text_parts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from tinyhistory.cli.arguments import HELP_FORMAT, history_seconds, positive_float, positive_int
 
@@ -53,10 +54,16 @@ def _cmd_cost(args: argparse.Namespace) -> int:
     rows = model.rows()
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
+        for left_out in model.left_out:  # to stderr: stdout stays one JSON document
+            print(left_out, file=sys.stderr)
     else:
         print(model.header())
         print()
         print(markdown_table(rows))
+        if model.left_out:  # after a blank line: a line right under a markdown table would read as one of its rows
+            print()
+        for left_out in model.left_out:
+            print(left_out)
     return 0
 
 

@@ -32,7 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from tinyhistory.codecs.base import check_causal_frames
-from tinyhistory.config import CodecConfig, RunConfig, TextConfig
+from tinyhistory.config import CodecConfig, DataConfig, RunConfig, TextConfig
 from tinyhistory.files import read_jsonl
 from tinyhistory.geometry import Rate, temporal_block
 from tinyhistory.paths import resolve_path
@@ -266,7 +266,7 @@ class CacheSampler:
     embedding of the shot nearest to latent frames ``[first, last)`` of each picked window.
 
     ``expects``: what the run's latents and prompts must have been made with (:func:`run_identity`), checked against
-    every shard (None: unchecked). :meth:`for_run` builds one from a run's config.
+    every shard (None: unchecked). :meth:`for_run` builds one from a run's config sections.
     """
 
     def __init__(
@@ -329,13 +329,23 @@ class CacheSampler:
         self._shape_of_pick = shape_of_pick
 
     @classmethod
-    def for_run(cls, cfg: RunConfig, part: str, rates: list[Rate], uses_lr: list[bool]) -> CacheSampler:
-        """The run's ``data.cache``, windows of ``train.history_frames`` pixel frames (as latent frames)."""
-        cache = resolve_path(cfg.data.cache)
+    def for_run(
+        cls,
+        data: DataConfig,
+        codec: CodecConfig,
+        text: TextConfig,
+        history_frames: int,
+        part: str,
+        rates: list[Rate],
+        uses_lr: list[bool],
+    ) -> CacheSampler:
+        """A run's ``data.cache`` (the ``[data]`` table: the cache, its held-out part), windows of
+        ``history_frames`` pixel frames (``train.history_frames``, as latent frames); every shard checked against
+        the run's ``[codec]`` and ``[text]`` tables (:func:`run_identity`)."""
+        cache = resolve_path(data.cache)
         first = CachedVideo.open(cache / read_manifest(cache)[0]["shard"])
-        frames = latent_frames(cfg.train.history_frames, first.temporal_factor)
-        data = cfg.data
-        expects = run_identity(cfg.codec, cfg.text, data.fps)
+        frames = latent_frames(history_frames, first.temporal_factor)
+        expects = run_identity(codec, text, data.fps)
         return cls(cache, frames, rates, uses_lr, data.heldout_fraction, part, expects, data.heldout_split)
 
     def __len__(self) -> int:

@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from tinyhistory.assemble import build_codec
+from tinyhistory.backbones.base import Backbone
 from tinyhistory.config import RunConfig, apply_overrides, check_generation_overrides
 from tinyhistory.data.mp4 import GrowingMp4, whole_fragments
 from tinyhistory.data.video import count_video_frames, iter_video_chunks
@@ -39,7 +40,6 @@ from tinyhistory.generate.session import (
 )
 from tinyhistory.locks import file_lock
 from tinyhistory.paths import resolve_path
-from tinyhistory.registry import BACKBONES
 from tinyhistory.text.cache import PromptEncoder
 from tinyhistory.text.storyboard import Storyboard
 from tinyhistory.train.checkpoint import load_model
@@ -124,11 +124,17 @@ def session_setup(cfg: RunConfig) -> SessionSetup:
 
 
 def sampling_settings(
-    cfg: RunConfig, given: dict, saved: SamplingSettings | None, resume: str | Path | None
+    setup: SessionSetup,
+    backbone: Backbone | type[Backbone],
+    given: dict,
+    saved: SamplingSettings | None,
+    resume: str | Path | None,
 ) -> SamplingSettings:
     """This run's sampling settings: the flags given, else the saved session's (``--resume``), else the defaults
     (the preset's 1-s segment; the model folder's sampler, UniPC for Wan, Euler for HunyuanVideo and without a
-    folder; the family's classifier-free guidance, off for guidance-distilled HunyuanVideo).
+    folder; the family's classifier-free guidance, off for guidance-distilled HunyuanVideo). ``setup``: the
+    session's values of the run's config (its segment length and model folder); ``backbone``: the family's adapter
+    (the model's, or its class), whose pipeline's sampler and guidance are the defaults.
 
     A resumed session takes new steps, guidance, sampler, flow shift or seed for what comes next (and says so);
     the segment length is fixed by the session (positions and blocks depend on it)."""
@@ -144,11 +150,10 @@ def sampling_settings(
             before = ", ".join(f"{k} {getattr(saved, k)} -> {v}" for k, v in changed.items())
             print(f"[generate] resuming {resume} with new settings for the segments to come: {before}")
         return SamplingSettings(**(asdict(saved) | given))
-    family = BACKBONES.get(cfg.backbone.family)
     defaults = {
-        "segment_frames": cfg.train.segment_frames,
-        "sampler": sampling_recipe(family, cfg.model).sampler,
-        "guidance": family.default_guidance,
+        "segment_frames": setup.segment_frames,
+        "sampler": sampling_recipe(backbone, setup.model).sampler,
+        "guidance": backbone.default_guidance,
     }
     return SamplingSettings(**(defaults | given))
 
@@ -213,11 +218,11 @@ def _generate(
     saved = GenerationSession.read_settings(resume) if resume is not None else None
     if isinstance(settings, SamplingSettings):
         settings = asdict(settings)
-    settings = sampling_settings(cfg, settings or {}, saved, resume)
+    setup = session_setup(cfg)
+    settings = sampling_settings(setup, model.backbone, settings or {}, saved, resume)
 
     out, session_path, sheet_path, log_path = outputs
     height, width = frame_shape(cfg.data)
-    setup = session_setup(cfg)
     if resume is not None:
         session = GenerationSession.load(resume, model, setup, codec, encode_text, device, settings)
     else:

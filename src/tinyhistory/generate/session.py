@@ -417,6 +417,19 @@ class GenerationSession:
         self._stacked_kv.grow(self.model, [c.context for c in self.caches], frames)
         return self._stacked_kv.view(frames)
 
+    def forget_cache(self) -> None:
+        """Drop the kept history keys/values (the block-causal context's cache, with or without tiers), so that the
+        next segment computes every history block's keys/values again, as a session just loaded from a file does.
+
+        The frames stay what they would be (the grown cache equals a fresh build, to rounding); only the next
+        segment's time changes. A caller wants this to measure what growing the cache saves over rebuilding it every
+        segment (``benchmarks/history_latency.py``), or to free the cache's memory while the session waits. Without
+        a block-causal context nothing is kept between segments, and this does nothing."""
+        self._history_kv = None
+        self._history_kv_tokens = [0] * len(self.caches)
+        self._history_kv_frames = 0
+        self._stacked_kv = None
+
     # -- generation -----------------------------------------------------------------------------------------
     def _prompt_embedding(self, prompt: str) -> TextCondition:
         if prompt not in self._text:

@@ -51,6 +51,10 @@ over what the targets read (each tier's span, the same tokens as the recompute l
 every rate encoding the new blocks, as above; the cache work per segment is :class:`StackedTierCache` appending the
 new blocks of every rate, attending to one window of cached blocks (all rates), averaged over one cycle of segments
 and blocks. A move recomputes nothing (``cache_move_tflops`` = 0).
+
+Rows the settings ask for but the preset's family refuses (HunyuanVideo's and LTX-Video's KV-cache and block-causal
+rows), or another setting rules out (a stacked tier set without the block-causal rows), are not counted:
+:class:`LeftOut` names each with the refusal's message (``CostModel.left_out``), printed under the table.
 """
 
 from __future__ import annotations
@@ -228,6 +232,19 @@ class CostRow:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class LeftOut:
+    """Rows the settings ask for that are not counted, and why: the preset's family refuses them (its message), or
+    another setting rules them out. ``tinyhistory cost`` prints one line each under the table, so a missing row is
+    never mistaken for one that was forgotten."""
+
+    rows: str  # which rows, e.g. "the KV-cache rows (history.kv_cache)"
+    why: str  # the refusal's own message
+
+    def __str__(self) -> str:
+        return f"left out: {self.rows}: {self.why}"
+
+
 def count_flops(fn: Callable[[], T]) -> tuple[T, int]:
     """``fn()``'s result and the FLOPs it ran (``FlopCounterMode``; no autograd: generation runs none)."""
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -347,6 +364,7 @@ class CostModel:
         self.text_tokens = self.cfg.text.max_tokens
         self.text = bb.blank_text(1, self.text_tokens, "meta")
         self.dit = HistoryDiT(bb, nn.ModuleList())
+        self.left_out: list[LeftOut] = []  # rows asked for but refused, in the order met
         self.kv_dit = self._kv_model() if s.kv_cache else None
         self.causal_dit = self._block_causal_model() if s.block_causal else None
         self._step_memo: dict[int, int] = {}  # context tokens → FLOPs of one step
@@ -367,21 +385,28 @@ class CostModel:
         return self.base.latent_frames(int(round(seconds * self.fps)))
 
     def _kv_model(self) -> HistoryDiT | None:
-        """A second meta DiT with the history KV cache on, or None where the family refuses it."""
+        """A second meta DiT with the history KV cache on, or None where the family refuses it (said in
+        :attr:`left_out` when a method with a context asked for those rows)."""
         fresh = meta_backbone(self.cfg)
         try:
             fresh.use_kv_cache()
-        except ValueError:  # a family without it (HunyuanVideo, LTX-Video) refuses by name
+        except ValueError as exc:  # a family without it (HunyuanVideo, LTX-Video) refuses by name
+            if any(method != "no_history" for method in self.settings.methods):
+                self.left_out.append(LeftOut("the KV-cache rows (history.kv_cache)", str(exc)))
             return None
         return HistoryDiT(fresh, nn.ModuleList())
 
     def _block_causal_model(self) -> HistoryDiT | None:
-        """A meta DiT with the block-causal context and the KV cache, or None where the family refuses it."""
+        """A meta DiT with the block-causal context and the KV cache, or None where the family refuses it (said in
+        :attr:`left_out` when the proposed encoder, whose rows these are, was asked for)."""
         fresh = meta_backbone(self.cfg)
         try:
             fresh.use_block_causal()
             fresh.use_kv_cache()
-        except ValueError:  # a family without it (HunyuanVideo, LTX-Video) refuses by name
+        except ValueError as exc:  # a family without it (HunyuanVideo, LTX-Video) refuses by name
+            if "proposed" in self.settings.methods:
+                rows = 'the block-causal rows (history.context_attention = "block_causal")'
+                self.left_out.append(LeftOut(rows, str(exc)))
             return None
         return HistoryDiT(fresh, nn.ModuleList())
 
@@ -401,6 +426,8 @@ class CostModel:
         if spec.layout != "stacked":
             return HistoryDiT.from_config(cfg, self.backbone)
         if not self.settings.block_causal:
+            why = "the stacked layout exists only under the block-causal cache, whose rows are off (--no-block-causal)"
+            self.left_out.append(LeftOut(f"the tier set {spec}", why))
             return None
         backbone = meta_backbone(self.cfg)
         backbone.use_context_window(1)  # a family without the stacked layout refuses it here, by name

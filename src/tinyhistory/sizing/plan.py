@@ -46,6 +46,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tinyhistory.config import HistoryConfig
 from tinyhistory.geometry import BaseGeometry, Rate, context_report, get_base
 from tinyhistory.sizing.cost import TierSet
 from tinyhistory.sizing.memory import (
@@ -312,7 +313,7 @@ class ModelFacts:
         # off: HunyuanVideo embeds its guidance instead)
         self.branches = 1 if self.adapter.default_guidance == 1 else 2
         self.kv = self._has_kv_cache()
-        self.tier_plan = self._tier_plan(cfg)
+        self.tier_plan = self._tier_plan(cfg.history, cfg.base)
         blocks = block_bytes(self.dit)
         self.block_bytes, self.all_blocks_bytes = max(blocks), sum(blocks)
         self._rates: dict[str, RateFacts] = {}
@@ -338,13 +339,14 @@ class ModelFacts:
             return False
         return True
 
-    def _tier_plan(self, cfg):
-        """The tier layout of ``--tiers`` at the preset's fps (``history/tiers.py``), or None."""
+    def _tier_plan(self, history: HistoryConfig, base: str):
+        """The tier layout of ``--tiers`` at the preset's fps (``history/tiers.py``), or None: the ``[history]``
+        table's tiers over the geometry ``base`` names (all the layout reads of the config)."""
         if self.settings.tiers is None:
             return None
         from tinyhistory.history.tiers import TierPlan
 
-        return TierPlan.from_config(cfg.history, cfg.base, self.fps)
+        return TierPlan.from_config(history, base, self.fps)
 
     @property
     def stacked(self) -> bool:

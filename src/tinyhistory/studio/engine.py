@@ -109,7 +109,7 @@ class Loaded:
         """``tinyhistory generate``'s defaults for this model (the preset's segment, the folder's sampler)."""
         from tinyhistory.generate.run import sampling_settings
 
-        return asdict(sampling_settings(self.cfg, {}, None, None))
+        return asdict(sampling_settings(self.setup, self.model.backbone, {}, None, None))
 
     def ensure_offload(self, wanted: bool) -> None:
         """Group offload (CUDA only), switched on for the first run that asks; it cannot be taken off again."""
@@ -352,7 +352,7 @@ class Studio:
         loaded = self.loaded
         loaded.ensure_offload(request.offload)
         saved = GenerationSession.read_settings(request.path) if request.start == "resume" else None
-        settings = sampling_settings(loaded.cfg, request.settings, saved, request.path)
+        settings = sampling_settings(loaded.setup, loaded.model.backbone, request.settings, saved, request.path)
         height, width = loaded.frame_shape
         if request.start == "resume":
             self._set(message="Loading the session…")

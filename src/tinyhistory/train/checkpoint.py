@@ -200,9 +200,12 @@ def _load_modules(model: HistoryDiT, method: str, folder: Path) -> None:
                 raise ValueError(f"{path}: does not fit this checkpoint's config.json ({' '.join(first)})") from None
 
 
-def restore_trained(model: HistoryDiT, cfg: RunConfig, folder: str | Path) -> None:
+def restore_trained(model: HistoryDiT, method: str, folder: str | Path) -> None:
     """Put a checkpoint's trained weights into ``model`` in place (resume): the LoRA or the whole DiT, and the
-    history producers and enhancers. The frozen base is not read again."""
+    history producers and enhancers. The frozen base is not read again.
+
+    ``method``: ``history.method``, to name what needs a missing file. A whole DiT is read by ``model``'s own adapter
+    (the family ``backbone.family`` built it), so nothing else of the run's config is needed here."""
     folder = Path(folder)
     transformer = model.backbone.transformer
     if (folder / LORA_FILE).is_file():
@@ -211,9 +214,9 @@ def restore_trained(model: HistoryDiT, cfg: RunConfig, folder: str | Path) -> No
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"{folder / LORA_FILE}: unexpected LoRA keys {result.unexpected_keys[:3]}")
     else:
-        trained = BACKBONES.get(cfg.backbone.family).from_transformer_folder(folder / "transformer")
+        trained = type(model.backbone).from_transformer_folder(folder / "transformer")
         transformer.load_state_dict(trained.transformer.state_dict())
-    _load_modules(model, cfg.history.method, folder)
+    _load_modules(model, method, folder)
 
 
 def trained_steps(folder: str | Path) -> int | None:

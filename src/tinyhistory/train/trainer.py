@@ -84,7 +84,9 @@ def make_samplers(cfg: RunConfig, model: HistoryDiT) -> tuple[Sampler, Sampler]:
     uses_lr = [p.uses_lr for p in model.producers]
     frames = cfg.train.history_frames
     if cfg.data.cache:
-        return CacheSampler.for_run(cfg, "train", rates, uses_lr), CacheSampler.for_run(cfg, "heldout", rates, uses_lr)
+        training = CacheSampler.for_run(cfg.data, cfg.codec, cfg.text, frames, "train", rates, uses_lr)
+        heldout = CacheSampler.for_run(cfg.data, cfg.codec, cfg.text, frames, "heldout", rates, uses_lr)
+        return training, heldout
     clip = clip_from_config(cfg.data)
     codec = build_codec(cfg.codec)
     extra = load_extra_training(cfg.data.extra_train_videos, cfg.data.fps, cfg.data.size)
@@ -308,7 +310,7 @@ def _train(
     last = _resumable_checkpoint(out)
     if last is not None:  # the trained weights before any wrapping or sharding (the state after the optimizer)
         check_resume_config(cfg, last)
-        restore_trained(model, cfg, last)
+        restore_trained(model, cfg.history.method, last)
     fsdp = tc.parallel == "fsdp"
     loss_module = StageLoss(tc, cfg.model.dtype, model)
     sharded = fsdp and parallel.distributed()
