@@ -192,8 +192,9 @@ def test_released_configs_are_the_real_sizes():
 
 
 def test_every_preset_base_agrees_with_its_released_model():
-    """``geometry.BASES`` (what the config validates without torch) says what the family's released configs say:
-    VAE factors and channels from the codec's VAE, patch and width from the DiT."""
+    """Each base's geometry (its preset's ``[geometry]`` and ``[backbone]``: what the config validates without torch)
+    says what the family's released configs say: VAE factors and channels from the codec's VAE, patch and width from
+    the DiT."""
     from tinyhistory.geometry import get_base
     from tinyhistory.sizing.models import released_presets
 

@@ -16,7 +16,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from tinyhistory.geometry import Rate, get_base
+from tinyhistory.geometry import GEOMETRY, Rate, bases, get_base
 from tinyhistory.registry import BACKBONES, CODECS, HISTORY_METHODS, TEXT_ENCODERS
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -415,7 +415,9 @@ class PrepareConfig:
 @dataclass
 class RunConfig:
     preset: str = "tiny"  # the preset the run was made from (its file's name)
-    base: str = "tiny"  # the model geometry it trains (geometry.BASES): VAE factors, patch, width, variant checks
+    # The model geometry it trains (VAE factors, patch, width; variant checks): the [geometry] of the preset whose
+    # ``base`` it is (geometry.get_base), looked up by this name, which is what a saved config.json keeps.
+    base: str = "tiny"
     model: ModelConfig = field(default_factory=ModelConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -547,7 +549,7 @@ def preset_names(folder: Traversable | None = None) -> list[str]:
 
 
 # The key by which a preset names the preset it is written over. Not "base": ``RunConfig.base`` already names the
-# model geometry (geometry.BASES, variants.py) that a preset trains, a different thing.
+# model geometry (geometry.get_base, variants.py) that a preset trains, a different thing.
 INHERITS = "inherits"
 
 
@@ -560,7 +562,10 @@ def read_preset(name: str, folder: Traversable | None = None) -> dict:
     and a list is replaced whole, never appended to. ``inherits`` names a file, not a config value: it is not part of
     the resolved config. Every preset still sets its own ``preset`` (its file's name) and ``base`` (its model
     geometry), so a run's saved config reads the same however its preset was written. An unknown preset, a cycle,
-    or a table where the other preset has a value (or the reverse) is an error that names the file.
+    or a table where the other preset has a value (or the reverse) is an error that names the file. The
+    ``[geometry]`` table (what the base model does to a video's shape, :func:`tinyhistory.geometry.preset_geometry`)
+    inherits like the others but is not a config value either: :func:`load_config` drops it, and
+    :func:`tinyhistory.geometry.get_base` finds it by the preset's ``base``.
 
     ``folder``: where the presets are (default: the packaged ``tinyhistory/presets``; tests use their own).
     """
@@ -608,6 +613,7 @@ def load_config(preset: str = "tiny", config_file: str | Path | None = None, ove
     if preset not in names:
         raise ValueError(f"unknown preset {preset!r}; available presets: {', '.join(names)}")
     data = read_preset(preset)
+    data.pop(GEOMETRY, None)  # the base's, read by name (geometry.get_base), never a run's
     stage2 = data.pop("stage2", {})
     user: dict = {}
     if config_file is not None:
@@ -620,6 +626,12 @@ def load_config(preset: str = "tiny", config_file: str | Path | None = None, ove
             raise ValueError(f"{path}: invalid TOML ({exc})") from None
     for item in overrides:
         user = _merge(user, parse_override(item))
+    if GEOMETRY in user:
+        # A run's geometry is its base's, looked up by name wherever its config.json goes: a run cannot redeclare it.
+        raise ValueError(
+            f"[{GEOMETRY}] belongs in a preset, not in a run's config: set base to a preset's base (known: "
+            f"{', '.join(bases())}), or add a preset with its own base name and [{GEOMETRY}] table"
+        )
     stage = user.get("train", {}).get("stage", data.get("train", {}).get("stage"))
     if stage == "ar":
         data = _merge(data, stage2)

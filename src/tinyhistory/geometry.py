@@ -14,10 +14,15 @@ Two accountings are kept apart on purpose:
   by seconds (that would be 182 there).
 
 Latent frames follow the paper's convention: ``frames / temporal_factor`` (not ``1 + (frames - 1) / 4``).
+
+This module names no model: each base's geometry (VAE factors, patch, latent channels, DiT width) is declared by the
+preset that trains it (its ``[geometry]`` and ``[backbone]`` tables, :func:`preset_geometry`), so a new family or
+variant is its preset plus its adapter and codec files.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -84,21 +89,6 @@ class BaseGeometry:
         )
 
 
-BASES: dict[str, BaseGeometry] = {
-    "wan2.1-1.3b": BaseGeometry("wan2.1-1.3b", 8, 4, (1, 2, 2), 16, 1536),
-    "wan2.1-14b": BaseGeometry("wan2.1-14b", 8, 4, (1, 2, 2), 16, 5120),
-    "wan2.2-ti2v-5b": BaseGeometry("wan2.2-ti2v-5b", 16, 4, (1, 2, 2), 48, 3072),
-    "wan2.2-a14b-high": BaseGeometry("wan2.2-a14b-high", 8, 4, (1, 2, 2), 16, 5120),
-    "hunyuanvideo": BaseGeometry("hunyuanvideo", 8, 4, (1, 2, 2), 16, 3072),
-    # LTX-Video 0.9.x 2B: 32× space, 8× time, 128 channels, patch 1 (one DiT token is 32×32 pixels × 8 frames).
-    "ltx-video": BaseGeometry("ltx-video", 32, 8, (1, 1, 1), 128, 2048),
-    # The embedded tiny preset: lossless pixel-unshuffle (4×4 spatial, no temporal compression).
-    "tiny": BaseGeometry("tiny", 4, 1, (1, 2, 2), 48, 256),
-    # The miniature of the paper (preset ``miniature``): the learned framewise codec (8× spatial, 16 channels).
-    "miniature": BaseGeometry("miniature", 8, 1, (1, 2, 2), 16, 256),
-}
-
-
 def temporal_block(rates: list[Rate]) -> int:
     """Latent frames that every encoder takes whole: the lcm of the temporal rates (1 without encoders).
 
@@ -107,11 +97,108 @@ def temporal_block(rates: list[Rate]) -> int:
     return math.lcm(*[r.t for r in rates]) if rates else 1
 
 
+# A preset's ``[geometry]`` table: what its other tables do not say about its model's shape. The VAE's factors always;
+# the patch, latent channels and width only where ``[backbone]`` does not give ``patch_size``, ``in_channels`` and
+# ``num_attention_heads`` × ``attention_head_dim`` (the presets whose DiT comes from the user's folder), so each value
+# is written once. It is not part of the run config: a run's saved config.json names its ``base``, which always
+# resolves here to the same geometry (new keys in a run config would also make every older run refuse to resume).
+GEOMETRY = "geometry"
+_FROM_BACKBONE = {
+    "patch": ("patch_size",),
+    "latent_channels": ("in_channels",),
+    "hidden_dim": ("num_attention_heads", "attention_head_dim"),
+}
+_GEOMETRY_KEYS = ("vae_spatial", "vae_temporal", *_FROM_BACKBONE)
+_HOW_TO_DECLARE = (
+    "a base is declared by a preset (presets/<name>.toml) with base = NAME and a [geometry] table: vae_spatial and "
+    "vae_temporal (the VAE's factors), and patch = [t, h, w], latent_channels, hidden_dim where its [backbone] table "
+    "does not give patch_size, in_channels, num_attention_heads and attention_head_dim"
+)
+
+
+def preset_geometry(data: dict, where: str) -> BaseGeometry:
+    """The geometry that a preset's tables (:func:`tinyhistory.config.read_preset`) declare for its ``base``.
+
+    ``where`` names the preset in errors. A value missing from both ``[geometry]`` and ``[backbone]``, or written in
+    both, is an error naming the keys: a default would silently give a model another shape.
+    """
+    name = data.get("base")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f'{where}: base = {name!r} must name the preset\'s model geometry, e.g. base = "tiny"')
+    table, backbone = data.get(GEOMETRY, {}), data.get("backbone", {})
+    if not isinstance(table, dict):
+        raise ValueError(f"{where}: {GEOMETRY} must be a table ([{GEOMETRY}]), got {table!r}")
+    unknown = sorted(set(table) - set(_GEOMETRY_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown key 'geometry.{unknown[0]}'; allowed keys: {', '.join(_GEOMETRY_KEYS)}")
+
+    def value(key: str) -> object:
+        return _declared(key, table, backbone, name, where)
+
+    patch = value("patch")
+    if not isinstance(patch, list) or len(patch) != 3:
+        raise ValueError(f"{where}: the geometry's patch must be 3 positive integers [t, h, w], got {patch!r}")
+    return BaseGeometry(
+        name=name,
+        vae_spatial=_positive_int(value("vae_spatial"), "vae_spatial", where),
+        vae_temporal=_positive_int(value("vae_temporal"), "vae_temporal", where),
+        patch=tuple(_positive_int(p, "patch", where) for p in patch),
+        latent_channels=_positive_int(value("latent_channels"), "latent_channels", where),
+        hidden_dim=_positive_int(value("hidden_dim"), "hidden_dim", where),
+    )
+
+
+def _declared(key: str, table: dict, backbone: dict, name: str, where: str) -> object:
+    """``geometry.<key>``, else what the preset's ``[backbone]`` says of it (never both, never neither)."""
+    names = _FROM_BACKBONE.get(key, ())
+    given = [f"backbone.{n}" for n in names if n in backbone]
+    if key in table and given:
+        raise ValueError(f"{where}: geometry.{key} and {' and '.join(given)} both describe the model; keep one")
+    if key in table:
+        return table[key]
+    if not names or len(given) < len(names):
+        raise ValueError(f"{where}: base {name!r} does not declare geometry.{key}; {_HOW_TO_DECLARE}")
+    if key == "hidden_dim":  # the DiT's width: heads × head dim
+        return math.prod(_positive_int(backbone[n], f"backbone.{n}", where) for n in names)
+    return backbone[names[0]]
+
+
+def _positive_int(value: object, key: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{where}: the geometry's {key} must be a positive integer, got {value!r}")
+    return value
+
+
+@functools.cache
+def bases() -> dict[str, BaseGeometry]:
+    """Every base that a packaged preset declares, by name (read once: the preset files are data, no torch).
+
+    Two presets may train one base only if they declare the same geometry for it.
+    """
+    # config.py imports this module (a config checks its base), so the preset reader is imported on first use.
+    from tinyhistory.config import preset_names, read_preset
+
+    found: dict[str, tuple[BaseGeometry, str]] = {}
+    for preset in preset_names():
+        geometry = preset_geometry(read_preset(preset), f"presets/{preset}.toml")
+        first = found.setdefault(geometry.name, (geometry, preset))
+        if first[0] != geometry:
+            raise ValueError(
+                f"presets {first[1]!r} and {preset!r} both train base {geometry.name!r} with different geometries "
+                f"({first[0]} and {geometry}); give one of them its own base name"
+            )
+    return {name: geometry for name, (geometry, _) in sorted(found.items())}
+
+
 def get_base(name: str) -> BaseGeometry:
-    try:
-        return BASES[name]
-    except KeyError:
-        raise ValueError(f"unknown base {name!r}; known bases: {', '.join(sorted(BASES))}") from None
+    """The geometry of base ``name``, as the preset that trains it declares (:func:`bases`).
+
+    Base names are stored in checkpoints' config.json and in cache keys: a name keeps its geometry for good.
+    """
+    known = bases()
+    if name not in known:
+        raise ValueError(f"unknown base {name!r}; known bases: {', '.join(known)}; {_HOW_TO_DECLARE}")
+    return known[name]
 
 
 def history_grid(token_grid: tuple[int, int, int], rate: Rate) -> tuple[int, int, int]:

@@ -39,7 +39,8 @@ class Variant:
     experts: int
 
 
-# Keyed by the preset's ``base`` (tinyhistory.geometry.BASES), which holds the latent channels, VAE factors, patch.
+# Keyed by the preset's ``base``, whose geometry (tinyhistory.geometry.get_base: the preset's [geometry] and
+# [backbone]) holds the latent channels, VAE factors, patch and width.
 VARIANTS: dict[str, Variant] = {
     "wan2.1-1.3b": Variant("Wan 2.1 T2V-1.3B", "wan2.1-t2v-1.3b", expand_timesteps=False, experts=1),
     "wan2.1-14b": Variant("Wan 2.1 T2V-14B", "wan2.1-t2v-14b", expand_timesteps=False, experts=1),
