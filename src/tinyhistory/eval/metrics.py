@@ -8,10 +8,26 @@ from skimage.metrics import structural_similarity
 
 def psnr(reference: np.ndarray, test: np.ndarray) -> float:
     """PSNR in dB of two uint8 images (or equal-shaped stacks), peak 255. Identical inputs give ``inf``."""
+    mse = _mse(reference, test)
+    return float("inf") if mse == 0 else float(10.0 * np.log10(255.0**2 / mse))
+
+
+def _mse(reference: np.ndarray, test: np.ndarray) -> float:
     if reference.shape != test.shape:
         raise ValueError(f"PSNR needs equal shapes, got {reference.shape} and {test.shape}")
-    mse = np.mean((reference.astype(np.float64) - test.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10.0 * np.log10(255.0**2 / mse))
+    return float(np.mean((reference.astype(np.float64) - test.astype(np.float64)) ** 2))
+
+
+# The mean squared error of rounding to 8 bits (a uniform error over ±0.5): no uint8 prediction of a real frame is
+# meaningfully better, so :func:`psnr_capped` floors the error there (58.9 dB).
+QUANTISATION_MSE = 1.0 / 12.0
+
+
+def psnr_capped(reference: np.ndarray, test: np.ndarray) -> float:
+    """:func:`psnr` with the error floored at 8-bit rounding (:data:`QUANTISATION_MSE`), so that an identical frame
+    scores 58.9 dB instead of ``inf`` and a mean over frames stays finite: copying a history frame into a static
+    stretch of the clip (a title card, black frames) reproduces it exactly. Equal to :func:`psnr` above the floor."""
+    return float(10.0 * np.log10(255.0**2 / max(_mse(reference, test), QUANTISATION_MSE)))
 
 
 def ssim(reference: np.ndarray, test: np.ndarray) -> float:

@@ -4,7 +4,8 @@ For evenly spaced held-out windows, the model sees the *true* history (``history
 next ``segment`` frames from fixed noise (the same noise for every model); the result is compared with the true
 segment:
 
-* ``psnr`` / ``ssim``: pixel agreement with the true segment (mean over frames and windows);
+* ``psnr`` / ``ssim``: pixel agreement with the true segment (mean over frames and windows; a frame reproduced
+  exactly counts as 58.9 dB, the 8-bit rounding limit, :func:`~tinyhistory.eval.metrics.psnr_capped`);
 * ``psnr_one_step``: the same for the one-step estimate from the fixed noise, ``x0 = ε − v(ε, t=1)``: the model's
   mean guess. A sample invents texture that the truth does not share, which costs up to 3 dB whatever the model
   knows; the mean guess shows what the history told it;
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from tinyhistory.data.windows import to_uint8
-from tinyhistory.eval.metrics import per_frame, psnr, ssim
+from tinyhistory.eval.metrics import per_frame, psnr_capped, ssim
 from tinyhistory.generate.session import SamplingSettings, sample_segment
 from tinyhistory.history.base import lowres_latents, lowres_latents_per_rate
 from tinyhistory.text.condition import TextCondition
@@ -128,9 +129,9 @@ def evaluate_next_segment(
     one_step = np.concatenate([to_uint8(p) for p in one_step_px])
     truth = eval_set.truth
     metrics = {
-        "psnr": float(per_frame(psnr, truth, generated).mean()),
+        "psnr": float(per_frame(psnr_capped, truth, generated).mean()),
         "ssim": float(per_frame(ssim, truth, generated).mean()),
-        "psnr_one_step": float(per_frame(psnr, truth, one_step).mean()),
+        "psnr_one_step": float(per_frame(psnr_capped, truth, one_step).mean()),
         "context_tokens": context.num_tokens if context is not None else 0,
     }
     if features is not None:
@@ -175,7 +176,7 @@ def reference_metrics(eval_set: NextSegmentSet, codec, rates: list) -> dict[str,
         frames = frames.clamp(-1, 1).expand(-1, -1, n, -1, -1)  # (B, 3, n, H, W)
         predicted = np.concatenate([to_uint8(p) for p in frames])
         out[name] = {
-            "psnr": float(per_frame(psnr, truth, predicted).mean()),
+            "psnr": float(per_frame(psnr_capped, truth, predicted).mean()),
             "ssim": float(per_frame(ssim, truth, predicted).mean()),
         }
     return out
