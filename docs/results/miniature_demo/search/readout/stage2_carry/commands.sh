@@ -32,3 +32,13 @@ OMP_NUM_THREADS=1 python scripts/next_second_scores.py --history-frames 24 --out
 OMP_NUM_THREADS=1 python scripts/next_second_scores.py --history-frames 24 --out $R/window \
     "carried + window 2=runs/miniature/s11/carry_win2/final" "window 3 alone=runs/miniature/s11/window3/final"
 # (fresh_win2 was stopped at 400 steps and window2 at 800 to free the cores for the evaluations: held-out loss only)
+# a second stage-II seed of the two encoder arms (the same stage-I model), each evaluated alone
+OMP_NUM_THREADS=1 tinyhistory train "${STAGE2[@]}" "${ENC[@]}" --set train.seed=1 --out runs/miniature/s11/fresh_s1 &
+OMP_NUM_THREADS=1 tinyhistory train "${STAGE2[@]}" "${ENC[@]}" --set train.seed=1 --set train.carry_lora=true \
+    --out runs/miniature/s11/carry_s1 &
+wait
+OMP_NUM_THREADS=1 python scripts/next_second_scores.py --history-frames 24 --out $R/fresh_s1 \
+    "fresh LoRA, seed 1=runs/miniature/s11/fresh_s1/final" &
+OMP_NUM_THREADS=1 python scripts/next_second_scores.py --history-frames 24 --out $R/carry_s1 \
+    "stage-I LoRA carried, seed 1=runs/miniature/s11/carry_s1/final" &
+wait
