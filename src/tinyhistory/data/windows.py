@@ -28,6 +28,11 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
     return pixels.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(1, 2, 3, 0).cpu().numpy()
 
 
+def batch_to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """``(B, 3, k, H, W)`` in [-1, 1] → ``(B·k, H, W, 3)`` uint8: every window's frames, one after another."""
+    return np.concatenate([to_uint8(p) for p in pixels])
+
+
 @dataclass
 class ClipSplit:
     train: torch.Tensor  # (3, T_train, H, W) pixels in [-1, 1]

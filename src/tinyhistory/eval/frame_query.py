@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from tinyhistory.assemble import build_codec
 from tinyhistory.codecs.base import Codec
-from tinyhistory.data.windows import WindowSampler, to_uint8
+from tinyhistory.data.windows import WindowSampler, batch_to_uint8
 from tinyhistory.eval.lpips import uint8_to_lpips_input
 from tinyhistory.eval.metrics import mean_metric, per_frame, psnr, ssim
 from tinyhistory.flow import add_noise, euler_sample, velocity_target
@@ -97,11 +97,6 @@ def queried_pixels(eval_set: FrameQuerySet) -> torch.Tensor:
     return px.gather(2, omega[:, None, :, None, None].expand(b, c, omega.shape[1], h, w))
 
 
-def _frames(pixels: torch.Tensor) -> np.ndarray:
-    """``(B, 3, k, H, W)`` → ``(B·k, H, W, 3)`` uint8."""
-    return np.concatenate([to_uint8(p) for p in pixels])
-
-
 def loss_timesteps(count: int = 8) -> torch.Tensor:
     """Quantiles of the (unshifted) logit-normal: a fixed grid whose mean loss estimates the training loss."""
     q = (torch.arange(count, dtype=torch.float64) + 0.5) / count
@@ -143,10 +138,10 @@ def evaluate_method(
 
         samples.append(euler_sample(velocity, noise, sample_steps).cpu())
     windows, k = batch.omega.shape
-    true = _frames(queried_pixels(eval_set))
+    true = batch_to_uint8(queried_pixels(eval_set))
     sampled_px = codec.decode(torch.cat(samples))
-    sampled = _frames(sampled_px)
-    one_step = _frames(codec.decode(torch.cat(one_steps)))
+    sampled = batch_to_uint8(sampled_px)
+    one_step = batch_to_uint8(codec.decode(torch.cat(one_steps)))
     frame_psnr = per_frame(psnr, true, sampled).reshape(windows, k)
     frame_ssim = per_frame(ssim, true, sampled).reshape(windows, k)
     window_loss = torch.cat(losses)
@@ -184,24 +179,24 @@ def reference_metrics(
     lossless codec's is exact and left out); and, for each of ``rates`` (the set's LR latents, in order), what that
     LR branch hands the DiT, upsampled (:func:`lr_input_frames`: a model with that branch could copy it)."""
     truth = queried_pixels(eval_set)  # (B, 3, k, H, W)
-    true = _frames(truth)
+    true = batch_to_uint8(truth)
     b, c, k, h, w = truth.shape
     ceiling = {}
     if codec is not None:
-        recon = _frames(codec.decode(codec.encode(truth)))
+        recon = batch_to_uint8(codec.decode(codec.encode(truth)))
         if not np.array_equal(recon, true):
             ceiling = {
                 "codec_reconstruction": {"psnr": mean_metric(psnr, true, recon), "ssim": mean_metric(ssim, true, recon)}
             }
     mean_frame = train_pixels.mean(dim=1)  # (3, H, W)
-    average = _frames(mean_frame[None, :, None].expand(b, c, k, h, w))
+    average = batch_to_uint8(mean_frame[None, :, None].expand(b, c, k, h, w))
     out = {
         "average_training_frame": {"psnr": mean_metric(psnr, true, average), "ssim": mean_metric(ssim, true, average)}
     }
     flat = truth.transpose(1, 2).reshape(b * k, c, h, w)
     for size in (8, 16):
         thumb = F.interpolate(F.adaptive_avg_pool2d(flat, size), size=(h, w), mode="bilinear", align_corners=False)
-        frames = _frames(thumb.reshape(b, k, c, h, w).transpose(1, 2))
+        frames = batch_to_uint8(thumb.reshape(b, k, c, h, w).transpose(1, 2))
         out[f"thumbnail_{size}x{size}_upsampled"] = {
             "psnr": mean_metric(psnr, true, frames),
             "ssim": mean_metric(ssim, true, frames),
@@ -209,7 +204,7 @@ def reference_metrics(
     if rates and codec is None:
         raise ValueError("the LR-input references need the codec that made the set's LR latents")
     for index, rate in enumerate(rates):
-        frames = _frames(lr_input_frames(eval_set, index, Rate.parse(rate), codec))
+        frames = batch_to_uint8(lr_input_frames(eval_set, index, Rate.parse(rate), codec))
         out[f"lr_input_{rate}_upsampled"] = {
             "psnr": mean_metric(psnr, true, frames),
             "ssim": mean_metric(ssim, true, frames),
@@ -222,7 +217,7 @@ def psnr_by_scale(truth: torch.Tensor, other: torch.Tensor, sizes: list[int]) ->
     area-averaged to s×s pixels, per s."""
 
     def frames(x: torch.Tensor) -> torch.Tensor:  # (B·k, 3, H, W) in [0, 1]: the uint8 frames the metrics see
-        return torch.from_numpy(_frames(x)).permute(0, 3, 1, 2).float().div(255)
+        return torch.from_numpy(batch_to_uint8(x)).permute(0, 3, 1, 2).float().div(255)
 
     flat_t, flat_o = frames(truth), frames(other)
     out = {}

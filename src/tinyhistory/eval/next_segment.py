@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tinyhistory.data.windows import to_uint8
+from tinyhistory.data.windows import batch_to_uint8
 from tinyhistory.eval.metrics import per_frame, psnr_capped, ssim
 from tinyhistory.generate.session import SamplingSettings, sample_segment
 from tinyhistory.history.base import lowres_latents, lowres_latents_per_rate
@@ -48,7 +48,7 @@ class NextSegmentSet:
         cached = self._features
         if cached is None or cached[0] is not features:
             b, h = self.pixels.shape[0], self.history_frames
-            history = features(np.concatenate([to_uint8(p[:, :h]) for p in self.pixels]))
+            history = features(batch_to_uint8(self.pixels[:, :, :h]))
             cached = (features, features(self.truth), history.reshape(b, h, -1).mean(1))
             self._features = cached
         return cached[1], cached[2]
@@ -56,7 +56,7 @@ class NextSegmentSet:
     @property
     def truth(self) -> np.ndarray:
         """``(B·segment, H, W, 3)`` uint8 true segment frames."""
-        return np.concatenate([to_uint8(p[:, self.history_frames :]) for p in self.pixels])
+        return batch_to_uint8(self.pixels[:, :, self.history_frames :])
 
 
 def next_segment_set(
@@ -121,12 +121,12 @@ def evaluate_next_segment(
     noise, txt = eval_set.noise.to(device), text.to(device).expand(b)
     latents = sample_segment(model, noise, txt, context, positions, settings)
     generated_px = codec.decode(latents.float().cpu())
-    generated = np.concatenate([to_uint8(p) for p in generated_px])
+    generated = batch_to_uint8(generated_px)
     # The one-step estimate x0 = ε − v(ε, t=1): the model's mean guess, free of the texture a sample invents
     # (the conditional prediction alone: guidance sharpens samples, not the mean).
     t_one = torch.ones(b, device=device)
     one_step_px = codec.decode((noise - model(noise, t_one, txt, context, frame_positions=positions)).float().cpu())
-    one_step = np.concatenate([to_uint8(p) for p in one_step_px])
+    one_step = batch_to_uint8(one_step_px)
     truth = eval_set.truth
     metrics = {
         "psnr": float(per_frame(psnr_capped, truth, generated).mean()),
@@ -173,8 +173,7 @@ def reference_metrics(eval_set: NextSegmentSet, codec, rates: list) -> dict[str,
     truth = eval_set.truth
     out = {}
     for name, frames in held.items():
-        frames = frames.clamp(-1, 1).expand(-1, -1, n, -1, -1)  # (B, 3, n, H, W)
-        predicted = np.concatenate([to_uint8(p) for p in frames])
+        predicted = batch_to_uint8(frames.expand(-1, -1, n, -1, -1))  # B·n frames, clamped to [-1, 1]
         out[name] = {
             "psnr": float(per_frame(psnr_capped, truth, predicted).mean()),
             "ssim": float(per_frame(ssim, truth, predicted).mean()),

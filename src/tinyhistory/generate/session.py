@@ -229,12 +229,9 @@ class GenerationSession:
         self.first_frame: torch.Tensor | None = None  # TI2V: the start image's latent, frame 0 of the first segment
         self.records: list[SegmentRecord] = []
         self._text: dict[str, TextCondition] = {}
-        # Block-causal context: every encoded block's keys/values so far, and how many of each encoder's tokens
-        # they hold (rebuilt from the tokens after ``load``, never saved).
-        self._history_kv = None
-        self._history_kv_tokens = [0] * len(self.caches)
-        self._history_kv_frames = 0  # with tiers: the encoded frames whose layout the kept cache holds
-        self._stacked_kv: StackedTierCache | None = None  # the stacked tier layout's cache (rebuilt after ``load``)
+        # Block-causal context: every encoded block's keys/values so far (rebuilt from the tokens after ``load``,
+        # never saved); empty until the first segment.
+        self.forget_cache()
 
     @property
     def boundary(self) -> float | None:
@@ -426,9 +423,9 @@ class GenerationSession:
         segment (``benchmarks/history_latency.py``), or to free the cache's memory while the session waits. Without
         a block-causal context nothing is kept between segments, and this does nothing."""
         self._history_kv = None
-        self._history_kv_tokens = [0] * len(self.caches)
-        self._history_kv_frames = 0
-        self._stacked_kv = None
+        self._history_kv_tokens = [0] * len(self.caches)  # how many of each encoder's tokens the kept cache holds
+        self._history_kv_frames = 0  # with tiers: the encoded frames whose layout the kept cache holds
+        self._stacked_kv: StackedTierCache | None = None  # the stacked tier layout's cache
 
     # -- generation -----------------------------------------------------------------------------------------
     def _prompt_embedding(self, prompt: str) -> TextCondition:
