@@ -7,6 +7,11 @@ noise and the same sampler for every model, each model scored with its true hist
 with another window's history (swapped). Beside them, what copying the history reaches (the last frame held, the
 last LR input of each of the models' rates held): a model's number read against what its context hands it.
 
+With ``--long-range N`` (the image-feature model installed, ASSETS.md) the models are also scored, with their
+history and with it removed, on up to N long-range seconds (:mod:`tinyhistory.eval.long_range`, the demo's choice):
+held-out seconds like something in the history outside the last ``--window`` frames and unlike those frames, where a
+memory can help and a sliding window cannot. Every row then carries the MobileNetV2 feature cosine to the truth too.
+
     python scripts/next_second_scores.py --out DIR --history-frames 16 \\
         full=runs/i24/s2_full/final block_causal=runs/i24/s2_block_causal/final
 
@@ -24,6 +29,7 @@ from frame_query_scales import labelled_folders  # scripts/ is on sys.path when 
 
 from tinyhistory.assemble import build_codec
 from tinyhistory.data.windows import clip_from_config
+from tinyhistory.eval.long_range import long_range_windows
 from tinyhistory.eval.next_segment import evaluate_next_segment, next_segment_set, reference_metrics
 from tinyhistory.generate.session import SamplingSettings
 from tinyhistory.text.cache import encode_prompts
@@ -37,12 +43,19 @@ def main() -> None:
     parser.add_argument("--history-frames", type=int, required=True, help="latent frames of true history shown")
     parser.add_argument("--windows", type=int, default=16)
     parser.add_argument("--sample-steps", type=int, default=20)
+    parser.add_argument("--long-range", type=int, default=0, help="also score up to N long-range seconds")
+    parser.add_argument("--window", type=int, default=3, help="the sliding window the long-range seconds avoid")
     args = parser.parse_args()
     started = time.time()
     pairs = labelled_folders(parser, args.models)
+    features = None
+    if args.long_range:
+        from tinyhistory.eval.features import MobileNetV2Features
+
+        features = MobileNetV2Features()  # a clear FileNotFoundError when the weights are not installed
 
     results: dict = {"history_frames": args.history_frames, "windows": args.windows, "models": {}}
-    eval_set = codec = text = None
+    eval_set = codec = text = long_range = None
     rates: dict[str, object] = {}  # every model's rates, for the LR references
     for label, folder in pairs:
         model, cfg = load_model(folder, merge=True)
@@ -53,14 +66,26 @@ def main() -> None:
             eval_set = next_segment_set(clip.heldout, codec, args.history_frames, segment, args.windows)
             text = encode_prompts(cfg.text, [cfg.text.caption])
             settings = SamplingSettings(steps=args.sample_steps, guidance=1.0, segment_frames=segment)
+            if args.long_range:
+                long_range = long_range_windows(
+                    clip.heldout, codec, args.history_frames, segment, args.window, features, cfg.data.fps,
+                    args.long_range,
+                )  # fmt: skip
+                results["long_range"] = long_range[0] if long_range else {"protocol": "no long-range seconds found"}
         steps = trained_steps(folder) or trained_steps(folder.parent)  # a run's final/ beside its train_log.jsonl
         row = {"checkpoint": str(folder), "steps": steps, "rates": list(cfg.history.rates)}
         rates.update({str(p.rate): p.rate for p in model.producers})
         for mode in ("true", "removed", "foreign"):
             print(f"[next second] {label}: history {mode}", flush=True)
-            metrics, _ = evaluate_next_segment(model, eval_set, text, codec, settings, history=mode)
+            metrics, _ = evaluate_next_segment(model, eval_set, text, codec, settings, features, history=mode)
             row[mode] = metrics
         results["models"][label] = row
+        if long_range is not None:
+            scores = results["long_range"]["models"][label] = {}
+            for mode in ("true", "removed"):
+                print(f"[next second] {label}: long-range seconds, history {mode}", flush=True)
+                lr_set = long_range[1]
+                scores[mode], _ = evaluate_next_segment(model, lr_set, text, codec, settings, features, history=mode)
     results["references"] = reference_metrics(eval_set, codec, list(rates.values()))
     results["seconds"] = round(time.time() - started, 1)
 
@@ -84,11 +109,57 @@ def main() -> None:
             cells += [f"{v:.2f}" for v in (true, removed, foreign)]
             cells += [f"{true - removed:+.2f}", f"{true - foreign:+.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    if features is not None:
+        lines += [
+            "",
+            "MobileNetV2 feature cosine of the generated second to the true one:",
+            "",
+            "| | with history | removed | swapped |",
+            "|---|---|---|---|",
+        ]
+        for label, row in results["models"].items():
+            cells = [f"{row[mode]['feature_to_truth']:.3f}" for mode in ("true", "removed", "foreign")]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "What copying the history reaches (no model):", "", "| reference | PSNR | SSIM |", "|---|---|---|"]
     for name, ref in results["references"].items():
         lines.append(f"| {name} | {ref['psnr']:.2f} | {ref['ssim']:.3f} |")
+    if long_range is not None:
+        lines += long_range_lines(results["long_range"])
+    elif args.long_range:
+        found = f"history {args.history_frames}, window {args.window}"
+        lines += ["", f"No long-range seconds in the held-out part ({found})."]
     (args.out / "next_second.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def long_range_lines(section: dict) -> list[str]:
+    """The long-range seconds' table (each model with its history and with it removed) and their listing."""
+    lines = [
+        "",
+        "## Long-range seconds: content from the history that the window no longer shows",
+        "",
+        section["protocol"] + ".",
+        "",
+        "| | PSNR | removed | Δ removed | feature cos. to truth | removed | Δ removed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, scores in section["models"].items():
+        true, removed = scores["true"], scores["removed"]
+        cells = [f"{true['psnr']:.2f}", f"{removed['psnr']:.2f}", f"{true['psnr'] - removed['psnr']:+.2f}"]
+        cos, cos_removed = true["feature_to_truth"], removed["feature_to_truth"]
+        cells += [f"{cos:.3f}", f"{cos_removed:.3f}", f"{cos - cos_removed:+.3f}"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| target (s into the held-out part) | matched history frame (s) | cos. to older history | cos. to window |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['target_seconds'][0]:g}–{r['target_seconds'][1]:g} | {r['matched_second']:g} | {r['recall']:.3f} | "
+        f"{r['recent']:.3f} |"
+        for r in section["seconds"]
+    ]
+    return lines
 
 
 if __name__ == "__main__":

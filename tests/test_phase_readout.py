@@ -1,9 +1,10 @@
 """history.phase_readout (issue 22): a per-cell low-rank map of what each target token reads from the context.
 
 Checked: the cell index and the per-cell map against a per-token computation by hand; a fresh readout (zero ``up``)
-leaves the model exactly as it was; a trained one changes only the targets, agrees between the masked forward and the
-KV cache (with and without value RoPE), trains in the encoder's group, is saved in the encoder's file and reloaded;
-families without Wan's processor refuse it by name.
+leaves the model exactly as it was; a trained one changes only the targets, maps only what the targets read from its
+own producer's tokens (not a sliding window's, checked against the attention computed by hand), agrees between the
+masked forward and the KV cache (with and without value RoPE and a window), trains in the encoder's group, is saved in
+the encoder's file and reloaded; families without Wan's processor refuse it by name.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from history_inputs import randomise_zero_layers, tiny_history_inputs
 from safetensors.torch import load_file
 
 from tinyhistory.assemble import HistoryDiT
+from tinyhistory.backbones.base import NO_PRODUCER, ContextTokens
 from tinyhistory.geometry import Rate
 from tinyhistory.history.phase import PhaseReadout
 from tinyhistory.train.checkpoint import load_model
@@ -57,21 +59,77 @@ def test_a_fresh_readout_leaves_the_model_as_it_was_and_a_trained_one_changes_on
             torch.testing.assert_close(a, b)
 
 
+def test_the_readout_maps_its_producers_part_of_the_read_and_not_the_windows(small_config):
+    """Block 0's self-attention with the encoder's tokens, a 2-frame window and the targets, against softmax
+    attention by hand: a target's output is everything it reads, plus the readout's map of what it reads from the
+    encoder's tokens alone (mapping the window's part too, as the first readout did, gives another output)."""
+    from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+    from tinyhistory.backbones.wan import _rotate
+
+    torch.manual_seed(0)
+    model = HistoryDiT.from_config(
+        small_config("backbone.num_layers=1", "history.phase_readout=4", "history.sliding_window=2")
+    ).eval()
+    randomise_zero_layers(model, scale=0.2)
+    hr, lr, x, t, text, positions = tiny_history_inputs()
+    attn = model.backbone.blocks[0].attn1
+    seen = {}
+    hook = attn.register_forward_hook(lambda _, args, out: seen.update(hidden=args[0], rotary=args[3], out=out))
+    with torch.no_grad():
+        context = model.history_context(hr, lr)
+        encoder = int((context.sources == 0).sum())
+        window = int((context.sources == NO_PRODUCER).sum())
+        assert encoder and window == 2 * 8 * 8 and context.sources[0, :encoder].eq(0).all()  # encoder, then window
+        model(x, t, text, context, positions)
+        hook.remove()
+        query, key, value = _get_qkv_projections(attn, seen["hidden"], None)
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        query, key, value = (v.unflatten(2, (attn.heads, -1)) for v in (query, key, value))  # (1, S, H, Dh)
+        query, key = _rotate(query, *seen["rotary"]), _rotate(key, *seen["rotary"])
+        weights = torch.einsum("bihd,bjhd->bhij", query, key).mul(query.shape[-1] ** -0.5).softmax(-1)
+        k = context.num_tokens
+        readout, cells, _ = model.target_readouts(x, positions)[0]
+
+        def read(keys: slice) -> torch.Tensor:  # (1, N, H·Dh): what the targets read from ``keys``
+            return torch.einsum("bhij,bjhd->bihd", weights[:, :, k:, keys], value[:, keys]).flatten(2)
+
+        everything, from_encoder, from_context = read(slice(None)), read(slice(0, encoder)), read(slice(0, k))
+        by_hand = attn.to_out[0](everything + readout.delta(0, from_encoder, cells))
+        torch.testing.assert_close(seen["out"][:, k:], by_hand, atol=1e-5, rtol=1e-5)
+        whole_context = attn.to_out[0](everything + readout.delta(0, from_context, cells))
+        assert (whole_context - by_hand).abs().max() > 1e-3
+
+
+def test_a_readout_refuses_a_context_that_does_not_say_who_made_its_tokens(small_config):
+    model = HistoryDiT.from_config(small_config("history.phase_readout=4")).eval()
+    hr, lr, x, t, text, positions = tiny_history_inputs()
+    with torch.no_grad():
+        context = model.encode_history(hr, lr)
+        anonymous = ContextTokens(context.tokens, context.positions, blocks=context.blocks)
+        with pytest.raises(ValueError, match=r"ContextTokens\.sources"):
+            model(x, t, text, anonymous, positions)
+
+
 @pytest.mark.parametrize(
-    ("value_rope", "readout"), [(True, 0), (False, 4), (True, 4)], ids=["value-rope", "readout", "both"]
+    ("value_rope", "readout", "window"),
+    [(True, 0, 0), (False, 4, 0), (True, 4, 0), (False, 4, 2), (True, 4, 2)],
+    ids=["value-rope", "readout", "both", "readout-window", "both-window"],
 )
-def test_the_kv_cache_equals_the_masked_forward_with_value_rope_and_a_readout(small_config, value_rope, readout):
+def test_the_kv_cache_equals_the_masked_forward_with_value_rope_and_a_readout(
+    small_config, value_rope, readout, window
+):
     torch.manual_seed(0)
     model = HistoryDiT.from_config(
         small_config(
             "backbone.num_layers=2", "history.kv_cache=true", f"history.phase_readout={readout}",
-            f"history.value_rope={str(value_rope).lower()}",
+            f"history.value_rope={str(value_rope).lower()}", f"history.sliding_window={window}",
         )
     ).eval()  # fmt: skip
     randomise_zero_layers(model, scale=0.2)
     hr, lr, x, t, text, positions = tiny_history_inputs()
     with torch.no_grad():
-        context = model.encode_history(hr, lr)
+        context = model.history_context(hr, lr)
         cache = model.build_context_cache(context, text)
         torch.testing.assert_close(
             model(x, t, text, None, positions, context_cache=cache),

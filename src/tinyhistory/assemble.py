@@ -7,11 +7,14 @@ the LR branch, so no weight lives twice.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
 from tinyhistory.backbones.base import (
     NEWEST_BLOCK,
+    NO_PRODUCER,
     Backbone,
     ContextTokens,
     check_model_folder,
@@ -78,6 +81,8 @@ def build_producers(h: HistoryConfig, backbone: Backbone) -> nn.ModuleList:
     factory = HISTORY_METHODS.get(h.method)
     producers = [factory(h.method, rate, h, backbone) for rate in h.rates]
     producers = [p for p in producers if p is not None]
+    for index, producer in enumerate(producers):  # what its tokens say made them (ContextTokens.sources)
+        producer.source = index
     if h.block_phase:
         # Each producer owns its rate's table, so it trains with the encoder and is saved in the encoder's file.
         for producer in producers:
@@ -151,7 +156,7 @@ class HistoryDiT(nn.Module):
         so a block is complete when its tokens first exist."""
         frames = temporal_block(self.rates) / self.backbone.patch_size[0]  # in DiT frames
         blocks = temporal_blocks(context.positions, frames)
-        return ContextTokens(context.tokens, context.positions, context.features, blocks, context.visible)
+        return replace(context, blocks=blocks)
 
     def encode_history(
         self, hr_latents: torch.Tensor, lr_latents: list[torch.Tensor | None], frame_offset: int = 0
@@ -199,7 +204,8 @@ class HistoryDiT(nn.Module):
         positions = frame_offset + frames - n + torch.arange(t, device=grid.device)
         blocks = torch.full((b, t * h * w), NEWEST_BLOCK, dtype=torch.int64, device=grid.device)
         tokens = grid.flatten(2).transpose(1, 2)  # (B, n·h·w, D)
-        return ContextTokens(tokens, grid_positions(positions.expand(b, t), h, w), None, blocks)
+        window = ContextTokens(tokens, grid_positions(positions.expand(b, t), h, w), None, blocks)
+        return window.from_source(NO_PRODUCER)
 
     def history_context(
         self, hr_latents: torch.Tensor, lr_latents: list[torch.Tensor | None], frame_offset: int = 0
@@ -256,13 +262,14 @@ class HistoryDiT(nn.Module):
         return sum(phase(*self._target_grid(latents, frame_positions)) for phase in phases)
 
     def target_readouts(self, latents: torch.Tensor, frame_positions: torch.Tensor | None) -> list | None:
-        """``(PhaseReadout, cells (B, N))`` for each producer with a readout (``history.phase_readout``), the cells of
-        the target tokens of ``latents`` ``(B, C, T, H, W)``; None without any. The history starts at frame 0."""
-        readouts = [p.phase_readout for p in self.producers if p.phase_readout is not None]
-        if not readouts:
+        """``(PhaseReadout, cells (B, N), source)`` for each producer with a readout (``history.phase_readout``): the
+        cells of the target tokens of ``latents`` ``(B, C, T, H, W)`` at its rate, and the producer's index, whose
+        tokens alone it maps (``ContextTokens.sources``); None without any. The history starts at frame 0."""
+        producers = [p for p in self.producers if p.phase_readout is not None]
+        if not producers:
             return None
         grid = self._target_grid(latents, frame_positions)
-        return [(readout, readout.cells(*grid)) for readout in readouts]
+        return [(p.phase_readout, p.phase_readout.cells(*grid), p.source) for p in producers]
 
     def _target_grid(
         self, latents: torch.Tensor, frame_positions: torch.Tensor | None

@@ -6,7 +6,7 @@ import json
 import math
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -37,6 +37,10 @@ class ContextTokens:
     # rate's tokens of every block in the context and shows the targets each block at its tier's rate only); None:
     # all. Context tokens attend to each other by ``blocks`` alone, whatever the targets see.
     visible: torch.Tensor | None = None
+    # Optional ``(B, K)`` int64: which producer made each token (its index in ``HistoryDiT.producers``), or
+    # :data:`NO_PRODUCER` (the sliding window's uncompressed frames). ``history.phase_readout`` maps each producer's
+    # part of what a target reads by that producer's cells, and nothing else (not the window's one-to-one tokens).
+    sources: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.tokens.ndim != 3 or self.positions.ndim != 3 or self.positions.shape[-1] != 3:
@@ -57,6 +61,10 @@ class ContextTokens:
             raise ValueError(
                 f"context visibility {tuple(self.visible.shape)} must be (B, K) = {tuple(self.tokens.shape[:2])}"
             )
+        if self.sources is not None and self.sources.shape != self.tokens.shape[:2]:
+            raise ValueError(
+                f"context sources {tuple(self.sources.shape)} must be (B, K) = {tuple(self.tokens.shape[:2])}"
+            )
 
     @property
     def num_tokens(self) -> int:
@@ -71,8 +79,10 @@ class ContextTokens:
     def concat(parts: list[ContextTokens]) -> ContextTokens:
         """Concatenate along the token axis (several encoders, or a sliding window beside an encoder)."""
         features = [p.features for p in parts if p.features is not None]
-        # Blocks only where every part has them: a part without would be silently unmasked otherwise.
+        # Blocks only where every part has them: a part without would be silently unmasked otherwise. Sources the
+        # same: a part without would be read as another producer's.
         blocks = [p.blocks for p in parts] if all(p.blocks is not None for p in parts) else None
+        sources = [p.sources for p in parts] if all(p.sources is not None for p in parts) else None
         # Visibility where any part has it (a part without is all visible).
         visible = None
         if any(p.visible is not None for p in parts):
@@ -86,10 +96,11 @@ class ContextTokens:
             torch.cat(features, 1) if features else None,
             torch.cat(blocks, 1) if blocks else None,
             torch.cat(visible, 1) if visible else None,
+            torch.cat(sources, 1) if sources else None,
         )
 
     def narrow(self, start: int, length: int | None = None) -> ContextTokens:
-        """Tokens (and features, blocks and visibility, which come one per token) from index ``start`` on
+        """Tokens (and features, blocks, visibility and sources, which come one per token) from index ``start`` on
         (``length`` of them; default: to the end)."""
         stop = self.num_tokens if length is None else start + length
 
@@ -102,6 +113,7 @@ class ContextTokens:
             cut(self.features),
             cut(self.blocks),
             cut(self.visible),
+            cut(self.sources),
         )
 
     def repeat(self, times: int) -> ContextTokens:
@@ -111,13 +123,25 @@ class ContextTokens:
             return None if x is None else torch.cat([x] * times)
 
         return ContextTokens(
-            rep(self.tokens), rep(self.positions), rep(self.features), rep(self.blocks), rep(self.visible)
+            rep(self.tokens),
+            rep(self.positions),
+            rep(self.features),
+            rep(self.blocks),
+            rep(self.visible),
+            rep(self.sources),
         )
+
+    def from_source(self, source: int) -> ContextTokens:
+        """The same tokens, every one marked as made by producer ``source`` (:attr:`sources`)."""
+        sources = torch.full(self.tokens.shape[:2], source, dtype=torch.int64, device=self.tokens.device)
+        return replace(self, sources=sources)
 
 
 # The block of context tokens that are rebuilt every segment (the sliding window's uncompressed frames): they attend to
 # every history block and no history block attends to them, so the cached blocks never depend on them.
 NEWEST_BLOCK = 2**62
+# ``ContextTokens.sources`` of tokens that no history producer made (the sliding window's uncompressed frames).
+NO_PRODUCER = -1
 
 
 def temporal_blocks(positions: torch.Tensor, block: float) -> torch.Tensor:

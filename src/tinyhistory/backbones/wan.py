@@ -53,6 +53,7 @@ class ContextCache:
     values: list[torch.Tensor]  # per block (B, K, heads, head_dim)
     features: torch.Tensor | None = None  # the encoder features the cross-attention enhancers read, if any
     blocks: torch.Tensor | None = None  # (B, K) temporal block of each cached token (block-causal caches)
+    sources: torch.Tensor | None = None  # (B, K) the producer of each cached token (ContextTokens.sources)
 
     @property
     def num_tokens(self) -> int:
@@ -76,6 +77,7 @@ class ContextCache:
             [v[:, start:stop] for v in self.values],
             cut(self.features),
             cut(self.blocks),
+            cut(self.sources),
         )
 
     def take(self, keep: torch.Tensor) -> ContextCache:
@@ -86,7 +88,11 @@ class ContextCache:
             return None if x is None else x[:, keep.to(x.device)]
 
         return ContextCache(
-            [cut(k) for k in self.keys], [cut(v) for v in self.values], cut(self.features), cut(self.blocks)
+            [cut(k) for k in self.keys],
+            [cut(v) for v in self.values],
+            cut(self.features),
+            cut(self.blocks),
+            cut(self.sources),
         )
 
     def extended(self, new: ContextCache) -> ContextCache:
@@ -95,12 +101,14 @@ class ContextCache:
         if not self.num_tokens:
             return new
         blocks = None if self.blocks is None or new.blocks is None else torch.cat([self.blocks, new.blocks], 1)
+        sources = None if self.sources is None or new.sources is None else torch.cat([self.sources, new.sources], 1)
         features = [f for f in (self.features, new.features) if f is not None]
         return ContextCache(
             [torch.cat(pair, 1) for pair in zip(self.keys, new.keys, strict=True)],
             [torch.cat(pair, 1) for pair in zip(self.values, new.values, strict=True)],
             torch.cat(features, 1) if features else None,
             blocks,
+            sources,
         )
 
 
@@ -115,10 +123,15 @@ class _AttentionPlan:
     context_sees_targets: bool = True
     # history.value_rope: the context's values carry their position (see HistoryAttnProcessor).
     value_rope: bool = False
-    # history.phase_readout: our processor splits each target's output into its context and target parts, and
-    # ``readouts`` (set per forward: (PhaseReadout, cells (B, N)) pairs) map the context part by the target's cell.
+    # history.phase_readout: our processor splits each target's output into its target part and one context part per
+    # readout (after one for the context tokens no readout maps, the sliding window's, when there are any), and
+    # ``readouts`` (set per forward: (PhaseReadout, cells (B, N), source) triples) map their producer's part by the
+    # target's cell. ``slots`` (B, K): each context token's part of ``parts``; readout i's part is
+    # ``parts − len(readouts) + i``.
     phase_readout: bool = False
     readouts: list | None = None
+    slots: torch.Tensor | None = None
+    parts: int = 1
     # history.context_attention = "block_causal": context queries see context keys of their own and earlier blocks
     # (``mask``), and the context skips the text cross-attention (ContextFreeCrossAttnProcessor).
     block_causal: bool = False
@@ -182,6 +195,12 @@ class HistoryAttnProcessor:
     model's own attention among targets is exactly the stock one). The two parts share one softmax: the values are
     laid side by side, ``[R(p_j) v_j, 0]`` for context keys and ``[0, v_j]`` for target keys (value width 2·head_dim),
     and the two halves of the output are recombined after rotating the first back.
+
+    **Phase readout** (``history.phase_readout``, issue 22): the same trick with one context part per producer that
+    has a readout, so each readout maps only what the targets read from its own producer's tokens (by the target's
+    cell of that producer's rate) and the context tokens no readout is for — a sliding window's uncompressed frames,
+    read one to one — stay in a part of their own that no map touches (``plan.slots``; value width
+    ``(readouts + 2)·head_dim``, one less without such tokens).
     """
 
     def __init__(self, plan: _AttentionPlan, index: int):
@@ -220,7 +239,9 @@ class HistoryAttnProcessor:
             keys = torch.cat([_expand_batch(plan.cache.keys[self.index], b).to(key.dtype), key], dim=1)
             context_values = _expand_batch(plan.cache.values[self.index], b).to(value.dtype)
             if rope_values or plan.readouts:
-                out = self._combine(attend(query, keys, _pair(context_values, value)), rotary_emb, rope_values, 0)
+                slots = _expand_batch(plan.slots, b) if plan.slots is not None else None
+                values = _slotted(context_values, value, slots, plan.parts)
+                out = self._combine(attend(query, keys, values), rotary_emb, rope_values, 0)
             else:
                 out = attend(query, keys, torch.cat([context_values, value], dim=1))
         else:
@@ -231,7 +252,7 @@ class HistoryAttnProcessor:
                 if rope_values:
                     cos, sin = rotary_emb
                     context_values = _rotate(context_values, cos[:, :k], sin[:, :k])
-                values = _pair(context_values, value[:, k:])
+                values = _slotted(context_values, value[:, k:], plan.slots, plan.parts)
                 if sees_all:
                     out = attend(query, key, values)
                 else:
@@ -248,22 +269,30 @@ class HistoryAttnProcessor:
         return attn.to_out[1](attn.to_out[0](out))
 
     def _combine(self, out: torch.Tensor, rotary_emb, rope_values: bool, first_target: int) -> torch.Tensor:
-        """Paired output ``(B, S, H, 2·Dh)`` → ``(B, S, H, Dh)``: the context half (rotated back with value RoPE;
-        for the target rows, from ``first_target`` on, plus the phase readout's map of it) plus the target half."""
-        context, targets = out.chunk(2, dim=-1)
+        """Slotted output ``(B, S, H, (P + 1)·Dh)`` → ``(B, S, H, Dh)``: the P context parts (rotated back with value
+        RoPE; for the target rows, from ``first_target`` on, each readout's part plus its map) plus the target part."""
+        parts = out.unflatten(-1, (self.plan.parts + 1, -1))  # (B, S, H, P + 1, Dh)
+        context, targets = parts[..., :-1, :], parts[..., -1, :]
         if rope_values:  # the queries are the last S positions (the whole sequence, or the targets after a cache)
-            cos, sin = (x[:, -out.shape[1] :] for x in rotary_emb)
+            cos, sin = (x[:, -out.shape[1] :, :, None] for x in rotary_emb)  # (B, S, 1, 1, Dh)
             context = _rotate(context, cos, -sin)
         return self._read(context, first_target) + targets
 
     def _read(self, context: torch.Tensor, first_target: int) -> torch.Tensor:
-        """The context part ``(B, S, H, Dh)`` with ``history.phase_readout``'s per-cell maps added to its target
-        rows (none without readouts)."""
-        if not self.plan.readouts:
-            return context
-        read = context[:, first_target:].flatten(2)  # (B, N, D)
-        delta = sum(readout.delta(self.index, read, cells) for readout, cells in self.plan.readouts)
-        return torch.cat([context[:, :first_target], (read + delta).unflatten(2, context.shape[2:])], dim=1)
+        """The context parts ``(B, S, H, P, Dh)`` summed, with each readout's per-cell map of its own producer's part
+        added to the target rows: ``(B, S, H, Dh)``."""
+        whole = context.sum(-2)
+        readouts = self.plan.readouts
+        if not readouts:
+            return whole
+        rows = context[:, first_target:]  # (B, N, H, P, Dh)
+        first = self.plan.parts - len(readouts)  # readout i's part: first + i
+        delta = sum(
+            readout.delta(self.index, rows[..., first + i, :].flatten(2), cells)  # (B, N, D)
+            for i, (readout, cells, _) in enumerate(readouts)
+        )
+        mapped = whole[:, first_target:] + delta.unflatten(2, whole.shape[2:])
+        return torch.cat([whole[:, :first_target], mapped], dim=1)
 
 
 class ContextFreeCrossAttnProcessor:
@@ -291,15 +320,39 @@ class ContextFreeCrossAttnProcessor:
         return torch.cat([targets.new_zeros(targets.shape[0], k, targets.shape[2]), targets], dim=1)  # (B, K + N, D)
 
 
-def _pair(context_values: torch.Tensor, target_values: torch.Tensor) -> torch.Tensor:
-    """``[v_ctx, 0]`` then ``[0, v_tgt]`` along the head dimension: ``(B, K + N, H, 2·Dh)`` (value RoPE)."""
-    return torch.cat(
-        [
-            torch.cat([context_values, torch.zeros_like(context_values)], dim=-1),
-            torch.cat([torch.zeros_like(target_values), target_values], dim=-1),
-        ],
-        dim=1,
-    )
+def _slotted(
+    context_values: torch.Tensor, target_values: torch.Tensor, slots: torch.Tensor | None, parts: int
+) -> torch.Tensor:
+    """Values laid side by side so that one softmax gives every part of the output apart: context value j in part
+    ``slots[j]`` of ``parts`` (all in part 0 without ``slots``), every target value in part ``parts``, zeros
+    elsewhere. context ``(B, K, H, Dh)``, targets ``(B, N, H, Dh)`` → ``(B, K + N, H, (parts + 1)·Dh)``."""
+    b, k, _, dim = context_values.shape
+    if slots is None:
+        slots = torch.zeros(b, k, dtype=torch.int64, device=context_values.device)
+    where = nn.functional.one_hot(slots.to(context_values.device), parts + 1).to(context_values.dtype)  # (B, K, P+1)
+    context = (context_values[:, :, :, None, :] * where[:, :, None, :, None]).flatten(3)  # (B, K, H, (P + 1)·Dh)
+    targets = torch.cat([target_values.new_zeros(*target_values.shape[:3], parts * dim), target_values], dim=-1)
+    return torch.cat([context, targets], dim=1)
+
+
+def _readout_slots(readouts: list, context: ContextTokens | ContextCache | None) -> tuple[torch.Tensor | None, int]:
+    """Each context token's part of the targets' output (:func:`_slotted`), ``(B, K)`` int64, and how many parts:
+    part 0 for the tokens no readout is for (the sliding window's frames, producers without a readout) if there are
+    any, then one per readout, for its producer's tokens."""
+    if context is None:
+        return None, 1
+    if context.sources is None:
+        raise ValueError(
+            "history.phase_readout maps each producer's tokens by that producer's cells, so it needs to know which "
+            "producer made each context token (ContextTokens.sources, set by the producers and "
+            "HistoryDiT.window_tokens); this context has none"
+        )
+    slots = torch.zeros_like(context.sources)
+    for i, (_, _, source) in enumerate(readouts):
+        slots[context.sources == source] = i + 1
+    if bool((slots > 0).all()):  # every token is a readout's: no unmapped part to carry (values stay narrower)
+        return slots - 1, len(readouts)
+    return slots, len(readouts) + 1
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -449,7 +502,7 @@ class WanBackbone(DiffusersBackbone):
         )
         timestep_proj = timestep_proj.unflatten(2, (6, -1))
         rotary_emb = self.rotary(context.positions)
-        cache = ContextCache([], [], context.features)
+        cache = ContextCache([], [], context.features, sources=context.sources)
         self._plan.mode, self._plan.recorded = "record", cache
         try:
             for i, block in enumerate(tr.blocks):
@@ -474,7 +527,7 @@ class WanBackbone(DiffusersBackbone):
         rotary_emb = self.rotary(context.positions)
         prior = prior if prior is not None and prior.num_tokens else None
         keys_blocks = blocks if prior is None else torch.cat([_expand_batch(prior.blocks, b), blocks], 1)
-        recorded = ContextCache([], [], context.features, blocks)
+        recorded = ContextCache([], [], context.features, blocks, context.sources)
         plan = self._plan
         plan.mode, plan.cache, plan.recorded = "record", prior, recorded
         plan.mask = block_causal_mask(blocks, keys_blocks.to(blocks.device), plan.window)  # (B, 1, K, K_prior + K)
@@ -591,8 +644,9 @@ class WanBackbone(DiffusersBackbone):
         (default ``0 … T−1``); after_block: ``f(i, tokens) → tokens`` applied after DiT block ``i`` to the whole
         ``(B, K + N, D)`` sequence (the cross-attention enhancement); context_cache: the history's keys and values
         from :meth:`build_context_cache` instead of ``context`` (only the targets run through the blocks);
-        target_readouts: ``(PhaseReadout, cells (B, N))`` pairs (``history.phase_readout``, after
-        :meth:`use_phase_readout`). Returns ``(B, C, T, H, W)``.
+        target_readouts: ``(PhaseReadout, cells (B, N), source)`` triples (``history.phase_readout``, after
+        :meth:`use_phase_readout`; each maps the part read from the tokens whose ``sources`` is its ``source``).
+        Returns ``(B, C, T, H, W)``.
         """
         tr = self.transformer
         b = latents.shape[0]
@@ -621,6 +675,9 @@ class WanBackbone(DiffusersBackbone):
         if target_readouts and not self._plan.phase_readout:
             raise ValueError("target_readouts need use_phase_readout() first (the stock processor ignores them)")
         self._plan.readouts = target_readouts or None  # kept after the forward, like the mask (checkpointing)
+        self._plan.slots, self._plan.parts = None, 1
+        if target_readouts:
+            self._plan.slots, self._plan.parts = _readout_slots(target_readouts, context if k else context_cache)
         # (B, 1, K, K) block-causal; kept after the forward, as the plan's other fields are: gradient checkpointing
         # recomputes the blocks during backward and must see the same pattern
         self._plan.mask = self._plan.target_mask = None

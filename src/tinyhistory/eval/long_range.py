@@ -100,3 +100,28 @@ def listing(seconds: list[LongRangeSecond], fps: float) -> list[dict]:
         }
         for s in seconds
     ]
+
+
+def long_range_windows(
+    pixels: torch.Tensor, codec, history: int, segment: int, window: int, features, fps: float, count: int
+) -> tuple[dict, object] | None:
+    """The next-segment windows of a ``(3, T, H, W)`` clip whose targets are long-range seconds
+    (:func:`long_range_seconds` with the default thresholds: ``count`` at most, against a ``window``-frame sliding
+    window), as a :class:`~tinyhistory.eval.next_segment.NextSegmentSet`, with the results section that says how they
+    were picked and lists them (``models`` left for the caller to fill). None without such seconds."""
+    from tinyhistory.eval.next_segment import next_segment_set
+
+    picked = long_range_seconds(clip_features(pixels, features), history, segment, window, count)
+    if not picked:
+        return None
+    eval_set = next_segment_set(pixels, codec, history, segment, len(picked), starts=[p.start for p in picked])
+    section = {
+        "protocol": (
+            f"the {len(picked)} held-out seconds most like a frame of their {history / fps:g}-s history outside its "
+            f"last {window} frames and least like those {window} frames (MobileNetV2 features: best cosine to the "
+            "older history ≥ 0.6 and ≥ 0.1 above the best to the window), teacher-forced as above"
+        ),
+        "seconds": listing(picked, fps),
+        "models": {},
+    }
+    return section, eval_set

@@ -30,16 +30,18 @@ def block_positions(
 
 
 def tokens_from_grid(
-    grid: torch.Tensor, rate: Rate, frame_offset: int = 0, features: torch.Tensor | None = None
+    grid: torch.Tensor, rate: Rate, frame_offset: int = 0, features: torch.Tensor | None = None, source: int = 0
 ) -> ContextTokens:
     """``(B, D, T, H, W)`` grid → ContextTokens in (frame, row, column) order with block-centre positions.
 
-    ``features``: an optional ``(B, F, T, H, W)`` grid on the same cells, flattened the same way.
+    ``features``: an optional ``(B, F, T, H, W)`` grid on the same cells, flattened the same way; ``source``: the
+    producer's index in ``HistoryDiT.producers`` (``ContextTokens.sources``).
     """
     b, _, t, h, w = grid.shape
     tokens = grid.flatten(2).transpose(1, 2)
     flat_features = features.flatten(2).transpose(1, 2) if features is not None else None
-    return ContextTokens(tokens, block_positions(b, (t, h, w), rate, frame_offset, grid.device), flat_features)
+    positions = block_positions(b, (t, h, w), rate, frame_offset, grid.device)
+    return ContextTokens(tokens, positions, flat_features).from_source(source)
 
 
 def downsample_pixels(pixels: torch.Tensor, rate: Rate, temporal_factor: int = 1) -> torch.Tensor:

@@ -162,6 +162,7 @@ class HistoryEncoder(nn.Module):
         self.uses_lr = cfg.variant in ("proposed", "only_lr")
         self.block_phase: BlockPhase | None = None  # history.block_phase: set by assemble.build_producers
         self.phase_readout: PhaseReadout | None = None  # history.phase_readout: set by build_producers
+        self.source = 0  # its index in HistoryDiT.producers (ContextTokens.sources): set by build_producers
         self.hr = (
             HighResBranch(latent_channels, hidden_dim, self.rate, patch, cfg) if cfg.variant != "only_lr" else None
         )
@@ -210,4 +211,4 @@ class HistoryEncoder(nn.Module):
             features = self.hr.features(hr_latents)[:, :, :gt, :gh, :gw]
             residual = self.hr.proj(features)
             grid = residual if grid is None else grid + residual
-        return tokens_from_grid(grid, self.rate, frame_offset, features if return_features else None)
+        return tokens_from_grid(grid, self.rate, frame_offset, features if return_features else None, self.source)

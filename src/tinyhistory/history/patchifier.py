@@ -25,6 +25,7 @@ class LargePatchifier(nn.Module):
         self.rate = Rate.parse(rate)
         self.block_phase: BlockPhase | None = None  # history.block_phase: set by assemble.build_producers
         self.phase_readout: PhaseReadout | None = None  # history.phase_readout: set by build_producers
+        self.source = 0  # its index in HistoryDiT.producers (ContextTokens.sources): set by build_producers
         pt, ph, pw = patch_embedding.kernel_size
         kernel = (pt * self.rate.t, ph * self.rate.h, pw * self.rate.w)
         self.conv = nn.Conv3d(patch_embedding.in_channels, patch_embedding.out_channels, kernel, stride=kernel)
@@ -46,4 +47,4 @@ class LargePatchifier(nn.Module):
         frame_offset: int = 0,
         return_features: bool = False,
     ) -> ContextTokens:
-        return tokens_from_grid(self.conv(hr_latents), self.rate, frame_offset)
+        return tokens_from_grid(self.conv(hr_latents), self.rate, frame_offset, source=self.source)

@@ -27,6 +27,8 @@ rate any more, so it holds what the targets see plus one window.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tinyhistory.backbones.base import ContextTokens
 from tinyhistory.history.tiers import TierPlan
 
@@ -42,7 +44,7 @@ def stack_tiers(plan: TierPlan, contexts: list[ContextTokens], frames: int) -> C
         per_block = context.num_tokens // blocks
         visible = context.tokens.new_zeros(context.tokens.shape[:2], dtype=bool)  # (B, K_rate)
         visible[:, start // plan.block * per_block : end // plan.block * per_block] = True
-        parts.append(ContextTokens(context.tokens, context.positions, context.features, context.blocks, visible))
+        parts.append(replace(context, visible=visible))
     return ContextTokens.concat(parts)
 
 

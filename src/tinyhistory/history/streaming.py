@@ -77,7 +77,8 @@ class IncrementalHistory:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.frames_encoded = int(state["frames_encoded"])
-        self._parts = (
-            [ContextTokens(state["tokens"], state["positions"], state.get("features"))] if "tokens" in state else []
-        )
+        self._parts = []
+        if "tokens" in state:  # the producer's own tokens: its index marks them again (ContextTokens.sources)
+            tokens = ContextTokens(state["tokens"], state["positions"], state.get("features"))
+            self._parts = [tokens.from_source(self.producer.source)]
         self._tail = state.get("tail")

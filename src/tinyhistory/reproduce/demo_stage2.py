@@ -19,7 +19,7 @@ import torch
 from tinyhistory.config import load_config
 from tinyhistory.data.video import write_video
 from tinyhistory.data.windows import to_uint8
-from tinyhistory.eval.long_range import clip_features, listing, long_range_seconds
+from tinyhistory.eval.long_range import long_range_windows
 from tinyhistory.eval.next_segment import NextSegmentSet, evaluate_next_segment, next_segment_set
 from tinyhistory.generate.run import contact_sheet, session_setup
 from tinyhistory.generate.session import GenerationSession, SamplingSettings
@@ -172,22 +172,10 @@ def long_range_set(
     if features is None:
         return None
     window = read_config(window_model).history.sliding_window
-    picked = long_range_seconds(clip_features(heldout, features), HISTORY_FRAMES, segment, window, LONG_RANGE_SECONDS)
-    if not picked:
+    found = long_range_windows(heldout, codec, HISTORY_FRAMES, segment, window, features, fps, LONG_RANGE_SECONDS)
+    if found is None:
         print("[demo] stage II: no long-range seconds in the held-out clip")
-        return None
-    starts = [p.start for p in picked]
-    eval_set = next_segment_set(heldout, codec, HISTORY_FRAMES, segment, len(starts), starts=starts)
-    section = {
-        "protocol": (
-            f"the {len(picked)} held-out seconds most like a frame of their {HISTORY_FRAMES / fps:.0f}-s history "
-            f"outside its last {window} frames and least like those {window} frames (MobileNetV2 features: best "
-            "cosine to the older history ≥ 0.6 and ≥ 0.1 above the best to the window), teacher-forced as above"
-        ),
-        "seconds": listing(picked, fps),
-        "models": {},
-    }
-    return section, eval_set
+    return found
 
 
 def markdown(section: dict) -> list[str]:
