@@ -59,28 +59,32 @@ def test_a_fresh_readout_leaves_the_model_as_it_was_and_a_trained_one_changes_on
             torch.testing.assert_close(a, b)
 
 
-def test_the_readout_maps_its_producers_part_of_the_read_and_not_the_windows(small_config):
-    """Block 0's self-attention with the encoder's tokens, a 2-frame window and the targets, against softmax
-    attention by hand: a target's output is everything it reads, plus the readout's map of what it reads from the
-    encoder's tokens alone (mapping the window's part too, as the first readout did, gives another output)."""
+@pytest.mark.parametrize(
+    ("rates", "window"),
+    [(["4x4x2"], 2), (["4x4x2", "2x2x2"], 0)],
+    ids=["encoder-and-window", "two-rates"],
+)
+def test_each_readout_maps_its_own_producers_part_of_the_read_only(small_config, rates, window):
+    """Block 0's self-attention against softmax attention by hand: a target's output is everything it reads, plus
+    each readout's map of what it reads from its own producer's tokens — not from a sliding window's, nor from the
+    other rate's (mapping the whole context part, as the first readout did, gives another output)."""
     from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
     from tinyhistory.backbones.wan import _rotate
 
     torch.manual_seed(0)
-    model = HistoryDiT.from_config(
-        small_config("backbone.num_layers=1", "history.phase_readout=4", "history.sliding_window=2")
-    ).eval()
+    rates_set = "history.rates=[" + ", ".join(f'"{r}"' for r in rates) + "]"
+    sets = ("backbone.num_layers=1", "history.phase_readout=4", f"history.sliding_window={window}", rates_set)
+    model = HistoryDiT.from_config(small_config(*sets)).eval()
     randomise_zero_layers(model, scale=0.2)
     hr, lr, x, t, text, positions = tiny_history_inputs()
+    lr = lr + [torch.randn(1, 48, 4, 8, 8, generator=torch.Generator().manual_seed(2))][: len(rates) - 1]  # 2x2x2
     attn = model.backbone.blocks[0].attn1
     seen = {}
     hook = attn.register_forward_hook(lambda _, args, out: seen.update(hidden=args[0], rotary=args[3], out=out))
     with torch.no_grad():
         context = model.history_context(hr, lr)
-        encoder = int((context.sources == 0).sum())
-        window = int((context.sources == NO_PRODUCER).sum())
-        assert encoder and window == 2 * 8 * 8 and context.sources[0, :encoder].eq(0).all()  # encoder, then window
+        assert int((context.sources == NO_PRODUCER).sum()) == window * 8 * 8
         model(x, t, text, context, positions)
         hook.remove()
         query, key, value = _get_qkv_projections(attn, seen["hidden"], None)
@@ -89,16 +93,19 @@ def test_the_readout_maps_its_producers_part_of_the_read_and_not_the_windows(sma
         query, key = _rotate(query, *seen["rotary"]), _rotate(key, *seen["rotary"])
         weights = torch.einsum("bihd,bjhd->bhij", query, key).mul(query.shape[-1] ** -0.5).softmax(-1)
         k = context.num_tokens
-        readout, cells, _ = model.target_readouts(x, positions)[0]
+        keys = torch.zeros(weights.shape[-1], dtype=torch.bool)
 
-        def read(keys: slice) -> torch.Tensor:  # (1, N, H·Dh): what the targets read from ``keys``
-            return torch.einsum("bhij,bjhd->bihd", weights[:, :, k:, keys], value[:, keys]).flatten(2)
+        def read(which: torch.Tensor) -> torch.Tensor:  # (1, N, H·Dh): what the targets read from keys ``which``
+            return torch.einsum("bhij,bjhd->bihd", weights[:, :, k:] * which, value).flatten(2)
 
-        everything, from_encoder, from_context = read(slice(None)), read(slice(0, encoder)), read(slice(0, k))
-        by_hand = attn.to_out[0](everything + readout.delta(0, from_encoder, cells))
-        torch.testing.assert_close(seen["out"][:, k:], by_hand, atol=1e-5, rtol=1e-5)
-        whole_context = attn.to_out[0](everything + readout.delta(0, from_context, cells))
-        assert (whole_context - by_hand).abs().max() > 1e-3
+        everything, from_context = read(~keys), read(torch.cat([~keys[:k], keys[k:]]))
+        readouts = model.target_readouts(x, positions)
+        assert [source for _, _, source in readouts] == list(range(len(rates)))
+        own = [read(torch.cat([context.sources[0] == source, keys[k:]])) for _, _, source in readouts]
+        by_hand = everything + sum(r.delta(0, part, cells) for (r, cells, _), part in zip(readouts, own, strict=True))
+        torch.testing.assert_close(seen["out"][:, k:], attn.to_out[0](by_hand), atol=1e-5, rtol=1e-5)
+        whole = everything + sum(r.delta(0, from_context, cells) for r, cells, _ in readouts)
+        assert (attn.to_out[0](whole) - attn.to_out[0](by_hand)).abs().max() > 1e-3
 
 
 def test_a_readout_refuses_a_context_that_does_not_say_who_made_its_tokens(small_config):
