@@ -20,9 +20,13 @@ anyone can look at the seconds that were picked.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from tinyhistory.eval.next_segment import NextSegmentSet
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ def listing(seconds: list[LongRangeSecond], fps: float) -> list[dict]:
 
 def long_range_windows(
     pixels: torch.Tensor, codec, history: int, segment: int, window: int, features, fps: float, count: int
-) -> tuple[dict, object] | None:
+) -> tuple[dict, NextSegmentSet] | None:
     """The next-segment windows of a ``(3, T, H, W)`` clip whose targets are long-range seconds
     (:func:`long_range_seconds` with the default thresholds: ``count`` at most, against a ``window``-frame sliding
     window), as a :class:`~tinyhistory.eval.next_segment.NextSegmentSet`, with the results section that says how they
