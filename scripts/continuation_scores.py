@@ -38,7 +38,7 @@ from tinyhistory.eval.features import MobileNetV2Features, feature_consistency
 from tinyhistory.generate.run import contact_sheet, session_setup
 from tinyhistory.generate.session import GenerationSession, SamplingSettings
 from tinyhistory.text.cache import encode_prompts
-from tinyhistory.train.checkpoint import load_model, trained_steps
+from tinyhistory.train.checkpoint import load_model, read_config, trained_steps
 
 
 def starts_in(frames: int, length: int, count: int) -> list[int]:
@@ -74,7 +74,7 @@ def main() -> None:
     features = MobileNetV2Features()  # a clear FileNotFoundError when the weights are not installed
     args.out.mkdir(parents=True, exist_ok=True)
 
-    _, first_cfg = load_model(pairs[0][1], merge=True)
+    first_cfg = read_config(pairs[0][1])  # the clip and fps; each model is loaded once, below
     fps = first_cfg.data.fps
     heldout = clip_from_config(first_cfg.data).heldout  # (3, T, H, W) in [-1, 1]
     continuation = round(args.seconds * fps)

@@ -29,7 +29,7 @@ from frame_query_scales import labelled_folders  # scripts/ is on sys.path when 
 
 from tinyhistory.assemble import build_codec
 from tinyhistory.data.windows import clip_from_config
-from tinyhistory.eval.long_range import long_range_windows
+from tinyhistory.eval.long_range import listing_table, long_range_windows
 from tinyhistory.eval.next_segment import evaluate_next_segment, next_segment_set, reference_metrics
 from tinyhistory.generate.session import SamplingSettings
 from tinyhistory.text.cache import encode_prompts
@@ -149,17 +149,7 @@ def long_range_lines(section: dict) -> list[str]:
         cos, cos_removed = true["feature_to_truth"], removed["feature_to_truth"]
         cells += [f"{cos:.3f}", f"{cos_removed:.3f}", f"{cos - cos_removed:+.3f}"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "| target (s into the held-out part) | matched history frame (s) | cos. to older history | cos. to window |",
-        "|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['target_seconds'][0]:g}–{r['target_seconds'][1]:g} | {r['matched_second']:g} | {r['recall']:.3f} | "
-        f"{r['recent']:.3f} |"
-        for r in section["seconds"]
-    ]
-    return lines
+    return [*lines, "", *listing_table(section["seconds"])]
 
 
 if __name__ == "__main__":

@@ -106,6 +106,19 @@ def listing(seconds: list[LongRangeSecond], fps: float) -> list[dict]:
     ]
 
 
+def listing_table(rows: list[dict]) -> list[str]:
+    """:func:`listing`'s rows as a markdown table (one line per second), for the results pages."""
+    lines = [
+        "| target (s into the held-out part) | matched history frame (s) | cos. to older history | cos. to window |",
+        "|---|---|---|---|",
+    ]
+    return lines + [
+        f"| {r['target_seconds'][0]:g}–{r['target_seconds'][1]:g} | {r['matched_second']:g} | {r['recall']:.3f} | "
+        f"{r['recent']:.3f} |"
+        for r in rows
+    ]
+
+
 def long_range_windows(
     pixels: torch.Tensor, codec, history: int, segment: int, window: int, features, fps: float, count: int
 ) -> tuple[dict, NextSegmentSet] | None:

@@ -19,7 +19,7 @@ import torch
 from tinyhistory.config import load_config
 from tinyhistory.data.video import write_video
 from tinyhistory.data.windows import to_uint8
-from tinyhistory.eval.long_range import long_range_windows
+from tinyhistory.eval.long_range import listing_table, long_range_windows
 from tinyhistory.eval.next_segment import NextSegmentSet, evaluate_next_segment, next_segment_set
 from tinyhistory.generate.run import contact_sheet, session_setup
 from tinyhistory.generate.session import GenerationSession, SamplingSettings
@@ -207,17 +207,7 @@ def markdown(section: dict) -> list[str]:
         ]
         for name, m in lr["models"].items():
             lines.append(f"| {LABELS[name]} | {m['psnr']:.2f} | {_fmt(m.get('feature_to_truth'))} |")
-        lines += [
-            "",
-            "| target (s into the held-out part) | matched history frame (s) | cos. to older history | cos. to window "
-            "|",
-            "|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['target_seconds'][0]:g}–{r['target_seconds'][1]:g} | {r['matched_second']:g} | {r['recall']:.3f} | "
-            f"{r['recent']:.3f} |"
-            for r in lr["seconds"]
-        ]
+        lines += ["", *listing_table(lr["seconds"])]
     c = section["continuation"]
     latency = [s["latency_s"] for s in c["segments"]]
     lines += [
