@@ -72,7 +72,7 @@ def main() -> None:
                     args.long_range,
                 )  # fmt: skip
                 results["long_range"] = long_range[0] if long_range else {"protocol": "no long-range seconds found"}
-        steps = trained_steps(folder) or trained_steps(folder.parent)  # a run's final/ beside its train_log.jsonl
+        steps = trained_steps(folder) or trained_steps(folder.parent)  # a final/ from before it carried its log
         row = {"checkpoint": str(folder), "steps": steps, "rates": list(cfg.history.rates)}
         rates.update({str(p.rate): p.rate for p in model.producers})
         for mode in ("true", "removed", "foreign"):

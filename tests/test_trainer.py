@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from tinyhistory.data.windows import clip_from_config
-from tinyhistory.train.checkpoint import load_model
+from tinyhistory.train.checkpoint import load_model, trained_steps
 from tinyhistory.train.trainer import lr_lambda, train
 
 
@@ -53,6 +53,29 @@ def test_resume_is_exact(small_config, tmp_path):
     c = _weights(tmp_path / "c" / "final")
     for key in a:
         torch.testing.assert_close(a[key], c[key], atol=0, rtol=0, msg=key)
+
+
+def test_snapshots_hold_the_weights_of_their_step_and_the_newest_are_kept(small_config, tmp_path):
+    """train.snapshot_every = 1 with snapshots_kept = 2, over a stop and a resume: OUT/snapshots/step_N/ loads like
+    final/, holds the weights after step N (those of a run stopped at N) and the log up to N; the older ones go."""
+    cfg = small_config("train.steps=4", "train.checkpoint_every=2", "train.snapshot_every=1", "train.snapshots_kept=2")
+    train(cfg, tmp_path / "a", progress=False, stop_after=2)
+    snapshots = tmp_path / "a" / "snapshots"
+    assert sorted(p.name for p in snapshots.iterdir()) == ["step_000001", "step_000002"]
+    train(cfg, tmp_path / "a", progress=False)
+    assert sorted(p.name for p in snapshots.iterdir()) == ["step_000003", "step_000004"]
+    assert trained_steps(snapshots / "step_000003") == 3 and trained_steps(tmp_path / "a" / "final") == 4
+
+    plain = small_config("train.steps=4", "train.checkpoint_every=2")
+    train(plain, tmp_path / "b", progress=False, stop_after=3)  # OUT/last holds step 3
+    snapshot, stopped = _weights(snapshots / "step_000003"), _weights(tmp_path / "b" / "last")
+    for key in stopped:
+        torch.testing.assert_close(snapshot[key], stopped[key], atol=0, rtol=0, msg=key)
+    final = _weights(tmp_path / "a" / "final")
+    assert any(not torch.equal(final[key], snapshot[key]) for key in final)
+
+    with pytest.raises(ValueError, match="train.snapshot_every must be >= 0"):
+        small_config("train.snapshot_every=-1")
 
 
 def test_heldout_part_is_the_last_fifth(small_config):

@@ -340,6 +340,12 @@ class TrainConfig:
     checkpoint_every: int = 500
     # Also checkpoint when this many minutes passed since the last one (a run killed early still resumes).
     checkpoint_minutes: float = 10.0
+    # Also keep the weights every this many steps (0: never) in OUT/snapshots/step_NNNNNN/, each a folder like final/
+    # (every command that takes a checkpoint loads it) with the training log up to its step: one run's models at
+    # matched steps, to compare runs step for step or to pick the best. OUT/last holds only the newest state.
+    snapshot_every: int = 0
+    # > 0: keep only the newest this many snapshots (older ones are deleted as new ones land); 0: keep them all.
+    snapshots_kept: int = 0
     # Stage II (autoregressive finetuning): the window of ``history_frames`` frames is split at a random block
     # boundary into history (possibly empty) and the next ``segment_frames`` latent frames, the target.
     segment_frames: int = 8
@@ -400,6 +406,9 @@ class TrainConfig:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0.0 <= self.mask_low < 1.0:
             raise ValueError(f"train.mask_low must be in [0, 1), got {self.mask_low}")
+        for name in ("snapshot_every", "snapshots_kept"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0 (0: off), got {getattr(self, name)}")
         if not self.checkpoint_minutes > 0:
             raise ValueError(f"train.checkpoint_minutes must be positive, got {self.checkpoint_minutes}")
 

@@ -46,7 +46,7 @@ def _check_train_outputs(cfg, out: str, init_from: str | None) -> None:
 
     folder = Path(out)
     written = [folder / name for name in ("config.json", "train_log.jsonl", "summary.json", LOCK_NAME, "last",
-                                          "last.tmp", "last.old", "final", "final_ema")]  # fmt: skip
+                                          "last.tmp", "last.old", "final", "final_ema", "snapshots")]  # fmt: skip
     read = [("--init-from", init_from), ("model.path (--model)", cfg.model.path), ("data.cache", cfg.data.cache),
             ("data.video", cfg.data.video), ("codec.path", cfg.codec.path), ("text.path", cfg.text.path),
             ("text.cache", cfg.text.cache), ("backbone.base_transformer", cfg.backbone.base_transformer)]  # fmt: skip

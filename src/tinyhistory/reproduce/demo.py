@@ -172,7 +172,6 @@ def run_demo(
             print(f"[demo] training {method} from scratch for {cfg.train.steps} steps")
             train(cfg, out / "train" / method)
             folders[method] = out / "train" / method / "final"
-            (folders[method] / "train_log.jsonl").write_text((out / "train" / method / "train_log.jsonl").read_text())
         else:
             folders[method] = ckpt_root / method
             if not (folders[method] / "config.json").is_file():

@@ -72,7 +72,6 @@ def stage2_folders(
             run = out / "train_stage2" / name
             train(cfg, run, init_from=stage1[start])
             folders[name] = run / "final"
-            (folders[name] / "train_log.jsonl").write_text((run / "train_log.jsonl").read_text())
         else:
             folders[name] = ckpt_root / "stage2" / name
             if not (folders[name] / "config.json").is_file():

@@ -3,7 +3,8 @@
     tinyhistory train --stage frame-query --preset tiny --out runs/proposed
 
 Writes ``OUT/config.json``, ``OUT/train_log.jsonl`` (loss every ``log_every`` steps, held-out loss at every
-checkpoint), ``OUT/last/`` (weights + training state, every ``checkpoint_every`` steps, atomic) and ``OUT/final/``.
+checkpoint), ``OUT/last/`` (weights + training state, every ``checkpoint_every`` steps, atomic) and ``OUT/final/``
+(the weights and the log); with ``train.snapshot_every``, ``OUT/snapshots/step_NNNNNN/`` too, each like final/.
 Running the same command again resumes from ``OUT/last`` exactly (weights, optimizer, scheduler, RNG, step).
 """
 
@@ -48,6 +49,8 @@ from tinyhistory.train.checkpoint import (
 from tinyhistory.train.ema import EMA
 from tinyhistory.train.lora import LORA_FILE, add_lora, has_lora
 from tinyhistory.train.objectives import Objective, drop_text, objective_for
+
+SNAPSHOTS = "snapshots"  # OUT/snapshots/step_NNNNNN/ (train.snapshot_every)
 
 
 def lr_lambda(tc: TrainConfig):
@@ -154,15 +157,31 @@ def make_optimizer(model: HistoryDiT, tc: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
 
 
-def _save_whole(model, cfg: RunConfig, folder: Path, save_dtype, gathered, last: Path) -> None:
-    """``folder`` written beside (``folder.tmp``), then renamed: a kill never leaves a final/ or final_ema/ that looks
-    complete."""
+def _save_whole(model, cfg: RunConfig, folder: Path, save_dtype, gathered, last: Path, log: Path | None = None) -> None:
+    """``folder`` written beside (``folder.tmp``), then renamed: a kill never leaves a final/, final_ema/ or snapshot
+    that looks complete. ``log``: the run's training log, copied in as it stands (the folder says how far it trained,
+    ``checkpoint.trained_steps``, wherever it is moved)."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     with writing(folder, "final weights", f"free some space; a rerun writes them again from {last}"):
         save_weights(model, cfg, tmp, dtype=save_dtype, gathered=gathered)
+        if log is not None and log.is_file():
+            shutil.copyfile(log, tmp / log.name)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
+
+
+def _snapshot(out: Path, step: int, model, cfg: RunConfig, save_dtype, gathered, kept: int) -> Path:
+    """``OUT/snapshots/step_NNNNNN/`` (``train.snapshot_every``): the weights as final/ has them and the log up to
+    ``step``; with ``kept`` > 0 the older snapshots beyond the newest ``kept`` are deleted once this one is complete.
+    A resumed run that passes a step again writes its snapshot again (the same weights: the resume is exact)."""
+    folder = out / SNAPSHOTS / f"step_{step:06d}"
+    _save_whole(model, cfg, folder, save_dtype, gathered, out / "last", out / "train_log.jsonl")
+    if kept:
+        done = sorted(p for p in folder.parent.glob("step_*") if p.is_dir() and p.name[5:].isdigit())
+        for old in done[:-kept]:
+            shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 
 def prepare_model(cfg: RunConfig, init_from: str | Path | None) -> tuple[HistoryDiT, RunConfig]:
@@ -420,6 +439,11 @@ def _train(
                     with writing(out / "last", "checkpoint", f"free some space; a rerun resumes from {out / 'last'}"):
                         _atomic_checkpoint(out, model, cfg, optimizer, scheduler, step, data_rng, ema)
                 accelerator.wait_for_everyone()
+            if tc.snapshot_every and step % tc.snapshot_every == 0:
+                gathered = parallel.gather_trained(stage_loss, model) if sharded else None  # collective
+                if main:
+                    _snapshot(out, step, model, cfg, save_dtype, gathered, tc.snapshots_kept)
+                accelerator.wait_for_everyone()
     finally:
         stop.restore()
     bar.close()
@@ -431,7 +455,7 @@ def _train(
     final = out / "final"
     gathered = parallel.gather_trained(stage_loss, model) if sharded else None
     if main:
-        _save_whole(model, cfg, final, save_dtype, gathered, out / "last")
+        _save_whole(model, cfg, final, save_dtype, gathered, out / "last", out / "train_log.jsonl")
     summary = {
         "stage": cfg.train.stage,
         "method": cfg.history.method,
@@ -564,6 +588,8 @@ RESUMABLE_CHANGES = {
     "train.log_every",
     "train.checkpoint_every",
     "train.checkpoint_minutes",
+    "train.snapshot_every",
+    "train.snapshots_kept",
     "model.path",
     "codec.path",
     "text.path",
