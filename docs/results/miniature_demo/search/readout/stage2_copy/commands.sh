@@ -23,3 +23,15 @@ python scripts/next_second_scores.py --history-frames 24 --long-range 8 --window
     "window 3, min_t 0.8, 600=$S/window3_mint08/final"
 python scripts/next_second_scores.py --history-frames 24 --long-range 8 --window 3 --out $R/encoder_window2_mint08 \
     "encoder + window 2, min_t 0.8, 600=$S/carry_win2_mint08/final"
+# Started at the end of session 13, for the next session (1,200-step schedules, snapshots every 200; a rerun of the
+# same command resumes): stage II at the training time shift 5 (keeps the low-noise steps, gives the high ones ~28 %
+# of the draws above t = 0.9), the window alone against encoder + window 2 from the shift-5 stage-I model.
+STAGE2_1200=(--stage ar --preset miniature --model checkpoints/miniature/base --set 'data.cache="runs/miniature/cache"'
+    --set train.history_frames=24 --set train.checkpoint_every=200 --steps 1200 --save-dtype fp16 --no-progress)
+OMP_NUM_THREADS=1 tinyhistory train "${STAGE2_1200[@]}" --method no_history --init-from checkpoints/miniature/no_history \
+    --set history.sliding_window=3 --set train.timestep_shift=5.0 --set train.snapshot_every=200 --out $S/window3_shift5 &
+OMP_NUM_THREADS=1 tinyhistory train "${STAGE2_1200[@]}" --method proposed --init-from $S/readout16_shift5/final \
+    --set 'history.rates=["4x4x2"]' --set history.phase_readout=16 --set train.carry_lora=true \
+    --set history.sliding_window=2 --set train.timestep_shift=5.0 --set train.snapshot_every=200 \
+    --out $S/carry5_win2_shift5 &
+wait
