@@ -30,9 +30,8 @@ import torch
 from tinyhistory.assemble import build_codec
 from tinyhistory.backbones.base import NO_PRODUCER
 from tinyhistory.data.windows import batch_to_uint8, clip_from_config
-from tinyhistory.eval.metrics import psnr_capped
-from tinyhistory.eval.next_segment import next_segment_set
-from tinyhistory.history.base import lowres_latents_per_rate
+from tinyhistory.eval.metrics import per_frame, psnr_capped
+from tinyhistory.eval.next_segment import next_segment_set, window_context
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.checkpoint import load_model
 
@@ -41,9 +40,7 @@ NOISE_LEVELS = (1.0, 0.95, 0.9, 0.8, 0.6, 0.4, 0.2)
 
 def psnr_by_frame(truth: np.ndarray, guess: np.ndarray, windows: int) -> list[float]:
     """Mean PSNR of each segment frame over the windows; both ``(B·segment, H, W, 3)`` uint8."""
-    t = truth.reshape(windows, -1, *truth.shape[1:])
-    g = guess.reshape(windows, -1, *guess.shape[1:])
-    return [float(np.mean([psnr_capped(t[b, f], g[b, f]) for b in range(windows)])) for f in range(t.shape[1])]
+    return per_frame(psnr_capped, truth, guess).reshape(windows, -1).mean(0).tolist()
 
 
 class AttentionProbe:
@@ -106,11 +103,7 @@ def main() -> None:
     eval_set = next_segment_set(clip.heldout, codec, args.history_frames, segment, args.windows)
     text = encode_prompts(cfg.text, [cfg.text.caption])
     h, b = args.history_frames, args.windows
-    history_px = eval_set.pixels[:, :, :h]
-    hr = codec.encode(history_px)
-    rates, uses_lr = [p.rate for p in model.producers], [p.uses_lr for p in model.producers]
-    lr = lowres_latents_per_rate(history_px, rates, uses_lr, codec)
-    context = model.history_context(hr, lr)
+    context = window_context(model, eval_set, codec)
     x0 = codec.encode(eval_set.pixels[:, :, h:])  # (B, C, segment, h, w)
     noise, txt = eval_set.noise, text.expand(b)
     positions = torch.arange(h, h + segment).expand(b, -1)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tinyhistory.backbones.base import ContextTokens
 from tinyhistory.data.windows import batch_to_uint8
 from tinyhistory.eval.metrics import per_frame, psnr_capped, ssim
 from tinyhistory.generate.session import SamplingSettings, sample_segment
@@ -89,6 +90,24 @@ HISTORY_MODES = ("true", "removed", "foreign")
 
 
 @torch.no_grad()
+def window_context(model, eval_set: NextSegmentSet, codec, history: str = "true") -> ContextTokens | None:
+    """What ``model`` sees of each window's history (on the model's device): its own (``true``), the next window's
+    (``foreign``) or none (``removed``), encoded with the model's producers and sliding window."""
+    if history not in HISTORY_MODES:
+        raise ValueError(f"history mode {history!r} is not one of {HISTORY_MODES}")
+    if history == "removed":
+        return None
+    device = next(model.parameters()).device
+    history_px = eval_set.pixels[:, :, : eval_set.history_frames]
+    if history == "foreign":
+        history_px = history_px.roll(1, dims=0)
+    hr = codec.encode(history_px).to(device)
+    rates, uses_lr = [p.rate for p in model.producers], [p.uses_lr for p in model.producers]
+    lr = [x.to(device) if x is not None else None for x in lowres_latents_per_rate(history_px, rates, uses_lr, codec)]
+    return model.history_context(hr, lr)
+
+
+@torch.no_grad()
 def evaluate_next_segment(
     model,
     eval_set: NextSegmentSet,
@@ -104,18 +123,10 @@ def evaluate_next_segment(
     ``history``: ``true`` (the window's own history), ``removed`` (no context at all) or ``foreign`` (the next
     window's history: same statistics, wrong content) — the last two ask whether *this* model uses its history.
     """
-    if history not in HISTORY_MODES:
-        raise ValueError(f"history mode {history!r} is not one of {HISTORY_MODES}")
     model.eval()
     device = next(model.parameters()).device
     h = eval_set.history_frames
-    history_px = eval_set.pixels[:, :, :h]
-    if history == "foreign":
-        history_px = history_px.roll(1, dims=0)
-    hr = codec.encode(history_px).to(device)
-    rates, uses_lr = [p.rate for p in model.producers], [p.uses_lr for p in model.producers]
-    lr = [x.to(device) if x is not None else None for x in lowres_latents_per_rate(history_px, rates, uses_lr, codec)]
-    context = model.history_context(hr, lr) if history != "removed" else None
+    context = window_context(model, eval_set, codec, history)
     b = eval_set.noise.shape[0]
     positions = torch.arange(h, h + eval_set.segment, device=device).expand(b, -1)
     noise, txt = eval_set.noise.to(device), text.to(device).expand(b)
