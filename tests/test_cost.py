@@ -13,7 +13,7 @@ import torch
 
 from tinyhistory.cli import main
 from tinyhistory.geometry import Rate
-from tinyhistory.sizing.cost import CostRow, CostSettings, cost_rows, framepack_schedule
+from tinyhistory.sizing.cost import CostModel, CostRow, CostSettings, cost_rows, framepack_schedule
 
 FIELDS = {
     "method",
@@ -302,3 +302,28 @@ def test_a_family_without_the_stacked_layout_refuses_it_by_name():
         )
         with pytest.raises(ValueError, match=rf'history.tier_layout = "stacked" is not supported for {family}'):
             cost_rows(settings)
+
+
+def test_counting_shallow_copies_equals_counting_the_whole_dit(monkeypatch):
+    """Each DiT count runs on copies cut to one and two blocks per list and is scaled to the full depth: the same
+    integers as counting the whole DiT, for every row kind (tiny preset, 4 Wan blocks: plain, KV-cache, block-causal,
+    tiered and stacked rows) and for a DiT of two block lists (HunyuanVideo's 20 dual- and 40 single-stream)."""
+    from tinyhistory.sizing.cost import TierSet
+
+    settings = CostSettings(
+        preset="tiny",
+        history_seconds=(20.0,),
+        proposed_rates=(("4x4x2",),),
+        tier_sets=(TierSet.parse("4x4x2:8+8x8x4", 4.0), TierSet.parse("4x4x2:8+8x8x4@stacked:8", 4.0)),
+    )
+    shallow_rows = [r.as_dict() for r in cost_rows(settings)]
+    hunyuan = CostModel(CostSettings(preset="hunyuanvideo", methods=("no_history",), history_seconds=(1.0,)))
+    assert hunyuan.depths == (20, 40)
+    hunyuan_step = hunyuan.dit_step(None, 0)
+    monkeypatch.setattr(CostModel, "at_full_depth", lambda self, count: count())  # count the whole DiT
+    assert [r.as_dict() for r in cost_rows(settings)] == shallow_rows
+    assert {r["tier_layout"] for r in shallow_rows} == {None, "recompute", "stacked"}
+    assert {r["kv_cache"] for r in shallow_rows} == {False, True}
+    assert {r["context_attention"] for r in shallow_rows} == {"full", "block_causal"}
+    whole = CostModel(CostSettings(preset="hunyuanvideo", methods=("no_history",), history_seconds=(1.0,)))
+    assert whole.dit_step(None, 0) == hunyuan_step

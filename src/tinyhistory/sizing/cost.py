@@ -52,6 +52,11 @@ every rate encoding the new blocks, as above; the cache work per segment is :cla
 new blocks of every rate, attending to one window of cached blocks (all rates), averaged over one cycle of segments
 and blocks. A move recomputes nothing (``cache_move_tflops`` = 0).
 
+Depth: every block of a DiT's block list runs the same FLOPs on the same shapes, so each DiT count runs on shallow
+copies (:meth:`CostModel.at_full_depth`: every list cut to one block, then each list to two) and is scaled to the
+full depth exactly, ``F = F(1, …, 1) + Σᵢ (Lᵢ − 1)·(F(…, 2ᵢ, …) − F(1, …, 1))``: a 30-block Wan is counted with two
+shallow forwards instead of one 30-block one (a test checks it against the count at full depth).
+
 Rows the settings ask for but the preset's family refuses (HunyuanVideo's and LTX-Video's KV-cache and block-causal
 rows), or another setting rules out (a stacked tier set without the block-causal rows), are not counted:
 :class:`LeftOut` names each with the refusal's message (``CostModel.left_out``), printed under the table.
@@ -60,7 +65,8 @@ rows), or another setting rules out (a stacked tier set without the block-causal
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TypeVar
 
@@ -252,6 +258,24 @@ def count_flops(fn: Callable[[], T]) -> tuple[T, int]:
     return out, counter.get_total_flops()
 
 
+@contextmanager
+def shallow(backbones: list[Backbone], depths: tuple[int, ...]) -> Iterator[None]:
+    """Every backbone's block lists (``block_lists``, in order) cut to their first ``depths[i]`` blocks, restored on
+    exit: the adapters read their blocks from the transformer at every call, so a count in here runs a shallower DiT
+    (its caches, built in here too, hold that many blocks)."""
+    saved = []
+    try:
+        for backbone in backbones:
+            for name, depth in zip(backbone.block_lists, depths, strict=True):
+                blocks = getattr(backbone.transformer, name)
+                saved.append((backbone.transformer, name, blocks))
+                setattr(backbone.transformer, name, nn.ModuleList(list(blocks)[:depth]))
+        yield
+    finally:
+        for transformer, name, blocks in saved:
+            setattr(transformer, name, blocks)
+
+
 def meta_backbone(cfg: RunConfig) -> Backbone:
     """The preset's DiT adapter around its real-size transformer on the meta device (no weights are read).
 
@@ -378,8 +402,29 @@ class CostModel:
             models = {spec: self._tiered_model(spec) for spec in tiered}
             self.tiered = {spec: model for spec, model in models.items() if model is not None}
         self._append_memo: dict[tuple[int, int], int] = {}  # (prior tokens, added tokens) → block-causal append
+        # every meta DiT a count may run (the tiered models share self.backbone but the stacked layout's own), cut
+        # together by at_full_depth; the depth of each of their block lists
+        dits = [self.backbone, *(m.backbone for m in (self.kv_dit, self.causal_dit) if m is not None)]
+        dits += [m.backbone for m in self.tiered.values()]
+        self._dits = list({id(b): b for b in dits}.values())
+        self.depths = tuple(len(getattr(bb.transformer, name)) for name in bb.block_lists)
 
     # -- building blocks -------------------------------------------------------------------------------------
+    def at_full_depth(self, count: Callable[[], int]) -> int:
+        """``count()`` (FLOPs through the meta DiTs, caches it needs built inside it) at the DiTs' full depth, from
+        shallow copies (:func:`shallow`): one block in every list, then two in each list in turn; each list's extra
+        block is its per-block FLOPs, scaled to its length. Exact: a list's blocks are alike and see the same
+        shapes."""
+        ones = tuple(1 for _ in self.depths)
+        with shallow(self._dits, ones):
+            base = count()
+        total = base
+        for i, depth in enumerate(self.depths):
+            if depth > 1:
+                with shallow(self._dits, ones[:i] + (2,) + ones[i + 1 :]):
+                    total += (depth - 1) * (count() - base)
+        return total
+
     def latent_frames(self, seconds: float) -> int:
         """Latent frames of ``seconds`` of video, the paper's convention (frames / temporal factor)."""
         return self.base.latent_frames(int(round(seconds * self.fps)))
@@ -528,7 +573,11 @@ class CostModel:
         k = context.num_tokens if context is not None else 0
         if k not in self._step_memo:
             latents, t, positions = self._targets(frames)
-            self._step_memo[k] = count_flops(lambda: self.dit(latents, t, self.text, context, positions))[1]
+
+            def step() -> int:
+                return count_flops(lambda: self.dit(latents, t, self.text, context, positions))[1]
+
+            self._step_memo[k] = self.at_full_depth(step)
         return self._step_memo[k]
 
     def cached_step(self, context: ContextTokens, frames: int) -> tuple[int, int]:
@@ -536,10 +585,16 @@ class CostModel:
         key = context.num_tokens
         if key not in self._cached_memo:
             model = self.kv_dit
-            cache, build = count_flops(lambda: model.build_context_cache(context, self.text))
             latents, t, positions = self._targets(frames)
-            _, step = count_flops(lambda: model(latents, t, self.text, None, positions, context_cache=cache))
-            self._cached_memo[key] = (step, build)
+
+            def build() -> int:
+                return count_flops(lambda: model.build_context_cache(context, self.text))[1]
+
+            def step() -> int:
+                cache = model.build_context_cache(context, self.text)  # shapes only: the FLOPs counted are the step's
+                return count_flops(lambda: model(latents, t, self.text, None, positions, context_cache=cache))[1]
+
+            self._cached_memo[key] = (self.at_full_depth(step), self.at_full_depth(build))
         return self._cached_memo[key]
 
     def causal_step(self, context: ContextTokens, frames: int) -> int:
@@ -547,10 +602,13 @@ class CostModel:
         key = context.num_tokens
         if key not in self._causal_memo:
             model = self.causal_dit
-            cache = model.build_context_cache(context, None)  # shapes only: the FLOPs counted are the step's
             latents, t, positions = self._targets(frames)
-            _, step = count_flops(lambda: model(latents, t, self.text, None, positions, context_cache=cache))
-            self._causal_memo[key] = step
+
+            def step() -> int:
+                cache = model.build_context_cache(context, None)  # shapes only: the FLOPs counted are the step's
+                return count_flops(lambda: model(latents, t, self.text, None, positions, context_cache=cache))[1]
+
+            self._causal_memo[key] = self.at_full_depth(step)
         return self._causal_memo[key]
 
     def causal_append(self, rates: tuple[str, ...], frames: int) -> float:
@@ -564,14 +622,8 @@ class CostModel:
 
     def _one_cache_append(self, encoder: HistoryDiT, encoded: int, new: int) -> int:
         """FLOPs of appending the tokens of ``new`` history frames to a block-causal cache of ``encoded`` frames."""
-        model = self.causal_dit
-        prior = None
-        if encoded:
-            old = self._tokens(encoder, 0, encoded)
-            prior = model.build_context_cache(old, None)  # shapes only: the FLOPs counted are the append's
-        added = self._tokens(encoder, encoded, new)
-        _, flops = count_flops(lambda: model.build_context_cache(added, None, prior))
-        return flops
+        old = self._tokens(encoder, 0, encoded) if encoded else None
+        return self._count_append(old, self._tokens(encoder, encoded, new))
 
     def _tokens(self, encoder: HistoryDiT, start: int, frames: int) -> ContextTokens:
         """The encoder's tokens (with positions and blocks) for history frames ``start … start + frames``."""
@@ -624,14 +676,19 @@ class CostModel:
             count += max(0, min(end, before) - start) // rate.t * (h // rate.h) * (w // rate.w)
         return count
 
-    def _count_append(self, prior: ContextTokens, added: ContextTokens) -> int:
-        """FLOPs of appending ``added`` to a block-causal cache of ``prior``'s tokens (FLOPs depend on the counts
-        only, so each pair is counted once)."""
-        key = (prior.num_tokens, added.num_tokens)
+    def _count_append(self, prior: ContextTokens | None, added: ContextTokens) -> int:
+        """FLOPs of appending ``added`` to a block-causal cache of ``prior``'s tokens (None or none: an empty cache;
+        FLOPs depend on the counts only, so each pair is counted once)."""
+        prior = prior if prior is not None and prior.num_tokens else None
+        key = (prior.num_tokens if prior is not None else 0, added.num_tokens)
         if key not in self._append_memo:
             model = self.causal_dit
-            cache = model.build_context_cache(prior, None) if prior.num_tokens else None  # shapes only
-            self._append_memo[key] = count_flops(lambda: model.build_context_cache(added, None, cache))[1]
+
+            def append() -> int:
+                cache = model.build_context_cache(prior, None) if prior is not None else None  # shapes only
+                return count_flops(lambda: model.build_context_cache(added, None, cache))[1]
+
+            self._append_memo[key] = self.at_full_depth(append)
         return self._append_memo[key]
 
     def _tier_rows(
@@ -667,10 +724,13 @@ class CostModel:
         the context's window does not enter a cached step)."""
         key = view.num_tokens
         if key not in self._stacked_memo:
-            cache = model.build_context_cache(view, None)  # shapes only: the FLOPs counted are the step's
             latents, t, positions = self._targets(frames)
-            _, step = count_flops(lambda: model(latents, t, self.text, None, positions, context_cache=cache))
-            self._stacked_memo[key] = step
+
+            def step() -> int:
+                cache = model.build_context_cache(view, None)  # shapes only: the FLOPs counted are the step's
+                return count_flops(lambda: model(latents, t, self.text, None, positions, context_cache=cache))[1]
+
+            self._stacked_memo[key] = self.at_full_depth(step)
         return self._stacked_memo[key]
 
     def stacked_cache_work(self, model: HistoryDiT, frames: int) -> float:
@@ -687,11 +747,16 @@ class CostModel:
         plan: TierPlan = model.tiers
         first = max(0, encoded // plan.block - plan.window_blocks + 1)  # the oldest block a new block sees
         start = first * plan.block
-        cache = StackedTierCache(plan, first)
-        if encoded > start:
-            cache.grow(model, self._rate_tokens(model, start, encoded - start), encoded)
+        before = self._rate_tokens(model, start, encoded - start) if encoded > start else None
         tokens = self._rate_tokens(model, start, encoded + new - start)
-        return count_flops(lambda: cache.grow(model, tokens, encoded + new))[1]
+
+        def append() -> int:
+            cache = StackedTierCache(plan, first)
+            if before is not None:
+                cache.grow(model, before, encoded)  # shapes only: the FLOPs counted are the append's
+            return count_flops(lambda: cache.grow(model, tokens, encoded + new))[1]
+
+        return self.at_full_depth(append)
 
     def _stacked_row(
         self, spec: TierSet, model: HistoryDiT, seconds: float, frames: int, baseline: int, per_second: float
