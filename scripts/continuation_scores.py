@@ -26,16 +26,21 @@ import argparse
 import json
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from frame_query_scales import labelled_folders  # scripts/ is on sys.path when a script runs
+from frame_query_scales import (  # scripts/ is on sys.path when a script runs
+    add_low_noise_arguments,
+    labelled_folders,
+    low_noise_experts,
+)
 
 from tinyhistory.assemble import build_codec
 from tinyhistory.data.windows import clip_from_config, to_uint8
 from tinyhistory.eval.features import MobileNetV2Features, feature_consistency
-from tinyhistory.generate.run import contact_sheet, session_setup
+from tinyhistory.generate.run import contact_sheet, load_low_noise_checkpoint, session_setup
 from tinyhistory.generate.session import GenerationSession, SamplingSettings
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.checkpoint import load_model, read_config, trained_steps
@@ -68,9 +73,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds streamed after the history")
     parser.add_argument("--starts", type=int, default=3, help="evenly spaced starts in the held-out part")
     parser.add_argument("--sample-steps", type=int, default=20)
+    add_low_noise_arguments(parser)
     args = parser.parse_args()
     started = time.time()
     pairs = labelled_folders(parser, args.models)
+    experts = low_noise_experts(parser, args, [label for label, _ in pairs])
     features = MobileNetV2Features()  # a clear FileNotFoundError when the weights are not installed
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -93,12 +100,18 @@ def main() -> None:
         model, cfg = load_model(folder, merge=True)
         codec = build_codec(cfg.codec)
         settings = SamplingSettings(steps=args.sample_steps, guidance=1.0, segment_frames=cfg.train.segment_frames)
+        low_noise, extra = None, {}
+        if label in experts:
+            low_noise = load_low_noise_checkpoint(experts[label], model, cfg)
+            settings = replace(settings, boundary=args.boundary)
+            extra = {"low_noise": str(experts[label]), "boundary": args.boundary}
         runs = []
         for i, history in enumerate(histories):
             print(f"[continuation] {label}: start {i + 1}/{len(histories)}", flush=True)
             session = GenerationSession(
-                model, session_setup(cfg), codec, lambda p, c=cfg: encode_prompts(c.text, p), settings
-            )
+                model, session_setup(cfg), codec, lambda p, c=cfg: encode_prompts(c.text, p), settings,
+                low_noise=low_noise,
+            )  # fmt: skip
             session.start_from_video(history)
             parts = []
             while sum(len(p) for p in parts) < continuation:
@@ -109,7 +122,7 @@ def main() -> None:
                 sheet = args.out / f"continuation_{n}_{re.sub(r'[^a-z0-9]+', '_', label.lower()).strip('_')}.png"
                 contact_sheet(np.concatenate([history[-1:], generated]), fps, sheet)
         steps = trained_steps(folder) or trained_steps(folder.parent)
-        results["models"][label] = {"checkpoint": str(folder), "steps": steps, **_averaged(runs)}
+        results["models"][label] = {"checkpoint": str(folder), "steps": steps, **extra, **_averaged(runs)}
     results["seconds_taken"] = round(time.time() - started, 1)
 
     (args.out / "continuation.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -53,6 +53,31 @@ def labelled_folders(parser: argparse.ArgumentParser, items: list[str]) -> list[
     return pairs
 
 
+def add_low_noise_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--low-noise LABEL=CHECKPOINT`` (repeatable) and ``--boundary``: two-expert sampling for a labelled model,
+    as ``tinyhistory generate --low-noise`` does it."""
+    parser.add_argument(
+        "--low-noise",
+        action="append",
+        default=[],
+        metavar="LABEL=CHECKPOINT",
+        help="the model LABEL samples the steps below --boundary with CHECKPOINT's DiT, without history",
+    )
+    parser.add_argument("--boundary", type=float, default=0.0, help="flow time where --low-noise's experts take over")
+
+
+def low_noise_experts(parser: argparse.ArgumentParser, args: argparse.Namespace, labels: list[str]) -> dict[str, Path]:
+    """The ``--low-noise`` checkpoint of each label that has one; an unknown label or a missing ``--boundary`` is a
+    usage error."""
+    experts = dict(labelled_folders(parser, args.low_noise))
+    unknown = sorted(set(experts) - set(labels))
+    if unknown:
+        parser.error(f"--low-noise names labels that are not models here: {unknown} (models: {labels})")
+    if experts and not 0.0 < args.boundary < 1.0:
+        parser.error(f"--low-noise needs --boundary in (0, 1), got {args.boundary}")
+    return experts
+
+
 def recent_and_old(per_window: list[dict], frames: int, recent: int) -> dict:
     """Mean PSNR of the queries in the last ``recent`` of ``frames`` history frames and of the older ones."""
     split: dict[str, list[float]] = {"recent": [], "old": []}

@@ -23,14 +23,20 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from frame_query_scales import labelled_folders  # scripts/ is on sys.path when a script runs
+from frame_query_scales import (  # scripts/ is on sys.path when a script runs
+    add_low_noise_arguments,
+    labelled_folders,
+    low_noise_experts,
+)
 
 from tinyhistory.assemble import build_codec
 from tinyhistory.data.windows import clip_from_config
 from tinyhistory.eval.long_range import listing_table, long_range_windows
 from tinyhistory.eval.next_segment import evaluate_next_segment, next_segment_set, reference_metrics
+from tinyhistory.generate.run import load_low_noise_checkpoint
 from tinyhistory.generate.session import SamplingSettings
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.checkpoint import load_model, trained_steps
@@ -45,9 +51,11 @@ def main() -> None:
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--long-range", type=int, default=0, help="also score up to N long-range seconds")
     parser.add_argument("--window", type=int, default=3, help="the sliding window the long-range seconds avoid")
+    add_low_noise_arguments(parser)
     args = parser.parse_args()
     started = time.time()
     pairs = labelled_folders(parser, args.models)
+    experts = low_noise_experts(parser, args, [label for label, _ in pairs])
     features = None
     if args.long_range:
         from tinyhistory.eval.features import MobileNetV2Features
@@ -65,7 +73,7 @@ def main() -> None:
             segment = cfg.train.segment_frames
             eval_set = next_segment_set(clip.heldout, codec, args.history_frames, segment, args.windows)
             text = encode_prompts(cfg.text, [cfg.text.caption])
-            settings = SamplingSettings(steps=args.sample_steps, guidance=1.0, segment_frames=segment)
+            plain = SamplingSettings(steps=args.sample_steps, guidance=1.0, segment_frames=segment)
             if args.long_range:
                 long_range = long_range_windows(
                     clip.heldout, codec, args.history_frames, segment, args.window, features, cfg.data.fps,
@@ -74,10 +82,17 @@ def main() -> None:
                 results["long_range"] = long_range[0] if long_range else {"protocol": "no long-range seconds found"}
         steps = trained_steps(folder) or trained_steps(folder.parent)  # a final/ from before it carried its log
         row = {"checkpoint": str(folder), "steps": steps, "rates": list(cfg.history.rates)}
+        settings, low_noise = plain, None
+        if label in experts:
+            low_noise = load_low_noise_checkpoint(experts[label], model, cfg)
+            settings = replace(plain, boundary=args.boundary)
+            row |= {"low_noise": str(experts[label]), "boundary": args.boundary}
         rates.update({str(p.rate): p.rate for p in model.producers})
         for mode in ("true", "removed", "foreign"):
             print(f"[next second] {label}: history {mode}", flush=True)
-            metrics, _ = evaluate_next_segment(model, eval_set, text, codec, settings, features, history=mode)
+            metrics, _ = evaluate_next_segment(
+                model, eval_set, text, codec, settings, features, history=mode, low_noise=low_noise
+            )
             row[mode] = metrics
         results["models"][label] = row
         if long_range is not None:
@@ -85,7 +100,9 @@ def main() -> None:
             for mode in ("true", "removed"):
                 print(f"[next second] {label}: long-range seconds, history {mode}", flush=True)
                 lr_set = long_range[1]
-                scores[mode], _ = evaluate_next_segment(model, lr_set, text, codec, settings, features, history=mode)
+                scores[mode], _ = evaluate_next_segment(
+                    model, lr_set, text, codec, settings, features, history=mode, low_noise=low_noise
+                )
     results["references"] = reference_metrics(eval_set, codec, list(rates.values()))
     results["seconds"] = round(time.time() - started, 1)
 

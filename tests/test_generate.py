@@ -1,6 +1,7 @@
 """Streaming generation: incremental cache, pause/resume, seeds, samplers, and the ``generate`` command."""
 
 import json
+from dataclasses import replace
 
 import av
 import numpy as np
@@ -143,3 +144,81 @@ def test_generate_command_writes_a_playable_mp4_contact_sheet_log_and_session(mo
     fresh = [a if a != str(out) else str(tmp_path / "other.mp4") for a in argv]
     assert main(fresh + ["--offload"]) == 2  # no CUDA device here: a clear error, exit 2
     assert main(fresh + ["--history", str(tmp_path / "missing.mp4")]) == 2
+
+
+def _low_noise_checkpoint(small_config, folder, *extra: str):
+    """A no-history checkpoint of other weights than the fixture's model (seed 1), saved as training saves one."""
+    cfg = small_config(*SMALL_AR, 'history.method="no_history"', *extra)
+    torch.manual_seed(1)
+    save_weights(HistoryDiT.from_config(cfg), cfg, folder)
+    return folder
+
+
+def test_a_low_noise_checkpoint_takes_the_steps_below_the_boundary_without_history(
+    model_and_cfg, small_config, tmp_path
+):
+    from tinyhistory.generate.run import load_low_noise_checkpoint
+
+    model, cfg = model_and_cfg
+    expert = load_low_noise_checkpoint(_low_noise_checkpoint(small_config, tmp_path / "low"), model, cfg)
+    calls = []  # (which, t, with context)
+    model.register_forward_pre_hook(lambda m, a: calls.append(("high", round(float(a[1][0]), 3), a[3] is not None)))
+    expert.register_forward_pre_hook(lambda m, a: calls.append(("low", round(float(a[1][0]), 3), a[3] is not None)))
+    settings = SamplingSettings(steps=4, guidance=1.0, segment_frames=2)
+    one = GenerationSession(model, session_setup(cfg), build_codec(cfg.codec), _text, settings)
+    two = GenerationSession(
+        model, session_setup(cfg), build_codec(cfg.codec), _text, replace(settings, boundary=0.5), low_noise=expert
+    )
+    assert one.boundary is None and two.boundary == 0.5
+    frames = []
+    for session in (one, two):
+        calls.clear()
+        session.start_from_video(_frames(5))
+        frames.append(session.generate_segment("a"))
+    # four Euler steps at t = 1, 0.667 | 0.334, 0.001 (diffusers' flow-matching Euler schedule): the history model
+    # above the boundary with its history (the sliding window), the expert below without
+    assert calls == [("high", 1.0, True), ("high", 0.667, True), ("low", 0.334, False), ("low", 0.001, False)]
+    assert not np.array_equal(frames[0], frames[1])
+    # a paused two-expert session resumes bit for bit when given its expert again (the boundary is in its settings)
+    two.save(tmp_path / "two.session")
+    uninterrupted = two.generate_segment("a")
+    resumed = GenerationSession.load(
+        tmp_path / "two.session", model, session_setup(cfg), build_codec(cfg.codec), _text, low_noise=expert
+    )
+    assert resumed.settings.boundary == 0.5
+    np.testing.assert_array_equal(resumed.generate_segment("a"), uninterrupted)
+
+
+def test_a_boundary_needs_an_expert_and_an_expert_must_read_the_same_latents(model_and_cfg, small_config, tmp_path):
+    from tinyhistory.generate.run import load_low_noise_checkpoint
+
+    model, cfg = model_and_cfg
+    codec = build_codec(cfg.codec)
+    with pytest.raises(ValueError, match="no second expert.*--low-noise"):
+        GenerationSession(model, session_setup(cfg), codec, _text, SamplingSettings(boundary=0.5))
+    expert = load_low_noise_checkpoint(_low_noise_checkpoint(small_config, tmp_path / "low"), model, cfg)
+    with pytest.raises(ValueError, match="set the boundary"):
+        GenerationSession(model, session_setup(cfg), codec, _text, SamplingSettings(), low_noise=expert)
+    with pytest.raises(ValueError, match=r"boundary must be a flow time in \[0, 1\)"):
+        SamplingSettings(boundary=1.0)
+    other = _low_noise_checkpoint(small_config, tmp_path / "other", "codec.factor=8")
+    with pytest.raises(
+        ValueError, match=r"--low-noise .*other cannot take .*codec: \('pixel', 4\) here, \('pixel', 8\)"
+    ):
+        load_low_noise_checkpoint(other, model, cfg)
+
+
+def test_generate_command_with_a_low_noise_checkpoint(model_and_cfg, small_config, tmp_path, capsys):
+    model, cfg = model_and_cfg
+    save_weights(model, cfg, tmp_path / "ckpt")
+    low = _low_noise_checkpoint(small_config, tmp_path / "low")
+    story = tmp_path / "story.json"
+    story.write_text(json.dumps({"shots": [{"start": 0, "end": 0.5, "prompt": "a"}]}))
+    argv = ["generate", "--checkpoint", str(tmp_path / "ckpt"), "--storyboard", str(story), "--steps", "2"]
+    argv += ["--segment-frames", "2", "--no-progress", "--low-noise", str(low)]
+    assert main([*argv, "--out", str(tmp_path / "a.mp4"), "--boundary", "0.6"]) == 0
+    assert f"steps below t = 0.6 are taken by {low}, without history" in capsys.readouterr().out
+    with av.open(str(tmp_path / "a.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 4
+    assert main([*argv, "--out", str(tmp_path / "b.mp4")]) == 2  # no boundary: the tiny preset's folder names none
+    assert "set the boundary" in capsys.readouterr().err

@@ -21,6 +21,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "segment_frames": args.segment_frames,
         "flow_shift": args.flow_shift,
+        "boundary": args.boundary,
     }
     _check_sampling_limits(args)
     from tinyhistory.inputs import check_outputs_spare_inputs, inputs_of
@@ -28,7 +29,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     written = [out.with_name(out.name + suffix) for suffix in ("", ".session", ".png", ".segments.jsonl", ".lock",
                                                                ".previous.mp4")]  # fmt: skip
-    read = inputs_of([("--checkpoint", args.checkpoint), ("--model", args.model)], inside_ok=True)
+    read = inputs_of([("--checkpoint", args.checkpoint), ("--model", args.model), ("--low-noise", args.low_noise)],
+                     inside_ok=True)  # fmt: skip
     files = inputs_of([("--storyboard", args.storyboard), ("--history", args.history), ("--image", args.image)])
     read += [given for given in files if given.path.is_file()]  # (not a file: generate says what is wrong with it)
     check_outputs_spare_inputs("--out", out, written, read)  # (--resume's session is its own output: continued)
@@ -46,6 +48,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         model_path=args.model,
         overrides=list(args.set or []),
         overwrite=args.overwrite,
+        low_noise=args.low_noise,
     )
     print(json.dumps(result, indent=2))
     return 0
@@ -146,6 +149,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     ge.add_argument(
         "--flow-shift", type=non_negative_float, default=None, help="scheduler time shift (default: the folder's)"
+    )
+    ge.add_argument(
+        "--low-noise",
+        default=None,
+        metavar="CHECKPOINT",
+        help="a checkpoint whose DiT takes the steps below --boundary, without history (Wan 2.2 A14B's two "
+        "experts, with a LoRA of yours as the second: the history LoRA trained at t >= boundary, train.min_t)",
+    )
+    ge.add_argument(
+        "--boundary",
+        type=non_negative_float,
+        default=None,
+        help="flow time below which the second expert takes the steps (default: the model folder's, A14B 0.875)",
     )
     ge.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the checkpoint's config")
     ge.add_argument(

@@ -117,11 +117,14 @@ def evaluate_next_segment(
     features=None,
     lpips=None,
     history: str = "true",
+    low_noise=None,
 ) -> tuple[dict, np.ndarray]:
     """Metrics of one model; returns (metrics, generated frames ``(B·segment, H, W, 3)`` uint8).
 
     ``history``: ``true`` (the window's own history), ``removed`` (no context at all) or ``foreign`` (the next
     window's history: same statistics, wrong content) — the last two ask whether *this* model uses its history.
+    ``low_noise``: a second expert's DiT for the steps below ``settings.boundary`` (without history, as in
+    generation: :func:`~tinyhistory.generate.session.sample_segment`); the one-step estimate is ``model``'s (t = 1).
     """
     model.eval()
     device = next(model.parameters()).device
@@ -130,7 +133,7 @@ def evaluate_next_segment(
     b = eval_set.noise.shape[0]
     positions = torch.arange(h, h + eval_set.segment, device=device).expand(b, -1)
     noise, txt = eval_set.noise.to(device), text.to(device).expand(b)
-    latents = sample_segment(model, noise, txt, context, positions, settings)
+    latents = sample_segment(model, noise, txt, context, positions, settings, low_noise=low_noise)
     generated_px = codec.decode(latents.float().cpu())
     generated = batch_to_uint8(generated_px)
     # The one-step estimate x0 = ε − v(ε, t=1): the model's mean guess, free of the texture a sample invents

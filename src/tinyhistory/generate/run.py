@@ -172,15 +172,19 @@ def generate(
     model_path: str | None = None,
     overrides: list[str] = (),
     overwrite: bool = False,
+    low_noise: str | Path | None = None,
 ) -> dict:
     """Stream ``storyboard`` into ``out`` (see the module docstring). ``settings``: the sampling flags given (None
     for those not given), or whole :class:`SamplingSettings`; ``overrides``: ``section.key=value`` for the
-    checkpoint's config (e.g. ``data.height=128``)."""
+    checkpoint's config (e.g. ``data.height=128``); ``low_noise``: a checkpoint whose DiT takes the steps below
+    ``settings``' boundary (:func:`load_low_noise_checkpoint`)."""
     if history is not None and image is not None:
         raise ValueError("give either --history or --image, not both")
-    checkpoint, storyboard, history, image, resume = (
-        resolve_path(p) if p is not None else None for p in (checkpoint, storyboard, history, image, resume)
+    checkpoint, storyboard, history, image, resume, low_noise = (
+        resolve_path(p) if p is not None else None for p in (checkpoint, storyboard, history, image, resume, low_noise)
     )
+    if low_noise is not None and not low_noise.is_dir():
+        raise FileNotFoundError(f"--low-noise: checkpoint folder not found: {low_noise}")
     for flag, path in (("--history", history), ("--image", image), ("--resume", resume)):
         if path is not None and path.is_dir():
             raise ValueError(f"{flag} {path} is a folder; give a file")
@@ -193,7 +197,9 @@ def generate(
         outputs = plan_outputs(Path(out), [checkpoint, storyboard, history, image], resume, overwrite)
         earlier = earlier_video(Path(out), resume)  # (a new --out: the session's own video is copied in first)
         inputs = (checkpoint, storyboard, history, image, resume)
-        return _generate(*inputs, outputs, preset, settings, offload, progress, model_path, overrides, earlier)
+        return _generate(
+            *inputs, outputs, preset, settings, offload, progress, model_path, overrides, earlier, low_noise
+        )  # fmt: skip
 
 
 def _generate(
@@ -210,6 +216,7 @@ def _generate(
     model_path: str | None,
     overrides: list[str],
     earlier: Path | None = None,
+    low_noise: Path | None = None,
 ) -> dict:
     """:func:`generate` once its outputs are locked and checked. ``earlier``: a resumed session's own video, copied
     into a new ``--out`` (with its segment log) before the continuation (:func:`earlier_video`)."""
@@ -220,13 +227,14 @@ def _generate(
         settings = asdict(settings)
     setup = session_setup(cfg)
     settings = sampling_settings(setup, model.backbone, settings or {}, saved, resume)
+    expert = load_low_noise_checkpoint(low_noise, model, cfg, model_path) if low_noise is not None else None
 
     out, session_path, sheet_path, log_path = outputs
     height, width = frame_shape(cfg.data)
     if resume is not None:
-        session = GenerationSession.load(resume, model, setup, codec, encode_text, device, settings)
+        session = GenerationSession.load(resume, model, setup, codec, encode_text, device, settings, expert)
     else:
-        session = GenerationSession(model, setup, codec, encode_text, settings, device)
+        session = GenerationSession(model, setup, codec, encode_text, settings, device, expert)
         if history is not None:
             total = count_video_frames(history, cfg.data.fps)
             chunks = iter_video_chunks(history, cfg.data.fps, (height, width))
@@ -235,6 +243,9 @@ def _generate(
             session.start_from_video(bar, total)
         elif image is not None:
             session.start_from_image(decode_image(image, height, width))
+    if session.boundary is not None:
+        which = low_noise or f"the model folder's {session.recipe.second_expert}/"
+        print(f"[generate] steps below t = {session.boundary:g} are taken by {which}, without history")
     if offload and session.low_noise is not None:  # Wan 2.2 A14B's second expert visits the GPU by blocks too
         offload_blocks(session.low_noise, device)
         session.low_noise_offloaded = True
@@ -317,6 +328,30 @@ def load_for_generation(checkpoint, preset: str | None, model_path: str | None, 
     codec = build_codec(cfg.codec).to(device)
     encode_text = PromptEncoder(cfg.text, device, offload)  # built once; with --offload it waits on the CPU
     return model.eval(), cfg, codec, encode_text, device
+
+
+def load_low_noise_checkpoint(folder: str | Path, model, cfg: RunConfig, model_path: str | None = None):
+    """Another checkpoint's DiT (its LoRA merged) as the second expert of ``model`` (the checkpoint of config
+    ``cfg``): it takes the sampling steps below the boundary without history, as Wan 2.2 A14B's stock low-noise
+    expert does. The recipe it serves: a LoRA trained at high noise only (``train.min_t``, the boundary) with the
+    history, and a checkpoint trained at every noise level (e.g. without history) for the detail below.
+
+    It must read the same latents and prompts: the same codec, text encoder and DiT family and input channels, else a
+    ``ValueError`` names what differs. Returned on the CPU in the DiT's dtype (the session moves it)."""
+    expert, expert_cfg = load_model(folder, merge=True, model_path=model_path)
+    differ = []
+    for what, mine, theirs in (
+        ("codec", (cfg.codec.kind, cfg.codec.factor), (expert_cfg.codec.kind, expert_cfg.codec.factor)),
+        ("text encoder", (cfg.text.kind, cfg.text.max_tokens), (expert_cfg.text.kind, expert_cfg.text.max_tokens)),
+        ("empty prompt (text.empty)", cfg.text.empty, expert_cfg.text.empty),
+        ("DiT family", type(model.backbone).__name__, type(expert.backbone).__name__),
+        ("latent channels", model.backbone.in_channels, expert.backbone.in_channels),
+    ):
+        if mine != theirs:
+            differ.append(f"{what}: {mine!r} here, {theirs!r} there")
+    if differ:
+        raise ValueError(f"--low-noise {folder} cannot take this model's low-noise steps ({'; '.join(differ)})")
+    return expert.backbone.to(model.backbone.patch_embedding.weight.dtype).eval()
 
 
 def earlier_video(out: Path, resume: Path | None) -> Path | None:

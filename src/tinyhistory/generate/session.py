@@ -85,6 +85,9 @@ class SamplingSettings:
     segment_frames: int = 8  # latent frames per segment (about one second at the tiny preset's 8 fps)
     # The scheduler's time shift; 0 = the model folder's scheduler config (the pipeline's), else 1.
     flow_shift: float = 0.0
+    # The flow time below which the second expert takes the steps; 0 = the model folder's (Wan 2.2 A14B's
+    # ``boundary_ratio``, 0.875). Only with a second expert: the folder's stock one or ``--low-noise``'s checkpoint.
+    boundary: float = 0.0
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -93,6 +96,8 @@ class SamplingSettings:
             raise ValueError(f"steps and segment_frames must be positive, got {self.steps} and {self.segment_frames}")
         if not math.isfinite(self.flow_shift) or self.flow_shift < 0:
             raise ValueError(f"flow_shift must be a finite number >= 0 (0 = the model folder's), got {self.flow_shift}")
+        if not 0.0 <= self.boundary < 1.0:
+            raise ValueError(f"boundary must be a flow time in [0, 1) (0 = the model folder's), got {self.boundary}")
         for name in ("guidance", "distilled_guidance"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
@@ -153,6 +158,26 @@ def load_second_expert(
     return type(backbone).from_pretrained(resolve_path(model.path), recipe.second_expert, dtype).eval()
 
 
+def expert_boundary(settings: SamplingSettings, recipe: SamplingRecipe, low_noise: nn.Module | None) -> float | None:
+    """The flow time below which ``low_noise`` takes the steps: ``settings.boundary``, else the model folder's
+    (``recipe.boundary``); None without a second expert. A boundary with no expert to hand the steps to, or an
+    expert with no boundary, is refused by name."""
+    boundary = settings.boundary or recipe.boundary
+    if low_noise is None:
+        if settings.boundary:
+            raise ValueError(
+                f"boundary {settings.boundary}: there is no second expert to take the steps below it (the model "
+                "folder has none: give a low-noise checkpoint, `--low-noise`)"
+            )
+        return None
+    if boundary is None:
+        raise ValueError(
+            "a low-noise expert needs the flow time below which it takes the steps: set the boundary (`--boundary`, "
+            "e.g. 0.875 as Wan 2.2 A14B; the model folder names none)"
+        )
+    return boundary
+
+
 def frame_shape(data: DataConfig) -> tuple[int, int]:
     """The run's frame ``(height, width)``: ``data.height × data.width`` when set, else ``data.size`` square."""
     return (data.height, data.width) if data.height else (data.size, data.size)
@@ -190,7 +215,11 @@ class GenerationSession:
         encode_text: Callable[[list[str]], TextCondition],
         settings: SamplingSettings | None = None,
         device: torch.device | str | None = None,
+        low_noise: nn.Module | None = None,
     ):
+        """``low_noise``: a second expert for the steps below ``settings.boundary`` instead of the model folder's
+        stock one (``tinyhistory generate --low-noise``: another checkpoint's DiT, see
+        :func:`tinyhistory.generate.run.load_low_noise_checkpoint`); it runs without history, as Wan 2.2 A14B's."""
         self.model = model.eval()
         self.setup = setup
         self.codec = codec
@@ -202,8 +231,11 @@ class GenerationSession:
         base_dtype = model.backbone.patch_embedding.weight.dtype
         # (loaded on the CPU; it visits the device at the first segment, or block by block when the caller
         # group-offloads it and sets ``low_noise_offloaded``)
-        self.low_noise = load_second_expert(model.backbone, setup.model, self.recipe, base_dtype)
+        if low_noise is None:
+            low_noise = load_second_expert(model.backbone, setup.model, self.recipe, base_dtype)
+        self.low_noise = low_noise.eval() if low_noise is not None else None
         self.low_noise_offloaded = False
+        expert_boundary(self.settings, self.recipe, self.low_noise)  # a boundary without an expert, or the reverse
         with_features = len(model.enhancers) > 0
         self.caches = [IncrementalHistory(p, model.backbone.patch_embed, with_features) for p in model.producers]
         self.block = temporal_block([p.rate for p in model.producers])
@@ -235,8 +267,8 @@ class GenerationSession:
 
     @property
     def boundary(self) -> float | None:
-        """The flow time below which the second expert takes the steps (Wan 2.2 A14B), or None."""
-        return self.recipe.boundary if self.low_noise is not None else None
+        """The flow time below which the second expert takes the steps (Wan 2.2 A14B, ``--low-noise``), or None."""
+        return expert_boundary(self.settings, self.recipe, self.low_noise)
 
     def _autocast(self):
         """The DiT and the encoders run under autocast when the base keeps a low dtype (``model.dtype``, bfloat16
@@ -582,9 +614,11 @@ class GenerationSession:
         encode_text,
         device=None,
         settings: SamplingSettings | None = None,
+        low_noise: nn.Module | None = None,
     ) -> GenerationSession:
         """Continue a saved session. ``settings``: other sampling settings for what comes next (the segment length
-        must stay: positions and blocks depend on it); default: the saved ones."""
+        must stay: positions and blocks depend on it); default: the saved ones. ``low_noise``: as for a new session
+        (a saved session records the boundary in its settings, not which checkpoint took the low-noise steps)."""
         path = Path(path)
         meta = session_meta(path)
         if meta.get("version") != 2:
@@ -595,7 +629,7 @@ class GenerationSession:
             raise ValueError(
                 f"{path} was made with {saved.segment_frames}-frame segments, which a resumed session keeps"
             )
-        session = cls(model, setup, codec, encode_text, settings, device)
+        session = cls(model, setup, codec, encode_text, settings, device, low_noise)
         wanted, made = session.identity(), meta.get("model", {})
         made.setdefault("context_attention", "full")  # sessions saved before the setting existed
         made.setdefault("tiers", None)
@@ -669,13 +703,15 @@ def sample_segment(
     with ``expand_timesteps``: latent frame 0 is the clean image latent at time 0 in every step (the scheduler's
     own frame 0 is ignored) and is the image latent in the result.
 
-    ``low_noise``: the second expert (Wan 2.2 A14B's) takes the steps whose timestep is below
-    ``recipe.boundary · 1000``, without history (see :func:`load_second_expert`), as ``WanPipeline`` does.
+    ``low_noise``: the second expert (Wan 2.2 A14B's, or another checkpoint's DiT) takes the steps whose timestep is
+    below ``boundary · 1000`` (:func:`expert_boundary`: ``settings.boundary``, else ``recipe.boundary``), without
+    history (see :func:`load_second_expert`), as ``WanPipeline`` does.
 
     ``context_cache``: the history's keys/values already built (a session's block-causal cache, grown segment by
     segment) instead of building them here from ``context``.
     """
     recipe = recipe or SamplingRecipe()
+    boundary = expert_boundary(settings, recipe, low_noise)
     grid = [size // patch for size, patch in zip(noise.shape[2:], model.backbone.patch_size, strict=True)]
     schedule = segment_schedule(settings, recipe, model.backbone, math.prod(grid), noise.device)
     b = noise.shape[0]
@@ -700,7 +736,7 @@ def sample_segment(
             model_x = torch.cat([first_frame.to(x.dtype), x[:, :, 1:]], dim=2)
             t = t[:, None].repeat(1, x.shape[2])  # (B, n): the image frame at time 0
             t[:, 0] = 0.0
-        low = low_noise is not None and float(timestep) < recipe.boundary * TIMESTEP_SCALE
+        low = boundary is not None and float(timestep) < boundary * TIMESTEP_SCALE
         if not guided:
             if low:
                 velocity = low_noise(model_x, t, text, None, positions)
