@@ -35,7 +35,8 @@ lint: venv
 test: venv lint
 	# the studio's browser test drives Debian's chromium (Playwright never downloads a browser here)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	# two workers, whole files each (module fixtures are built once): the 2-core CI machine's cores, one each
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -5,6 +5,7 @@ import os
 import av
 import numpy as np
 import pytest
+import torch
 
 from tinyhistory.data.video import decode_video
 from tinyhistory.eval.dynamics import dynamic_degree
@@ -35,6 +36,22 @@ def test_mobilenet_features_separate_clips(carphone, bikes):
     assert 0.82 <= within["to_history_mean"] <= 0.97 and 0.4 <= across["to_history_mean"] <= 0.6
     # real ImageNet weights: the man in a suit is classified as suit / Windsor tie (834 / 906)
     assert {834, 906} & set(model.classify(carphone[:1]).topk(3).indices[0].tolist())
+
+
+def test_features_of_frames_seen_before_are_not_computed_again(carphone):
+    model, fresh = MobileNetV2Features(), MobileNetV2Features()
+    computed = []  # frames through the network, per batch
+    model.features.register_forward_hook(lambda m, inputs, out: computed.append(len(inputs[0])))
+    model(carphone[:12:2])
+    assert computed == [6]
+    again = np.concatenate([carphone[10::-2], carphone[20:22], carphone[20:22]])  # 6 seen (reversed), 2 new twice
+    features = model(again, batch=4)
+    assert computed == [6, 2]
+    assert features.shape == (10, 1280) and torch.equal(features[6], features[8])
+    torch.testing.assert_close(features, fresh(again), atol=1e-5, rtol=1e-5)
+    model.remembered = 3
+    model(carphone[30:35])
+    assert len(model._seen) == 3
 
 
 def test_identity_same_person_and_missing_faces(carphone, bikes):

@@ -6,6 +6,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from video_files import red_quadrant, red_top_left, write_test_video
 
@@ -242,3 +243,27 @@ def test_data_config_validates_resize_and_buckets():
         load_config("tiny", overrides=["data.buckets=[[64, 112], [64, 100]]"])
     with pytest.raises(ValueError, match=r"data.buckets\[0\]"):
         load_config("tiny", overrides=["data.buckets=[[64]]"])
+
+
+def test_a_clip_read_again_is_not_decoded_again_until_its_file_changes(tmp_path, monkeypatch):
+    import os
+
+    import tinyhistory.data.windows as windows
+
+    frames = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    video = write_test_video(tmp_path / "clip.mp4", frames)  # 1.6 s at 10 fps: 13 frames at 8 fps
+    decodes = []
+    real = windows.decode_video
+    monkeypatch.setattr(windows, "decode_video", lambda *a, **k: decodes.append(a[0]) or real(*a, **k))
+    first = windows.load_clip(video, fps=8, size=32, heldout_fraction=0.25)
+    first.train.add_(1)  # a caller's own tensors: changing them changes nothing kept
+    second = windows.load_clip(video, fps=8, size=32, heldout_fraction=0.25)
+    assert len(decodes) == 1 and second.train.shape == (3, 10, 32, 32) and second.heldout.shape[1] == 3
+    assert torch.equal(second.train + 1, first.train)
+    windows.load_clip(video, fps=4, size=32, heldout_fraction=0.25)  # another fps: decoded
+    assert len(decodes) == 2
+    windows.load_clip(video, fps=8, size=32, heldout_fraction=0.25)  # (only the last clip is kept)
+    assert len(decodes) == 3
+    os.utime(video, ns=(0, 10**18))  # the file changed
+    windows.load_clip(video, fps=8, size=32, heldout_fraction=0.25)
+    assert len(decodes) == 4

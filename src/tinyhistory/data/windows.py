@@ -41,10 +41,29 @@ class ClipSplit:
 
 
 def load_clip(path: str | Path, fps: float, size: int, heldout_fraction: float) -> ClipSplit:
-    pixels = to_pixels(decode_video(path, fps=fps, size=size))
+    """``path`` decoded at ``fps`` and ``size``, split in time. The last clip decoded is kept (as uint8 frames,
+    a quarter of the split's size) for as long as its file is unchanged: the demo, its evaluations and a run of
+    trainings in one process read the same clip many times, and an 8-minute clip takes seconds to decode."""
+    pixels = to_pixels(_decoded(Path(path), fps, size))
     total = pixels.shape[1]
     cut = int(round(total * (1.0 - heldout_fraction)))
     return ClipSplit(train=pixels[:, :cut], heldout=pixels[:, cut:], fps=fps)
+
+
+_last_decoded: tuple[tuple, np.ndarray] | None = None  # ((path, mtime, bytes, fps, size), frames)
+
+
+def _decoded(path: Path, fps: float, size: int) -> np.ndarray:
+    """:func:`decode_video` of ``path``, or the frames of the last call when the same unchanged file was asked for
+    at the same fps and size (never handed out: callers get :func:`to_pixels`' copy)."""
+    global _last_decoded
+    stat = path.stat() if path.is_file() else None  # (a missing file: decode_video says so by name)
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, fps, size) if stat else None
+    if key is None or _last_decoded is None or _last_decoded[0] != key:
+        frames = decode_video(path, fps=fps, size=size)
+        _last_decoded = (key, frames) if key is not None else None
+        return frames
+    return _last_decoded[1]
 
 
 def load_extra_training(paths: list[str], fps: float, size: int) -> list[torch.Tensor]:

@@ -9,6 +9,8 @@ this), or set ``TINYHISTORY_MOBILENET_WEIGHTS`` to the ``.pth`` file.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -61,10 +63,18 @@ def mobilenet_weights_path() -> Path:
 
 
 class MobileNetV2Features(nn.Module):
-    """Frames ``(N, H, W, 3)`` uint8 → global-pooled 1280-d ImageNet features ``(N, 1280)``."""
+    """Frames ``(N, H, W, 3)`` uint8 → global-pooled 1280-d ImageNet features ``(N, 1280)``.
+
+    The evaluations featurise the same true frames many times (overlapping windows' histories, the truth of every
+    model's row, the long-range search over the whole held-out clip), and a frame costs a 224×224 forward. So the
+    features of the last :attr:`remembered` distinct frames are kept, keyed by a hash of the frame's bytes: a frame
+    seen before costs a lookup (the same features, up to the float rounding of another batch)."""
+
+    remembered = 8192  # distinct frames (5 KB of features each: 40 MB)
 
     def __init__(self, weights: str | Path | None = None):
         super().__init__()
+        self._seen: OrderedDict[bytes, torch.Tensor] = OrderedDict()  # frame hash → (1280,) features, newest last
         layers: list[nn.Module] = [_ConvBNReLU(3, 32, stride=2)]
         cin = 32
         for t, c, n, s in _SETTINGS:
@@ -85,13 +95,21 @@ class MobileNetV2Features(nn.Module):
 
     @torch.no_grad()
     def forward(self, frames: np.ndarray, batch: int = 32) -> torch.Tensor:
-        out = []
-        for i in range(0, len(frames), batch):
-            x = torch.from_numpy(np.array(frames[i : i + batch])).permute(0, 3, 1, 2).float() / 255.0
+        keys = [hashlib.blake2b(np.ascontiguousarray(f).tobytes(), digest_size=16).digest() for f in frames]
+        new = list(dict.fromkeys(k for k in keys if k not in self._seen))  # each unseen frame once
+        first = {k: i for i, k in reversed(list(enumerate(keys)))}
+        for i in range(0, len(new), batch):
+            chunk = new[i : i + batch]
+            x = torch.from_numpy(np.stack([frames[first[k]] for k in chunk])).permute(0, 3, 1, 2).float() / 255.0
             x = F.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False, antialias=True)
             x = (x - self.mean) / self.std
-            out.append(self.features(x).mean(dim=(2, 3)))
-        return torch.cat(out)
+            self._seen.update(zip(chunk, self.features(x).mean(dim=(2, 3)), strict=True))
+        out = torch.stack([self._seen[k] for k in keys]) if keys else torch.empty(0, 1280)
+        for k in keys:
+            self._seen.move_to_end(k)
+        while len(self._seen) > self.remembered:
+            self._seen.popitem(last=False)
+        return out
 
     @torch.no_grad()
     def classify(self, frames: np.ndarray) -> torch.Tensor:

@@ -159,6 +159,13 @@ def run_demo(
     started = time.time()
     torch.manual_seed(0)
     ckpt_root = Path(checkpoints) if checkpoints else DEFAULT_CHECKPOINTS
+    if not from_scratch:  # before the minute of caching the clip, not after it
+        for method in METHODS:
+            if not (ckpt_root / method / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"no committed checkpoint for {method!r} in {ckpt_root / method}; "
+                    "run `tinyhistory demo --from-scratch` or scripts/train_miniature.sh"
+                )
     # the overrides on every config the demo loads (with --from-scratch: naming the codec and base it trained)
     common = train_foundations(preset, out, list(overrides), codec_steps) if from_scratch else list(overrides)
     base_cfg = load_config(preset, overrides=common)
@@ -174,11 +181,6 @@ def run_demo(
             folders[method] = out / "train" / method / "final"
         else:
             folders[method] = ckpt_root / method
-            if not (folders[method] / "config.json").is_file():
-                raise FileNotFoundError(
-                    f"no committed checkpoint for {method!r} in {folders[method]}; "
-                    "run `tinyhistory demo --from-scratch` or scripts/train_miniature.sh"
-                )
 
     print("[demo] loading the held-out part of the demo clip and the text encoder")
     clip = clip_from_config(base_cfg.data)
