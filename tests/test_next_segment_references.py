@@ -51,3 +51,32 @@ def test_a_static_clip_is_copied_exactly_and_its_lr_input_loses_detail():
     # Random pixels: the coarser LR input keeps less of them.
     assert np.isfinite(refs["lr_input_2x2x2_held"]["psnr"])
     assert refs["lr_input_2x2x2_held"]["psnr"] > refs["lr_input_4x4x2_held"]["psnr"]
+
+
+def test_each_history_mode_is_what_the_model_sees_of_that_history(small_config):
+    """``window_context``: the window's own history, the next window's (swapped), or none; the history latents are
+    encoded once per codec and rates and reused by every mode and model."""
+    from tinyhistory.assemble import HistoryDiT, build_codec
+    from tinyhistory.eval.next_segment import window_context
+    from tinyhistory.history.base import lowres_latents_per_rate
+
+    cfg = small_config()
+    torch.manual_seed(0)
+    model = HistoryDiT.from_config(cfg).eval()
+    codec = build_codec(cfg.codec)
+    clip = torch.rand(3, 40, 64, 64) * 2 - 1
+    eval_set = next_segment_set(clip, codec, history_frames=8, segment=2, windows=3)
+    rates, uses_lr = [p.rate for p in model.producers], [p.uses_lr for p in model.producers]
+    encodes = []
+    real_encode = codec.encode
+    codec.encode = lambda x: encodes.append(x.shape) or real_encode(x)
+    for mode, shift in (("true", 0), ("foreign", 1)):
+        px = eval_set.pixels[:, :, :8].roll(shift, dims=0)
+        expected = model.history_context(real_encode(px), lowres_latents_per_rate(px, rates, uses_lr, codec))
+        got = window_context(model, eval_set, codec, mode)
+        torch.testing.assert_close(got.tokens, expected.tokens)
+        assert torch.equal(got.positions, expected.positions)
+    assert window_context(model, eval_set, codec, "removed") is None
+    assert encodes.count((3, 3, 8, 64, 64)) == 1  # the HR history encoded once for both modes
+    with pytest.raises(ValueError, match="history mode 'other'"):
+        window_context(model, eval_set, codec, "other")

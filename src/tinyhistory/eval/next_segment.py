@@ -42,6 +42,23 @@ class NextSegmentSet:
     segment: int
     noise: torch.Tensor  # (B, C, segment, h, w) fixed initial noise
     _features: tuple | None = field(default=None, init=False, repr=False)  # (model, truth, history) features
+    # (codec, {(rates, uses_lr): (HR latents, LR latents per rate)}) of the history frames
+    _latents: tuple | None = field(default=None, init=False, repr=False)
+
+    def history_latents(self, codec, rates: list, uses_lr: list[bool]) -> tuple[torch.Tensor, list]:
+        """The history frames encoded by ``codec``: HR latents ``(B, C, h, …)`` and each rate's LR latents (None
+        where a producer reads none), computed once per codec and rates and kept (every model, and every history
+        mode of a model, reads the same ones)."""
+        if self._latents is None or self._latents[0] is not codec:
+            self._latents = (codec, {})
+        key = (tuple(str(r) for r in rates), tuple(uses_lr))
+        known = self._latents[1]
+        if key not in known:
+            history_px = self.pixels[:, :, : self.history_frames]
+            hr = known[None] if None in known else codec.encode(history_px)
+            known[None] = hr
+            known[key] = (hr, lowres_latents_per_rate(history_px, rates, uses_lr, codec))
+        return known[key]
 
     def reference_features(self, features) -> tuple[torch.Tensor, torch.Tensor]:
         """MobileNetV2 features of the true segments ``(B·segment, F)`` and mean history feature per window
@@ -98,12 +115,12 @@ def window_context(model, eval_set: NextSegmentSet, codec, history: str = "true"
     if history == "removed":
         return None
     device = next(model.parameters()).device
-    history_px = eval_set.pixels[:, :, : eval_set.history_frames]
-    if history == "foreign":
-        history_px = history_px.roll(1, dims=0)
-    hr = codec.encode(history_px).to(device)
     rates, uses_lr = [p.rate for p in model.producers], [p.uses_lr for p in model.producers]
-    lr = [x.to(device) if x is not None else None for x in lowres_latents_per_rate(history_px, rates, uses_lr, codec)]
+    hr, lr = eval_set.history_latents(codec, rates, uses_lr)
+    # another window's history: each window is encoded on its own, so rolling the encodings is encoding the roll
+    shift = 1 if history == "foreign" else 0
+    hr = hr.roll(shift, dims=0).to(device)
+    lr = [x.roll(shift, dims=0).to(device) if x is not None else None for x in lr]
     return model.history_context(hr, lr)
 
 
