@@ -35,8 +35,8 @@ lint: venv
 test: venv lint
 	# the studio's browser test drives Debian's chromium (Playwright never downloads a browser here)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
-	# two workers (the 2-core CI machine: one core each); an idle worker takes tests queued for the busy one
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=25
+	# two workers (the 2-core CI machine: one core each), whole files each (module fixtures are built once)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
