@@ -42,23 +42,21 @@ class NextSegmentSet:
     segment: int
     noise: torch.Tensor  # (B, C, segment, h, w) fixed initial noise
     _features: tuple | None = field(default=None, init=False, repr=False)  # (model, truth, history) features
-    # (codec, {(rates, uses_lr): (HR latents, LR latents per rate)}) of the history frames
+    # (codec, HR latents, {(rates, uses_lr): LR latents per rate}) of the history frames
     _latents: tuple | None = field(default=None, init=False, repr=False)
 
     def history_latents(self, codec, rates: list, uses_lr: list[bool]) -> tuple[torch.Tensor, list]:
         """The history frames encoded by ``codec``: HR latents ``(B, C, h, …)`` and each rate's LR latents (None
-        where a producer reads none), computed once per codec and rates and kept (every model, and every history
+        where a producer reads none), computed once per codec (and rates) and kept (every model, and every history
         mode of a model, reads the same ones)."""
+        history_px = self.pixels[:, :, : self.history_frames]
         if self._latents is None or self._latents[0] is not codec:
-            self._latents = (codec, {})
+            self._latents = (codec, codec.encode(history_px), {})
+        _, hr, lowres = self._latents
         key = (tuple(str(r) for r in rates), tuple(uses_lr))
-        known = self._latents[1]
-        if key not in known:
-            history_px = self.pixels[:, :, : self.history_frames]
-            hr = known[None] if None in known else codec.encode(history_px)
-            known[None] = hr
-            known[key] = (hr, lowres_latents_per_rate(history_px, rates, uses_lr, codec))
-        return known[key]
+        if key not in lowres:
+            lowres[key] = lowres_latents_per_rate(history_px, rates, uses_lr, codec)
+        return hr, lowres[key]
 
     def reference_features(self, features) -> tuple[torch.Tensor, torch.Tensor]:
         """MobileNetV2 features of the true segments ``(B·segment, F)`` and mean history feature per window
