@@ -26,13 +26,14 @@ import argparse
 import json
 import re
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from frame_query_scales import (  # scripts/ is on sys.path when a script runs
     add_low_noise_arguments,
+    cell,
+    expert_settings,
     labelled_folders,
     low_noise_experts,
 )
@@ -40,7 +41,7 @@ from frame_query_scales import (  # scripts/ is on sys.path when a script runs
 from tinyhistory.assemble import build_codec
 from tinyhistory.data.windows import clip_from_config, to_uint8
 from tinyhistory.eval.features import MobileNetV2Features, feature_consistency
-from tinyhistory.generate.run import contact_sheet, load_low_noise_checkpoint, session_setup
+from tinyhistory.generate.run import contact_sheet, session_setup
 from tinyhistory.generate.session import GenerationSession, SamplingSettings
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.checkpoint import load_model, read_config, trained_steps
@@ -100,11 +101,7 @@ def main() -> None:
         model, cfg = load_model(folder, merge=True)
         codec = build_codec(cfg.codec)
         settings = SamplingSettings(steps=args.sample_steps, guidance=1.0, segment_frames=cfg.train.segment_frames)
-        low_noise, extra = None, {}
-        if label in experts:
-            low_noise = load_low_noise_checkpoint(experts[label], model, cfg)
-            settings = replace(settings, boundary=args.boundary)
-            extra = {"low_noise": str(experts[label]), "boundary": args.boundary}
+        settings, low_noise, extra = expert_settings(label, experts, args.boundary, model, cfg, settings)
         runs = []
         for i, history in enumerate(histories):
             print(f"[continuation] {label}: start {i + 1}/{len(histories)}", flush=True)
@@ -139,7 +136,8 @@ def main() -> None:
     for label, row in results["models"].items():
         curve = " ".join(f"{v:.2f}" for v in row["per_second_to_history_mean"])
         lines.append(
-            f"| {label} | {row.get('steps', '')} | {row['to_history_mean']:.3f} ± {row['to_history_mean_spread']:.3f} "
+            f"| {cell(label)} | {row.get('steps', '')} "
+            f"| {row['to_history_mean']:.3f} ± {row['to_history_mean_spread']:.3f} "
             f"| {row['best_match']:.3f} ± {row['best_match_spread']:.3f} | {curve} |"
         )
     (args.out / "continuation.md").write_text("\n".join(lines) + "\n")

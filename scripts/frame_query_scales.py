@@ -7,7 +7,9 @@ script scores checkpoints on the demo's held-out set (the same windows, queries,
 area-averaged to s×s pixels for s = 2 … full size: a model that knows the layout but cannot paint inside a history
 token scores high at small s and falls towards the average frame as s grows. The average training frame and the
 codec's reconstruction get the same profile, as floor and ceiling, and so does each LR branch's own input (the clean
-LR latent of the queried frame's block, decoded and upsampled): what the DiT could reach by copying it.
+LR latent of the queried frame's block, decoded and upsampled): what the DiT could reach by copying it — a mean
+guess — and the same input with another window's detail added: what a *sample* that reads the input perfectly and
+paints its own detail reaches (``eval.frame_query.with_foreign_detail``).
 
 Usage (checkpoints must share the history length and preset; each reads the LR rates it was trained with):
 
@@ -35,6 +37,7 @@ from tinyhistory.eval.frame_query import (
     lr_input_frames,
     psnr_by_scale,
     queried_pixels,
+    with_foreign_detail,
 )
 from tinyhistory.geometry import Rate
 from tinyhistory.reproduce.table1 import restrict_to_rates
@@ -76,6 +79,24 @@ def low_noise_experts(parser: argparse.ArgumentParser, args: argparse.Namespace,
     if experts and not 0.0 < args.boundary < 1.0:
         parser.error(f"--low-noise needs --boundary in (0, 1), got {args.boundary}")
     return experts
+
+
+def expert_settings(label: str, experts: dict[str, Path], boundary: float, model, cfg, settings):
+    """The sampling of model ``label``: ``(settings, low-noise expert or None, what to record of it)``; with an
+    expert, ``settings`` gets the ``--boundary``."""
+    from dataclasses import replace
+
+    from tinyhistory.generate.run import load_low_noise_checkpoint
+
+    if label not in experts:
+        return settings, None, {}
+    expert = load_low_noise_checkpoint(experts[label], model, cfg)
+    return replace(settings, boundary=boundary), expert, {"low_noise": str(experts[label]), "boundary": boundary}
+
+
+def cell(text: str) -> str:
+    """``text`` as one markdown table cell: a ``|`` in a label would split the row."""
+    return text.replace("|", "\\|")
 
 
 def recent_and_old(per_window: list[dict], frames: int, recent: int) -> dict:
@@ -146,7 +167,11 @@ def main() -> None:
             "average training frame": psnr_by_scale(truth, average, sizes),
             "codec reconstruction": psnr_by_scale(truth, recon, sizes),
         }
-        | {label: psnr_by_scale(truth, frames, sizes) for label, frames in lr_inputs.items()},
+        | {label: psnr_by_scale(truth, frames, sizes) for label, frames in lr_inputs.items()}
+        | {
+            f"{label}, with another window's detail": psnr_by_scale(truth, with_foreign_detail(truth, frames), sizes)
+            for label, frames in lr_inputs.items()
+        },
         "models": {},
     }
     samples = {}
@@ -187,9 +212,10 @@ def main() -> None:
     ]
     for label, m in results["models"].items():
         cells = " | ".join(f"{m['psnr_by_scale'][s]:.2f}" for s in sizes)
-        lines.append(f"| {label} | {m['heldout_loss']:.4f} | {m['psnr']:.2f} | {m['psnr_one_step']:.2f} | {cells} |")
+        scores = f"{m['heldout_loss']:.4f} | {m['psnr']:.2f} | {m['psnr_one_step']:.2f}"
+        lines.append(f"| {cell(label)} | {scores} | {cells} |")
     for label, profile in results["references"].items():
-        lines.append(f"| {label} | | | | " + " | ".join(f"{profile[s]:.2f}" for s in sizes) + " |")
+        lines.append(f"| {cell(label)} | | | | " + " | ".join(f"{profile[s]:.2f}" for s in sizes) + " |")
     if args.recent_frames:
         lines += [
             "",
@@ -200,7 +226,7 @@ def main() -> None:
         ]
         for label, m in results["models"].items():
             recent, old = f"{m['psnr_recent']:.2f} | {m['queries_recent']}", f"{m['psnr_old']:.2f} | {m['queries_old']}"
-            lines.append(f"| {label} | {recent} | {old} |")
+            lines.append(f"| {cell(label)} | {recent} | {old} |")
     (args.out / "scales.md").write_text("\n".join(lines) + "\n")
     picks = list(range(0, args.windows, max(1, args.windows // 8)))[:8]
     rows = [("ground truth", np.stack([to_uint8(truth[i])[0] for i in picks]))]

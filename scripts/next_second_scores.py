@@ -23,11 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from frame_query_scales import (  # scripts/ is on sys.path when a script runs
     add_low_noise_arguments,
+    cell,
+    expert_settings,
     labelled_folders,
     low_noise_experts,
 )
@@ -36,7 +37,6 @@ from tinyhistory.assemble import build_codec
 from tinyhistory.data.windows import clip_from_config
 from tinyhistory.eval.long_range import listing_table, long_range_windows
 from tinyhistory.eval.next_segment import evaluate_next_segment, next_segment_set, reference_metrics
-from tinyhistory.generate.run import load_low_noise_checkpoint
 from tinyhistory.generate.session import SamplingSettings
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.checkpoint import load_model, trained_steps
@@ -82,11 +82,8 @@ def main() -> None:
                 results["long_range"] = long_range[0] if long_range else {"protocol": "no long-range seconds found"}
         steps = trained_steps(folder) or trained_steps(folder.parent)  # a final/ from before it carried its log
         row = {"checkpoint": str(folder), "steps": steps, "rates": list(cfg.history.rates)}
-        settings, low_noise = plain, None
-        if label in experts:
-            low_noise = load_low_noise_checkpoint(experts[label], model, cfg)
-            settings = replace(plain, boundary=args.boundary)
-            row |= {"low_noise": str(experts[label]), "boundary": args.boundary}
+        settings, low_noise, expert = expert_settings(label, experts, args.boundary, model, cfg, plain)
+        row |= expert
         rates.update({str(p.rate): p.rate for p in model.producers})
         for mode in ("true", "removed", "foreign"):
             print(f"[next second] {label}: history {mode}", flush=True)
@@ -136,10 +133,10 @@ def main() -> None:
         ]
         for label, row in results["models"].items():
             cells = [f"{row[mode]['feature_to_truth']:.3f}" for mode in ("true", "removed", "foreign")]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            lines.append(f"| {cell(label)} | " + " | ".join(cells) + " |")
     lines += ["", "What copying the history reaches (no model):", "", "| reference | PSNR | SSIM |", "|---|---|---|"]
     for name, ref in results["references"].items():
-        lines.append(f"| {name} | {ref['psnr']:.2f} | {ref['ssim']:.3f} |")
+        lines.append(f"| {cell(name)} | {ref['psnr']:.2f} | {ref['ssim']:.3f} |")
     if long_range is not None:
         lines += long_range_lines(results["long_range"])
     elif args.long_range:
@@ -165,7 +162,7 @@ def long_range_lines(section: dict) -> list[str]:
         cells = [f"{true['psnr']:.2f}", f"{removed['psnr']:.2f}", f"{true['psnr'] - removed['psnr']:+.2f}"]
         cos, cos_removed = true["feature_to_truth"], removed["feature_to_truth"]
         cells += [f"{cos:.3f}", f"{cos_removed:.3f}", f"{cos - cos_removed:+.3f}"]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {cell(label)} | " + " | ".join(cells) + " |")
     return [*lines, "", *listing_table(section["seconds"])]
 
 

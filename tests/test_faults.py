@@ -398,7 +398,8 @@ def test_a_studio_on_a_non_loopback_host_says_who_can_reach_it(tmp_path, capsys)
     assert exposure_warning("127.0.0.1", 7860) is None and exposure_warning("::1", 7860) is None
     assert exposure_warning("localhost", 7860) is None
     # through the CLI: the warning comes before anything else (here the checkpoint is missing)
-    assert main(["studio", "--host", "0.0.0.0", "--port", "7999", "--checkpoint", str(tmp_path / "none")]) == 2
+    argv = ["studio", "--host", "0.0.0.0", "--port", "7999", "--out", str(tmp_path / "out")]
+    assert main([*argv, "--checkpoint", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert "--host 0.0.0.0 listens on every network interface" in err and "port 7999" in err
     assert "no password" in err

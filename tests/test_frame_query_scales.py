@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -12,6 +13,7 @@ from tinyhistory.eval.frame_query import (
     psnr_by_scale,
     queried_pixels,
     reference_metrics,
+    with_foreign_detail,
 )
 from tinyhistory.geometry import Rate
 
@@ -53,8 +55,8 @@ def test_lr_input_frames_are_the_queried_frames_block_averaged_through_a_lossles
     assert math.isclose(refs["lr_input_2x2x2_upsampled"]["psnr"], full, rel_tol=1e-4)
 
 
-def test_recent_and_old_queries_are_scored_apart():
-    """``--recent-frames N`` (issue 24) splits every query by whether it lies in the last N history frames."""
+def _script():
+    """``scripts/frame_query_scales.py`` as a module (the search scripts import their shared helpers from it)."""
     import importlib.util
     from pathlib import Path
 
@@ -62,9 +64,67 @@ def test_recent_and_old_queries_are_scored_apart():
     spec = importlib.util.spec_from_file_location("frame_query_scales", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_the_search_scripts_labels_and_low_noise_experts():
+    """A ``|`` in a label stays inside its table cell; ``--low-noise`` must name a model and come with a boundary
+    in (0, 1); a model without an expert samples as it is."""
+    import argparse
+
+    script = _script()
+    assert script.cell("window 3 | shift 5") == "window 3 \\| shift 5"
+    parser = argparse.ArgumentParser()
+    parser.add_argument("models", nargs="+")
+    script.add_low_noise_arguments(parser)
+    parser.exit = lambda status=0, message=None: (_ for _ in ()).throw(ValueError(message))  # errors → exceptions
+    args = parser.parse_args(["a=x", "--low-noise", "b=y", "--boundary", "0.8"])
+    with pytest.raises(ValueError, match="names labels that are not models here: \\['b'\\]"):
+        script.low_noise_experts(parser, args, ["a"])
+    args = parser.parse_args(["a=x", "--low-noise", "a=y"])
+    with pytest.raises(ValueError, match="--low-noise needs --boundary in \\(0, 1\\), got 0.0"):
+        script.low_noise_experts(parser, args, ["a"])
+    settings = object()
+    assert script.expert_settings("a", {}, 0.8, None, None, settings) == (settings, None, {})
+
+
+def test_recent_and_old_queries_are_scored_apart():
+    """``--recent-frames N`` (issue 24) splits every query by whether it lies in the last N history frames."""
+    script = _script()
     per_window = [
         {"queries": [1, 12], "psnr_per_query": [10.0, 20.0]},
         {"queries": [7, 8], "psnr_per_query": [12.0, 30.0]},  # frame 8 is the first of the last 8 of 16
     ]
     split = script.recent_and_old(per_window, frames=16, recent=8)
     assert split == {"psnr_recent": 25.0, "queries_recent": 2, "psnr_old": 11.0, "queries_old": 2}
+
+
+def test_a_perfect_read_with_another_windows_detail_pays_the_detail_twice():
+    """The sample reference: the LR input plus the detail *another* window's frame has over its own LR input. With
+    detail independent of the truth's and of the same energy, its error is the LR input's twice over: 3.01 dB
+    below the mean guess (10·log10 2), which is why a sampled frame query is held against it and not against the
+    LR input itself."""
+    torch.manual_seed(0)
+    b = 64
+    upsampled = torch.rand(b, 3, 1, 16, 16) * 0.5 - 0.25  # (B, 3, k, H, W) what the LR input gives
+    detail = torch.randn(b, 3, 1, 16, 16) * 0.05  # what it misses, independent across windows
+    truth = upsampled + detail
+    got = with_foreign_detail(truth, upsampled)
+    torch.testing.assert_close(got, upsampled + detail.roll(b // 2, dims=0))  # half the set away
+    mse_mean_guess = (truth - upsampled).pow(2).mean()
+    mse_sample = (truth - got).pow(2).mean()
+    assert math.isclose(10 * math.log10(mse_sample / mse_mean_guess), 10 * math.log10(2), abs_tol=0.05)
+
+
+def test_frame_query_references_stay_finite_on_a_black_frame():
+    """A uniform frame (Big Buck Bunny's cuts go through black) is reproduced exactly by its thumbnail; PSNR floors
+    at 8-bit rounding (58.9 dB) instead of making the mean ``inf``; both LR rows are reported."""
+    torch.manual_seed(0)
+    pixels = torch.rand(3, 24, 32, 32) * 2 - 1
+    pixels[:, :] = -1.0  # every frame black: each reference row except the foreign detail is exact
+    cfg = load_config("tiny", overrides=["data.size=32", "train.history_frames=8", 'history.rates=["2x2x2"]'])
+    eval_set, codec = eval_set_for_clip(pixels, cfg.codec, cfg.history.rates, cfg.train, windows=3, queries=2)
+    refs = reference_metrics(eval_set, pixels, codec, ["2x2x2"])
+    floor = 10 * math.log10(255**2 * 12)
+    for name in ("thumbnail_8x8_upsampled", "lr_input_2x2x2_upsampled", "lr_input_2x2x2_with_foreign_detail"):
+        assert math.isclose(refs[name]["psnr"], floor, rel_tol=1e-9), name

@@ -267,3 +267,26 @@ def test_a_clip_read_again_is_not_decoded_again_until_its_file_changes(tmp_path,
     os.utime(video, ns=(0, 10**18))  # the file changed
     windows.load_clip(video, fps=8, size=32, heldout_fraction=0.25)
     assert len(decodes) == 4
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuv444p", "yuv420p10le", "gray"])
+def test_decoded_frames_are_pyavs_own_rgb_conversion(tmp_path, pix_fmt):
+    """The decoder converts every frame with one reused colour converter (a fresh one per frame was most of a
+    decode's time): the pixels are exactly PyAV's ``VideoFrame.to_image`` of each frame, for 8- and 10-bit, 4:2:0,
+    4:4:4 and grey sources, at an odd frame size."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (6, 30, 46, 3), dtype=np.uint8)  # (T, H, W, 3), odd-ish sizes
+    path = tmp_path / f"{pix_fmt}.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 46, 30, pix_fmt
+        for array in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with av.open(str(path)) as container:
+        expected = np.stack([np.asarray(frame.to_image()) for frame in container.decode(video=0)])
+    got = decode_video(path, fps=10, size=None)  # at the file's own rate: frame for frame (the last may drop)
+    assert got.shape[1:] == expected.shape[1:] == (30, 46, 3) and len(got) >= 5
+    np.testing.assert_array_equal(got, expected[: len(got)])

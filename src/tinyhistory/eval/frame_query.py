@@ -7,8 +7,13 @@ masked exactly as in training and the model reconstructs the queried frames from
 * ``psnr`` / ``ssim``: frames sampled with the Euler flow sampler from fixed noise;
 * ``psnr_one_step``: the one-step estimate from pure noise, ``x0 = ε − v(ε, t=1)`` (the model's mean guess);
 
+Every PSNR is floored at 8-bit rounding (58.9 dB, :func:`~tinyhistory.eval.metrics.psnr_capped`): a thumbnail of a
+black frame (Big Buck Bunny has them at its cuts) is exact, and one ``inf`` made the mean ``inf``.
+
 Trivial references on the very same frames: the average training frame, and the true frame's 8×8 and 16×16
-thumbnails upsampled (ceilings a low-resolution memory could reach).
+thumbnails upsampled (ceilings a low-resolution memory could reach); each LR branch's own input upsampled (what
+copying it reaches: a *mean* guess), and that input with another window's real detail added (what a *sample* that
+reads its input perfectly but invents its own detail reaches: :func:`with_foreign_detail`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from tinyhistory.assemble import build_codec
 from tinyhistory.codecs.base import Codec
 from tinyhistory.data.windows import WindowSampler, batch_to_uint8
 from tinyhistory.eval.lpips import uint8_to_lpips_input
-from tinyhistory.eval.metrics import mean_metric, per_frame, psnr, ssim
+from tinyhistory.eval.metrics import mean_metric, per_frame, psnr_capped, ssim
 from tinyhistory.flow import add_noise, euler_sample, velocity_target
 from tinyhistory.geometry import Rate, context_report, get_base
 from tinyhistory.text.condition import TextCondition
@@ -142,14 +147,14 @@ def evaluate_method(
     sampled_px = codec.decode(torch.cat(samples))
     sampled = batch_to_uint8(sampled_px)
     one_step = batch_to_uint8(codec.decode(torch.cat(one_steps)))
-    frame_psnr = per_frame(psnr, true, sampled).reshape(windows, k)
+    frame_psnr = per_frame(psnr_capped, true, sampled).reshape(windows, k)
     frame_ssim = per_frame(ssim, true, sampled).reshape(windows, k)
     window_loss = torch.cat(losses)
     metrics = {
         "heldout_loss": float(window_loss.mean()),
         "psnr": float(frame_psnr.mean()),
         "ssim": float(frame_ssim.mean()),
-        "psnr_one_step": mean_metric(psnr, true, one_step),
+        "psnr_one_step": mean_metric(psnr_capped, true, one_step),
         "ssim_one_step": mean_metric(ssim, true, one_step),
     }
     frame_lpips = None
@@ -185,31 +190,48 @@ def reference_metrics(
     if codec is not None:
         recon = batch_to_uint8(codec.decode(codec.encode(truth)))
         if not np.array_equal(recon, true):
-            ceiling = {
-                "codec_reconstruction": {"psnr": mean_metric(psnr, true, recon), "ssim": mean_metric(ssim, true, recon)}
-            }
+            ceiling = {"codec_reconstruction": _scores(true, recon)}
     mean_frame = train_pixels.mean(dim=1)  # (3, H, W)
     average = batch_to_uint8(mean_frame[None, :, None].expand(b, c, k, h, w))
-    out = {
-        "average_training_frame": {"psnr": mean_metric(psnr, true, average), "ssim": mean_metric(ssim, true, average)}
-    }
+    out = {"average_training_frame": _scores(true, average)}
     flat = truth.transpose(1, 2).reshape(b * k, c, h, w)
     for size in (8, 16):
         thumb = F.interpolate(F.adaptive_avg_pool2d(flat, size), size=(h, w), mode="bilinear", align_corners=False)
-        frames = batch_to_uint8(thumb.reshape(b, k, c, h, w).transpose(1, 2))
-        out[f"thumbnail_{size}x{size}_upsampled"] = {
-            "psnr": mean_metric(psnr, true, frames),
-            "ssim": mean_metric(ssim, true, frames),
-        }
+        out[f"thumbnail_{size}x{size}_upsampled"] = _scores(
+            true, batch_to_uint8(thumb.reshape(b, k, c, h, w).transpose(1, 2))
+        )
     if rates and codec is None:
         raise ValueError("the LR-input references need the codec that made the set's LR latents")
     for index, rate in enumerate(rates):
-        frames = batch_to_uint8(lr_input_frames(eval_set, index, Rate.parse(rate), codec))
-        out[f"lr_input_{rate}_upsampled"] = {
-            "psnr": mean_metric(psnr, true, frames),
-            "ssim": mean_metric(ssim, true, frames),
-        }
+        upsampled = lr_input_frames(eval_set, index, Rate.parse(rate), codec)
+        for name, guess in (
+            (f"lr_input_{rate}_upsampled", upsampled),
+            (f"lr_input_{rate}_with_foreign_detail", with_foreign_detail(truth, upsampled)),
+        ):
+            out[name] = _scores(true, batch_to_uint8(guess))
     return out | ceiling
+
+
+def _scores(true: np.ndarray, frames: np.ndarray) -> dict[str, float]:
+    """Mean PSNR (floored) and SSIM of aligned uint8 frame stacks ``(N, H, W, 3)``."""
+    return {"psnr": mean_metric(psnr_capped, true, frames), "ssim": mean_metric(ssim, true, frames)}
+
+
+def with_foreign_detail(truth: torch.Tensor, upsampled: torch.Tensor) -> torch.Tensor:
+    """Each queried frame's LR input (``upsampled``) plus the detail the LR input lacks *of another window's frame*
+    (``truth − upsampled`` of the window half the set away, cyclically: evenly spaced windows, so another part of
+    the clip): ``(B, 3, k, H, W)`` in [-1, 1].
+
+    Why: PSNR scores a sample and a mean guess differently. The LR input upsampled is a mean guess: it leaves out
+    the detail it cannot know, and pays that detail's energy ``D`` once. A sampler paints detail of the right
+    statistics that it cannot know either, and pays ``D`` twice (its own detail plus the true one, uncorrelated), so
+    a sample that reads its input *perfectly* scores about 3 dB under the LR input (``10·log10 2``). This row is such
+    a sample, built from real frames: the reference a sampled frame query should be held against (the one-step
+    mean guess is the one to hold against the LR input itself). Neighbouring windows often share a shot and so some
+    detail, which would flatter it: hence half the set away.
+    """
+    detail = truth - upsampled  # (B, 3, k, H, W) what the LR input misses
+    return (upsampled + detail.roll(max(1, truth.shape[0] // 2), dims=0)).clamp(-1.0, 1.0)
 
 
 def psnr_by_scale(truth: torch.Tensor, other: torch.Tensor, sizes: list[int]) -> dict[int, float]:
@@ -279,8 +301,10 @@ def frame_query_report(
         "average_training_frame": psnr_by_scale(truth, pixels.mean(dim=1)[None, :, None].expand(b, c, k, h, w), sizes),
     }
     for index, rate in enumerate(cfg.history.rates):
-        profiles[f"lr_input_{rate}_upsampled"] = psnr_by_scale(
-            truth, lr_input_frames(eval_set, index, Rate.parse(rate), codec), sizes
+        upsampled = lr_input_frames(eval_set, index, Rate.parse(rate), codec)
+        profiles[f"lr_input_{rate}_upsampled"] = psnr_by_scale(truth, upsampled, sizes)
+        profiles[f"lr_input_{rate}_with_foreign_detail"] = psnr_by_scale(
+            truth, with_foreign_detail(truth, upsampled), sizes
         )
     if "codec_reconstruction" in references:
         profiles["codec_reconstruction"] = psnr_by_scale(truth, codec.decode(codec.encode(truth)), sizes)

@@ -410,20 +410,26 @@ class CostModel:
         self.depths = tuple(len(getattr(bb.transformer, name)) for name in bb.block_lists)
 
     # -- building blocks -------------------------------------------------------------------------------------
-    def at_full_depth(self, count: Callable[[], int]) -> int:
-        """``count()`` (FLOPs through the meta DiTs, caches it needs built inside it) at the DiTs' full depth, from
-        shallow copies (:func:`shallow`): one block in every list, then two in each list in turn; each list's extra
-        block is its per-block FLOPs, scaled to its length. Exact: a list's blocks are alike and see the same
-        shapes."""
+    def at_full_depth(self, count: Callable[[], int | tuple[int, ...]]) -> int | tuple[int, ...]:
+        """``count()`` (FLOPs through the meta DiTs, caches it needs built inside it; an int, or a tuple of counts
+        that share the work of one run) at the DiTs' full depth, from shallow copies (:func:`shallow`): one block in
+        every list, then two in each list in turn; each list's extra block is its per-block FLOPs, scaled to its
+        length. Exact: a list's blocks are alike and see the same shapes."""
+
+        def counted() -> tuple[int, ...]:
+            out = count()
+            return out if isinstance(out, tuple) else (out,)
+
         ones = tuple(1 for _ in self.depths)
         with shallow(self._dits, ones):
-            base = count()
-        total = base
+            base = counted()
+        total = list(base)
         for i, depth in enumerate(self.depths):
             if depth > 1:
                 with shallow(self._dits, ones[:i] + (2,) + ones[i + 1 :]):
-                    total += (depth - 1) * (count() - base)
-        return total
+                    deeper = counted()
+                total = [t + (depth - 1) * (d - b) for t, d, b in zip(total, deeper, base, strict=True)]
+        return tuple(total) if len(total) > 1 else total[0]
 
     def latent_frames(self, seconds: float) -> int:
         """Latent frames of ``seconds`` of video, the paper's convention (frames / temporal factor)."""
@@ -587,14 +593,12 @@ class CostModel:
             model = self.kv_dit
             latents, t, positions = self._targets(frames)
 
-            def build() -> int:
-                return count_flops(lambda: model.build_context_cache(context, self.text))[1]
+            def step_and_build() -> tuple[int, int]:
+                cache, build = count_flops(lambda: model.build_context_cache(context, self.text))
+                step = count_flops(lambda: model(latents, t, self.text, None, positions, context_cache=cache))[1]
+                return step, build
 
-            def step() -> int:
-                cache = model.build_context_cache(context, self.text)  # shapes only: the FLOPs counted are the step's
-                return count_flops(lambda: model(latents, t, self.text, None, positions, context_cache=cache))[1]
-
-            self._cached_memo[key] = (self.at_full_depth(step), self.at_full_depth(build))
+            self._cached_memo[key] = self.at_full_depth(step_and_build)
         return self._cached_memo[key]
 
     def causal_step(self, context: ContextTokens, frames: int) -> int:
