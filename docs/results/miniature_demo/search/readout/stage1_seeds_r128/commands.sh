@@ -15,3 +15,9 @@ wait
 R=docs/results/miniature_demo/search/readout/stage1_seeds_r128
 python scripts/frame_query_scales.py --out $R "time shift 5, seed 1, 2000=$S/readout16_shift5_seed1/final" \
     "time shift 5, LoRA r128, 2000=$S/readout16_shift5_r128/final"
+# The Large Patchifier (FramePack's packing, the comparison row) on the same protocol: time shift 5 and the
+# phase readout r16 (it reads a packed 4×4×2 token just as the encoder's), seed 0.
+# (the later --method wins)
+OMP_NUM_THREADS=1 tinyhistory train "${COMMON[@]}" --method large_patchifier --out $S/lp_readout16_shift5
+python scripts/frame_query_scales.py --out $R/large_patchifier \
+    "Large Patchifier, time shift 5, 2000=$S/lp_readout16_shift5/final"
