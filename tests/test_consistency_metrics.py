@@ -54,6 +54,18 @@ def test_features_of_frames_seen_before_are_not_computed_again(carphone):
     assert len(model._seen) == 3
 
 
+def test_channels_last_features_equal_the_plain_layouts(carphone):
+    """The network runs channels-last (faster depthwise convolutions on the CPU); a plain NCHW forward of the same
+    weights gives the same features up to float rounding."""
+    model = MobileNetV2Features()
+    frames = carphone[:4]
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+    x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False, antialias=True)
+    plain = model.features.to(memory_format=torch.contiguous_format)
+    expected = plain(((x - model.mean) / model.std).contiguous()).mean(dim=(2, 3))
+    torch.testing.assert_close(MobileNetV2Features()(frames), expected, atol=1e-4, rtol=1e-4)
+
+
 def test_identity_same_person_and_missing_faces(carphone, bikes):
     embedder = FaceEmbedder()
     same = identity_consistency(carphone[60::10], carphone[:5], embedder)

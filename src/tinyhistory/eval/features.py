@@ -92,6 +92,10 @@ class MobileNetV2Features(nn.Module):
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1))
         self.requires_grad_(False)
         self.eval()
+        # Channels-last: PyTorch's CPU depthwise convolutions run ~1.6-2x faster in it (the same features up to float
+        # rounding, ~1e-6); MobileNetV2 is mostly depthwise convolutions, and every evaluation featurises thousands
+        # of frames.
+        self.to(memory_format=torch.channels_last)
 
     @torch.no_grad()
     def forward(self, frames: np.ndarray, batch: int = 32) -> torch.Tensor:
@@ -102,7 +106,7 @@ class MobileNetV2Features(nn.Module):
             chunk = new[i : i + batch]
             x = torch.from_numpy(np.stack([frames[first[k]] for k in chunk])).permute(0, 3, 1, 2).float() / 255.0
             x = F.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False, antialias=True)
-            x = (x - self.mean) / self.std
+            x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
             self._seen.update(zip(chunk, self.features(x).mean(dim=(2, 3)), strict=True))
         out = torch.stack([self._seen[k] for k in keys]) if keys else torch.empty(0, 1280)
         for k in keys:
