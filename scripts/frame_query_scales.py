@@ -17,7 +17,9 @@ Usage (checkpoints must share the history length and preset; each reads the LR r
         no_history=checkpoints/miniature/no_history [--windows 24 --queries 2]
 
 Writes ``DIR/scales.json``, ``DIR/scales.md`` and ``DIR/scales.png`` (the first query of 8 windows: the truth, what
-each LR branch hands the DiT — its LR latent decoded and upsampled — and each model's sample).
+each LR branch hands the DiT — its LR latent decoded and upsampled — and each model's sample and one-step mean
+guess). Each model's one-step mean guess (``x0 = ε − v(ε, 1)``) gets a profile too: it is the row to hold against
+the LR input, a mean guess as well; the sample against the LR input with another window's detail.
 """
 
 from __future__ import annotations
@@ -174,13 +176,14 @@ def main() -> None:
         },
         "models": {},
     }
-    samples = {}
+    samples, mean_guesses = {}, {}
     for (label, model, cfg), (_, folder) in zip(loaded, pairs, strict=True):
         print(f"[scales] {label}: {folder} ({cfg.history.method}, rates {cfg.history.rates})")
-        metrics, sampled = evaluate_method(
-            model, restrict_to_rates(eval_set, all_rates, tuple(cfg.history.rates)), text, codec
+        metrics, sampled, one_step = evaluate_method(
+            model, restrict_to_rates(eval_set, all_rates, tuple(cfg.history.rates)), text, codec, one_step_pixels=True
         )
         samples[label] = sampled
+        mean_guesses[label] = one_step
         results["models"][label] = {
             "checkpoint": str(folder),
             "method": cfg.history.method,
@@ -189,6 +192,7 @@ def main() -> None:
             "psnr": metrics["psnr"],
             "psnr_one_step": metrics["psnr_one_step"],
             "psnr_by_scale": psnr_by_scale(truth, sampled, sizes),
+            "psnr_one_step_by_scale": psnr_by_scale(truth, one_step, sizes),
         }
         if args.recent_frames:
             results["models"][label] |= recent_and_old(
@@ -214,6 +218,9 @@ def main() -> None:
         cells = " | ".join(f"{m['psnr_by_scale'][s]:.2f}" for s in sizes)
         scores = f"{m['heldout_loss']:.4f} | {m['psnr']:.2f} | {m['psnr_one_step']:.2f}"
         lines.append(f"| {cell(label)} | {scores} | {cells} |")
+    for label, m in results["models"].items():  # x0 = ε − v(ε, 1): to hold against the LR input (a mean guess too)
+        cells = " | ".join(f"{m['psnr_one_step_by_scale'][s]:.2f}" for s in sizes)
+        lines.append(f"| {cell(label)}, one-step mean guess | | | | {cells} |")
     for label, profile in results["references"].items():
         lines.append(f"| {cell(label)} | | | | " + " | ".join(f"{profile[s]:.2f}" for s in sizes) + " |")
     if args.recent_frames:
@@ -232,6 +239,9 @@ def main() -> None:
     rows = [("ground truth", np.stack([to_uint8(truth[i])[0] for i in picks]))]
     rows += [(label, np.stack([to_uint8(lr_inputs[label][i])[0] for i in picks])) for label in lr_inputs]
     rows += [(label, np.stack([to_uint8(samples[label][i])[0] for i in picks])) for label in samples]
+    rows += [
+        (f"{label}, one-step", np.stack([to_uint8(mean_guesses[label][i])[0] for i in picks])) for label in mean_guesses
+    ]
     grid_image(rows, args.out / "scales.png")
     print("\n".join(lines))
 

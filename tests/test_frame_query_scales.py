@@ -128,3 +128,28 @@ def test_frame_query_references_stay_finite_on_a_black_frame():
     floor = 10 * math.log10(255**2 * 12)
     for name in ("thumbnail_8x8_upsampled", "lr_input_2x2x2_upsampled", "lr_input_2x2x2_with_foreign_detail"):
         assert math.isclose(refs[name]["psnr"], floor, rel_tol=1e-9), name
+
+
+def test_the_one_step_mean_guess_comes_back_as_pixels_scored_as_the_metrics_say(small_config):
+    """``evaluate_method(..., one_step_pixels=True)`` hands back the one-step mean guesses ``x0 = ε − v(ε, 1)`` as
+    pixels (what ``frame_query_scales.py`` profiles by scale and shows): the same frames its ``psnr_one_step``
+    scored, and the sample as before."""
+    from tinyhistory.data.windows import batch_to_uint8
+    from tinyhistory.eval.frame_query import evaluate_method
+    from tinyhistory.eval.metrics import mean_metric, psnr_capped
+    from tinyhistory.text.cache import encode_prompts
+    from tinyhistory.train.trainer import prepare_model
+
+    torch.manual_seed(0)
+    cfg = small_config("data.size=32", 'history.rates=["2x2x2"]')
+    model, cfg = prepare_model(cfg, None)
+    pixels = torch.rand(3, 24, 32, 32) * 2 - 1
+    eval_set, codec = eval_set_for_clip(pixels, cfg.codec, cfg.history.rates, cfg.train, windows=2, queries=1)
+    text = encode_prompts(cfg.text, [cfg.text.caption])
+    metrics, sampled, one_step = evaluate_method(model, eval_set, text, codec, sample_steps=2, one_step_pixels=True)
+    again, sampled_again = evaluate_method(model, eval_set, text, codec, sample_steps=2)
+    assert one_step.shape == sampled.shape == queried_pixels(eval_set).shape
+    torch.testing.assert_close(sampled, sampled_again)
+    true = batch_to_uint8(queried_pixels(eval_set))
+    assert metrics["psnr_one_step"] == mean_metric(psnr_capped, true, batch_to_uint8(one_step))
+    assert metrics["psnr_one_step"] == again["psnr_one_step"]

@@ -110,9 +110,17 @@ def loss_timesteps(count: int = 8) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_method(
-    model, eval_set: FrameQuerySet, text: TextCondition, codec, sample_steps: int = 20, chunk: int = 8, lpips=None
+    model,
+    eval_set: FrameQuerySet,
+    text: TextCondition,
+    codec,
+    sample_steps: int = 20,
+    chunk: int = 8,
+    lpips=None,
+    one_step_pixels: bool = False,
 ):
-    """Metrics of one model on the fixed set; returns (metrics dict, sampled pixels ``(B, 3, k, H, W)``).
+    """Metrics of one model on the fixed set; returns (metrics dict, sampled pixels ``(B, 3, k, H, W)``), and with
+    ``one_step_pixels`` the one-step mean guesses' pixels (same shape) third.
 
     ``heldout_loss`` averages the flow loss over the fixed timestep grid of :func:`loss_timesteps` with fixed noise.
     ``lpips``: an :class:`~tinyhistory.eval.lpips.LPIPS` model to add LPIPS of the sampled frames (optional).
@@ -146,7 +154,8 @@ def evaluate_method(
     true = batch_to_uint8(queried_pixels(eval_set))
     sampled_px = codec.decode(torch.cat(samples))
     sampled = batch_to_uint8(sampled_px)
-    one_step = batch_to_uint8(codec.decode(torch.cat(one_steps)))
+    one_step_px = codec.decode(torch.cat(one_steps))
+    one_step = batch_to_uint8(one_step_px)
     frame_psnr = per_frame(psnr_capped, true, sampled).reshape(windows, k)
     frame_ssim = per_frame(ssim, true, sampled).reshape(windows, k)
     window_loss = torch.cat(losses)
@@ -173,7 +182,7 @@ def evaluate_method(
         }
         for w in range(windows)
     ]
-    return metrics, sampled_px
+    return (metrics, sampled_px, one_step_px) if one_step_pixels else (metrics, sampled_px)
 
 
 def reference_metrics(
