@@ -153,3 +153,35 @@ def test_baselines_can_start_from_the_proposed_models_dit(small_config, tmp_path
     model, loaded = load_model(tmp_path / "window" / "final")
     assert loaded.history.method == "no_history" and len(model.producers) == 0 and model.sliding_window == 2
     assert loaded.backbone.base_transformer.endswith("stage1/final/transformer")
+
+
+def test_window_dropout_leaves_the_window_out_of_some_training_steps_only(small_config, tmp_path, monkeypatch):
+    """``train.window_dropout``: about that fraction of training steps build their context without the sliding
+    window (the encoder's tokens alone); the held-out loss always sees it, as evaluation and generation do. Only a
+    stage-II run with a window may ask for it."""
+    seen: list[tuple[bool, bool, int]] = []  # (training, window, context tokens) per stage-II context built
+    original = HistoryDiT.history_context
+
+    def recording(self, hr, lr, frame_offset=0, window=True):
+        context = original(self, hr, lr, frame_offset, window=window)
+        seen.append((self.training, window, 0 if context is None else context.num_tokens))
+        return context
+
+    monkeypatch.setattr(HistoryDiT, "history_context", recording)
+    cfg = small_config(*AR, "train.steps=12", "history.sliding_window=2", "train.window_dropout=0.5")
+    train(cfg, tmp_path / "run", progress=False)
+    training = [(window, tokens) for is_training, window, tokens in seen if is_training]
+    heldout = [(window, tokens) for is_training, window, tokens in seen if not is_training]
+    assert len(training) == 12 and heldout and all(window for window, _ in heldout)
+    dropped = [tokens for window, tokens in training if not window]
+    assert 2 <= len(dropped) <= 10  # 0.5 of 12 steps, drawn from the run's seeded generator
+    # a step without the window has only the encoder's tokens (none when the split left no history)
+    kept = [tokens for window, tokens in training if window]
+    assert max(dropped) < max(kept)
+
+    with pytest.raises(ValueError, match="train.window_dropout = 0.5 .* history.sliding_window = 0"):
+        small_config(*AR, "train.window_dropout=0.5")
+    with pytest.raises(ValueError, match="train.window_dropout = 0.5 .* train.stage = 'frame-query'"):
+        small_config("history.sliding_window=2", "train.window_dropout=0.5")
+    with pytest.raises(ValueError, match="train.window_dropout must be in \\[0, 1\\)"):
+        small_config(*AR, "history.sliding_window=2", "train.window_dropout=1.0")

@@ -208,14 +208,19 @@ class HistoryDiT(nn.Module):
         return window.from_source(NO_PRODUCER)
 
     def history_context(
-        self, hr_latents: torch.Tensor, lr_latents: list[torch.Tensor | None], frame_offset: int = 0
+        self,
+        hr_latents: torch.Tensor,
+        lr_latents: list[torch.Tensor | None],
+        frame_offset: int = 0,
+        window: bool = True,
     ) -> ContextTokens | None:
-        """Everything the DiT sees of a clean history ``(B, C, T, H, W)`` (T may be 0: no context)."""
+        """Everything the DiT sees of a clean history ``(B, C, T, H, W)`` (T may be 0: no context); ``window=False``
+        leaves the sliding window out (a training step of ``train.window_dropout``)."""
         if hr_latents.shape[2] == 0:
             return None
         parts = [
             self.encode_history(hr_latents, lr_latents, frame_offset),
-            self.window_tokens(hr_latents, frame_offset),
+            self.window_tokens(hr_latents, frame_offset) if window else None,
         ]
         parts = [p for p in parts if p is not None]
         return ContextTokens.concat(parts) if parts else None

@@ -351,6 +351,11 @@ class TrainConfig:
     segment_frames: int = 8
     # Classifier-free guidance: this fraction of samples sees the empty prompt (the text encoder's encoding of "").
     text_dropout: float = 0.1
+    # Stage II with history.sliding_window (issue 22): this fraction of training steps leaves the window's frames out
+    # of the context (the whole batch), so the model must predict from the encoder's tokens alone there. A window
+    # hands the next second's content over directly, and a model trained with it always at hand learns to ignore the
+    # encoder (its tokens get under their share of the attention); evaluation and generation keep the window. 0: off.
+    window_dropout: float = 0.0
     freeze_encoder: bool = False  # ablation switch: keep the stage-I encoder fixed
     # A rate curriculum (issue 22): start from ``--init-from`` at *this* run's history.rates instead of the
     # checkpoint's. The DiT and its LoRA carry over, an encoder whose rate both share is kept, the others start fresh.
@@ -390,6 +395,8 @@ class TrainConfig:
             raise ValueError(f"train.ema_decay must be in [0, 1) (0: no EMA), got {self.ema_decay}")
         if not 0.0 <= self.text_dropout < 1.0:
             raise ValueError(f"train.text_dropout must be in [0, 1), got {self.text_dropout}")
+        if not 0.0 <= self.window_dropout < 1.0:
+            raise ValueError(f"train.window_dropout must be in [0, 1) (0: off), got {self.window_dropout}")
         if self.lora_rank < 0:
             raise ValueError(f"train.lora_rank must be >= 0, got {self.lora_rank}")
         if self.stage == "ar" and self.segment_frames >= self.history_frames:
@@ -447,6 +454,12 @@ class RunConfig:
                 self.text.path = self.text.path or self.model.path
         for section in (self.model, self.codec, self.text, self.backbone, self.history, self.data, self.train):
             section.validate()
+        if self.train.window_dropout and (self.train.stage != "ar" or not self.history.sliding_window):
+            raise ValueError(
+                f"train.window_dropout = {self.train.window_dropout} leaves stage II's sliding window out of some "
+                f"steps; this run has train.stage = {self.train.stage!r} and history.sliding_window = "
+                f'{self.history.sliding_window} (it needs "ar" and a window > 0)'
+            )
         for r in self.history.rates:
             # Pixel frames are latent frames only for a framewise codec; a causal VAE's 1 + 4k frames are checked by
             # the trainer, which knows the VAE's temporal factor. (The codec class is asked only when the frames do

@@ -116,6 +116,7 @@ class NextSegmentBatch:
     positions: torch.Tensor  # (B, n) their temporal positions s … s+n−1
     noise: torch.Tensor  # (B, C, n, H, W)
     t: torch.Tensor  # (B,)
+    window: bool = True  # the sliding window's frames are in the context (False: a step of train.window_dropout)
 
     @property
     def noisy_targets(self) -> torch.Tensor:
@@ -161,7 +162,7 @@ def make_next_segment_batch(
 
 def next_segment_loss(model, batch: NextSegmentBatch, text: TextCondition) -> torch.Tensor:
     """Velocity MSE on the target segment, conditioned on everything the model sees of the clean history."""
-    context = model.history_context(batch.history, batch.history_lr)
+    context = model.history_context(batch.history, batch.history_lr, window=batch.window)
     prediction = model(batch.noisy_targets, batch.t, text, context, frame_positions=batch.positions)
     return F.mse_loss(prediction.float(), velocity_target(batch.targets, batch.noise).float())
 
@@ -177,6 +178,7 @@ class FrameQueryObjective:
     def __init__(self, train: TrainConfig):
         self.train = train
         self.text_dropout = 0.0  # the paper conditions stage I on the storyboard prompt throughout
+        self.window_dropout = 0.0  # stage I has no sliding window
 
     def batch(self, hr: torch.Tensor, lr: list[torch.Tensor | None], rates: list[Rate], generator) -> FrameQueryBatch:
         tc = self.train
@@ -200,6 +202,7 @@ class NextSegmentObjective:
     def __init__(self, train: TrainConfig):
         self.train = train
         self.text_dropout = train.text_dropout
+        self.window_dropout = train.window_dropout
 
     def batch(self, hr: torch.Tensor, lr: list[torch.Tensor | None], rates: list[Rate], generator) -> NextSegmentBatch:
         tc = self.train

@@ -397,6 +397,8 @@ def _train(
             batch, text_batch = batch_for(objective, train_sampler, picks, generator, caption)
             if objective.text_dropout > 0:  # classifier-free guidance: some samples see the empty prompt
                 text_batch = drop_text(text_batch, empty.like(text_batch), objective.text_dropout, generator)
+            if objective.window_dropout > 0:  # some steps predict from the encoder's tokens alone
+                batch.window = bool(torch.rand((), generator=generator) >= objective.window_dropout)
             loss = stage_loss(_to(batch, device), text_batch.to(device))
             accelerator.backward(loss)
             if tc.grad_clip > 0:
