@@ -19,3 +19,6 @@ python scripts/next_second_scores.py --history-frames 24 --long-range 8 --window
     "encoder + window 2, window dropout 0.5, 600=$S/win2_dropout05/snapshots/step_000600"
 python scripts/next_second_scores.py --history-frames 24 --long-range 8 --window 3 --out $R/plain \
     "encoder + window 2, 600=$S/win2_plain/snapshots/step_000600"
+# 20-s continuations (the protocol of sessions 12-14: 3 held-out starts, 24 history frames, the caption, seed 0)
+python scripts/continuation_scores.py --out $R/continuation --history-frames 24 --seconds 20 --starts 3 \
+    "encoder + window 2, window dropout 0.5, 600=$S/win2_dropout05/snapshots/step_000600"
