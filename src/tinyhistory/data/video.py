@@ -260,7 +260,8 @@ def iter_video_frames(
     from av.video.reformatter import VideoReformatter
 
     # One colour converter for the whole stream: ``VideoFrame.to_image`` builds a fresh swscale context for every
-    # frame, which cost 6.8 ms per 128×128 frame here against 0.1 ms reused (the same pixels, tested).
+    # frame, which cost ~6 ms per 128×128 frame here against ~0.15 ms reused (benchmarks/decode_convert.py; the same
+    # pixels, tested).
     reformatter = VideoReformatter()
     container, stream = _open_video(Path(path))
     with container:

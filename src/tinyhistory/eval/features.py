@@ -92,7 +92,7 @@ class MobileNetV2Features(nn.Module):
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1))
         self.requires_grad_(False)
         self.eval()
-        # Channels-last: PyTorch's CPU depthwise convolutions run ~1.6-2x faster in it (the same features up to float
+        # Channels-last: PyTorch's CPU depthwise convolutions run 1.2-2x faster in it (the same features up to float
         # rounding, ~1e-6); MobileNetV2 is mostly depthwise convolutions, and every evaluation featurises thousands
         # of frames.
         self.to(memory_format=torch.channels_last)
