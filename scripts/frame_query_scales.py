@@ -173,6 +173,7 @@ def main() -> None:
         | {
             f"{label}, with another window's detail": psnr_by_scale(truth, with_foreign_detail(truth, frames), sizes)
             for label, frames in lr_inputs.items()
+            if args.windows > 1
         },
         "models": {},
     }

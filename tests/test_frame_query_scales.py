@@ -128,6 +128,11 @@ def test_frame_query_references_stay_finite_on_a_black_frame():
     floor = 10 * math.log10(255**2 * 12)
     for name in ("thumbnail_8x8_upsampled", "lr_input_2x2x2_upsampled", "lr_input_2x2x2_with_foreign_detail"):
         assert math.isclose(refs[name]["psnr"], floor, rel_tol=1e-9), name
+    # one window has no other window's detail to borrow: the row is left out, and asked for directly it is an error
+    one, _ = eval_set_for_clip(pixels, cfg.codec, cfg.history.rates, cfg.train, windows=1, queries=2)
+    assert "lr_input_2x2x2_with_foreign_detail" not in reference_metrics(one, pixels, codec, ["2x2x2"])
+    with pytest.raises(ValueError, match="at least two windows"):
+        with_foreign_detail(queried_pixels(one), queried_pixels(one))
 
 
 def test_the_one_step_mean_guess_comes_back_as_pixels_scored_as_the_metrics_say(small_config):

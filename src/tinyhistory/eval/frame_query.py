@@ -213,11 +213,10 @@ def reference_metrics(
         raise ValueError("the LR-input references need the codec that made the set's LR latents")
     for index, rate in enumerate(rates):
         upsampled = lr_input_frames(eval_set, index, Rate.parse(rate), codec)
-        for name, guess in (
-            (f"lr_input_{rate}_upsampled", upsampled),
-            (f"lr_input_{rate}_with_foreign_detail", with_foreign_detail(truth, upsampled)),
-        ):
-            out[name] = _scores(true, batch_to_uint8(guess))
+        out[f"lr_input_{rate}_upsampled"] = _scores(true, batch_to_uint8(upsampled))
+        if b > 1:  # another window's detail needs another window
+            sample = with_foreign_detail(truth, upsampled)
+            out[f"lr_input_{rate}_with_foreign_detail"] = _scores(true, batch_to_uint8(sample))
     return out | ceiling
 
 
@@ -239,8 +238,10 @@ def with_foreign_detail(truth: torch.Tensor, upsampled: torch.Tensor) -> torch.T
     mean guess is the one to hold against the LR input itself). Neighbouring windows often share a shot and so some
     detail, which would flatter it: hence half the set away.
     """
+    if truth.shape[0] < 2:
+        raise ValueError("another window's detail needs at least two windows, got one")
     detail = truth - upsampled  # (B, 3, k, H, W) what the LR input misses
-    return (upsampled + detail.roll(max(1, truth.shape[0] // 2), dims=0)).clamp(-1.0, 1.0)
+    return (upsampled + detail.roll(truth.shape[0] // 2, dims=0)).clamp(-1.0, 1.0)
 
 
 def psnr_by_scale(truth: torch.Tensor, other: torch.Tensor, sizes: list[int]) -> dict[int, float]:
@@ -312,9 +313,9 @@ def frame_query_report(
     for index, rate in enumerate(cfg.history.rates):
         upsampled = lr_input_frames(eval_set, index, Rate.parse(rate), codec)
         profiles[f"lr_input_{rate}_upsampled"] = psnr_by_scale(truth, upsampled, sizes)
-        profiles[f"lr_input_{rate}_with_foreign_detail"] = psnr_by_scale(
-            truth, with_foreign_detail(truth, upsampled), sizes
-        )
+        if b > 1:
+            sample = with_foreign_detail(truth, upsampled)
+            profiles[f"lr_input_{rate}_with_foreign_detail"] = psnr_by_scale(truth, sample, sizes)
     if "codec_reconstruction" in references:
         profiles["codec_reconstruction"] = psnr_by_scale(truth, codec.decode(codec.encode(truth)), sizes)
     report = {
