@@ -273,9 +273,9 @@ def test_a_clip_read_again_is_not_decoded_again_until_its_file_changes(tmp_path,
 def test_decoded_frames_are_pyavs_own_rgb_conversion(tmp_path, pix_fmt):
     """The decoder converts every frame with one reused colour converter (a fresh one per frame was most of a
     decode's time): the pixels are exactly PyAV's ``VideoFrame.to_image`` of each frame, for 8- and 10-bit, 4:2:0,
-    4:4:4 and grey sources, at an odd frame size."""
+    4:4:4 and grey sources, at a frame size that is not a multiple of 16."""
     rng = np.random.default_rng(0)
-    frames = rng.integers(0, 256, (6, 30, 46, 3), dtype=np.uint8)  # (T, H, W, 3), odd-ish sizes
+    frames = rng.integers(0, 256, (6, 30, 46, 3), dtype=np.uint8)  # (T, H, W, 3), no multiple of 16
     path = tmp_path / f"{pix_fmt}.mkv"
     with av.open(str(path), "w") as container:
         stream = container.add_stream("ffv1", rate=10)
