@@ -11,6 +11,8 @@ With ``--long-range N`` (the image-feature model installed, ASSETS.md) the model
 history and with it removed, on up to N long-range seconds (:mod:`tinyhistory.eval.long_range`, the demo's choice):
 held-out seconds like something in the history outside the last ``--window`` frames and unlike those frames, where a
 memory can help and a sliding window cannot. Every row then carries the MobileNetV2 feature cosine to the truth too.
+Such a second starts at a cut that nothing in the history announces; ``--long-range-cue 0 1`` scores a second set
+whose history ends in the returning shot's first frame (the cue), as a storyboard's shot change would announce it.
 
     python scripts/next_second_scores.py --out DIR --history-frames 16 \\
         full=runs/i24/s2_full/final block_causal=runs/i24/s2_block_causal/final
@@ -51,6 +53,10 @@ def main() -> None:
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--long-range", type=int, default=0, help="also score up to N long-range seconds")
     parser.add_argument("--window", type=int, default=3, help="the sliding window the long-range seconds avoid")
+    parser.add_argument(
+        "--long-range-cue", type=int, nargs="+", default=[0], metavar="K",
+        help="score a long-range set for each K: the history ends in K frames of the returning shot (default: 0)",
+    )  # fmt: skip
     add_low_noise_arguments(parser)
     args = parser.parse_args()
     started = time.time()
@@ -63,7 +69,8 @@ def main() -> None:
         features = MobileNetV2Features()  # a clear FileNotFoundError when the weights are not installed
 
     results: dict = {"history_frames": args.history_frames, "windows": args.windows, "models": {}}
-    eval_set = codec = text = long_range = None
+    eval_set = codec = text = None
+    long_range: dict[str, tuple] = {}  # results key → (section, set), one per cue that found seconds
     rates: dict[str, object] = {}  # every model's rates, for the LR references
     for label, folder in pairs:
         model, cfg = load_model(folder, merge=True)
@@ -74,12 +81,15 @@ def main() -> None:
             eval_set = next_segment_set(clip.heldout, codec, args.history_frames, segment, args.windows)
             text = encode_prompts(cfg.text, [cfg.text.caption])
             plain = SamplingSettings(steps=args.sample_steps, guidance=1.0, segment_frames=segment)
-            if args.long_range:
-                long_range = long_range_windows(
+            for cue in args.long_range_cue if args.long_range else ():
+                key = long_range_key(cue)
+                found = long_range_windows(
                     clip.heldout, codec, args.history_frames, segment, args.window, features, cfg.data.fps,
-                    args.long_range,
+                    args.long_range, cue=cue,
                 )  # fmt: skip
-                results["long_range"] = long_range[0] if long_range else {"protocol": "no long-range seconds found"}
+                results[key] = found[0] if found else {"protocol": "no long-range seconds found", "cue_frames": cue}
+                if found:
+                    long_range[key] = found
         steps = trained_steps(folder) or trained_steps(folder.parent)  # a final/ from before it carried its log
         row = {"checkpoint": str(folder), "steps": steps, "rates": list(cfg.history.rates)}
         settings, low_noise, expert = expert_settings(label, experts, args.boundary, model, cfg, plain)
@@ -92,11 +102,10 @@ def main() -> None:
             )
             row[mode] = metrics
         results["models"][label] = row
-        if long_range is not None:
-            scores = results["long_range"]["models"][label] = {}
+        for key, (section, lr_set) in long_range.items():
+            scores = section["models"][label] = {}
             for mode in ("true", "removed"):
-                print(f"[next second] {label}: long-range seconds, history {mode}", flush=True)
-                lr_set = long_range[1]
+                print(f"[next second] {label}: {key} seconds, history {mode}", flush=True)
                 scores[mode], _ = evaluate_next_segment(
                     model, lr_set, text, codec, settings, features, history=mode, low_noise=low_noise
                 )
@@ -137,20 +146,28 @@ def main() -> None:
     lines += ["", "What copying the history reaches (no model):", "", "| reference | PSNR | SSIM |", "|---|---|---|"]
     for name, ref in results["references"].items():
         lines.append(f"| {cell(name)} | {ref['psnr']:.2f} | {ref['ssim']:.3f} |")
-    if long_range is not None:
-        lines += long_range_lines(results["long_range"])
-    elif args.long_range:
-        found = f"history {args.history_frames}, window {args.window}"
-        lines += ["", f"No long-range seconds in the held-out part ({found})."]
+    for cue in args.long_range_cue if args.long_range else ():
+        if long_range_key(cue) in long_range:
+            lines += long_range_lines(results[long_range_key(cue)])
+        else:
+            found = f"history {args.history_frames}, window {args.window}, cue {cue}"
+            lines += ["", f"No long-range seconds in the held-out part ({found})."]
     (args.out / "next_second.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
+def long_range_key(cue: int) -> str:
+    """The results key of the long-range set with a ``cue``-frame cue (``long_range`` without one, as before)."""
+    return "long_range" if cue == 0 else f"long_range_cue{cue}"
+
+
 def long_range_lines(section: dict) -> list[str]:
     """The long-range seconds' table (each model with its history and with it removed) and their listing."""
+    cue = section.get("cue_frames", 0)
     lines = [
         "",
-        "## Long-range seconds: content from the history that the window no longer shows",
+        "## Long-range seconds: content from the history that the window no longer shows"
+        + (f" (the history ends in a {cue}-frame cue of the returning shot)" if cue else ""),
         "",
         section["protocol"] + ".",
         "",

@@ -36,6 +36,22 @@ def test_a_target_like_the_window_is_not_long_range():
     assert long_range_seconds(clip, history=6, segment=2, window=2, count=3, min_recall=0.5, margin=0.1) == []
 
 
+def test_a_cue_ends_the_history_in_the_returning_shot_and_is_left_out_of_both_comparisons():
+    # A returns at frame 10 after B at 6-9; with a 1-frame cue the history must end in that A frame
+    clip = _scene_features("AAAAAABBBBAAAACCCC")
+    seconds = long_range_seconds(clip, history=8, segment=2, window=2, count=5, min_recall=0.9, margin=0.5, cue=1)
+    starts = [s.start for s in seconds]
+    # history 3..10 = AAABBBB|A: the cue A, the window before it BB, the target 11..12 = AA
+    assert 3 in starts
+    cued = next(s for s in seconds if s.start == 3)
+    assert cued.target == (11, 13) and cued.recall == pytest.approx(1.0) and cued.recent == pytest.approx(0.0)
+    assert 3 <= cued.matched_frame <= 5  # an older A frame, never the cue (frame 10)
+    # the uncued pick (history 2..9 = AAAABBBB, target 10..11): its last frame B does not show the target
+    assert 2 in [s.start for s in long_range_seconds(clip, 8, 2, 2, 5, 0.9, 0.5)] and 2 not in starts
+    with pytest.raises(ValueError, match="cue"):
+        long_range_seconds(clip, history=8, segment=2, window=2, count=1, cue=6)
+
+
 def test_listing_and_bad_arguments():
     clip = _scene_features("AAAAAABBBBAACCCC")
     rows = listing(long_range_seconds(clip, 8, 2, 2, 1, 0.9, 0.5), fps=8.0)

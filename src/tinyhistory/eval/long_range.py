@@ -13,6 +13,13 @@ the rest:
   the history holds and unlike what the window holds;
 * the qualifying starts are ranked by ``recall − recent`` and taken greedily so that no two targets overlap.
 
+Such a target starts at a cut, and nothing in a teacher-forced history says that a cut comes next: a predictor with
+no cue must continue the shot it sees, memory or not (session 16 found every picked second starting at a cut). With
+``cue = k`` the history ends with the first ``k`` frames of the returning shot instead, as a shot change announced
+by a storyboard or the first generated frame would: the cue frames are left out of both comparisons (``recent`` is
+the ``window`` frames before them) and must themselves look like the target, so the window still shows the other
+shot but for the cue, and what the memory adds is everything the cue does not show.
+
 The listing (start, target frames, recall, recent, and the history frame that matched) goes into the results so that
 anyone can look at the seconds that were picked.
 """
@@ -51,15 +58,21 @@ def long_range_seconds(
     min_recall: float = 0.6,
     margin: float = 0.1,
     stride: int = 1,
+    cue: int = 0,
 ) -> list[LongRangeSecond]:
     """Up to ``count`` non-overlapping long-range seconds of a clip from its per-frame features ``(T, F)``.
 
     ``history``/``segment``/``window``: frames of history, of the target and of the sliding window the memory is
-    compared with. Returns them best first (largest ``recall − recent``).
+    compared with; ``cue``: the history's last frames, which must show the target as the older history does (each at
+    a cosine ≥ ``min_recall`` and ``margin`` above the window's best: the returning shot's first frames, module
+    docstring) and are left out of both comparisons. Returns them best first (largest ``recall − recent``).
     """
     frames = frame_features.shape[0]
-    if window <= 0 or window >= history:
-        raise ValueError(f"the window ({window} frames) must be shorter than the history ({history} frames) and > 0")
+    if window <= 0 or cue < 0 or window + cue >= history:
+        raise ValueError(
+            f"the window ({window} frames) and the cue ({cue} frames) must be shorter than the history "
+            f"({history} frames) together, the window > 0 and the cue ≥ 0"
+        )
     if frames < history + segment:
         raise ValueError(f"the clip has {frames} frames, fewer than history + segment = {history + segment}")
     unit = F.normalize(frame_features.float(), dim=1)  # (T, F)
@@ -67,11 +80,13 @@ def long_range_seconds(
     for start in range(0, frames - history - segment + 1, stride):
         first = start + history
         target = F.normalize(unit[first : first + segment].mean(0), dim=0)  # (F,)
-        sims = unit[start:first] @ target  # (history,) cosine of each history frame to the target
-        older, recent = sims[: history - window], sims[history - window :]
+        sims = unit[start : first - cue] @ target  # (history − cue,) cosine of each history frame to the target
+        older, recent = sims[: history - cue - window], sims[history - cue - window :]
         best = int(older.argmax())
         recall, near = float(older[best]), float(recent.max())
-        if recall >= min_recall and recall - near >= margin:
+        cued = float((unit[first - cue : first] @ target).min()) if cue else None  # the cue's worst match
+        shows_target = cued is None or (cued >= min_recall and cued - near >= margin)
+        if recall >= min_recall and recall - near >= margin and shows_target:
             candidates.append(LongRangeSecond(start, (first, first + segment), recall, near, start + best))
     picked: list[LongRangeSecond] = []
     for c in sorted(candidates, key=lambda c: c.gap, reverse=True):
@@ -120,24 +135,38 @@ def listing_table(rows: list[dict]) -> list[str]:
 
 
 def long_range_windows(
-    pixels: torch.Tensor, codec, history: int, segment: int, window: int, features, fps: float, count: int
+    pixels: torch.Tensor,
+    codec,
+    history: int,
+    segment: int,
+    window: int,
+    features,
+    fps: float,
+    count: int,
+    cue: int = 0,
 ) -> tuple[dict, NextSegmentSet] | None:
     """The next-segment windows of a ``(3, T, H, W)`` clip whose targets are long-range seconds
     (:func:`long_range_seconds` with the default thresholds: ``count`` at most, against a ``window``-frame sliding
-    window), as a :class:`~tinyhistory.eval.next_segment.NextSegmentSet`, with the results section that says how they
-    were picked and lists them (``models`` left for the caller to fill). None without such seconds."""
+    window, the history ending in ``cue`` frames of the returning shot), as a
+    :class:`~tinyhistory.eval.next_segment.NextSegmentSet`, with the results section that says how they were picked
+    and lists them (``models`` left for the caller to fill). None without such seconds."""
     from tinyhistory.eval.next_segment import next_segment_set
 
-    picked = long_range_seconds(clip_features(pixels, features), history, segment, window, count)
+    picked = long_range_seconds(clip_features(pixels, features), history, segment, window, count, cue=cue)
     if not picked:
         return None
     eval_set = next_segment_set(pixels, codec, history, segment, len(picked), starts=[p.start for p in picked])
+    cued = (
+        f"whose history ends in {cue} frame(s) of the target's shot (the cue, held to the same test), " if cue else ""
+    )
     section = {
         "protocol": (
-            f"the {len(picked)} held-out seconds most like a frame of their {history / fps:g}-s history outside its "
-            f"last {window} frames and least like those {window} frames (MobileNetV2 features: best cosine to the "
-            "older history ≥ 0.6 and ≥ 0.1 above the best to the window), teacher-forced as above"
+            f"the {len(picked)} held-out seconds {cued}most like a frame of their {history / fps:g}-s history outside "
+            f"its last {window} frames{' before the cue' if cue else ''} and least like those {window} frames "
+            "(MobileNetV2 features: best cosine to the older history ≥ 0.6 and ≥ 0.1 above the best to the window), "
+            "teacher-forced as above"
         ),
+        "cue_frames": cue,
         "seconds": listing(picked, fps),
         "models": {},
     }
