@@ -9,8 +9,9 @@ from tinyhistory.backbones import WanBackbone
 from tinyhistory.config import load_config
 from tinyhistory.geometry import Rate
 from tinyhistory.text.condition import TextCondition
+from tinyhistory.train import trainer as trainer_module
 from tinyhistory.train.checkpoint import load_model, save_weights
-from tinyhistory.train.objectives import make_next_segment_batch, split_points
+from tinyhistory.train.objectives import make_next_segment_batch, noise_history, split_points
 from tinyhistory.train.trainer import train
 
 AR = ['train.stage="ar"', "train.history_frames=8", "train.segment_frames=2", "train.checkpoint_every=2"]
@@ -185,3 +186,45 @@ def test_window_dropout_leaves_the_window_out_of_some_training_steps_only(small_
         small_config("history.sliding_window=2", "train.window_dropout=0.5")
     with pytest.raises(ValueError, match="train.window_dropout must be in \\[0, 1\\)"):
         small_config(*AR, "history.sliding_window=2", "train.window_dropout=1.0")
+
+
+def test_history_noise_noises_each_samples_history_and_lr_alike_and_leaves_the_targets():
+    """``noise_history``: one level σ ≤ the maximum per sample, on the latents and the LR latents alike; on a history
+    of ones the noised frames have mean 1 − σ and spread σ, so the two recover the same σ."""
+    b = 6
+    hr = torch.ones(b, 4, 12, 16, 16)
+    lr = [torch.ones(b, 4, 6, 8, 8), None]
+    rates = [Rate.parse("2x2x2"), Rate.parse("4x4x2")]
+    batch = make_next_segment_batch(hr, lr, rates, segment=4, generator=torch.Generator().manual_seed(0), split=8)
+    batch.window = False
+    noised = noise_history(batch, 0.4, torch.Generator().manual_seed(1))
+    assert torch.equal(noised.targets, batch.targets) and torch.equal(noised.noise, batch.noise)
+    assert noised.window is False and noised.history_lr[1] is None and torch.equal(batch.history, hr[:, :, :8])
+    sigma_hr = 1 - noised.history.mean(dim=(1, 2, 3, 4))  # (B,)
+    spread_hr = noised.history.std(dim=(1, 2, 3, 4))
+    spread_lr = noised.history_lr[0].std(dim=(1, 2, 3, 4))
+    assert torch.allclose(sigma_hr, spread_hr, atol=0.02) and torch.allclose(spread_lr, spread_hr, atol=0.03)
+    assert float(spread_hr.min()) >= 0 and float(spread_hr.max()) <= 0.4 + 0.02 and float(spread_hr.std()) > 0.02
+    empty = make_next_segment_batch(hr, lr, rates, segment=4, generator=torch.Generator().manual_seed(0), split=0)
+    assert noise_history(empty, 0.4, torch.Generator()).history.shape[2] == 0  # no history: nothing to noise
+
+
+def test_history_noise_is_drawn_in_training_steps_only(small_config, tmp_path, monkeypatch):
+    """``train.history_noise``: every training step's history is noised (from the run's generator), the held-out
+    loss's never (it does not pass through the step); only stage II may ask for it."""
+    calls: list[float] = []
+    original = trainer_module.noise_history
+
+    def recording(batch, max_level, generator):
+        calls.append(max_level)
+        return original(batch, max_level, generator)
+
+    monkeypatch.setattr(trainer_module, "noise_history", recording)
+    train(small_config(*AR, "train.steps=4", "train.history_noise=0.3"), tmp_path / "run", progress=False)
+    assert calls == [0.3] * 4
+    train(small_config(*AR, "train.steps=2"), tmp_path / "clean", progress=False)
+    assert len(calls) == 4  # off by default
+    with pytest.raises(ValueError, match="train.history_noise = 0.3 .* train.stage = 'frame-query'"):
+        small_config("train.history_noise=0.3")
+    with pytest.raises(ValueError, match="train.history_noise must be in \\[0, 1\\)"):
+        small_config(*AR, "train.history_noise=1.0")

@@ -356,6 +356,12 @@ class TrainConfig:
     # hands the next second's content over directly, and a model trained with it always at hand learns to ignore the
     # encoder (its tokens get under their share of the attention); evaluation and generation keep the window. 0: off.
     window_dropout: float = 0.0
+    # Stage II (issue 22): noise the clean history of each training sample at its own level σ ~ U(0, history_noise),
+    # (1 − σ)·x + σ·ε on its latents and LR latents, as Diffusion Forcing and GameNGen corrupt their context: in a
+    # streamed continuation the history is the model's own imperfect output, never the clean footage it trained on,
+    # and a model that trusts every detail of its history copies and compounds its own errors. The held-out loss,
+    # evaluation and generation keep the history as it is. 0: off.
+    history_noise: float = 0.0
     freeze_encoder: bool = False  # ablation switch: keep the stage-I encoder fixed
     # A rate curriculum (issue 22): start from ``--init-from`` at *this* run's history.rates instead of the
     # checkpoint's. The DiT and its LoRA carry over, an encoder whose rate both share is kept, the others start fresh.
@@ -397,6 +403,13 @@ class TrainConfig:
             raise ValueError(f"train.text_dropout must be in [0, 1), got {self.text_dropout}")
         if not 0.0 <= self.window_dropout < 1.0:
             raise ValueError(f"train.window_dropout must be in [0, 1) (0: off), got {self.window_dropout}")
+        if not 0.0 <= self.history_noise < 1.0:
+            raise ValueError(f"train.history_noise must be in [0, 1) (0: off), got {self.history_noise}")
+        if self.history_noise and self.stage != "ar":
+            raise ValueError(
+                f"train.history_noise = {self.history_noise} noises stage II's clean history; this run has "
+                f'train.stage = {self.stage!r} (stage I masks its history instead; it needs "ar")'
+            )
         if self.lora_rank < 0:
             raise ValueError(f"train.lora_rank must be >= 0, got {self.lora_rank}")
         if self.stage == "ar" and self.segment_frames >= self.history_frames:

@@ -17,7 +17,7 @@ For a history ``H`` of T latent frames:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -160,6 +160,20 @@ def make_next_segment_batch(
     return NextSegmentBatch(hr[:, :, :split], history_lr, targets, positions, noise, t)
 
 
+def noise_history(batch: NextSegmentBatch, max_level: float, generator: torch.Generator | None) -> NextSegmentBatch:
+    """The batch with its history noised at one level σ ~ U(0, ``max_level``) per sample, ``(1 − σ)·x + σ·ε``, on
+    the latents and on every producer's LR latents alike (``train.history_noise``); the targets are untouched."""
+    b = batch.history.shape[0]
+    sigma = torch.rand((b,), generator=generator) * max_level  # (B,)
+
+    def noised(x: torch.Tensor | None) -> torch.Tensor | None:
+        if x is None or x.shape[2] == 0:
+            return x
+        return add_noise(x, torch.randn(x.shape, generator=generator), sigma)
+
+    return replace(batch, history=noised(batch.history), history_lr=[noised(x) for x in batch.history_lr])
+
+
 def next_segment_loss(model, batch: NextSegmentBatch, text: TextCondition) -> torch.Tensor:
     """Velocity MSE on the target segment, conditioned on everything the model sees of the clean history."""
     context = model.history_context(batch.history, batch.history_lr, window=batch.window)
@@ -179,6 +193,7 @@ class FrameQueryObjective:
         self.train = train
         self.text_dropout = 0.0  # the paper conditions stage I on the storyboard prompt throughout
         self.window_dropout = 0.0  # stage I has no sliding window
+        self.history_noise = 0.0  # stage I masks its history instead
 
     def batch(self, hr: torch.Tensor, lr: list[torch.Tensor | None], rates: list[Rate], generator) -> FrameQueryBatch:
         tc = self.train
@@ -203,6 +218,7 @@ class NextSegmentObjective:
         self.train = train
         self.text_dropout = train.text_dropout
         self.window_dropout = train.window_dropout
+        self.history_noise = train.history_noise
 
     def batch(self, hr: torch.Tensor, lr: list[torch.Tensor | None], rates: list[Rate], generator) -> NextSegmentBatch:
         tc = self.train
