@@ -19,7 +19,10 @@ Usage (checkpoints must share the history length and preset; each reads the LR r
 Writes ``DIR/scales.json``, ``DIR/scales.md`` and ``DIR/scales.png`` (the first query of 8 windows: the truth, what
 each LR branch hands the DiT — its LR latent decoded and upsampled — and each model's sample and one-step mean
 guess). Each model's one-step mean guess (``x0 = ε − v(ε, 1)``) gets a profile too: it is the row to hold against
-the LR input, a mean guess as well; the sample against the LR input with another window's detail.
+the LR input, a mean guess as well; the sample against the LR input with another window's detail. Where that mean
+guess's coarse picture (2×2 … 16×16 pixels) comes from is fitted too (``eval.frame_query.coarse_readout_fit``): the
+share it carries of the right token, of the frame's mean and of the history's mean, the rest shrunk to the average;
+and octave by octave (``band_fit``), how much of the input's detail between two scales the guess copies.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ import numpy as np
 from tinyhistory.data.windows import clip_from_config, to_uint8
 from tinyhistory.eval.figures import grid_image
 from tinyhistory.eval.frame_query import (
+    READOUT_SOURCES,
+    band_fit,
+    coarse_readout_fit,
     eval_set_for_clip,
     evaluate_method,
     lr_input_frames,
@@ -96,6 +102,15 @@ def expert_settings(label: str, experts: dict[str, Path], boundary: float, model
     return replace(settings, boundary=boundary), expert, {"low_noise": str(experts[label]), "boundary": boundary}
 
 
+# The fit's scales: at 128 px a 4×4×2 history token covers a 32×32-pixel block, so 2×2 and 4×4 are whole tokens
+# (their means), 8×8 and 16×16 the detail inside one (what the LR latent still holds below a token).
+FIT_SIZES = (2, 4, 8, 16)
+
+
+def lr_label(rate: str) -> str:
+    return f"LR input {rate}, upsampled"
+
+
 def cell(text: str) -> str:
     """``text`` as one markdown table cell: a ``|`` in a label would split the row."""
     return text.replace("|", "\\|")
@@ -156,8 +171,7 @@ def main() -> None:
     average = clip.train.mean(dim=1)[None, :, None].expand(b, c, k, h, w)
     recon = codec.decode(codec.encode(truth))
     lr_inputs = {
-        f"LR input {rate}, upsampled": lr_input_frames(eval_set, i, Rate.parse(rate), codec)
-        for i, rate in enumerate(all_rates)
+        lr_label(rate): lr_input_frames(eval_set, i, Rate.parse(rate), codec) for i, rate in enumerate(all_rates)
     }
     results: dict = {
         "history_frames": base_cfg.train.history_frames,
@@ -194,6 +208,17 @@ def main() -> None:
             "psnr_one_step": metrics["psnr_one_step"],
             "psnr_by_scale": psnr_by_scale(truth, sampled, sizes),
             "psnr_one_step_by_scale": psnr_by_scale(truth, one_step, sizes),
+            "coarse_readout_fit": {  # where the mean guess's coarse picture comes from (its first rate's input)
+                s: coarse_readout_fit(one_step, lr_inputs[lr_label(cfg.history.rates[0])], eval_set.pixels, average, s)
+                for s in FIT_SIZES
+            }
+            if cfg.history.rates
+            else None,
+            "band_fit": {  # how much of its input's detail in each octave the mean guess copies
+                s: band_fit(one_step, lr_inputs[lr_label(cfg.history.rates[0])], s) for s in sizes if s % 2 == 0
+            }
+            if cfg.history.rates
+            else None,
         }
         if args.recent_frames:
             results["models"][label] |= recent_and_old(
@@ -224,6 +249,39 @@ def main() -> None:
         lines.append(f"| {cell(label)}, one-step mean guess | | | | {cells} |")
     for label, profile in results["references"].items():
         lines.append(f"| {cell(label)} | | | | " + " | ".join(f"{profile[s]:.2f}" for s in sizes) + " |")
+    fits = {label: m["coarse_readout_fit"] for label, m in results["models"].items() if m["coarse_readout_fit"]}
+    if fits:
+        lines += [
+            "",
+            "Where each one-step mean guess's coarse picture comes from: least squares of (guess − average frame) on "
+            "the queried frame's LR input (right token), its spatial mean (frame mean) and the window's mean frame "
+            "(history mean), each less the average frame; 1 − their sum is shrinkage toward the average. Slope: the "
+            "right token's weight alone; R²: the share of the guess the three explain.",
+            "",
+            "| | scale | " + " | ".join(READOUT_SOURCES) + " | shrinkage | slope | R² |",
+            "|---|---|" + "---|" * (len(READOUT_SOURCES) + 3),
+        ]
+        for label, by_size in fits.items():
+            for size, fit in by_size.items():
+                weights = [fit[name] for name in READOUT_SOURCES]
+                cells = [f"{v:.2f}" for v in (*weights, 1 - sum(weights), fit["slope"], fit["r2"])]
+                lines.append(f"| {cell(label)} | {size}×{size} | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            "The same mean guesses octave by octave (`band_fit`): the content between s/2×s/2 and s×s pixels of the "
+            "guess regressed on the LR input's; slope 1 copies the input's detail in that octave, below 1 flattens it; "
+            "R²: the share of the guess's octave that copy explains; energy: the guess's octave energy over the "
+            "input's. At 128 px a 4×4×2 token covers 32×32 pixels: the octaves up to 4×4 are between tokens, 8×8 and "
+            "16×16 inside one.",
+            "",
+            "| | " + " | ".join(f"{s // 2}→{s}" for s in next(iter(results["models"].values()))["band_fit"]) + " |",
+            "|---|" + "---|" * len(next(iter(results["models"].values()))["band_fit"]),
+        ]
+        for label, m in results["models"].items():
+            if m["band_fit"]:
+                bands = m["band_fit"].values()
+                cells = [f"{b['slope']:.2f} / {b['r2']:.2f} / {b['energy']:.2f}" for b in bands]
+                lines.append(f"| {cell(label)}: slope / R² / energy | " + " | ".join(cells) + " |")
     if args.recent_frames:
         lines += [
             "",

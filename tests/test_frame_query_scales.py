@@ -8,6 +8,9 @@ import torch.nn.functional as F
 
 from tinyhistory.config import load_config
 from tinyhistory.eval.frame_query import (
+    READOUT_SOURCES,
+    band_fit,
+    coarse_readout_fit,
     eval_set_for_clip,
     lr_input_frames,
     psnr_by_scale,
@@ -156,3 +159,41 @@ def test_the_one_step_mean_guess_comes_back_as_pixels_scored_as_the_metrics_say(
     true = batch_to_uint8(queried_pixels(eval_set))
     assert metrics["psnr_one_step"] == mean_metric(psnr_capped, true, batch_to_uint8(one_step))
     assert metrics["psnr_one_step"] == again["psnr_one_step"]
+
+
+def test_the_coarse_readout_fit_recovers_how_a_guess_mixes_its_sources():
+    """A guess built as 0.5 of the right token, 0.2 of the frame's mean and 0.1 of the history's mean (each as a
+    deviation from the average frame) is fitted back to those weights, 0.2 shrinkage and R² 1; a guess that puts the
+    right content in the wrong place carries little of the right token and leaves most of itself unexplained."""
+    torch.manual_seed(0)
+    b, k, t, size = 16, 2, 8, 16
+    window = torch.rand(b, 3, t, size, size) * 2 - 1  # (B, 3, T, H, W)
+    lr_input = window[:, :, :k]  # the queried frames' inputs (the first k frames)
+    average = torch.rand(1, 3, 1, size, size) * 0.2
+    frame_mean = lr_input.mean(dim=(-2, -1), keepdim=True)
+    history_mean = window.mean(dim=2, keepdim=True)
+    guess = average + 0.5 * (lr_input - average) + 0.2 * (frame_mean - average) + 0.1 * (history_mean - average)
+    fit = coarse_readout_fit(guess, lr_input, window, average, 4)
+    assert [round(fit[name], 4) for name in READOUT_SOURCES] == [0.5, 0.2, 0.1] and fit["r2"] > 0.9999
+    misplaced = coarse_readout_fit(lr_input.flip(-1).flip(-2), lr_input, window, average, 4)
+    assert misplaced["right token"] < 0.3 and misplaced["r2"] < 0.5
+    assert coarse_readout_fit(lr_input, lr_input, window, average, 2)["slope"] == pytest.approx(1.0)
+
+
+def test_a_band_fit_sees_which_octave_of_the_input_a_guess_copies():
+    """A guess with the input's content up to 4×4, half its 4→8 octave and nothing finer: slope 1 up to 4×4, slope
+    0.5 with R² 1 and a quarter of the energy at 8, no energy at 16; odd sizes are refused."""
+    torch.manual_seed(0)
+    lr_input = torch.rand(4, 3, 2, 16, 16) * 2 - 1  # (B, 3, k, H, W)
+    frames = lr_input.transpose(1, 2).reshape(-1, 3, 16, 16)
+
+    def up(size: int) -> torch.Tensor:  # the input area-averaged to size×size, back at 16×16 (nearest)
+        return F.interpolate(F.adaptive_avg_pool2d(frames, size), size=16, mode="nearest")
+
+    guess = (up(4) + 0.5 * (up(8) - up(4))).reshape(4, 2, 3, 16, 16).transpose(1, 2)
+    fits = {s: band_fit(guess, lr_input, s) for s in (2, 4, 8, 16)}
+    assert fits[2]["slope"] == pytest.approx(1.0) and fits[4]["slope"] == pytest.approx(1.0)
+    assert fits[8]["slope"] == pytest.approx(0.5) and fits[8]["r2"] == pytest.approx(1.0)
+    assert fits[8]["energy"] == pytest.approx(0.25) and fits[16]["energy"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="even size"):
+        band_fit(guess, lr_input, 3)

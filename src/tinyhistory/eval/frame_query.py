@@ -259,6 +259,77 @@ def psnr_by_scale(truth: torch.Tensor, other: torch.Tensor, sizes: list[int]) ->
     return out
 
 
+READOUT_SOURCES = ("right token", "frame mean", "history mean")
+
+
+def coarse_readout_fit(
+    mean_guess: torch.Tensor, lr_input: torch.Tensor, window_pixels: torch.Tensor, average: torch.Tensor, size: int
+) -> dict[str, float]:
+    """Where a mean guess's coarse picture comes from: least squares of ``mean_guess − average`` on three sources,
+    all area-averaged to ``size``×``size`` pixels (issue 22's 2×2 readout gap).
+
+    * ``right token``: the LR input of the queried frame (what the model should copy);
+    * ``frame mean``: that input's spatial mean over the frame (attention smeared over the frame's tokens);
+    * ``history mean``: the window's mean frame (attention smeared over the history's times).
+
+    Each source enters as its deviation from ``average`` (the average training frame, the unconditional guess), so the
+    weights say which share of each the guess carries; ``1 − Σ`` is shrinkage toward the average. Also ``slope``
+    (the right token's weight alone) and ``r2`` (the share of the guess's deviation the three explain; the rest is
+    neither copying nor smearing: misplacement or invention). ``mean_guess``, ``lr_input``: ``(B, 3, k, H, W)``;
+    ``window_pixels``: ``(B, 3, T, H, W)``; ``average``: broadcastable to ``(B, 3, k, H, W)``; all in [-1, 1].
+    """
+    b, c, k, h, w = mean_guess.shape
+    average = average.expand(b, c, k, h, w)
+
+    def pooled(x: torch.Tensor) -> torch.Tensor:  # (B, 3, k, H, W) → (B, 3, k, size, size)
+        frames = x.transpose(1, 2).reshape(-1, c, *x.shape[-2:]).double()
+        return F.adaptive_avg_pool2d(frames, size).reshape(b, x.shape[2], c, size, size).transpose(1, 2)
+
+    mu = pooled(average)
+    right = pooled(lr_input)
+    sources = [
+        right - mu,
+        right.mean(dim=(-2, -1), keepdim=True).expand_as(right) - mu,
+        pooled(window_pixels).mean(dim=2, keepdim=True).expand_as(right) - mu,
+    ]
+    y = (pooled(mean_guess) - mu).flatten()
+    x = torch.stack([src.flatten() for src in sources], dim=1)  # (N, 3)
+    weights = torch.linalg.lstsq(x, y[:, None]).solution[:, 0]
+    residual = y - x @ weights
+    slope = float((x[:, 0] @ y) / (x[:, 0] @ x[:, 0]))
+    fit = {name: float(v) for name, v in zip(READOUT_SOURCES, weights, strict=True)}
+    return fit | {"slope": slope, "r2": float(1 - residual.pow(2).sum() / y.pow(2).sum())}
+
+
+def band_fit(mean_guess: torch.Tensor, lr_input: torch.Tensor, size: int) -> dict[str, float]:
+    """How much of the LR input's detail in one octave a mean guess copies: both ``(B, 3, k, H, W)`` videos
+    area-averaged to ``size``×``size`` less their own ``size/2`` average upsampled (nearest), the content that
+    appears between the two scales; ``slope``: the input's band regressed onto the guess's (1: copied, below 1:
+    shrunk toward flat); ``r2``: the share of the guess's band that copy explains (the rest is invented or
+    misplaced); ``energy``: the guess's band energy over the input's.
+
+    :func:`coarse_readout_fit` at a fine scale is dominated by the coarse content that scale still holds; a band
+    isolates the detail inside a history token (at 128 px a 4×4×2 token covers 32×32 pixels: the bands at 8 and 16).
+    """
+    if size < 2 or size % 2:
+        raise ValueError(f"a band needs an even size ≥ 2 (its half is the coarser scale), got {size}")
+    c = mean_guess.shape[1]
+
+    def band(x: torch.Tensor) -> torch.Tensor:  # (B·k·3·size·size,) the octave's content
+        frames = x.transpose(1, 2).reshape(-1, c, *x.shape[-2:]).double()
+        fine = F.adaptive_avg_pool2d(frames, size)
+        coarse = F.interpolate(F.adaptive_avg_pool2d(frames, size // 2), size=size, mode="nearest")
+        return (fine - coarse).flatten()
+
+    y, x = band(mean_guess), band(lr_input)
+    slope = (x @ y) / (x @ x)
+    return {
+        "slope": float(slope),
+        "r2": float(1 - (y - slope * x).pow(2).sum() / y.pow(2).sum().clamp_min(1e-30)),
+        "energy": float(y.pow(2).sum() / x.pow(2).sum()),
+    }
+
+
 def lr_input_frames(eval_set: FrameQuerySet, index: int, rate: Rate, codec: Codec) -> torch.Tensor:
     """What LR branch ``index`` (of ``rate``) hands the DiT for each queried frame, as pixels: the LR latent of the
     temporal block holding the frame (clean: the mask spares it), decoded and bilinearly upsampled to full size.
