@@ -14,7 +14,8 @@ the rest:
 * the qualifying starts are ranked by ``recall − recent`` and taken greedily so that no two targets overlap.
 
 Such a target starts at a cut, and nothing in a teacher-forced history says that a cut comes next: a predictor with
-no cue must continue the shot it sees, memory or not (session 16 found every picked second starting at a cut). With
+no cue must continue the shot it sees, memory or not (of the 8 the miniature's held-out part gives, 7 start exactly
+at a cut and the eighth one frame later: consecutive-frame cosine 0.46-0.74 there against a median of 0.98). With
 ``cue = k`` the history ends with the first ``k`` frames of the returning shot instead, as a shot change announced
 by a storyboard or the first generated frame would: the cue frames are left out of both comparisons (``recent`` is
 the ``window`` frames before them) and must themselves look like the target, so the window still shows the other
