@@ -12,7 +12,9 @@ history and with it removed, on up to N long-range seconds (:mod:`tinyhistory.ev
 held-out seconds like something in the history outside the last ``--window`` frames and unlike those frames, where a
 memory can help and a sliding window cannot. Every row then carries the MobileNetV2 feature cosine to the truth too.
 Such a second starts at a cut that nothing in the history announces; ``--long-range-cue 0 1`` scores a second set
-whose history ends in the returning shot's first frame (the cue), as a storyboard's shot change would announce it.
+whose history ends in the returning shot's first frame (the cue), as a storyboard's shot change would announce it;
+``--long-range-recent N`` also scores them with only the last N history frames (the older history, where the shot
+was seen before, gone: what the memory adds); ``--long-range-only`` skips the evenly spaced windows.
 
     python scripts/next_second_scores.py --out DIR --history-frames 16 \\
         full=runs/i24/s2_full/final block_causal=runs/i24/s2_block_causal/final
@@ -57,6 +59,11 @@ def main() -> None:
         "--long-range-cue", type=int, nargs="+", default=[0], metavar="K",
         help="score a long-range set for each K: the history ends in K frames of the returning shot (default: 0)",
     )  # fmt: skip
+    parser.add_argument(
+        "--long-range-recent", type=int, default=0, metavar="N",
+        help="also score the long-range seconds with only the last N history frames (0: not)",
+    )  # fmt: skip
+    parser.add_argument("--long-range-only", action="store_true", help="skip the evenly spaced windows")
     add_low_noise_arguments(parser)
     args = parser.parse_args()
     started = time.time()
@@ -95,7 +102,7 @@ def main() -> None:
         settings, low_noise, expert = expert_settings(label, experts, args.boundary, model, cfg, plain)
         row |= expert
         rates.update({str(p.rate): p.rate for p in model.producers})
-        for mode in ("true", "removed", "foreign"):
+        for mode in () if args.long_range_only else ("true", "removed", "foreign"):
             print(f"[next second] {label}: history {mode}", flush=True)
             metrics, _ = evaluate_next_segment(
                 model, eval_set, text, codec, settings, features, history=mode, low_noise=low_noise
@@ -103,12 +110,14 @@ def main() -> None:
             row[mode] = metrics
         results["models"][label] = row
         for key, (section, lr_set) in long_range.items():
+            section["recent_frames"] = args.long_range_recent
             scores = section["models"][label] = {}
-            for mode in ("true", "removed"):
+            for mode in ("true", "removed", *(("recent",) if args.long_range_recent else ())):
                 print(f"[next second] {label}: {key} seconds, history {mode}", flush=True)
                 scores[mode], _ = evaluate_next_segment(
-                    model, lr_set, text, codec, settings, features, history=mode, low_noise=low_noise
-                )
+                    model, lr_set, text, codec, settings, features, history=mode, low_noise=low_noise,
+                    recent=args.long_range_recent,
+                )  # fmt: skip
     results["references"] = reference_metrics(eval_set, codec, list(rates.values()))
     results["seconds"] = round(time.time() - started, 1)
 
@@ -125,7 +134,8 @@ def main() -> None:
         "swapped | Δ removed | Δ swapped |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for label, row in results["models"].items():
+    scored = {label: row for label, row in results["models"].items() if "true" in row}  # not --long-range-only
+    for label, row in scored.items():
         cells = [label, str(row["steps"]), str(row["true"]["context_tokens"])]
         for key in ("psnr", "psnr_one_step"):
             true, removed, foreign = (row[mode][key] for mode in ("true", "removed", "foreign"))
@@ -140,7 +150,7 @@ def main() -> None:
             "| | with history | removed | swapped |",
             "|---|---|---|---|",
         ]
-        for label, row in results["models"].items():
+        for label, row in scored.items():
             cells = [f"{row[mode]['feature_to_truth']:.3f}" for mode in ("true", "removed", "foreign")]
             lines.append(f"| {cell(label)} | " + " | ".join(cells) + " |")
     lines += ["", "What copying the history reaches (no model):", "", "| reference | PSNR | SSIM |", "|---|---|---|"]
@@ -169,17 +179,32 @@ def long_range_lines(section: dict) -> list[str]:
         "## Long-range seconds: content from the history that the window no longer shows"
         + (f" (the history ends in a {cue}-frame cue of the returning shot)" if cue else ""),
         "",
-        section["protocol"] + ".",
+        section["protocol"]
+        + ". Each model with its whole history, with it removed"
+        + (
+            f" and with only its last {section['recent_frames']} history frames (recent only: the older history, "
+            "where the shot was seen before, gone)"
+            if section.get("recent_frames")
+            else ""
+        )
+        + "; Δ: that row less the whole history's.",
         "",
-        "| | PSNR | removed | Δ removed | feature cos. to truth | removed | Δ removed |",
-        "|---|---|---|---|---|---|---|",
+        "| | history | PSNR | Δ | feature cos. to truth | Δ |",
+        "|---|---|---|---|---|---|",
     ]
     for label, scores in section["models"].items():
-        true, removed = scores["true"], scores["removed"]
-        cells = [f"{true['psnr']:.2f}", f"{removed['psnr']:.2f}", f"{true['psnr'] - removed['psnr']:+.2f}"]
-        cos, cos_removed = true["feature_to_truth"], removed["feature_to_truth"]
-        cells += [f"{cos:.3f}", f"{cos_removed:.3f}", f"{cos - cos_removed:+.3f}"]
-        lines.append(f"| {cell(label)} | " + " | ".join(cells) + " |")
+        true = scores["true"]
+        for mode, name in (("true", "whole"), ("removed", "removed"), ("recent", "recent only")):
+            if mode not in scores:
+                continue
+            m = scores[mode]
+            psnr, cos = m["psnr"], m["feature_to_truth"]
+            deltas = (
+                ("", "")
+                if mode == "true"
+                else (f"{psnr - true['psnr']:+.2f}", f"{cos - true['feature_to_truth']:+.3f}")
+            )
+            lines.append(f"| {cell(label)} | {name} | {psnr:.2f} | {deltas[0]} | {cos:.3f} | {deltas[1]} |")
     return [*lines, "", *listing_table(section["seconds"])]
 
 

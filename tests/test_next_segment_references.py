@@ -54,8 +54,8 @@ def test_a_static_clip_is_copied_exactly_and_its_lr_input_loses_detail():
 
 
 def test_each_history_mode_is_what_the_model_sees_of_that_history(small_config):
-    """``window_context``: the window's own history, the next window's (swapped), or none; the history latents are
-    encoded once per codec and rates and reused by every mode and model."""
+    """``window_context``: the window's own history, the next window's (swapped), none, or its last frames only; the
+    history latents are encoded once per codec and rates and reused by every mode and model."""
     from tinyhistory.assemble import HistoryDiT, build_codec
     from tinyhistory.eval.next_segment import window_context
     from tinyhistory.history.base import lowres_latents_per_rate
@@ -80,3 +80,17 @@ def test_each_history_mode_is_what_the_model_sees_of_that_history(small_config):
     assert encodes.count((3, 3, 8, 64, 64)) == 1  # the HR history encoded once for both modes
     with pytest.raises(ValueError, match="history mode 'other'"):
         window_context(model, eval_set, codec, "other")
+    # recent: only the last 4 frames, encoded as if the history began there, at their true positions
+    px = eval_set.pixels[:, :, 4:8]
+    expected = model.history_context(real_encode(px), lowres_latents_per_rate(px, rates, uses_lr, codec), 4)
+    got = window_context(model, eval_set, codec, "recent", recent=4)
+    torch.testing.assert_close(got.tokens, expected.tokens)
+    whole = window_context(model, eval_set, codec, "true")
+    assert torch.equal(got.positions, expected.positions) and got.num_tokens < whole.num_tokens
+    assert int(got.positions[..., 0].min()) == 4  # the kept frames keep their place in the window
+    block = max(r.t for r in rates)
+    with pytest.raises(ValueError, match="recent history"):
+        window_context(model, eval_set, codec, "recent", recent=0)
+    if block > 1:
+        with pytest.raises(ValueError, match="whole temporal blocks"):
+            window_context(model, eval_set, codec, "recent", recent=block + 1)

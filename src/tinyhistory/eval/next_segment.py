@@ -30,6 +30,7 @@ from tinyhistory.backbones.base import ContextTokens
 from tinyhistory.data.windows import batch_to_uint8
 from tinyhistory.eval.metrics import per_frame, psnr_capped, ssim
 from tinyhistory.generate.session import SamplingSettings, sample_segment
+from tinyhistory.geometry import temporal_block
 from tinyhistory.history.base import lowres_latents, lowres_latents_per_rate
 from tinyhistory.text.condition import TextCondition
 
@@ -101,13 +102,16 @@ def next_segment_set(
     return NextSegmentSet(windows_px, starts, history_frames, segment, noise)
 
 
-HISTORY_MODES = ("true", "removed", "foreign")
+HISTORY_MODES = ("true", "removed", "foreign", "recent")
 
 
 @torch.no_grad()
-def window_context(model, eval_set: NextSegmentSet, codec, history: str = "true") -> ContextTokens | None:
+def window_context(
+    model, eval_set: NextSegmentSet, codec, history: str = "true", recent: int = 0
+) -> ContextTokens | None:
     """What ``model`` sees of each window's history (on the model's device): its own (``true``), the next window's
-    (``foreign``) or none (``removed``), encoded with the model's producers and sliding window."""
+    (``foreign``), none (``removed``), or only its last ``recent`` frames at their true positions (``recent``: the
+    older history gone, what a memory adds over them), encoded with the model's producers and sliding window."""
     if history not in HISTORY_MODES:
         raise ValueError(f"history mode {history!r} is not one of {HISTORY_MODES}")
     if history == "removed":
@@ -119,7 +123,18 @@ def window_context(model, eval_set: NextSegmentSet, codec, history: str = "true"
     shift = 1 if history == "foreign" else 0
     hr = hr.roll(shift, dims=0).to(device)
     lr = [x.roll(shift, dims=0).to(device) if x is not None else None for x in lr]
-    return model.history_context(hr, lr)
+    if history != "recent":
+        return model.history_context(hr, lr)
+    frames = hr.shape[2]
+    block = temporal_block(rates) if rates else 1
+    if not 0 < recent <= frames or (frames - recent) % block:
+        raise ValueError(
+            f"the recent history must be 1-{frames} frames and leave whole temporal blocks of {block} frames out "
+            f"before it (LR latents are per block), got {recent}"
+        )
+    first = frames - recent  # the frame the kept history starts at; LR latents cut at the same block boundary
+    lr = [x[:, :, first // r.t :] if x is not None else None for r, x in zip(rates, lr, strict=True)]
+    return model.history_context(hr[:, :, first:], lr, frame_offset=first)
 
 
 @torch.no_grad()
@@ -133,18 +148,20 @@ def evaluate_next_segment(
     lpips=None,
     history: str = "true",
     low_noise=None,
+    recent: int = 0,
 ) -> tuple[dict, np.ndarray]:
     """Metrics of one model; returns (metrics, generated frames ``(B·segment, H, W, 3)`` uint8).
 
-    ``history``: ``true`` (the window's own history), ``removed`` (no context at all) or ``foreign`` (the next
-    window's history: same statistics, wrong content) — the last two ask whether *this* model uses its history.
+    ``history``: ``true`` (the window's own history), ``removed`` (no context at all), ``foreign`` (the next
+    window's history: same statistics, wrong content) — these two ask whether *this* model uses its history — or
+    ``recent`` (only its last ``recent`` frames: whether it uses the *older* history, :func:`window_context`).
     ``low_noise``: a second expert's DiT for the steps below ``settings.boundary`` (without history, as in
     generation: :func:`~tinyhistory.generate.session.sample_segment`); the one-step estimate is ``model``'s (t = 1).
     """
     model.eval()
     device = next(model.parameters()).device
     h = eval_set.history_frames
-    context = window_context(model, eval_set, codec, history)
+    context = window_context(model, eval_set, codec, history, recent)
     b = eval_set.noise.shape[0]
     positions = torch.arange(h, h + eval_set.segment, device=device).expand(b, -1)
     noise, txt = eval_set.noise.to(device), text.to(device).expand(b)
