@@ -192,6 +192,7 @@ def main() -> None:
         "models": {},
     }
     samples, mean_guesses = {}, {}
+    band_sizes = [s for s in sizes if s % 2 == 0]  # each octave's upper scale (its half is the coarser one)
     for (label, model, cfg), (_, folder) in zip(loaded, pairs, strict=True):
         print(f"[scales] {label}: {folder} ({cfg.history.method}, rates {cfg.history.rates})")
         metrics, sampled, one_step = evaluate_method(
@@ -208,18 +209,17 @@ def main() -> None:
             "psnr_one_step": metrics["psnr_one_step"],
             "psnr_by_scale": psnr_by_scale(truth, sampled, sizes),
             "psnr_one_step_by_scale": psnr_by_scale(truth, one_step, sizes),
-            "coarse_readout_fit": {  # where the mean guess's coarse picture comes from (its first rate's input)
-                s: coarse_readout_fit(one_step, lr_inputs[lr_label(cfg.history.rates[0])], eval_set.pixels, average, s)
-                for s in FIT_SIZES
-            }
-            if cfg.history.rates
-            else None,
-            "band_fit": {  # how much of its input's detail in each octave the mean guess copies
-                s: band_fit(one_step, lr_inputs[lr_label(cfg.history.rates[0])], s) for s in sizes if s % 2 == 0
-            }
-            if cfg.history.rates
-            else None,
+            "coarse_readout_fit": None,
+            "band_fit": None,
         }
+        if cfg.history.rates:  # the fits hold the mean guess against its own (first) LR branch's input
+            own_input = lr_inputs[lr_label(cfg.history.rates[0])]
+            results["models"][label] |= {
+                "coarse_readout_fit": {
+                    s: coarse_readout_fit(one_step, own_input, eval_set.pixels, average, s) for s in FIT_SIZES
+                },
+                "band_fit": {s: band_fit(one_step, own_input, s) for s in band_sizes},
+            }
         if args.recent_frames:
             results["models"][label] |= recent_and_old(
                 metrics["per_window"], base_cfg.train.history_frames, args.recent_frames
@@ -274,8 +274,8 @@ def main() -> None:
             "input's. At 128 px a 4×4×2 token covers 32×32 pixels: the octaves up to 4×4 are between tokens, 8×8 and "
             "16×16 inside one.",
             "",
-            "| | " + " | ".join(f"{s // 2}→{s}" for s in next(iter(results["models"].values()))["band_fit"]) + " |",
-            "|---|" + "---|" * len(next(iter(results["models"].values()))["band_fit"]),
+            "| | " + " | ".join(f"{s // 2}→{s}" for s in band_sizes) + " |",
+            "|---|" + "---|" * len(band_sizes),
         ]
         for label, m in results["models"].items():
             if m["band_fit"]:

@@ -96,6 +96,7 @@ def main() -> None:
                 )  # fmt: skip
                 results[key] = found[0] if found else {"protocol": "no long-range seconds found", "cue_frames": cue}
                 if found:
+                    found[0]["recent_frames"] = args.long_range_recent
                     long_range[key] = found
         steps = trained_steps(folder) or trained_steps(folder.parent)  # a final/ from before it carried its log
         row = {"checkpoint": str(folder), "steps": steps, "rates": list(cfg.history.rates)}
@@ -110,7 +111,6 @@ def main() -> None:
             row[mode] = metrics
         results["models"][label] = row
         for key, (section, lr_set) in long_range.items():
-            section["recent_frames"] = args.long_range_recent
             scores = section["models"][label] = {}
             for mode in ("true", "removed", *(("recent",) if args.long_range_recent else ())):
                 print(f"[next second] {label}: {key} seconds, history {mode}", flush=True)

@@ -185,6 +185,11 @@ def evaluate_method(
     return (metrics, sampled_px, one_step_px) if one_step_pixels else (metrics, sampled_px)
 
 
+def _as_frames(x: torch.Tensor) -> torch.Tensor:
+    """A ``(B, 3, k, H, W)`` video as ``(B·k, 3, H, W)`` frames (2-D pooling works per frame)."""
+    return x.transpose(1, 2).reshape(-1, x.shape[1], *x.shape[-2:])
+
+
 def reference_metrics(
     eval_set: FrameQuerySet, train_pixels: torch.Tensor, codec=None, rates: list[str] | tuple[str, ...] = ()
 ) -> dict:
@@ -203,7 +208,7 @@ def reference_metrics(
     mean_frame = train_pixels.mean(dim=1)  # (3, H, W)
     average = batch_to_uint8(mean_frame[None, :, None].expand(b, c, k, h, w))
     out = {"average_training_frame": _scores(true, average)}
-    flat = truth.transpose(1, 2).reshape(b * k, c, h, w)
+    flat = _as_frames(truth)  # (B·k, 3, H, W)
     for size in (8, 16):
         thumb = F.interpolate(F.adaptive_avg_pool2d(flat, size), size=(h, w), mode="bilinear", align_corners=False)
         out[f"thumbnail_{size}x{size}_upsampled"] = _scores(
@@ -282,8 +287,8 @@ def coarse_readout_fit(
     average = average.expand(b, c, k, h, w)
 
     def pooled(x: torch.Tensor) -> torch.Tensor:  # (B, 3, k, H, W) → (B, 3, k, size, size)
-        frames = x.transpose(1, 2).reshape(-1, c, *x.shape[-2:]).double()
-        return F.adaptive_avg_pool2d(frames, size).reshape(b, x.shape[2], c, size, size).transpose(1, 2)
+        frames = F.adaptive_avg_pool2d(_as_frames(x).double(), size)
+        return frames.reshape(b, x.shape[2], c, size, size).transpose(1, 2)
 
     mu = pooled(average)
     right = pooled(lr_input)
@@ -313,10 +318,9 @@ def band_fit(mean_guess: torch.Tensor, lr_input: torch.Tensor, size: int) -> dic
     """
     if size < 2 or size % 2:
         raise ValueError(f"a band needs an even size ≥ 2 (its half is the coarser scale), got {size}")
-    c = mean_guess.shape[1]
 
     def band(x: torch.Tensor) -> torch.Tensor:  # (B·k·3·size·size,) the octave's content
-        frames = x.transpose(1, 2).reshape(-1, c, *x.shape[-2:]).double()
+        frames = _as_frames(x).double()
         fine = F.adaptive_avg_pool2d(frames, size)
         coarse = F.interpolate(F.adaptive_avg_pool2d(frames, size // 2), size=size, mode="nearest")
         return (fine - coarse).flatten()

@@ -126,7 +126,7 @@ def window_context(
     if history != "recent":
         return model.history_context(hr, lr)
     frames = hr.shape[2]
-    block = temporal_block(rates) if rates else 1
+    block = temporal_block(rates)  # 1 without encoders
     if not 0 < recent <= frames or (frames - recent) % block:
         raise ValueError(
             f"the recent history must be 1-{frames} frames and leave whole temporal blocks of {block} frames out "
