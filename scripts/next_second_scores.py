@@ -15,6 +15,9 @@ Such a second starts at a cut that nothing in the history announces; ``--long-ra
 whose history ends in the returning shot's first frame (the cue), as a storyboard's shot change would announce it;
 ``--long-range-recent N`` also scores them with only the last N history frames (the older history, where the shot
 was seen before, gone: what the memory adds); ``--long-range-only`` skips the evenly spaced windows.
+``--older N`` also scores the evenly spaced windows with the encoder's tokens of all but the last N history frames
+(no window: a ``train.history_gap`` step's view), against the history removed: whether a model reads anything but
+its last frames.
 
     python scripts/next_second_scores.py --out DIR --history-frames 16 \\
         full=runs/i24/s2_full/final block_causal=runs/i24/s2_block_causal/final
@@ -64,6 +67,10 @@ def main() -> None:
         help="also score the long-range seconds with only the last N history frames (0: not)",
     )  # fmt: skip
     parser.add_argument("--long-range-only", action="store_true", help="skip the evenly spaced windows")
+    parser.add_argument(
+        "--older", type=int, default=0, metavar="N",
+        help="also score the evenly spaced windows without their last N history frames (0: not)",
+    )  # fmt: skip
     add_low_noise_arguments(parser)
     args = parser.parse_args()
     started = time.time()
@@ -103,10 +110,11 @@ def main() -> None:
         settings, low_noise, expert = expert_settings(label, experts, args.boundary, model, cfg, plain)
         row |= expert
         rates.update({str(p.rate): p.rate for p in model.producers})
-        for mode in () if args.long_range_only else ("true", "removed", "foreign"):
+        modes = ("true", "removed", "foreign", *(("older",) if args.older else ()))
+        for mode in () if args.long_range_only else modes:
             print(f"[next second] {label}: history {mode}", flush=True)
             metrics, _ = evaluate_next_segment(
-                model, eval_set, text, codec, settings, features, history=mode, low_noise=low_noise
+                model, eval_set, text, codec, settings, features, history=mode, low_noise=low_noise, recent=args.older
             )
             row[mode] = metrics
         results["models"][label] = row
@@ -127,7 +135,8 @@ def main() -> None:
         f"# Teacher-forced next {eval_set.segment} frames after {args.history_frames} true history frames "
         f"({args.windows} held-out windows, {args.sample_steps} Euler steps, same noise for all)",
         "",
-        "Sampled (20 Euler steps from the fixed noise) and one-step (the mean guess x0 = ε − v(ε, 1)) PSNR, each with "
+        f"Sampled ({args.sample_steps} Euler steps from the fixed noise) and one-step (the mean guess "
+        "x0 = ε − v(ε, 1)) PSNR, each with "
         "the true history, with it removed and with another window's (swapped).",
         "",
         "| | steps | context tokens | PSNR | removed | swapped | Δ removed | Δ swapped | one-step PSNR | removed | "
@@ -153,6 +162,8 @@ def main() -> None:
         for label, row in scored.items():
             cells = [f"{row[mode]['feature_to_truth']:.3f}" for mode in ("true", "removed", "foreign")]
             lines.append(f"| {cell(label)} | " + " | ".join(cells) + " |")
+    if args.older and scored:
+        lines += older_lines(scored, args.older, features is not None)
     lines += ["", "What copying the history reaches (no model):", "", "| reference | PSNR | SSIM |", "|---|---|---|"]
     for name, ref in results["references"].items():
         lines.append(f"| {cell(name)} | {ref['psnr']:.2f} | {ref['ssim']:.3f} |")
@@ -169,6 +180,30 @@ def main() -> None:
 def long_range_key(cue: int) -> str:
     """The results key of the long-range set with a ``cue``-frame cue (``long_range`` without one, as before)."""
     return "long_range" if cue == 0 else f"long_range_cue{cue}"
+
+
+def older_lines(scored: dict, gap: int, with_features: bool) -> list[str]:
+    """The evenly spaced windows with the older history only (the last ``gap`` frames and the window gone) against
+    the whole history and none: a model that reads only its last frames scores as with none."""
+    metrics = ("psnr", "psnr_one_step", *(("feature_to_truth",) if with_features else ()))
+    names = {"psnr": "PSNR", "psnr_one_step": "one-step PSNR", "feature_to_truth": "feature cos."}
+    lines = [
+        "",
+        f"## The older history alone: all but the last {gap} history frames (encoder tokens, no window)",
+        "",
+        "Δ: older history less removed; above 0, the model reads history beyond its last frames.",
+        "",
+        "| | " + " | ".join(f"{names[k]}: whole | older | removed | Δ" for k in metrics) + " |",
+        "|---|" + "---|---|---|---|" * len(metrics),
+    ]
+    for label, row in scored.items():
+        cells = []
+        for key in metrics:
+            whole, older, removed = (row[mode][key] for mode in ("true", "older", "removed"))
+            digits = 3 if key == "feature_to_truth" else 2
+            cells += [f"{v:.{digits}f}" for v in (whole, older, removed)] + [f"{older - removed:+.{digits}f}"]
+        lines.append(f"| {cell(label)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def long_range_lines(section: dict) -> list[str]:

@@ -94,3 +94,31 @@ def test_each_history_mode_is_what_the_model_sees_of_that_history(small_config):
     if block > 1:
         with pytest.raises(ValueError, match="whole temporal blocks"):
             window_context(model, eval_set, codec, "recent", recent=block + 1)
+
+
+def test_older_history_mode_is_the_encoders_tokens_before_a_gap(small_config):
+    """``window_context(history="older")``: the history without its last frames (rounded up to whole temporal
+    blocks), encoded from frame 0 without the sliding window, as a ``train.history_gap`` step sees it."""
+    from tinyhistory.assemble import HistoryDiT, build_codec
+    from tinyhistory.eval.next_segment import window_context
+    from tinyhistory.history.base import lowres_latents_per_rate
+
+    cfg = small_config("history.sliding_window=2")
+    torch.manual_seed(0)
+    model = HistoryDiT.from_config(cfg).eval()
+    codec = build_codec(cfg.codec)
+    eval_set = next_segment_set(torch.rand(3, 40, 64, 64) * 2 - 1, codec, history_frames=8, segment=2, windows=3)
+    rates, uses_lr = [p.rate for p in model.producers], [p.uses_lr for p in model.producers]
+    block = max(r.t for r in rates)
+    keep = (8 - 3) // block * block  # the last 3 frames out, in whole blocks
+    px = eval_set.pixels[:, :, :keep]
+    expected = model.history_context(codec.encode(px), lowres_latents_per_rate(px, rates, uses_lr, codec), window=False)
+    got = window_context(model, eval_set, codec, "older", recent=3)
+    torch.testing.assert_close(got.tokens, expected.tokens)
+    assert torch.equal(got.positions, expected.positions)
+    assert int(got.positions[..., 0].max()) < keep  # nothing from the gap, nor the window's frames
+    if block > 1:  # one frame before the gap is less than a block: nothing is left
+        assert window_context(model, eval_set, codec, "older", recent=7) is None
+    for bad in (0, 8):
+        with pytest.raises(ValueError, match="older history leaves out the last 1-7 of 8 frames"):
+            window_context(model, eval_set, codec, "older", recent=bad)

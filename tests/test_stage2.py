@@ -11,7 +11,7 @@ from tinyhistory.geometry import Rate
 from tinyhistory.text.condition import TextCondition
 from tinyhistory.train import trainer as trainer_module
 from tinyhistory.train.checkpoint import load_model, save_weights
-from tinyhistory.train.objectives import make_next_segment_batch, noise_history, split_points
+from tinyhistory.train.objectives import drop_recent_history, make_next_segment_batch, noise_history, split_points
 from tinyhistory.train.trainer import train
 
 AR = ['train.stage="ar"', "train.history_frames=8", "train.segment_frames=2", "train.checkpoint_every=2"]
@@ -228,3 +228,40 @@ def test_history_noise_is_drawn_in_training_steps_only(small_config, tmp_path, m
         small_config("train.history_noise=0.3")
     with pytest.raises(ValueError, match="train.history_noise must be in \\[0, 1\\)"):
         small_config(*AR, "train.history_noise=1.0")
+
+
+def test_history_gap_drops_the_last_frames_in_whole_blocks_and_keeps_the_target_positions():
+    """``drop_recent_history``: the history loses its last frames (rounded up to whole temporal blocks), its LR
+    latents the same blocks, and the window; the targets, their noise and their true positions are untouched."""
+    hr = torch.arange(12, dtype=torch.float32).view(1, 1, 12, 1, 1).expand(2, 4, 12, 8, 8)
+    lr = [torch.arange(6, dtype=torch.float32).view(1, 1, 6, 1, 1).expand(2, 4, 6, 4, 4), None]
+    rates = [Rate.parse("2x2x2"), Rate.parse("4x4x1")]
+    batch = make_next_segment_batch(hr, lr, rates, segment=4, generator=torch.Generator().manual_seed(0), split=8)
+    cut = drop_recent_history(batch, 3, rates)  # 3 frames → 4 (whole 2-frame blocks)
+    assert cut.history[0, 0, :, 0, 0].tolist() == [0, 1, 2, 3] and cut.history_lr[0][0, 0, :, 0, 0].tolist() == [0, 1]
+    assert cut.history_lr[1] is None and cut.window is False and batch.window is True
+    assert torch.equal(cut.targets, batch.targets) and torch.equal(cut.noise, batch.noise)
+    assert cut.positions.tolist() == [[8, 9, 10, 11]] * 2
+    assert drop_recent_history(batch, 8, rates).history.shape[2] == 0  # a gap as long as the history: none left
+
+
+def test_history_gap_cuts_some_training_steps_only(small_config, tmp_path, monkeypatch):
+    """``train.history_gap``: about that fraction of training steps lose their last frames (from the run's seeded
+    generator, each then without its window), the held-out loss never; only stage II may ask for it."""
+    gaps: list[int] = []
+    original = trainer_module.drop_recent_history
+
+    def recording(batch, frames, rates):
+        gaps.append(frames)
+        return original(batch, frames, rates)
+
+    monkeypatch.setattr(trainer_module, "drop_recent_history", recording)
+    cfg = small_config(*AR, "train.steps=12", "train.history_gap=0.5", "train.history_gap_frames=2")
+    train(cfg, tmp_path / "run", progress=False)
+    assert 2 <= len(gaps) <= 10 and set(gaps) == {2}
+    with pytest.raises(ValueError, match="train.history_gap = 0.5 .* train.stage = 'frame-query'"):
+        small_config("train.history_gap=0.5")
+    with pytest.raises(ValueError, match="train.history_gap must be in \\[0, 1\\)"):
+        small_config(*AR, "train.history_gap=1.0")
+    with pytest.raises(ValueError, match="train.history_gap_frames must be > 0"):
+        small_config(*AR, "train.history_gap=0.5", "train.history_gap_frames=0")

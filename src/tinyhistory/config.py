@@ -362,6 +362,13 @@ class TrainConfig:
     # and a model that trusts every detail of its history copies and compounds its own errors. The held-out loss,
     # evaluation and generation keep the history as it is. 0: off.
     history_noise: float = 0.0
+    # Stage II (issue 22): this fraction of training steps leaves the last ``history_gap_frames`` latent frames of the
+    # history out (the encoder's and the window's alike; rounded up to whole temporal blocks), the targets at their
+    # true positions: the next segment is predicted across a gap from the older history alone. With the last frames
+    # always at hand the next second is read from them and nothing older is ever needed, so a shot that returns after
+    # a cut finds a model that never learned to reach back for it. Evaluation and generation keep the whole history.
+    history_gap: float = 0.0
+    history_gap_frames: int = 4
     freeze_encoder: bool = False  # ablation switch: keep the stage-I encoder fixed
     # A rate curriculum (issue 22): start from ``--init-from`` at *this* run's history.rates instead of the
     # checkpoint's. The DiT and its LoRA carry over, an encoder whose rate both share is kept, the others start fresh.
@@ -409,6 +416,17 @@ class TrainConfig:
             raise ValueError(
                 f"train.history_noise = {self.history_noise} noises stage II's clean history; this run has "
                 f'train.stage = {self.stage!r} (stage I masks its history instead; it needs "ar")'
+            )
+        if not 0.0 <= self.history_gap < 1.0:
+            raise ValueError(f"train.history_gap must be in [0, 1) (0: off), got {self.history_gap}")
+        if self.history_gap and self.stage != "ar":
+            raise ValueError(
+                f"train.history_gap = {self.history_gap} cuts stage II's history short of its targets; this run has "
+                f'train.stage = {self.stage!r} (it needs "ar")'
+            )
+        if self.history_gap and self.history_gap_frames <= 0:
+            raise ValueError(
+                f"train.history_gap_frames must be > 0 with train.history_gap, got {self.history_gap_frames}"
             )
         if self.lora_rank < 0:
             raise ValueError(f"train.lora_rank must be >= 0, got {self.lora_rank}")

@@ -102,7 +102,7 @@ def next_segment_set(
     return NextSegmentSet(windows_px, starts, history_frames, segment, noise)
 
 
-HISTORY_MODES = ("true", "removed", "foreign", "recent")
+HISTORY_MODES = ("true", "removed", "foreign", "recent", "older")
 
 
 @torch.no_grad()
@@ -110,8 +110,11 @@ def window_context(
     model, eval_set: NextSegmentSet, codec, history: str = "true", recent: int = 0
 ) -> ContextTokens | None:
     """What ``model`` sees of each window's history (on the model's device): its own (``true``), the next window's
-    (``foreign``), none (``removed``), or only its last ``recent`` frames at their true positions (``recent``: the
-    older history gone, what a memory adds over them), encoded with the model's producers and sliding window."""
+    (``foreign``), none (``removed``), only its last ``recent`` frames at their true positions (``recent``: the
+    older history gone, what a memory adds over them), or all but them (``older``: the encoder's tokens of the
+    history before its last ``recent`` frames, rounded up to whole temporal blocks, without the sliding window, as a
+    ``train.history_gap`` step sees it: whether the model reads anything but its last frames), encoded with the
+    model's producers and sliding window."""
     if history not in HISTORY_MODES:
         raise ValueError(f"history mode {history!r} is not one of {HISTORY_MODES}")
     if history == "removed":
@@ -123,10 +126,18 @@ def window_context(
     shift = 1 if history == "foreign" else 0
     hr = hr.roll(shift, dims=0).to(device)
     lr = [x.roll(shift, dims=0).to(device) if x is not None else None for x in lr]
-    if history != "recent":
+    if history not in ("recent", "older"):
         return model.history_context(hr, lr)
     frames = hr.shape[2]
     block = temporal_block(rates)  # 1 without encoders
+    if history == "older":
+        if not 0 < recent < frames:
+            raise ValueError(f"the older history leaves out the last 1-{frames - 1} of {frames} frames, got {recent}")
+        keep = (frames - recent) // block * block  # LR latents are per block: whole blocks before the gap
+        if keep == 0:
+            return None
+        lr = [x[:, :, : keep // r.t] if x is not None else None for r, x in zip(rates, lr, strict=True)]
+        return model.history_context(hr[:, :, :keep], lr, window=False)
     if not 0 < recent <= frames or (frames - recent) % block:
         raise ValueError(
             f"the recent history must be 1-{frames} frames and leave whole temporal blocks of {block} frames out "
@@ -154,7 +165,8 @@ def evaluate_next_segment(
 
     ``history``: ``true`` (the window's own history), ``removed`` (no context at all), ``foreign`` (the next
     window's history: same statistics, wrong content) — these two ask whether *this* model uses its history — or
-    ``recent`` (only its last ``recent`` frames: whether it uses the *older* history, :func:`window_context`).
+    ``recent`` (only its last ``recent`` frames: whether it uses the *older* history, :func:`window_context`) or
+    ``older`` (all but its last ``recent`` frames: whether it reads the older history at all).
     ``low_noise``: a second expert's DiT for the steps below ``settings.boundary`` (without history, as in
     generation: :func:`~tinyhistory.generate.session.sample_segment`); the one-step estimate is ``model``'s (t = 1).
     """

@@ -174,6 +174,21 @@ def noise_history(batch: NextSegmentBatch, max_level: float, generator: torch.Ge
     return replace(batch, history=noised(batch.history), history_lr=[noised(x) for x in batch.history_lr])
 
 
+def drop_recent_history(batch: NextSegmentBatch, frames: int, rates: list[Rate]) -> NextSegmentBatch:
+    """The batch with the last ``frames`` frames of its history gone, rounded up to whole temporal blocks (LR latents
+    are per block), and the sliding window with them (``train.history_gap``): the targets keep their true positions,
+    so they are predicted across a gap from the older history alone. A history no longer than the gap becomes none.
+
+    Why: the next second resembles the last frames, so a model that always has them reads them and nothing older;
+    a returning shot is only recalled by a model that learned to reach past them."""
+    block = temporal_block(rates)
+    keep = max(0, batch.history.shape[2] - frames) // block * block  # frames of history left, whole blocks
+    history_lr = [
+        x[:, :, : keep // r.t] if x is not None else None for r, x in zip(rates, batch.history_lr, strict=True)
+    ]
+    return replace(batch, history=batch.history[:, :, :keep], history_lr=history_lr, window=False)
+
+
 def next_segment_loss(model, batch: NextSegmentBatch, text: TextCondition) -> torch.Tensor:
     """Velocity MSE on the target segment, conditioned on everything the model sees of the clean history."""
     context = model.history_context(batch.history, batch.history_lr, window=batch.window)
@@ -194,6 +209,7 @@ class FrameQueryObjective:
         self.text_dropout = 0.0  # the paper conditions stage I on the storyboard prompt throughout
         self.window_dropout = 0.0  # stage I has no sliding window
         self.history_noise = 0.0  # stage I masks its history instead
+        self.history_gap = 0.0
 
     def batch(self, hr: torch.Tensor, lr: list[torch.Tensor | None], rates: list[Rate], generator) -> FrameQueryBatch:
         tc = self.train
@@ -219,6 +235,7 @@ class NextSegmentObjective:
         self.text_dropout = train.text_dropout
         self.window_dropout = train.window_dropout
         self.history_noise = train.history_noise
+        self.history_gap = train.history_gap
 
     def batch(self, hr: torch.Tensor, lr: list[torch.Tensor | None], rates: list[Rate], generator) -> NextSegmentBatch:
         tc = self.train
@@ -226,7 +243,7 @@ class NextSegmentObjective:
 
     def prompt_span(self, batch: NextSegmentBatch) -> tuple[int, int]:
         """The paper's rule: the storyboard shot nearest to the target segment."""
-        first = batch.history.shape[2]
+        first = int(batch.positions[0, 0])  # the targets' true position (a history gap leaves it)
         return first, first + batch.targets.shape[2]
 
     def loss(self, model, batch: NextSegmentBatch, text: TextCondition) -> torch.Tensor:

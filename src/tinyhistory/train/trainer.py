@@ -48,7 +48,7 @@ from tinyhistory.train.checkpoint import (
 )
 from tinyhistory.train.ema import EMA
 from tinyhistory.train.lora import LORA_FILE, add_lora, has_lora
-from tinyhistory.train.objectives import Objective, drop_text, noise_history, objective_for
+from tinyhistory.train.objectives import Objective, drop_recent_history, drop_text, noise_history, objective_for
 
 SNAPSHOTS = "snapshots"  # OUT/snapshots/step_NNNNNN/ (train.snapshot_every)
 
@@ -399,6 +399,8 @@ def _train(
                 text_batch = drop_text(text_batch, empty.like(text_batch), objective.text_dropout, generator)
             if objective.window_dropout > 0:  # some steps predict from the encoder's tokens alone
                 batch.window = bool(torch.rand((), generator=generator) >= objective.window_dropout)
+            if objective.history_gap > 0 and bool(torch.rand((), generator=generator) < objective.history_gap):
+                batch = drop_recent_history(batch, tc.history_gap_frames, train_sampler.rates)  # across a gap
             if objective.history_noise > 0:  # the history as a streamed continuation hands it: imperfect
                 batch = noise_history(batch, objective.history_noise, generator)
             loss = stage_loss(_to(batch, device), text_batch.to(device))
