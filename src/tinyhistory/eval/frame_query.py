@@ -190,39 +190,47 @@ def _as_frames(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(-1, x.shape[1], *x.shape[-2:])
 
 
-def reference_metrics(
+def reference_frames(
     eval_set: FrameQuerySet, train_pixels: torch.Tensor, codec=None, rates: list[str] | tuple[str, ...] = ()
-) -> dict:
-    """Trivial references on the queried frames: average training frame; 8×8 and 16×16 thumbnails upsampled; given
-    a lossy ``codec``, its reconstruction of the true frames (the ceiling of any model that paints through it; a
-    lossless codec's is exact and left out); and, for each of ``rates`` (the set's LR latents, in order), what that
-    LR branch hands the DiT, upsampled (:func:`lr_input_frames`: a model with that branch could copy it)."""
+) -> dict[str, torch.Tensor]:
+    """The trivial references' frames ``(B, 3, k, H, W)`` in [-1, 1] for the queried frames, by name: the average
+    training frame; 8×8 and 16×16 thumbnails upsampled; for each of ``rates`` (the set's LR latents, in order), what
+    that LR branch hands the DiT, upsampled (:func:`lr_input_frames`: a model with that branch could copy it), and
+    that with another window's detail; given a lossy ``codec``, its reconstruction of the true frames (the ceiling of
+    any model that paints through it; a lossless codec's is exact and left out)."""
     truth = queried_pixels(eval_set)  # (B, 3, k, H, W)
-    true = batch_to_uint8(truth)
     b, c, k, h, w = truth.shape
-    ceiling = {}
-    if codec is not None:
-        recon = batch_to_uint8(codec.decode(codec.encode(truth)))
-        if not np.array_equal(recon, true):
-            ceiling = {"codec_reconstruction": _scores(true, recon)}
     mean_frame = train_pixels.mean(dim=1)  # (3, H, W)
-    average = batch_to_uint8(mean_frame[None, :, None].expand(b, c, k, h, w))
-    out = {"average_training_frame": _scores(true, average)}
+    out = {"average_training_frame": mean_frame[None, :, None].expand(b, c, k, h, w)}
     flat = _as_frames(truth)  # (B·k, 3, H, W)
     for size in (8, 16):
         thumb = F.interpolate(F.adaptive_avg_pool2d(flat, size), size=(h, w), mode="bilinear", align_corners=False)
-        out[f"thumbnail_{size}x{size}_upsampled"] = _scores(
-            true, batch_to_uint8(thumb.reshape(b, k, c, h, w).transpose(1, 2))
-        )
+        out[f"thumbnail_{size}x{size}_upsampled"] = thumb.reshape(b, k, c, h, w).transpose(1, 2)
     if rates and codec is None:
         raise ValueError("the LR-input references need the codec that made the set's LR latents")
     for index, rate in enumerate(rates):
         upsampled = lr_input_frames(eval_set, index, Rate.parse(rate), codec)
-        out[f"lr_input_{rate}_upsampled"] = _scores(true, batch_to_uint8(upsampled))
+        out[f"lr_input_{rate}_upsampled"] = upsampled
         if b > 1:  # another window's detail needs another window
-            sample = with_foreign_detail(truth, upsampled)
-            out[f"lr_input_{rate}_with_foreign_detail"] = _scores(true, batch_to_uint8(sample))
-    return out | ceiling
+            out[f"lr_input_{rate}_with_foreign_detail"] = with_foreign_detail(truth, upsampled)
+    if codec is not None:
+        recon = codec.decode(codec.encode(truth))
+        if not np.array_equal(batch_to_uint8(recon), batch_to_uint8(truth)):
+            out["codec_reconstruction"] = recon
+    return out
+
+
+def reference_metrics(
+    eval_set: FrameQuerySet, train_pixels: torch.Tensor, codec=None, rates: list[str] | tuple[str, ...] = ()
+) -> dict:
+    """PSNR and SSIM of each of :func:`reference_frames` on the queried frames."""
+    return score_references(queried_pixels(eval_set), reference_frames(eval_set, train_pixels, codec, rates))
+
+
+def score_references(truth: torch.Tensor, frames: dict[str, torch.Tensor]) -> dict:
+    """PSNR and SSIM of each named reference ``(B, 3, k, H, W)`` against ``truth``."""
+    true = batch_to_uint8(truth)
+    return {name: _scores(true, batch_to_uint8(f)) for name, f in frames.items()}
 
 
 def _scores(true: np.ndarray, frames: np.ndarray) -> dict[str, float]:
@@ -377,22 +385,13 @@ def frame_query_report(
     # evaluated video itself), thumbnails, each LR branch's own input upsampled (what copying it would reach) and the
     # codec's reconstruction (the ceiling); and every row's PSNR by scale, where a model that knows the layout but
     # cannot paint inside a history block stays high at small scales and falls towards the average frame.
-    references = reference_metrics(eval_set, pixels, codec, cfg.history.rates)
+    frames = reference_frames(eval_set, pixels, codec, cfg.history.rates)  # each decoded once, scored twice
     truth = queried_pixels(eval_set)
+    references = score_references(truth, frames)
     sizes = [s for s in (2, 4, 8, 16, 32, 64, 128, 256) if s < truth.shape[-1]] + [truth.shape[-1]]
-    b, c, k, h, w = truth.shape
-    profiles = {
-        "model": psnr_by_scale(truth, sampled, sizes),
-        "average_training_frame": psnr_by_scale(truth, pixels.mean(dim=1)[None, :, None].expand(b, c, k, h, w), sizes),
-    }
-    for index, rate in enumerate(cfg.history.rates):
-        upsampled = lr_input_frames(eval_set, index, Rate.parse(rate), codec)
-        profiles[f"lr_input_{rate}_upsampled"] = psnr_by_scale(truth, upsampled, sizes)
-        if b > 1:
-            sample = with_foreign_detail(truth, upsampled)
-            profiles[f"lr_input_{rate}_with_foreign_detail"] = psnr_by_scale(truth, sample, sizes)
-    if "codec_reconstruction" in references:
-        profiles["codec_reconstruction"] = psnr_by_scale(truth, codec.decode(codec.encode(truth)), sizes)
+    profiles = {"model": psnr_by_scale(truth, sampled, sizes)}
+    # the thumbnails are exact at their own scale and below: their profile says nothing
+    profiles |= {n: psnr_by_scale(truth, f, sizes) for n, f in frames.items() if not n.startswith("thumbnail")}
     report = {
         "checkpoint": str(checkpoint),
         "video": str(video),
