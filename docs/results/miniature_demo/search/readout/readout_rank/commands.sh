@@ -15,3 +15,8 @@ OMP_NUM_THREADS=1 tinyhistory train "${COMMON[@]}" --set history.phase_readout=6
 OMP_NUM_THREADS=1 python scripts/frame_query_scales.py --out docs/results/miniature_demo/search/readout/readout_rank/step500 \
     "phase readout r16, seed 1, 500 of 2000=runs/miniature/s15/readout16_shift5_seed1/snapshots/step_000500" \
     "phase readout r64, seed 1, 500 of 2000=$T/readout64_shift5_seed1/snapshots/step_000500"
+# Session 17: the same command resumed the run (its --stop-after counts from the resumed step) and was stopped cleanly
+# at step 1119 to give the CPU to stage-II runs; scored at its 1,000-step snapshot against the r16 run's
+OMP_NUM_THREADS=1 python scripts/frame_query_scales.py --out docs/results/miniature_demo/search/readout/readout_rank/step1000 \
+    "phase readout r16, seed 1, 1000 of 2000=runs/miniature/s15/readout16_shift5_seed1/snapshots/step_001000" \
+    "phase readout r64, seed 1, 1000 of 2000=$T/readout64_shift5_seed1/snapshots/step_001000"
