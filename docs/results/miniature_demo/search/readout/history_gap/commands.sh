@@ -50,3 +50,8 @@ OMP_NUM_THREADS=1 python scripts/next_second_scores.py --history-frames 24 --lon
     --out $R/hnoise05 "$H05"
 OMP_NUM_THREADS=1 python scripts/continuation_scores.py --out $R/continuation_none_shift5 --history-frames 24 --seconds 20 \
     --starts 3 "no history, shift 5, 600=$T/none_shift5/snapshots/step_000600"
+# Paired streaming references for the table: the seed-1 window-dropout model without noise, and the window alone
+OMP_NUM_THREADS=1 python scripts/continuation_scores.py --history-frames 24 --seconds 20 --starts 3 --out $R/continuation_dropout05_seed1 \
+    "encoder + window 2, window dropout 0.5, seed 1, no noise, 600=runs/miniature/s16/win2_dropout05_seed1/snapshots/step_000600"
+OMP_NUM_THREADS=1 python scripts/continuation_scores.py --history-frames 24 --seconds 20 --starts 3 --out $R/continuation_window3 \
+    "window 3 alone, shift 5, 600=runs/miniature/s16/window3_plain/snapshots/step_000600"

@@ -20,3 +20,7 @@ OMP_NUM_THREADS=1 python scripts/frame_query_scales.py --out docs/results/miniat
 OMP_NUM_THREADS=1 python scripts/frame_query_scales.py --out docs/results/miniature_demo/search/readout/readout_rank/step1000 \
     "phase readout r16, seed 1, 1000 of 2000=runs/miniature/s15/readout16_shift5_seed1/snapshots/step_001000" \
     "phase readout r64, seed 1, 1000 of 2000=$T/readout64_shift5_seed1/snapshots/step_001000"
+# ... resumed again and stopped cleanly at step 1,584; its 1,500-step snapshot against the r16 run's
+OMP_NUM_THREADS=1 python scripts/frame_query_scales.py --out docs/results/miniature_demo/search/readout/readout_rank/step1500 \
+    "phase readout r16, seed 1, 1500 of 2000=runs/miniature/s15/readout16_shift5_seed1/snapshots/step_001500" \
+    "phase readout r64, seed 1, 1500 of 2000=$T/readout64_shift5_seed1/snapshots/step_001500"
