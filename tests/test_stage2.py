@@ -26,6 +26,19 @@ def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
 
+def _record_calls(monkeypatch, name: str) -> list[tuple]:
+    """Wrap the trainer's ``name`` so that every call's positional arguments are recorded (the list returned)."""
+    calls: list[tuple] = []
+    original = getattr(trainer_module, name)
+
+    def recording(*args):
+        calls.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(trainer_module, name, recording)
+    return calls
+
+
 def test_stage2_defaults_apply_only_to_stage_ar():
     stage1 = load_config("tiny")
     stage2 = load_config("tiny", overrides=['train.stage="ar"'])
@@ -212,16 +225,9 @@ def test_history_noise_noises_each_samples_history_and_lr_alike_and_leaves_the_t
 def test_history_noise_is_drawn_in_training_steps_only(small_config, tmp_path, monkeypatch):
     """``train.history_noise``: every training step's history is noised (from the run's generator), the held-out
     loss's never (it does not pass through the step); only stage II may ask for it."""
-    calls: list[float] = []
-    original = trainer_module.noise_history
-
-    def recording(batch, max_level, generator):
-        calls.append(max_level)
-        return original(batch, max_level, generator)
-
-    monkeypatch.setattr(trainer_module, "noise_history", recording)
+    calls = _record_calls(monkeypatch, "noise_history")
     train(small_config(*AR, "train.steps=4", "train.history_noise=0.3"), tmp_path / "run", progress=False)
-    assert calls == [0.3] * 4
+    assert [max_level for _, max_level, _ in calls] == [0.3] * 4
     train(small_config(*AR, "train.steps=2"), tmp_path / "clean", progress=False)
     assert len(calls) == 4  # off by default
     with pytest.raises(ValueError, match="train.history_noise = 0.3 .* train.stage = 'frame-query'"):
@@ -248,17 +254,10 @@ def test_history_gap_drops_the_last_frames_in_whole_blocks_and_keeps_the_target_
 def test_history_gap_cuts_some_training_steps_only(small_config, tmp_path, monkeypatch):
     """``train.history_gap``: about that fraction of training steps lose their last frames (from the run's seeded
     generator, each then without its window), the held-out loss never; only stage II may ask for it."""
-    gaps: list[int] = []
-    original = trainer_module.drop_recent_history
-
-    def recording(batch, frames, rates):
-        gaps.append(frames)
-        return original(batch, frames, rates)
-
-    monkeypatch.setattr(trainer_module, "drop_recent_history", recording)
+    calls = _record_calls(monkeypatch, "drop_recent_history")
     cfg = small_config(*AR, "train.steps=12", "train.history_gap=0.5", "train.history_gap_frames=2")
     train(cfg, tmp_path / "run", progress=False)
-    assert 2 <= len(gaps) <= 10 and set(gaps) == {2}
+    assert 2 <= len(calls) <= 10 and {frames for _, frames, _ in calls} == {2}
     with pytest.raises(ValueError, match="train.history_gap = 0.5 .* train.stage = 'frame-query'"):
         small_config("train.history_gap=0.5")
     with pytest.raises(ValueError, match="train.history_gap must be in \\[0, 1\\)"):

@@ -31,7 +31,7 @@ from tinyhistory.data.windows import batch_to_uint8
 from tinyhistory.eval.metrics import per_frame, psnr_capped, ssim
 from tinyhistory.generate.session import SamplingSettings, sample_segment
 from tinyhistory.geometry import temporal_block
-from tinyhistory.history.base import lowres_latents, lowres_latents_per_rate
+from tinyhistory.history.base import lowres_latents, lowres_latents_per_rate, lr_frames
 from tinyhistory.text.condition import TextCondition
 
 
@@ -136,16 +136,14 @@ def window_context(
         keep = (frames - recent) // block * block  # LR latents are per block: whole blocks before the gap
         if keep == 0:
             return None
-        lr = [x[:, :, : keep // r.t] if x is not None else None for r, x in zip(rates, lr, strict=True)]
-        return model.history_context(hr[:, :, :keep], lr, window=False)
+        return model.history_context(hr[:, :, :keep], lr_frames(lr, rates, 0, keep), window=False)
     if not 0 < recent <= frames or (frames - recent) % block:
         raise ValueError(
             f"the recent history must be 1-{frames} frames and leave whole temporal blocks of {block} frames out "
             f"before it (LR latents are per block), got {recent}"
         )
     first = frames - recent  # the frame the kept history starts at; LR latents cut at the same block boundary
-    lr = [x[:, :, first // r.t :] if x is not None else None for r, x in zip(rates, lr, strict=True)]
-    return model.history_context(hr[:, :, first:], lr, frame_offset=first)
+    return model.history_context(hr[:, :, first:], lr_frames(lr, rates, first), frame_offset=first)
 
 
 @torch.no_grad()

@@ -98,6 +98,17 @@ def lowres_latents_per_rate(
     return [lowres_latents(pixels, r, codec) if use else None for r, use in zip(rates, uses_lr, strict=True)]
 
 
+def lr_frames(
+    lr: list[torch.Tensor | None], rates: list[Rate], start: int, stop: int | None = None
+) -> list[torch.Tensor | None]:
+    """Each producer's LR latents ``(B, C, T/rT, h, w)`` of history frames ``start`` to ``stop`` (None: the end),
+    both on a block boundary of every rate (one LR latent frame per temporal block); ``None`` stays ``None``."""
+    return [
+        x[:, :, start // r.t : None if stop is None else stop // r.t] if x is not None else None
+        for r, x in zip(rates, lr, strict=True)
+    ]
+
+
 def no_producer(method: str, rate: str, history, backbone) -> None:
     """``history.method = "no_history"``: the model sees no history tokens."""
     return None

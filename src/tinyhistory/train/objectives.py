@@ -26,6 +26,7 @@ from tinyhistory.backbones import ContextTokens
 from tinyhistory.config import TrainConfig
 from tinyhistory.flow import add_noise, add_noise_per_frame, sample_mask_levels, velocity_target
 from tinyhistory.geometry import Rate, temporal_block
+from tinyhistory.history.base import lr_frames
 from tinyhistory.text.condition import TextCondition
 
 
@@ -152,7 +153,7 @@ def make_next_segment_batch(
         split = points[int(torch.randint(0, len(points), (1,), generator=generator))]
     elif split not in points:
         raise ValueError(f"split {split} is not one of the valid history lengths {points}")
-    history_lr = [x[:, :, : split // r.t] if x is not None else None for r, x in zip(rates, lr, strict=True)]
+    history_lr = lr_frames(lr, rates, 0, split)
     targets = hr[:, :, split : split + segment]
     positions = torch.arange(split, split + segment).expand(b, segment)
     noise = torch.randn(targets.shape, generator=generator)
@@ -183,9 +184,7 @@ def drop_recent_history(batch: NextSegmentBatch, frames: int, rates: list[Rate])
     a returning shot is only recalled by a model that learned to reach past them."""
     block = temporal_block(rates)
     keep = max(0, batch.history.shape[2] - frames) // block * block  # frames of history left, whole blocks
-    history_lr = [
-        x[:, :, : keep // r.t] if x is not None else None for r, x in zip(rates, batch.history_lr, strict=True)
-    ]
+    history_lr = lr_frames(batch.history_lr, rates, 0, keep)
     return replace(batch, history=batch.history[:, :, :keep], history_lr=history_lr, window=False)
 
 
@@ -209,7 +208,7 @@ class FrameQueryObjective:
         self.text_dropout = 0.0  # the paper conditions stage I on the storyboard prompt throughout
         self.window_dropout = 0.0  # stage I has no sliding window
         self.history_noise = 0.0  # stage I masks its history instead
-        self.history_gap = 0.0
+        self.history_gap = 0.0  # stage I has no next segment to predict across a gap
 
     def batch(self, hr: torch.Tensor, lr: list[torch.Tensor | None], rates: list[Rate], generator) -> FrameQueryBatch:
         tc = self.train
