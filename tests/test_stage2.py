@@ -11,7 +11,13 @@ from tinyhistory.geometry import Rate
 from tinyhistory.text.condition import TextCondition
 from tinyhistory.train import trainer as trainer_module
 from tinyhistory.train.checkpoint import load_model, save_weights
-from tinyhistory.train.objectives import drop_recent_history, make_next_segment_batch, noise_history, split_points
+from tinyhistory.train.objectives import (
+    drop_recent_history,
+    make_next_segment_batch,
+    noise_history,
+    splice_cutaway,
+    split_points,
+)
 from tinyhistory.train.trainer import train
 
 AR = ['train.stage="ar"', "train.history_frames=8", "train.segment_frames=2", "train.checkpoint_every=2"]
@@ -264,3 +270,43 @@ def test_history_gap_cuts_some_training_steps_only(small_config, tmp_path, monke
         small_config(*AR, "train.history_gap=1.0")
     with pytest.raises(ValueError, match="train.history_gap_frames must be > 0"):
         small_config(*AR, "train.history_gap=0.5", "train.history_gap_frames=0")
+
+
+def test_a_cutaway_replaces_whole_blocks_of_history_with_another_windows_frames():
+    """``splice_cutaway``: frames [2, 6) of every window come from the other windows, the LR latents of the same
+    blocks with them; the frames before and after (the shot, and its return) are untouched."""
+    hr = torch.arange(10, dtype=torch.float32).view(1, 1, 10, 1, 1).expand(2, 4, 10, 8, 8)
+    other = -1 - hr
+    rates = [Rate.parse("4x4x2")]
+    lr, other_lr = [hr[:, :, ::2, :2, :2].clone()], [other[:, :, ::2, :2, :2].clone()]
+    spliced, spliced_lr = splice_cutaway(hr, lr, other, other_lr, rates, start=2, length=4)
+    assert spliced[0, 0, :, 0, 0].tolist() == [0, 1, -3, -4, -5, -6, 6, 7, 8, 9]
+    assert spliced_lr[0][0, 0, :, 0, 0].tolist() == [0, -3, -5, 6, 8]
+    assert splice_cutaway(hr, [None], other, [None], rates, 2, 4)[1] == [None]
+    with pytest.raises(ValueError, match=r"frames \[3, 7\) must lie in the 10-frame window on 2-frame block"):
+        splice_cutaway(hr, lr, other, other_lr, rates, start=3, length=4)
+
+
+def test_cutaway_steps_splice_another_window_before_a_full_history_target(small_config, tmp_path, monkeypatch):
+    """``train.cutaway_share``: about that share of training steps splice frames of other windows into the history
+    so that it ends in one block (the cue) of its own shot before the target, split with the whole history; the
+    held-out loss never; a cut-away that leaves no older history is refused before the first step."""
+    calls = []
+    original = trainer_module.batch_for
+
+    def recording(objective, sampler, picks, generator, caption, split=None, cutaway=None):
+        calls.append((split, cutaway))
+        return original(objective, sampler, picks, generator, caption, split, cutaway)
+
+    monkeypatch.setattr(trainer_module, "batch_for", recording)
+    train(small_config(*AR, "train.steps=10", "train.cutaway_share=0.5", "train.cutaway_frames=2"), tmp_path / "r")
+    cut = [(split, c) for split, c in calls if c is not None]
+    assert 2 <= len(cut) <= 8, calls  # about half of 10 steps, from the run's seeded generator
+    # history_frames 8, segment 2: history 6 = older 2 + cut-away 2 + cue 2
+    assert all(split == 6 and (c.start, c.length, len(c.picks)) == (2, 2, 2) for split, c in cut)
+    with pytest.raises(
+        ValueError, match="train.cutaway_frames = 3 .4 frames in whole 2-frame blocks. and a 2-frame cue"
+    ):
+        train(small_config(*AR, "train.steps=1", "train.cutaway_share=0.5", "train.cutaway_frames=3"), tmp_path / "x")
+    with pytest.raises(ValueError, match="train.cutaway_share = 0.5 cuts away inside stage II"):
+        small_config("train.cutaway_share=0.5")

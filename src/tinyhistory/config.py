@@ -369,6 +369,19 @@ class TrainConfig:
     # a cut finds a model that never learned to reach back for it. Evaluation and generation keep the whole history.
     history_gap: float = 0.0
     history_gap_frames: int = 4
+    # Stage II (issue 22): this fraction of training steps draws its whole batch from the training windows whose
+    # target is a shot that returns after a cut (found once per run by image features and kept in
+    # OUT/long_range_windows.json, train/long_range.py), split with the window's whole history before the target and
+    # the history ending in the returning shot's first frame(s). Drawn uniformly, such windows are rare and the next
+    # second is read off the last frames; these are the ones where only the older history can tell what comes back.
+    long_range_share: float = 0.0
+    # Stage II (issue 22): this fraction of training steps cuts away from each window's shot and back before its
+    # target: the ``cutaway_frames`` frames (whole temporal blocks) that end one block before the target are replaced
+    # by the same frames of another window, so the history ends in one block of the returning shot (the cue) after
+    # frames of another, and the older history holds the rest of the shot (train/objectives.splice_cutaway). Real
+    # returns are rare in a training clip; these make one of every such step.
+    cutaway_share: float = 0.0
+    cutaway_frames: int = 6
     freeze_encoder: bool = False  # ablation switch: keep the stage-I encoder fixed
     # A rate curriculum (issue 22): start from ``--init-from`` at *this* run's history.rates instead of the
     # checkpoint's. The DiT and its LoRA carry over, an encoder whose rate both share is kept, the others start fresh.
@@ -424,6 +437,22 @@ class TrainConfig:
                 f"train.history_gap = {self.history_gap} cuts stage II's history short of its targets; this run has "
                 f'train.stage = {self.stage!r} (it needs "ar")'
             )
+        if not 0.0 <= self.long_range_share <= 1.0:
+            raise ValueError(f"train.long_range_share must be in [0, 1] (0: off), got {self.long_range_share}")
+        if self.long_range_share and self.stage != "ar":
+            raise ValueError(
+                f"train.long_range_share = {self.long_range_share} draws stage II's returning-shot windows; this run "
+                f'has train.stage = {self.stage!r} (it needs "ar")'
+            )
+        if not 0.0 <= self.cutaway_share <= 1.0:
+            raise ValueError(f"train.cutaway_share must be in [0, 1] (0: off), got {self.cutaway_share}")
+        if self.cutaway_share and self.stage != "ar":
+            raise ValueError(
+                f"train.cutaway_share = {self.cutaway_share} cuts away inside stage II's history; this run has "
+                f'train.stage = {self.stage!r} (it needs "ar")'
+            )
+        if self.cutaway_share and self.cutaway_frames <= 0:
+            raise ValueError(f"train.cutaway_frames must be > 0 with train.cutaway_share, got {self.cutaway_frames}")
         if self.history_gap and self.history_gap_frames <= 0:
             raise ValueError(
                 f"train.history_gap_frames must be > 0 with train.history_gap, got {self.history_gap_frames}"

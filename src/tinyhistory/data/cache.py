@@ -364,6 +364,15 @@ class CacheSampler:
             index = torch.cat([index[:1], rest])
         return self.valid_picks[index]
 
+    def pick_like(self, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """As many picks as ``like`` ``(B, 2)`` holds, drawn uniformly among the windows of its first pick's shape."""
+        shape = self._shape_of_pick_of(like[0])
+        pool = self._pools[shape]
+        return self.valid_picks[pool[torch.randint(0, len(pool), (len(like),), generator=generator)]]
+
+    def _shape_of_pick_of(self, pick: torch.Tensor) -> tuple[int, int, int]:
+        return self.videos[self.runs[int(pick[0])].video].latent_shape
+
     def fixed_starts(self, count: int) -> torch.Tensor:
         """``count`` evenly spaced picks (deterministic evaluation), as ``(count, 2)``."""
         index = torch.linspace(0, len(self.valid_picks) - 1, count).round().long()

@@ -113,6 +113,10 @@ class WindowSampler:
         index = torch.randint(0, len(self.valid_starts), (batch,), generator=generator)
         return self.valid_starts[index]
 
+    def pick_like(self, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """As many starts as ``like`` holds (every window has the clip's shape)."""
+        return self.pick(len(like), generator)
+
     def sample(self, batch: int, generator: torch.Generator | None = None):
         return self.window(self.pick(batch, generator))
 

@@ -69,26 +69,15 @@ def long_range_seconds(
     docstring) and are left out of both comparisons. Returns them best first (largest ``recall − recent``).
     """
     frames = frame_features.shape[0]
-    if window <= 0 or cue < 0 or window + cue >= history:
-        raise ValueError(
-            f"the window ({window} frames) and the cue ({cue} frames) must be shorter than the history "
-            f"({history} frames) together, the window > 0 and the cue ≥ 0"
-        )
+    check_long_range_window(history, window, cue)
     if frames < history + segment:
         raise ValueError(f"the clip has {frames} frames, fewer than history + segment = {history + segment}")
     unit = F.normalize(frame_features.float(), dim=1)  # (T, F)
     candidates = []
     for start in range(0, frames - history - segment + 1, stride):
-        first = start + history
-        target = F.normalize(unit[first : first + segment].mean(0), dim=0)  # (F,)
-        sims = unit[start : first - cue] @ target  # (history − cue,) cosine of each history frame to the target
-        older, recent = sims[: history - cue - window], sims[history - cue - window :]
-        best = int(older.argmax())
-        recall, near = float(older[best]), float(recent.max())
-        cued = float((unit[first - cue : first] @ target).min()) if cue else None  # the cue's worst match
-        shows_target = cued is None or (cued >= min_recall and cued - near >= margin)
-        if recall >= min_recall and recall - near >= margin and shows_target:
-            candidates.append(LongRangeSecond(start, (first, first + segment), recall, near, start + best))
+        found = long_range_at(unit, start, history, segment, window, cue, min_recall, margin)
+        if found is not None:
+            candidates.append(found)
     picked: list[LongRangeSecond] = []
     for c in sorted(candidates, key=lambda c: c.gap, reverse=True):
         if len(picked) == count:
@@ -96,6 +85,41 @@ def long_range_seconds(
         if all(c.target[1] <= p.target[0] or c.target[0] >= p.target[1] for p in picked):
             picked.append(c)
     return picked
+
+
+def check_long_range_window(history: int, window: int, cue: int) -> None:
+    """The window and the cue must leave older history to recall from."""
+    if window <= 0 or cue < 0 or window + cue >= history:
+        raise ValueError(
+            f"the window ({window} frames) and the cue ({cue} frames) must be shorter than the history "
+            f"({history} frames) together, the window > 0 and the cue ≥ 0"
+        )
+
+
+def long_range_at(
+    unit: torch.Tensor,
+    start: int,
+    history: int,
+    segment: int,
+    window: int,
+    cue: int = 0,
+    min_recall: float = 0.6,
+    margin: float = 0.1,
+) -> LongRangeSecond | None:
+    """The window starting at ``start`` as a long-range second, or None when its target does not qualify
+    (:func:`long_range_seconds`' test). ``unit``: the clip's per-frame features ``(T, F)``, L2-normalised; the
+    window ``[start, start + history + segment)`` must lie inside it."""
+    first = start + history
+    target = F.normalize(unit[first : first + segment].mean(0), dim=0)  # (F,)
+    sims = unit[start : first - cue] @ target  # (history − cue,) cosine of each history frame to the target
+    older, recent = sims[: history - cue - window], sims[history - cue - window :]
+    best = int(older.argmax())
+    recall, near = float(older[best]), float(recent.max())
+    cued = float((unit[first - cue : first] @ target).min()) if cue else None  # the cue's worst match
+    shows_target = cued is None or (cued >= min_recall and cued - near >= margin)
+    if recall >= min_recall and recall - near >= margin and shows_target:
+        return LongRangeSecond(start, (first, first + segment), recall, near, start + best)
+    return None
 
 
 def clip_features(pixels: torch.Tensor, features, batch: int = 64) -> torch.Tensor:

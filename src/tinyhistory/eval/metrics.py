@@ -45,3 +45,27 @@ def per_frame(fn, references: np.ndarray, tests: np.ndarray) -> np.ndarray:
 def mean_metric(fn, references: np.ndarray, tests: np.ndarray) -> float:
     """Average ``fn`` over aligned stacks of frames ``(N, H, W, 3)``."""
     return float(per_frame(fn, references, tests).mean())
+
+
+def layout_match(generated: np.ndarray, history: np.ndarray, grid: int = 8) -> np.ndarray:
+    """Per generated frame ``(N, H, W, 3)`` uint8, the PSNR (:func:`psnr_capped`) of its ``grid × grid`` layout, the
+    mean colour of each cell, to the closest layout among the ``history`` frames ``(M, H, W, 3)`` → ``(N,)``.
+
+    Why: a global image feature (the continuation's feature cosine) says "a BBB-like picture" for any texture the
+    model paints, while what a memory should keep is *where* things are: the sky above, the trunk at the left. A
+    continuation that keeps its scene's layout scores high however its fine texture drifts; one that paints another
+    scene scores low. ``H`` and ``W`` must be multiples of ``grid``."""
+    if generated.shape[1:] != history.shape[1:] or generated.shape[1] % grid or generated.shape[2] % grid:
+        raise ValueError(
+            f"layout_match needs frames of one size divisible by grid = {grid}, got {generated.shape[1:]} and "
+            f"{history.shape[1:]}"
+        )
+
+    def layouts(frames: np.ndarray) -> np.ndarray:  # (N, grid, grid, 3) cell means
+        n, h, w, c = frames.shape
+        cells = frames.astype(np.float64).reshape(n, grid, h // grid, grid, w // grid, c)
+        return cells.mean(axis=(2, 4))
+
+    gen, hist = layouts(generated), layouts(history)
+    mse = ((gen[:, None] - hist[None]) ** 2).mean(axis=(2, 3, 4))  # (N, M)
+    return 10.0 * np.log10(255.0**2 / np.maximum(mse.min(axis=1), QUANTISATION_MSE))

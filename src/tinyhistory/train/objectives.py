@@ -188,6 +188,39 @@ def drop_recent_history(batch: NextSegmentBatch, frames: int, rates: list[Rate])
     return replace(batch, history=batch.history[:, :, :keep], history_lr=history_lr, window=False)
 
 
+def splice_cutaway(
+    hr: torch.Tensor,
+    lr: list[torch.Tensor | None],
+    other_hr: torch.Tensor,
+    other_lr: list[torch.Tensor | None],
+    rates: list[Rate],
+    start: int,
+    length: int,
+) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """Windows ``hr`` ``(B, C, T, H, W)`` (and their LR latents) with frames ``[start, start + length)`` replaced by
+    the same frames of other windows: a cut away to another shot and back, the window's own time going on meanwhile
+    (``train.cutaway_share``). Both bounds on a block boundary of every rate (an LR latent frame is a whole block).
+
+    Why: a real shot that returns within a training window is rare (the miniature's 3,072 training frames hold 11
+    within 2 s), so a model learns to read its last frames and nothing older; here every such step's target continues
+    a shot that the last frames before its cue do not show and the older history does."""
+    block = temporal_block(rates)
+    if start % block or length % block or start < 0 or start + length > hr.shape[2]:
+        raise ValueError(
+            f"a cut-away of frames [{start}, {start + length}) must lie in the {hr.shape[2]}-frame window on "
+            f"{block}-frame block boundaries"
+        )
+    spliced = torch.cat([hr[:, :, :start], other_hr[:, :, start : start + length], hr[:, :, start + length :]], 2)
+    spliced_lr = []
+    for r, x, y in zip(rates, lr, other_lr, strict=True):
+        if x is None:
+            spliced_lr.append(None)
+            continue
+        a, b = start // r.t, (start + length) // r.t
+        spliced_lr.append(torch.cat([x[:, :, :a], y[:, :, a:b], x[:, :, b:]], 2))
+    return spliced, spliced_lr
+
+
 def next_segment_loss(model, batch: NextSegmentBatch, text: TextCondition) -> torch.Tensor:
     """Velocity MSE on the target segment, conditioned on everything the model sees of the clean history."""
     context = model.history_context(batch.history, batch.history_lr, window=batch.window)
@@ -236,9 +269,14 @@ class NextSegmentObjective:
         self.history_noise = train.history_noise
         self.history_gap = train.history_gap
 
-    def batch(self, hr: torch.Tensor, lr: list[torch.Tensor | None], rates: list[Rate], generator) -> NextSegmentBatch:
+    def batch(
+        self, hr: torch.Tensor, lr: list[torch.Tensor | None], rates: list[Rate], generator, split: int | None = None
+    ) -> NextSegmentBatch:
+        """``split``: the history length (a random block boundary when None)."""
         tc = self.train
-        return make_next_segment_batch(hr, lr, rates, tc.segment_frames, tc.timestep_shift, generator, min_t=tc.min_t)
+        return make_next_segment_batch(
+            hr, lr, rates, tc.segment_frames, tc.timestep_shift, generator, split=split, min_t=tc.min_t
+        )
 
     def prompt_span(self, batch: NextSegmentBatch) -> tuple[int, int]:
         """The paper's rule: the storyboard shot nearest to the target segment."""

@@ -31,7 +31,7 @@ from tinyhistory.config import RunConfig, TextConfig, TrainConfig
 from tinyhistory.data.cache import CacheSampler, read_empty_prompt
 from tinyhistory.data.windows import WindowSampler, clip_from_config, load_extra_training
 from tinyhistory.files import append_line, repair_jsonl, replace_file, writing
-from tinyhistory.geometry import Rate, get_base
+from tinyhistory.geometry import Rate, get_base, temporal_block
 from tinyhistory.locks import folder_lock, is_main_rank
 from tinyhistory.text.cache import empty_prompt, encode_prompts
 from tinyhistory.text.condition import TextCondition
@@ -47,8 +47,16 @@ from tinyhistory.train.checkpoint import (
     weights_sha256,
 )
 from tinyhistory.train.ema import EMA
+from tinyhistory.train.long_range import FILE, long_range_picks_for_run
 from tinyhistory.train.lora import LORA_FILE, add_lora, has_lora
-from tinyhistory.train.objectives import Objective, drop_recent_history, drop_text, noise_history, objective_for
+from tinyhistory.train.objectives import (
+    Objective,
+    drop_recent_history,
+    drop_text,
+    noise_history,
+    objective_for,
+    splice_cutaway,
+)
 
 SNAPSHOTS = "snapshots"  # OUT/snapshots/step_NNNNNN/ (train.snapshot_every)
 
@@ -106,15 +114,52 @@ def sample_text(sampler: Sampler, picks: torch.Tensor, span: tuple[int, int], ca
     return caption().expand(len(picks)) if cached is None else cached
 
 
-def batch_for(objective: Objective, sampler: Sampler, picks: torch.Tensor, generator, caption):
+@dataclasses.dataclass(frozen=True)
+class Cutaway:
+    """Frames ``[start, start + length)`` of each picked window come from the window of ``picks`` (another shot)."""
+
+    picks: torch.Tensor
+    start: int
+    length: int
+
+
+def cutaway_span(tc: TrainConfig, frames: int, rates: list[Rate]) -> tuple[int, int]:
+    """``train.cutaway_frames`` as whole blocks, placed to end one block (the cue) before the target of a full-history
+    split of a ``frames``-frame window: ``(start, length)``; at least one block of older history must stay."""
+    block = temporal_block(rates)
+    length = -(-tc.cutaway_frames // block) * block
+    start = frames - tc.segment_frames - block - length
+    if start < block:
+        raise ValueError(
+            f"train.cutaway_frames = {tc.cutaway_frames} ({length} frames in whole {block}-frame blocks) and a "
+            f"{block}-frame cue leave no older history in a {frames - tc.segment_frames}-frame history "
+            f"(train.history_frames = {tc.history_frames} less train.segment_frames = {tc.segment_frames})"
+        )
+    return start, length
+
+
+def batch_for(
+    objective: Objective,
+    sampler: Sampler,
+    picks: torch.Tensor,
+    generator,
+    caption,
+    split: int | None = None,
+    cutaway: Cutaway | None = None,
+):
     """The ``objective``'s batch for the picked windows and each sample's prompt (a :class:`TextCondition`).
 
     Stage I: Ω, the masked history and the queried frames (``FrameQueryBatch``); stage II: a random history/future
-    split (``NextSegmentBatch``) and the prompt nearest to the future segment. The one API both training and
-    evaluation use, over a decoded clip or a ``data prepare`` cache alike.
+    split (``NextSegmentBatch``; ``split``: this one; ``cutaway``: other windows' frames spliced in first) and the
+    prompt nearest to the future segment. The one API both training and evaluation use, over a decoded clip or a
+    ``data prepare`` cache alike.
     """
     _, hr, lr = sampler.window(picks)
-    batch = objective.batch(hr, lr, sampler.rates, generator)
+    if cutaway is not None:
+        _, other_hr, other_lr = sampler.window(cutaway.picks)
+        hr, lr = splice_cutaway(hr, lr, other_hr, other_lr, sampler.rates, cutaway.start, cutaway.length)
+    chosen = {} if split is None else {"split": split}  # stage II only (train.long_range_share)
+    batch = objective.batch(hr, lr, sampler.rates, generator, **chosen)
     return batch, sample_text(sampler, picks, objective.prompt_span(batch), caption)
 
 
@@ -316,6 +361,13 @@ def _train(
         model.tiers.check_every_tier_trains(*longest_training_history(cfg.base, cfg.train))
     objective = objective_for(tc)
     train_sampler, heldout_sampler = make_samplers(cfg, model)
+    long_range = None  # train.long_range_share: the windows whose target is a returning shot
+    if tc.long_range_share > 0:
+        with accelerator.main_process_first():  # the main process searches and writes them, the others read them
+            long_range = long_range_picks_for_run(train_sampler, tc.segment_frames, out)
+        accelerator.print(f"train.long_range_share: {len(long_range.picks)} returning-shot windows ({out / FILE})")
+    # train.cutaway_share: where the cut-away sits in a window, checked before the first step
+    cutaway_at = cutaway_span(tc, train_sampler.frames, train_sampler.rates) if tc.cutaway_share > 0 else None
     # encoded only if some sample has no storyboard prompt (no caption: the empty prompt, as the empty one below)
     caption = LazyPrompt(cfg.text, cfg.text.caption, cfg.data.cache)
     # the unconditional prompt of text dropout, loaded at the first dropped sample (from the data cache if it has it)
@@ -393,8 +445,15 @@ def _train(
     stop = StopRequest()  # SIGTERM / Ctrl-C: checkpoint after the current step, then leave
     try:
         while step < end and not stop.requested:
-            picks = train_sampler.pick(tc.batch_size, generator)
-            batch, text_batch = batch_for(objective, train_sampler, picks, generator, caption)
+            split, cutaway = None, None  # a random block boundary, the windows as they are
+            if long_range is not None and bool(torch.rand((), generator=generator) < tc.long_range_share):
+                picks, split = long_range.pick(tc.batch_size, generator), train_sampler.frames - tc.segment_frames
+            else:
+                picks = train_sampler.pick(tc.batch_size, generator)
+                if cutaway_at is not None and bool(torch.rand((), generator=generator) < tc.cutaway_share):
+                    split = train_sampler.frames - tc.segment_frames  # the whole history before the target
+                    cutaway = Cutaway(train_sampler.pick_like(picks, generator), *cutaway_at)
+            batch, text_batch = batch_for(objective, train_sampler, picks, generator, caption, split, cutaway)
             if objective.text_dropout > 0:  # classifier-free guidance: some samples see the empty prompt
                 text_batch = drop_text(text_batch, empty.like(text_batch), objective.text_dropout, generator)
             if objective.window_dropout > 0:  # some steps predict from the encoder's tokens alone
