@@ -15,6 +15,10 @@ Such a second starts at a cut that nothing in the history announces; ``--long-ra
 whose history ends in the returning shot's first frame (the cue), as a storyboard's shot change would announce it;
 ``--long-range-recent N`` also scores them with only the last N history frames (the older history, where the shot
 was seen before, gone: what the memory adds); ``--long-range-only`` skips the evenly spaced windows.
+``--cutaway N`` also scores the evenly spaced windows with a cut-away spliced into each history
+(:func:`~tinyhistory.eval.next_segment.cutaway_set`: N frames of another window ending ``--cutaway-cue`` frames before
+the target) with the whole history, none and the last ``--long-range-recent`` frames: a held-out long-range second
+made to order, where the older history holds the shot the target continues.
 ``--older N`` also scores the evenly spaced windows with the encoder's tokens of all but the last N history frames
 (no window: a ``train.history_gap`` step's view), against the history removed: whether a model reads anything but
 its last frames.
@@ -43,7 +47,7 @@ from frame_query_scales import (  # scripts/ is on sys.path when a script runs
 from tinyhistory.assemble import build_codec
 from tinyhistory.data.windows import clip_from_config
 from tinyhistory.eval.long_range import listing_table, long_range_windows
-from tinyhistory.eval.next_segment import evaluate_next_segment, next_segment_set, reference_metrics
+from tinyhistory.eval.next_segment import cutaway_set, evaluate_next_segment, next_segment_set, reference_metrics
 from tinyhistory.generate.session import SamplingSettings
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.checkpoint import load_model, trained_steps
@@ -67,6 +71,8 @@ def main() -> None:
         help="also score the long-range seconds with only the last N history frames (0: not)",
     )  # fmt: skip
     parser.add_argument("--long-range-only", action="store_true", help="skip the evenly spaced windows")
+    parser.add_argument("--cutaway", type=int, default=0, help="also score the windows with an N-frame cut-away")
+    parser.add_argument("--cutaway-cue", type=int, default=2, help="frames of the return after the cut-away")
     parser.add_argument(
         "--older", type=int, default=0, metavar="N",
         help="also score the evenly spaced windows without their last N history frames (0: not)",
@@ -77,7 +83,7 @@ def main() -> None:
     pairs = labelled_folders(parser, args.models)
     experts = low_noise_experts(parser, args, [label for label, _ in pairs])
     features = None
-    if args.long_range:
+    if args.long_range or args.cutaway:  # their tables report the feature cosine to the truth
         from tinyhistory.eval.features import MobileNetV2Features
 
         features = MobileNetV2Features()  # a clear FileNotFoundError when the weights are not installed
@@ -105,6 +111,22 @@ def main() -> None:
                 if found:
                     found[0]["recent_frames"] = args.long_range_recent
                     long_range[key] = found
+            if args.cutaway:
+                spliced = cutaway_set(eval_set, args.cutaway, args.cutaway_cue)
+                results["cutaway"] = {
+                    "protocol": (
+                        f"the {args.windows} evenly spaced held-out windows with history frames "
+                        f"{args.history_frames - args.cutaway_cue - args.cutaway}–"
+                        f"{args.history_frames - args.cutaway_cue - 1} replaced by the same frames of the window "
+                        f"{args.windows // 2} places on (a cut away to another part of the clip), the history "
+                        f"ending in {args.cutaway_cue} frame(s) of the target's own shot, teacher-forced as above"
+                    ),
+                    "cue_frames": args.cutaway_cue,
+                    "recent_frames": args.long_range_recent,
+                    "seconds": [],
+                    "models": {},
+                }
+                long_range["cutaway"] = (results["cutaway"], spliced)
         steps = trained_steps(folder) or trained_steps(folder.parent)  # a final/ from before it carried its log
         row = {"checkpoint": str(folder), "steps": steps, "rates": list(cfg.history.rates)}
         settings, low_noise, expert = expert_settings(label, experts, args.boundary, model, cfg, plain)
@@ -167,6 +189,8 @@ def main() -> None:
     lines += ["", "What copying the history reaches (no model):", "", "| reference | PSNR | SSIM |", "|---|---|---|"]
     for name, ref in results["references"].items():
         lines.append(f"| {cell(name)} | {ref['psnr']:.2f} | {ref['ssim']:.3f} |")
+    if args.cutaway:
+        lines += long_range_lines(results["cutaway"], "A cut-away spliced into the history: the shot returns")
     for cue in args.long_range_cue if args.long_range else ():
         if long_range_key(cue) in long_range:
             lines += long_range_lines(results[long_range_key(cue)])
@@ -206,13 +230,14 @@ def older_lines(scored: dict, gap: int, with_features: bool) -> list[str]:
     return lines
 
 
-def long_range_lines(section: dict) -> list[str]:
+def long_range_lines(
+    section: dict, title: str = "Long-range seconds: content from the history that the window no longer shows"
+) -> list[str]:
     """The long-range seconds' table (each model with its history and with it removed) and their listing."""
     cue = section.get("cue_frames", 0)
     lines = [
         "",
-        "## Long-range seconds: content from the history that the window no longer shows"
-        + (f" (the history ends in a {cue}-frame cue of the returning shot)" if cue else ""),
+        f"## {title}" + (f" (the history ends in a {cue}-frame cue of the returning shot)" if cue else ""),
         "",
         section["protocol"]
         + ". Each model with its whole history, with it removed"
@@ -240,7 +265,7 @@ def long_range_lines(section: dict) -> list[str]:
                 else (f"{psnr - true['psnr']:+.2f}", f"{cos - true['feature_to_truth']:+.3f}")
             )
             lines.append(f"| {cell(label)} | {name} | {psnr:.2f} | {deltas[0]} | {cos:.3f} | {deltas[1]} |")
-    return [*lines, "", *listing_table(section["seconds"])]
+    return [*lines, *(["", *listing_table(section["seconds"])] if section["seconds"] else [])]
 
 
 if __name__ == "__main__":

@@ -102,6 +102,27 @@ def next_segment_set(
     return NextSegmentSet(windows_px, starts, history_frames, segment, noise)
 
 
+def cutaway_set(eval_set: NextSegmentSet, frames: int, cue: int) -> NextSegmentSet:
+    """``eval_set``'s windows with a cut-away spliced into each history: the ``frames`` history frames that end
+    ``cue`` frames before the target replaced by the same frames of the window half the set away (another part of
+    the clip: another shot, as a rule), the same noise. The history then shows the target's shot, cuts away from it,
+    and ends in ``cue`` frames of its return; a model that reads only its last frames sees the return's first frames
+    and the other shot, one that reads its older history sees the shot before the cut too. A held-out, controlled
+    long-range second (the real ones are few and start at real cuts; ``train.cutaway_share`` trains on the same
+    splice). Frames stay block-aligned when ``frames`` and ``cue`` are multiples of the temporal block."""
+    h, count = eval_set.history_frames, eval_set.pixels.shape[0]
+    start = h - cue - frames
+    if frames <= 0 or cue < 0 or start <= 0 or count < 2:
+        raise ValueError(
+            f"a cut-away of {frames} frames and a {cue}-frame cue must leave older history in {h} history frames "
+            f"(and the set needs 2 windows or more, it has {count})"
+        )
+    other = [(i + count // 2) % count for i in range(count)]
+    pixels = eval_set.pixels.clone()
+    pixels[:, :, start : start + frames] = eval_set.pixels[other, :, start : start + frames]
+    return NextSegmentSet(pixels, eval_set.starts, h, eval_set.segment, eval_set.noise)
+
+
 HISTORY_MODES = ("true", "removed", "foreign", "recent", "older")
 
 
