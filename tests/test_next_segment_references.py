@@ -129,6 +129,7 @@ def test_a_cutaway_set_splices_another_windows_frames_before_the_cue():
     set away; the older frames, the cue, the targets, the starts and the noise stay the window's own."""
     clip = torch.arange(40, dtype=torch.float32).view(1, 40, 1, 1).expand(3, 40, 16, 16) / 40
     eval_set = next_segment_set(clip, PixelUnshuffleCodec(), history_frames=8, segment=2, windows=4)
+    before = eval_set.pixels.clone()
     spliced = cutaway_set(eval_set, frames=4, cue=2)
     first_frames = [(px[0, :, 0, 0] * 40).round().long().tolist() for px in spliced.pixels]
     starts = eval_set.starts  # 0, 10, 20, 30: each window's partner is two windows on
@@ -136,9 +137,6 @@ def test_a_cutaway_set_splices_another_windows_frames_before_the_cue():
         own, other = starts[i], starts[(i + 2) % 4]
         assert frames == [own, own + 1, *range(other + 2, other + 6), own + 6, own + 7, own + 8, own + 9]
     assert spliced.starts == starts and spliced.noise is eval_set.noise
-    assert torch.equal(
-        eval_set.pixels[:, :, 2:6],
-        clip[:, [s + f for s in starts for f in range(2, 6)]].view(3, 4, 4, 16, 16).transpose(0, 1),
-    )  # the set it came from is left as it was
+    assert torch.equal(eval_set.pixels, before)  # the set it came from is left as it was
     with pytest.raises(ValueError, match="must leave older history in 8 history frames"):
         cutaway_set(eval_set, frames=6, cue=2)
