@@ -16,7 +16,7 @@ from tinyhistory.data.windows import WindowSampler, to_pixels
 from tinyhistory.eval.features import MobileNetV2Features
 from tinyhistory.paths import resolve_path
 from tinyhistory.train import trainer as trainer_module
-from tinyhistory.train.long_range import FILE, find_long_range_picks
+from tinyhistory.train.long_range import FILE, LongRangePicks, find_long_range_picks
 from tinyhistory.train.trainer import train
 
 # 8 frames of shot A, 6 of shot B, A again for 14 frames (the training part), then 12 frames of shot C held out
@@ -101,3 +101,16 @@ def test_long_range_share_is_stage_two_only_and_needs_returning_shots(small_conf
         small_config(
             'train.stage="ar"', "train.history_frames=12", "train.segment_frames=2", "train.long_range_share=2"
         )  # noqa: E501
+
+
+def test_a_batch_of_long_range_windows_holds_one_shape():
+    """From a cache with aspect-ratio buckets: the first pick's shape decides the rest of the batch."""
+    picks = torch.tensor([[0, 0], [0, 2], [1, 0], [1, 4], [1, 6]])
+    found = LongRangePicks(picks, rows=[{}] * 5, shapes=[(16, 8, 20)] * 2 + [(16, 16, 16)] * 3)
+    g = torch.Generator().manual_seed(0)
+    runs_seen = set()
+    for _ in range(30):
+        batch = found.pick(4, g)
+        assert len(set(batch[:, 0].tolist())) == 1  # one run here is one shape
+        runs_seen.add(int(batch[0, 0]))
+    assert runs_seen == {0, 1}

@@ -366,11 +366,11 @@ class CacheSampler:
 
     def pick_like(self, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """As many picks as ``like`` ``(B, 2)`` holds, drawn uniformly among the windows of its first pick's shape."""
-        shape = self._shape_of_pick_of(like[0])
-        pool = self._pools[shape]
+        pool = self._pools[self.shape_of(like[0])]
         return self.valid_picks[pool[torch.randint(0, len(pool), (len(like),), generator=generator)]]
 
-    def _shape_of_pick_of(self, pick: torch.Tensor) -> tuple[int, int, int]:
+    def shape_of(self, pick: torch.Tensor) -> tuple[int, int, int]:
+        """The latent shape ``(C, h, w)`` of a pick's window (its video's aspect-ratio bucket)."""
         return self.videos[self.runs[int(pick[0])].video].latent_shape
 
     def fixed_starts(self, count: int) -> torch.Tensor:

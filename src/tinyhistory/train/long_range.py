@@ -33,7 +33,8 @@ from tinyhistory.hashing import file_sha256
 from tinyhistory.paths import resolve_path
 
 WINDOW = 3  # frames of sliding window the returning shot must be unlike (the held-out search's --window)
-CUES = (1, 2)  # frames of the returning shot that end the history: the first that fits a block-aligned start wins
+CUES = (1, 2)  # frames of the returning shot that may end the history (the first that qualifies is kept): with
+# 2-frame blocks, windows start on even frames, and a cut on an odd or an even frame is then reached with one of them
 FILE = "long_range_windows.json"
 
 
@@ -43,10 +44,16 @@ class LongRangePicks:
 
     picks: torch.Tensor  # (N,) WindowSampler starts, or (N, 2) CacheSampler (run, offset) picks
     rows: list[dict]
+    shapes: list | None = None  # each pick's latent shape (a cache's aspect-ratio buckets), None: all alike
 
     def pick(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``batch`` picks drawn uniformly (with replacement) among the long-range windows."""
-        return self.picks[torch.randint(0, len(self.picks), (batch,), generator=generator)]
+        """``batch`` picks drawn uniformly (with replacement) among the long-range windows; with several shapes, the
+        first pick's decides and the others are drawn among the windows of that shape (a batch is one shape)."""
+        index = torch.randint(0, len(self.picks), (batch,), generator=generator)
+        if self.shapes is not None and len(set(self.shapes)) > 1:
+            pool = torch.tensor([i for i, s in enumerate(self.shapes) if s == self.shapes[int(index[0])]])
+            index = torch.cat([index[:1], pool[torch.randint(0, len(pool), (batch - 1,), generator=generator)]])
+        return self.picks[index]
 
 
 def search_window(unit: torch.Tensor, start: int, history: int, segment: int) -> tuple[LongRangeSecond, int] | None:
@@ -97,7 +104,8 @@ def find_long_range_picks(sampler: WindowSampler | CacheSampler, segment: int, f
             if found is not None:
                 picks.append([run_index, offset])
                 rows.append(_row(*found, [run_index, offset], video.source))
-    return LongRangePicks(torch.tensor(picks, dtype=torch.long).reshape(-1, 2), rows)
+    cached = torch.tensor(picks, dtype=torch.long).reshape(-1, 2)
+    return LongRangePicks(cached, rows, [sampler.shape_of(p) for p in cached])
 
 
 def _source_pixels(video) -> torch.Tensor:
@@ -130,7 +138,10 @@ def long_range_picks_for_run(sampler: WindowSampler | CacheSampler, segment: int
     if path.is_file():
         saved = json.loads(path.read_text())
         picks = torch.tensor([r["pick"] for r in saved["windows"]], dtype=torch.long)
-        return LongRangePicks(picks.reshape(-1, 2) if isinstance(sampler, CacheSampler) else picks, saved["windows"])
+        if isinstance(sampler, WindowSampler):
+            return LongRangePicks(picks, saved["windows"])
+        picks = picks.reshape(-1, 2)
+        return LongRangePicks(picks, saved["windows"], [sampler.shape_of(p) for p in picks])
     from tinyhistory.eval.features import MobileNetV2Features
 
     found = find_long_range_picks(sampler, segment, MobileNetV2Features())
