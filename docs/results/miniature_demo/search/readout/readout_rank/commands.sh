@@ -24,3 +24,8 @@ OMP_NUM_THREADS=1 python scripts/frame_query_scales.py --out docs/results/miniat
 OMP_NUM_THREADS=1 python scripts/frame_query_scales.py --out docs/results/miniature_demo/search/readout/readout_rank/step1500 \
     "phase readout r16, seed 1, 1500 of 2000=runs/miniature/s15/readout16_shift5_seed1/snapshots/step_001500" \
     "phase readout r64, seed 1, 1500 of 2000=$T/readout64_shift5_seed1/snapshots/step_001500"
+# Session 18: resumed again (stopped cleanly at 1,687 to give the CPU to stage II, then resumed) to the end of its
+# schedule; its 2,000-step snapshot against the r16 run's
+OMP_NUM_THREADS=1 python scripts/frame_query_scales.py --out docs/results/miniature_demo/search/readout/readout_rank/step2000 \
+    "phase readout r16, seed 1, 2000 of 2000=runs/miniature/s15/readout16_shift5_seed1/snapshots/step_002000" \
+    "phase readout r64, seed 1, 2000 of 2000=$T/readout64_shift5_seed1/snapshots/step_002000"
