@@ -40,3 +40,18 @@ NS=(--history-frames 24 --long-range 8 --window 3 --long-range-cue 1 2 --long-ra
 OMP_NUM_THREADS=1 python scripts/next_second_scores.py "${NS[@]}" --long-range-only --out $R/baselines \
     "encoder + window 2, window dropout 0.5, 600=$S/win2_dropout05/snapshots/step_000600" \
     "window 3, 600=runs/miniature/s16/window3_plain/snapshots/step_000600"
+# Each new run scored at step 600 (as its snapshot landed; 5-7 jobs side by side): the evenly spaced next seconds with
+# the history removed, swapped and --older 4, the cued long-range seconds and the cut-away set; the seed-2 model also
+# streamed 20 s
+NS=(--history-frames 24 --long-range 8 --window 3 --long-range-cue 1 2 --long-range-recent 4 --cutaway 6 --older 4)
+H="encoder + window 2, window dropout 0.5, history noise 0.3, seed 2, 600=$T/win2_dropout05_hnoise03_seed2/snapshots/step_000600"
+OMP_NUM_THREADS=1 python scripts/continuation_scores.py --history-frames 24 --seconds 20 --starts 3 \
+    --out $R/continuation_hnoise03_seed2 "$H"
+OMP_NUM_THREADS=1 python scripts/next_second_scores.py "${NS[@]}" --out $R/hnoise03_seed2 "$H"
+OMP_NUM_THREADS=1 python scripts/next_second_scores.py "${NS[@]}" --out $R/longrange05 \
+    "encoder + window 2, window dropout 0.5, long-range share 0.5, 600=$T/win2_dropout05_longrange05/snapshots/step_000600"
+OMP_NUM_THREADS=1 python scripts/next_second_scores.py "${NS[@]}" --out $R/cutaway05 \
+    "encoder + window 2, window dropout 0.5, cut-away share 0.5 of 6 frames, 600=$T/win2_dropout05_cutaway05/snapshots/step_000600"
+# The window alone streamed the same way, with the layout score
+OMP_NUM_THREADS=1 python scripts/continuation_scores.py --history-frames 24 --seconds 20 --starts 3 \
+    --out $R/continuation_layout_window3 "window 3 alone, shift 5, 600=runs/miniature/s16/window3_plain/snapshots/step_000600"
