@@ -55,3 +55,6 @@ OMP_NUM_THREADS=1 python scripts/next_second_scores.py "${NS[@]}" --out $R/cutaw
 # The window alone streamed the same way, with the layout score
 OMP_NUM_THREADS=1 python scripts/continuation_scores.py --history-frames 24 --seconds 20 --starts 3 \
     --out $R/continuation_layout_window3 "window 3 alone, shift 5, 600=runs/miniature/s16/window3_plain/snapshots/step_000600"
+# Started at the end of session 18 (to score in session 19): cut-aways at a share of 0.2
+OMP_NUM_THREADS=1 tinyhistory train "${STAGE2_1200[@]}" "${ENC[@]}" "${DROPOUT[@]}" --set train.cutaway_share=0.2 \
+    --set train.cutaway_frames=6 --out $T/win2_dropout05_cutaway02
