@@ -158,7 +158,7 @@ def batch_for(
     if cutaway is not None:
         _, other_hr, other_lr = sampler.window(cutaway.picks)
         hr, lr = splice_cutaway(hr, lr, other_hr, other_lr, sampler.rates, cutaway.start, cutaway.length)
-    chosen = {} if split is None else {"split": split}  # stage II only (train.long_range_share)
+    chosen = {} if split is None else {"split": split}  # stage II only (long-range and cut-away steps)
     batch = objective.batch(hr, lr, sampler.rates, generator, **chosen)
     return batch, sample_text(sampler, picks, objective.prompt_span(batch), caption)
 
