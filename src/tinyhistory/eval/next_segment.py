@@ -31,7 +31,7 @@ from tinyhistory.data.windows import batch_to_uint8
 from tinyhistory.eval.metrics import per_frame, psnr_capped, ssim
 from tinyhistory.generate.session import SamplingSettings, sample_segment
 from tinyhistory.geometry import temporal_block
-from tinyhistory.history.base import lowres_latents, lowres_latents_per_rate, lr_frames
+from tinyhistory.history.base import lowres_latents, lowres_latents_per_rate, lr_frames, splice_frames
 from tinyhistory.text.condition import TextCondition
 
 
@@ -118,8 +118,7 @@ def cutaway_set(eval_set: NextSegmentSet, frames: int, cue: int) -> NextSegmentS
             f"(and the set needs 2 windows or more, it has {count})"
         )
     other = [(i + count // 2) % count for i in range(count)]
-    pixels = eval_set.pixels.clone()
-    pixels[:, :, start : start + frames] = eval_set.pixels[other, :, start : start + frames]
+    pixels = splice_frames(eval_set.pixels, eval_set.pixels[other], start, start + frames)  # as training splices
     return NextSegmentSet(pixels, eval_set.starts, h, eval_set.segment, eval_set.noise)
 
 

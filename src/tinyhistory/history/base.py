@@ -109,6 +109,14 @@ def lr_frames(
     ]
 
 
+def splice_frames(x: torch.Tensor, other: torch.Tensor, start: int, stop: int, per: int = 1) -> torch.Tensor:
+    """``x`` ``(B, C, T, …)`` with frames ``[start, stop)`` taken from ``other`` (same shape), a new tensor; ``per``:
+    frames per entry along ``T`` (an LR latent frame covers ``rT`` frames; both bounds on its block boundary)."""
+    spliced = x.clone()
+    spliced[:, :, start // per : stop // per] = other[:, :, start // per : stop // per]
+    return spliced
+
+
 def no_producer(method: str, rate: str, history, backbone) -> None:
     """``history.method = "no_history"``: the model sees no history tokens."""
     return None

@@ -29,6 +29,7 @@ from tinyhistory.data.cache import CacheSampler
 from tinyhistory.data.video import decode_video
 from tinyhistory.data.windows import WindowSampler, to_pixels
 from tinyhistory.eval.long_range import LongRangeSecond, check_long_range_window, clip_features, long_range_at
+from tinyhistory.files import replace_file
 from tinyhistory.hashing import file_sha256
 from tinyhistory.paths import resolve_path
 
@@ -91,21 +92,32 @@ def find_long_range_picks(sampler: WindowSampler | CacheSampler, segment: int, f
             if found is not None:
                 picks.append(start)
                 rows.append(_row(*found, start, "the decoded clip"))
-        return LongRangePicks(torch.tensor(picks, dtype=torch.long), rows)
-    by_video: dict[int, list[list[int]]] = {}
+        return _long_range_picks(sampler, picks, rows)
+    by_video: dict[int, list[tuple[int, int, int]]] = {}  # video → (run, offset, first frame) of its training windows
     for run_index, offset in sampler.valid_picks.tolist():
-        by_video.setdefault(sampler.runs[run_index].video, []).append([run_index, offset])
+        run = sampler.runs[run_index]
+        start = sampler.videos[run.video].window_starts[run.windows[0]] + offset  # a latent frame is a frame
+        by_video.setdefault(run.video, []).append((run_index, offset, start))
     for v, video_picks in by_video.items():
         video = sampler.videos[v]
-        unit = F.normalize(clip_features(_source_pixels(video), features).float(), dim=1)  # (T, F)
-        for run_index, offset in video_picks:
-            start = video.window_starts[sampler.runs[run_index].windows[0]] + offset  # a latent frame is a frame
+        reach = max(start for _, _, start in video_picks) + sampler.frames  # the held-out tail is never featurised
+        unit = F.normalize(clip_features(_source_pixels(video)[:, :reach], features).float(), dim=1)  # (T, F)
+        for run_index, offset, start in video_picks:
             found = search_window(unit, start, history, segment)
             if found is not None:
                 picks.append([run_index, offset])
                 rows.append(_row(*found, [run_index, offset], video.source))
-    cached = torch.tensor(picks, dtype=torch.long).reshape(-1, 2)
-    return LongRangePicks(cached, rows, [sampler.shape_of(p) for p in cached])
+    return _long_range_picks(sampler, picks, rows)
+
+
+def _long_range_picks(sampler: WindowSampler | CacheSampler, picks: list, rows: list[dict]) -> LongRangePicks:
+    """``picks`` (starts, or ``[run, offset]`` pairs) as the sampler's pick tensor, with each window's shape where a
+    cache may hold several."""
+    tensor = torch.tensor(picks, dtype=torch.long)
+    if isinstance(sampler, WindowSampler):
+        return LongRangePicks(tensor, rows)
+    tensor = tensor.reshape(-1, 2)
+    return LongRangePicks(tensor, rows, [sampler.shape_of(p) for p in tensor])
 
 
 def _source_pixels(video) -> torch.Tensor:
@@ -137,11 +149,7 @@ def long_range_picks_for_run(sampler: WindowSampler | CacheSampler, segment: int
     path = out / FILE
     if path.is_file():
         saved = json.loads(path.read_text())
-        picks = torch.tensor([r["pick"] for r in saved["windows"]], dtype=torch.long)
-        if isinstance(sampler, WindowSampler):
-            return LongRangePicks(picks, saved["windows"])
-        picks = picks.reshape(-1, 2)
-        return LongRangePicks(picks, saved["windows"], [sampler.shape_of(p) for p in picks])
+        return _long_range_picks(sampler, [r["pick"] for r in saved["windows"]], saved["windows"])
     from tinyhistory.eval.features import MobileNetV2Features
 
     found = find_long_range_picks(sampler, segment, MobileNetV2Features())
@@ -161,7 +169,5 @@ def long_range_picks_for_run(sampler: WindowSampler | CacheSampler, segment: int
         ),
         "windows": found.rows,
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=1) + "\n")
-    tmp.rename(path)
+    replace_file(path, (json.dumps(summary, indent=1) + "\n").encode(), "the long-range training windows")
     return found

@@ -26,7 +26,7 @@ from tinyhistory.backbones import ContextTokens
 from tinyhistory.config import TrainConfig
 from tinyhistory.flow import add_noise, add_noise_per_frame, sample_mask_levels, velocity_target
 from tinyhistory.geometry import Rate, temporal_block
-from tinyhistory.history.base import lr_frames
+from tinyhistory.history.base import lr_frames, splice_frames
 from tinyhistory.text.condition import TextCondition
 
 
@@ -210,15 +210,12 @@ def splice_cutaway(
             f"a cut-away of frames [{start}, {start + length}) must lie in the {hr.shape[2]}-frame window on "
             f"{block}-frame block boundaries"
         )
-    spliced = torch.cat([hr[:, :, :start], other_hr[:, :, start : start + length], hr[:, :, start + length :]], 2)
-    spliced_lr = []
-    for r, x, y in zip(rates, lr, other_lr, strict=True):
-        if x is None:
-            spliced_lr.append(None)
-            continue
-        a, b = start // r.t, (start + length) // r.t
-        spliced_lr.append(torch.cat([x[:, :, :a], y[:, :, a:b], x[:, :, b:]], 2))
-    return spliced, spliced_lr
+    stop = start + length
+    spliced_lr = [
+        None if x is None else splice_frames(x, y, start, stop, r.t)
+        for r, x, y in zip(rates, lr, other_lr, strict=True)
+    ]
+    return splice_frames(hr, other_hr, start, stop), spliced_lr
 
 
 def next_segment_loss(model, batch: NextSegmentBatch, text: TextCondition) -> torch.Tensor:

@@ -368,6 +368,7 @@ def _train(
         accelerator.print(f"train.long_range_share: {len(long_range.picks)} returning-shot windows ({out / FILE})")
     # train.cutaway_share: where the cut-away sits in a window, checked before the first step
     cutaway_at = cutaway_span(tc, train_sampler.frames, train_sampler.rates) if tc.cutaway_share > 0 else None
+    full_history = train_sampler.frames - tc.segment_frames  # the split of long-range and cut-away steps
     # encoded only if some sample has no storyboard prompt (no caption: the empty prompt, as the empty one below)
     caption = LazyPrompt(cfg.text, cfg.text.caption, cfg.data.cache)
     # the unconditional prompt of text dropout, loaded at the first dropped sample (from the data cache if it has it)
@@ -447,11 +448,11 @@ def _train(
         while step < end and not stop.requested:
             split, cutaway = None, None  # a random block boundary, the windows as they are
             if long_range is not None and bool(torch.rand((), generator=generator) < tc.long_range_share):
-                picks, split = long_range.pick(tc.batch_size, generator), train_sampler.frames - tc.segment_frames
+                picks, split = long_range.pick(tc.batch_size, generator), full_history
             else:
                 picks = train_sampler.pick(tc.batch_size, generator)
                 if cutaway_at is not None and bool(torch.rand((), generator=generator) < tc.cutaway_share):
-                    split = train_sampler.frames - tc.segment_frames  # the whole history before the target
+                    split = full_history
                     cutaway = Cutaway(train_sampler.pick_like(picks, generator), *cutaway_at)
             batch, text_batch = batch_for(objective, train_sampler, picks, generator, caption, split, cutaway)
             if objective.text_dropout > 0:  # classifier-free guidance: some samples see the empty prompt
