@@ -42,6 +42,31 @@ LORA_RUN_FLAGS = [
 
 
 @pytest.fixture
+def record_trainer_calls(monkeypatch):
+    """``record(name)`` wraps the trainer module's function ``name`` for the test: the list it returns gets each
+    call's arguments by parameter name, defaults filled in (``calls[i]["split"]``), however the trainer passed them."""
+    import inspect
+
+    from tinyhistory.train import trainer as trainer_module
+
+    def record(name: str) -> list[dict]:
+        calls: list[dict] = []
+        original = getattr(trainer_module, name)
+        signature = inspect.signature(original)
+
+        def recording(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            calls.append(dict(bound.arguments))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(trainer_module, name, recording)
+        return calls
+
+    return record
+
+
+@pytest.fixture
 def tiny_wan():
     """diffusers' test-sized Wan transformer with Wan 2.2-5B-shaped 48 latent channels."""
     from diffusers import WanTransformer3DModel

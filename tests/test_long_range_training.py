@@ -15,7 +15,6 @@ from tinyhistory.data.video import decode_video, write_video
 from tinyhistory.data.windows import WindowSampler, to_pixels
 from tinyhistory.eval.features import MobileNetV2Features
 from tinyhistory.paths import resolve_path
-from tinyhistory.train import trainer as trainer_module
 from tinyhistory.train.long_range import FILE, LongRangePicks, find_long_range_picks
 from tinyhistory.train.trainer import train
 
@@ -56,17 +55,10 @@ def test_the_search_finds_the_windows_that_end_in_the_returning_shot(returning_s
 
 
 def test_training_draws_that_share_of_steps_from_them_split_before_the_target(
-    returning_shot_video, small_config, tmp_path, monkeypatch
+    returning_shot_video, small_config, tmp_path, monkeypatch, record_trainer_calls
 ):
     path, returns = returning_shot_video
-    calls = []
-    original = trainer_module.batch_for
-
-    def recording(objective, sampler, picks, generator, caption, split=None, cutaway=None):
-        calls.append((picks.tolist(), split))
-        return original(objective, sampler, picks, generator, caption, split, cutaway)
-
-    monkeypatch.setattr(trainer_module, "batch_for", recording)
+    calls = record_trainer_calls("batch_for")
     overrides = [
         'train.stage="ar"', "train.history_frames=12", "train.segment_frames=2", "train.checkpoint_every=3",
         f'data.video="{path}"', "data.heldout_fraction=0.3", "train.long_range_share=0.5",
@@ -75,7 +67,7 @@ def test_training_draws_that_share_of_steps_from_them_split_before_the_target(
     saved = json.loads((tmp_path / "run" / FILE).read_text())
     starts = {row["pick"] for row in saved["windows"]}
     assert starts == {returns + 1 - 10, returns + 2 - 10}
-    steps = [c for c in calls if c[1] is not None]  # the held-out loss passes no split
+    steps = [(c["picks"].tolist(), c["split"]) for c in calls if c["split"] is not None]  # held-out: no split
     assert 1 <= len(steps) <= 5, calls  # about half of 6 steps, from the run's seeded generator
     assert all(split == 10 and set(picks) <= starts for picks, split in steps)
     # a resumed run reads the windows it found instead of searching again

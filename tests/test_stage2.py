@@ -9,7 +9,6 @@ from tinyhistory.backbones import WanBackbone
 from tinyhistory.config import load_config
 from tinyhistory.geometry import Rate
 from tinyhistory.text.condition import TextCondition
-from tinyhistory.train import trainer as trainer_module
 from tinyhistory.train.checkpoint import load_model, save_weights
 from tinyhistory.train.objectives import (
     drop_recent_history,
@@ -30,19 +29,6 @@ def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
         for p in module.parameters():
             if p.abs().sum() == 0:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-
-
-def _record_calls(monkeypatch, name: str) -> list[tuple]:
-    """Wrap the trainer's ``name`` so that every call's positional arguments are recorded (the list returned)."""
-    calls: list[tuple] = []
-    original = getattr(trainer_module, name)
-
-    def recording(*args):
-        calls.append(args)
-        return original(*args)
-
-    monkeypatch.setattr(trainer_module, name, recording)
-    return calls
 
 
 def test_stage2_defaults_apply_only_to_stage_ar():
@@ -228,12 +214,12 @@ def test_history_noise_noises_each_samples_history_and_lr_alike_and_leaves_the_t
     assert noise_history(empty, 0.4, torch.Generator()).history.shape[2] == 0  # no history: nothing to noise
 
 
-def test_history_noise_is_drawn_in_training_steps_only(small_config, tmp_path, monkeypatch):
+def test_history_noise_is_drawn_in_training_steps_only(small_config, tmp_path, record_trainer_calls):
     """``train.history_noise``: every training step's history is noised (from the run's generator), the held-out
     loss's never (it does not pass through the step); only stage II may ask for it."""
-    calls = _record_calls(monkeypatch, "noise_history")
+    calls = record_trainer_calls("noise_history")
     train(small_config(*AR, "train.steps=4", "train.history_noise=0.3"), tmp_path / "run", progress=False)
-    assert [max_level for _, max_level, _ in calls] == [0.3] * 4
+    assert [c["max_level"] for c in calls] == [0.3] * 4
     train(small_config(*AR, "train.steps=2"), tmp_path / "clean", progress=False)
     assert len(calls) == 4  # off by default
     with pytest.raises(ValueError, match="train.history_noise = 0.3 .* train.stage = 'frame-query'"):
@@ -257,13 +243,13 @@ def test_history_gap_drops_the_last_frames_in_whole_blocks_and_keeps_the_target_
     assert drop_recent_history(batch, 8, rates).history.shape[2] == 0  # a gap as long as the history: none left
 
 
-def test_history_gap_cuts_some_training_steps_only(small_config, tmp_path, monkeypatch):
+def test_history_gap_cuts_some_training_steps_only(small_config, tmp_path, record_trainer_calls):
     """``train.history_gap``: about that fraction of training steps lose their last frames (from the run's seeded
     generator, each then without its window), the held-out loss never; only stage II may ask for it."""
-    calls = _record_calls(monkeypatch, "drop_recent_history")
+    calls = record_trainer_calls("drop_recent_history")
     cfg = small_config(*AR, "train.steps=12", "train.history_gap=0.5", "train.history_gap_frames=2")
     train(cfg, tmp_path / "run", progress=False)
-    assert 2 <= len(calls) <= 10 and {frames for _, frames, _ in calls} == {2}
+    assert 2 <= len(calls) <= 10 and {c["frames"] for c in calls} == {2}
     with pytest.raises(ValueError, match="train.history_gap = 0.5 .* train.stage = 'frame-query'"):
         small_config("train.history_gap=0.5")
     with pytest.raises(ValueError, match="train.history_gap must be in \\[0, 1\\)"):
@@ -287,20 +273,13 @@ def test_a_cutaway_replaces_whole_blocks_of_history_with_another_windows_frames(
         splice_cutaway(hr, lr, other, other_lr, rates, start=3, length=4)
 
 
-def test_cutaway_steps_splice_another_window_before_a_full_history_target(small_config, tmp_path, monkeypatch):
+def test_cutaway_steps_splice_another_window_before_a_full_history_target(small_config, tmp_path, record_trainer_calls):
     """``train.cutaway_share``: about that share of training steps splice frames of other windows into the history
     so that it ends in one block (the cue) of its own shot before the target, split with the whole history; the
     held-out loss never; a cut-away that leaves no older history is refused before the first step."""
-    calls = []
-    original = trainer_module.batch_for
-
-    def recording(objective, sampler, picks, generator, caption, split=None, cutaway=None):
-        calls.append((split, cutaway))
-        return original(objective, sampler, picks, generator, caption, split, cutaway)
-
-    monkeypatch.setattr(trainer_module, "batch_for", recording)
+    calls = record_trainer_calls("batch_for")
     train(small_config(*AR, "train.steps=10", "train.cutaway_share=0.5", "train.cutaway_frames=2"), tmp_path / "r")
-    cut = [(split, c) for split, c in calls if c is not None]
+    cut = [(c["split"], c["cutaway"]) for c in calls if c["cutaway"] is not None]
     assert 2 <= len(cut) <= 8, calls  # about half of 10 steps, from the run's seeded generator
     # history_frames 8, segment 2: history 6 = older 2 + cut-away 2 + cue 2
     assert all(split == 6 and (c.start, c.length, len(c.picks)) == (2, 2, 2) for split, c in cut)
