@@ -43,14 +43,12 @@ from frame_query_scales import (  # scripts/ is on sys.path when a script runs
 
 from tinyhistory.assemble import build_codec
 from tinyhistory.data.windows import clip_from_config, to_uint8
-from tinyhistory.eval.features import MobileNetV2Features, feature_consistency
-from tinyhistory.eval.metrics import layout_match
+from tinyhistory.eval.consistency import LAYOUT_GRID, scene_scores
+from tinyhistory.eval.features import MobileNetV2Features
 from tinyhistory.generate.run import contact_sheet, session_setup
 from tinyhistory.generate.session import GenerationSession, SamplingSettings
 from tinyhistory.text.cache import encode_prompts
 from tinyhistory.train.checkpoint import load_model, read_config, trained_steps
-
-LAYOUT_GRID = 8  # cells per side of a frame's layout (16×16-pixel cells at the miniature's 128 px)
 
 
 def starts_in(frames: int, length: int, count: int) -> list[int]:
@@ -58,23 +56,6 @@ def starts_in(frames: int, length: int, count: int) -> list[int]:
     if frames < length:
         raise ValueError(f"the held-out part has {frames} frames, fewer than history + continuation = {length}")
     return torch.linspace(0, frames - length, count).round().long().tolist()
-
-
-def scores(generated: np.ndarray, history: np.ndarray, features, fps: float) -> dict:
-    """Feature consistency and layout match of ``generated`` ``(T, H, W, 3)`` uint8 with ``history``: overall and
-    per second."""
-    gen_f, hist_f = features(generated), features(history)
-    second = max(1, round(fps))
-    per_second = [feature_consistency(gen_f[i : i + second], hist_f) for i in range(0, len(gen_f), second)]
-    layout = layout_match(generated, history, grid=LAYOUT_GRID)  # (T,) dB
-    return {
-        **feature_consistency(gen_f, hist_f),
-        "per_second_to_history_mean": [round(s["to_history_mean"], 4) for s in per_second],
-        "layout_psnr": float(layout.mean()),
-        "per_second_layout_psnr": [
-            round(float(layout[i : i + second].mean()), 3) for i in range(0, len(layout), second)
-        ],
-    }
 
 
 def main() -> None:
@@ -106,7 +87,7 @@ def main() -> None:
         "starts": starts,
         "models": {},
     }
-    true_runs = [scores(truth, history, features, fps) for truth, history in zip(truths, histories, strict=True)]
+    true_runs = [scene_scores(truth, history, features, fps) for truth, history in zip(truths, histories, strict=True)]
     results["models"]["true clip"] = _averaged(true_runs)
     for n, (label, folder) in enumerate(pairs):
         model, cfg = load_model(folder, merge=True)
@@ -125,7 +106,7 @@ def main() -> None:
             while sum(len(p) for p in parts) < continuation:
                 parts.append(session.generate_segment(cfg.text.caption))
             generated = np.concatenate(parts)[:continuation]
-            runs.append(scores(generated, history, features, fps))
+            runs.append(scene_scores(generated, history, features, fps))
             if i == 0:
                 sheet = args.out / f"continuation_{n}_{re.sub(r'[^a-z0-9]+', '_', label.lower()).strip('_')}.png"
                 contact_sheet(np.concatenate([history[-1:], generated]), fps, sheet)

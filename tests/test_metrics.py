@@ -69,3 +69,22 @@ def test_layout_match_scores_each_frame_against_its_closest_history_layout():
     assert scores[1] == pytest.approx(expected)
     with pytest.raises(ValueError, match="divisible by grid = 5"):
         layout_match(history, history, grid=5)
+
+
+def test_scene_scores_tell_a_continuation_that_stays_from_one_that_leaves():
+    """The demo's and continuation_scores.py's scene scores on real footage with real MobileNetV2 features: the
+    history itself, replayed, keeps both the features (cosine to the history's best frame 1) and the layout (the
+    8-bit floor, 58.92 dB); the same frames upside down and in negative colours leave the scene on both counts.
+    Per second: one value per ``fps`` frames."""
+    from tinyhistory.eval.consistency import scene_scores
+    from tinyhistory.eval.features import MobileNetV2Features
+
+    history = _frames("carphone_pristine.mp4")[:16]  # (16, 144, 176, 3): 2 s at 8 fps
+    features = MobileNetV2Features()
+    stays = scene_scores(history, history, features, fps=8)
+    leaves = scene_scores(255 - history[:, ::-1], history, features, fps=8)
+    assert stays["best_match"] == pytest.approx(1.0, abs=1e-5)
+    assert stays["per_second_layout_psnr"] == [pytest.approx(58.92, abs=0.01)] * 2
+    assert len(stays["per_second_to_history_mean"]) == 2
+    assert leaves["to_history_mean"] < stays["to_history_mean"] - 0.1
+    assert leaves["layout_psnr"] < 25 < stays["layout_psnr"]

@@ -91,10 +91,17 @@ def test_demo_from_scratch_trains_codec_base_rows_and_stage2_then_scores_them(tm
         assert cfg["train"]["dit"] == "lora" and cfg["model"]["path"] == str(demo / "base" / "final")
         assert cfg["codec"]["path"] == str(demo / "codec")
         assert "transformer" not in {p.name for p in (demo / "train" / method / "final").iterdir()}
+        # the demo's stage-I protocol (sizes and steps are the test's): time shift 5, the readout where a context is
+        assert cfg["train"]["timestep_shift"] == 5.0 and cfg["train"]["history_frames"] == 12
+        assert cfg["history"]["phase_readout"] == (0 if method == "no_history" else 16)
     for name in ("proposed", "window", "none"):
         cfg = json.loads((demo / "train_stage2" / name / "final" / "config.json").read_text())
         assert cfg["train"]["stage"] == "ar" and cfg["model"]["path"] == str(demo / "base" / "final")
+        assert cfg["train"]["timestep_shift"] == 5.0
+        assert cfg["history"]["sliding_window"] == {"proposed": 2, "window": 3, "none": 0}[name]
+        assert cfg["train"]["window_dropout"] == (0.5 if name == "proposed" else 0.0)
+    assert results["stage2"]["models"]["proposed"]["context_tokens"] > 0
     assert set(results["methods"]) == {"proposed", "large_patchifier", "no_history"}
     assert "codec_reconstruction" in results["references"]  # the learned codec's own ceiling on the same frames
-    assert results["stage2"]["continuation"]["generated_seconds"] >= 20
+    assert results["stage2"]["continuation"]["models"]["none"]["generated_seconds"] >= 20
     assert "(miniature preset)" in (demo / "results.md").read_text()

@@ -3,10 +3,12 @@
 0. ``data prepare`` the demo footage into ``DIR/cache`` (latent windows of the learned codec + text embeddings);
    every training below reads that cache, as a user's run does.
 1. Load the three committed stage-I checkpoints (proposed 4×4×2, Large Patchifier 4×4×2, no history): a LoRA and a
-   history producer each, on the same frozen pretrained base, trained for the same number of steps by
-   ``scripts/train_miniature.sh`` (``--from-scratch`` retrains everything instead: the codec, the base, the rows).
-2. Evaluate frame-query reconstruction on the held-out last 20 % of the footage (never trained on), beside trivial
-   references and the codec's own reconstruction (the ceiling) computed on the same frames.
+   history producer each, on the same frozen pretrained base, trained for the same number of steps with the same
+   protocol (:data:`STAGE1_PROTOCOL`) by ``scripts/train_miniature.sh`` (``--from-scratch`` retrains everything
+   instead: the codec, the base, the rows).
+2. Evaluate frame-query reconstruction on the held-out last 20 % of the footage (never trained on), with the history
+   length the rows were trained on, beside trivial references and the codec's own reconstruction (the ceiling)
+   computed on the same frames.
 3. Run a short live stage-I fine-tune of the proposed model with a progress bar (the training path, working).
 
 Writes ``DIR/results.json``, ``DIR/results.md`` and ``DIR/frame_query.png``.
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 from tinyhistory.codecs.learned_train import CodecTrainSettings, train_codec
-from tinyhistory.config import RunConfig, load_config
+from tinyhistory.config import RunConfig, apply_overrides, load_config
 from tinyhistory.data.prepare import run_prepare
 from tinyhistory.data.windows import clip_from_config, to_uint8
 from tinyhistory.eval.figures import grid_image
@@ -39,7 +41,7 @@ from tinyhistory.paths import PROJECT_ROOT, resolve_path
 from tinyhistory.reproduce.demo_stage2 import markdown as stage2_markdown
 from tinyhistory.reproduce.demo_stage2 import run_stage2, stage2_folders
 from tinyhistory.text.cache import encode_prompts
-from tinyhistory.train.checkpoint import load_model, trained_steps
+from tinyhistory.train.checkpoint import load_model, read_config, trained_steps
 from tinyhistory.train.trainer import train
 
 METHODS = ("proposed", "large_patchifier", "no_history")
@@ -59,6 +61,11 @@ BASE_PRETRAINING = [  # `tinyhistory train --stage ar`: the whole DiT as a text-
     "train.batch_size=8",
     "train.steps=6000",
 ]
+# The rows' stage-I protocol (issue 22's search, docs/results/miniature_demo/search/readout/): Wan's training time
+# shift 5 (the history is read at high noise, which shift 1 trains least), 16-frame histories, 2,000 steps, and for the
+# rows with a context the phase readout r16 (a per-cell linear map of what a target token reads from a history token).
+STAGE1_PROTOCOL = ["train.timestep_shift=5.0", "train.history_frames=16", "train.steps=2000"]
+STAGE1_READOUT = ["history.phase_readout=16"]  # not for no_history: it has no context to read
 EVAL_WINDOWS = 24
 EVAL_QUERIES = 2
 
@@ -175,7 +182,9 @@ def run_demo(
     folders: dict[str, Path] = {}
     for method in METHODS:
         if from_scratch:
-            cfg = load_config(preset, overrides=[*common, f'history.method="{method}"', f'data.cache="{cache}"'])
+            readout = [] if method == "no_history" else STAGE1_READOUT
+            sets = [*STAGE1_PROTOCOL, *readout, *common, f'history.method="{method}"', f'data.cache="{cache}"']
+            cfg = load_config(preset, overrides=sets)
             print(f"[demo] training {method} from scratch for {cfg.train.steps} steps")
             train(cfg, out / "train" / method)
             folders[method] = out / "train" / method / "final"
@@ -185,15 +194,17 @@ def run_demo(
     print("[demo] loading the held-out part of the demo clip and the text encoder")
     clip = clip_from_config(base_cfg.data)
     text = encode_prompts(base_cfg.text, [base_cfg.text.caption])
+    rows_cfg = read_config(folders["proposed"])  # the protocol the rows were trained with: its history length
+    history_frames = rows_cfg.train.history_frames
     eval_set, codec = eval_set_for_clip(
-        clip.heldout, base_cfg.codec, base_cfg.history.rates, base_cfg.train, EVAL_WINDOWS, EVAL_QUERIES, seed=0
+        clip.heldout, base_cfg.codec, base_cfg.history.rates, rows_cfg.train, EVAL_WINDOWS, EVAL_QUERIES, seed=0
     )
 
     results: dict = {
         "preset": preset,
         "protocol": (
-            f"{EVAL_WINDOWS} evenly spaced held-out windows of {base_cfg.train.history_frames} frames "
-            f"({base_cfg.train.history_frames / base_cfg.data.fps:.0f} s at {base_cfg.data.fps:g} fps, "
+            f"{EVAL_WINDOWS} evenly spaced held-out windows of {history_frames} frames "
+            f"({history_frames / base_cfg.data.fps:.0f} s at {base_cfg.data.fps:g} fps, "
             f"{base_cfg.data.size}x{base_cfg.data.size}) "
             f"from the last {base_cfg.data.heldout_fraction:.0%} of the clip; {EVAL_QUERIES} fixed-seed query frames "
             "per window; history masked as in training; PSNR/SSIM of frames sampled with 20 Euler steps; "
@@ -211,9 +222,7 @@ def run_demo(
         model, cfg = load_model(folders[method])
         print(f"[demo] evaluating {method}")
         metrics, sampled = evaluate_method(model, eval_set, text, codec, lpips=lpips)
-        metrics["context_tokens"], _ = context_size(
-            cfg.base, cfg.data, cfg.history.rates, method, base_cfg.train.history_frames
-        )
+        metrics["context_tokens"], _ = context_size(cfg.base, cfg.data, cfg.history.rates, method, history_frames)
         metrics["steps"] = trained_steps(folders[method])
         results["methods"][method] = metrics
         samples[method] = sampled
@@ -227,11 +236,9 @@ def run_demo(
     grid_image(rows, out / "frame_query.png")
 
     if finetune_steps > 0:
-        cfg = load_config(
-            preset,
-            overrides=[
-                *common,
-                'history.method="proposed"',
+        cfg = apply_overrides(  # the proposed row's own config (its protocol and architecture), trained on
+            rows_cfg,
+            [
                 f'data.cache="{cache}"',
                 f"train.steps={finetune_steps}",
                 "train.warmup_steps=10",
@@ -263,7 +270,7 @@ def run_demo(
     print(_markdown(results))
     print(
         f"[demo] wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'frame_query.png'}"
-        + (f", {out / 'continuation.mp4'}, {out / 'continuation.png'}" if stage2 else "")
+        + (f", {out / 'continuation.mp4'}, {out / 'continuation.png'} (and continuation_none.*)" if stage2 else "")
         + " "
         f"in {results['seconds']:.0f} s"
     )
