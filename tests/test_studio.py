@@ -183,7 +183,8 @@ def test_studio_in_a_browser(app, browser, tmp_path):
     # The 2-shot storyboard (6 s: six 1-s segments, so that Stop comes before its end), 2 denoising steps.
     edit(page, 1, 1, "6")
     wait_for(lambda: "✓ 2 shots, 6 s" in text(page, "#story-status"), 20, "a valid storyboard")
-    assert "This storyboard: 6 segments; the last one sees 80 context tokens." in text(page, "#start-info")
+    # the committed stage-II model: the encoder's 80 tokens for 5 s of history beside the last 2 frames' 128
+    assert "This storyboard: 6 segments; the last one sees 208 context tokens." in text(page, "#start-info")
     page.fill("#steps input", "2")
     page.keyboard.press("Tab")
     started = time.monotonic()
@@ -219,7 +220,8 @@ def test_studio_in_a_browser(app, browser, tmp_path):
     wait_for(lambda: state(page) == "finished", 90, "the resumed run to finish")
     lines = segment_lines(page)
     assert [line["index"] for line in lines] == list(range(7))
-    assert [line["tokens"] for line in lines] == [16 * i for i in range(7)]  # 4 tokens per 2 latent frames
+    # the encoder's 4 tokens per 2 latent frames, and once there is history the last 2 frames' 128 beside them
+    assert [line["tokens"] for line in lines] == [0] + [16 * i + 128 for i in range(1, 7)]
     assert "The big white rabbit runs across the meadow." in lines[6]["text"] and "6.00 s" in lines[6]["text"]
     after = decoded(video)
     assert len(after) == 7 * SEGMENT
