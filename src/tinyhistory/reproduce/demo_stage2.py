@@ -23,7 +23,7 @@ import torch
 from tinyhistory.config import load_config
 from tinyhistory.data.video import write_video
 from tinyhistory.data.windows import to_uint8
-from tinyhistory.eval.consistency import scene_scores
+from tinyhistory.eval.consistency import LAYOUT_GRID, scene_scores
 from tinyhistory.eval.long_range import listing_table, long_range_windows
 from tinyhistory.eval.next_segment import NextSegmentSet, evaluate_next_segment, next_segment_set
 from tinyhistory.generate.run import contact_sheet, session_setup
@@ -231,7 +231,8 @@ def markdown(section: dict) -> list[str]:
         f"### A streamed continuation: {c['history_seconds']:g} s of held-out history, then the storyboard",
         "",
         "Does it stay in the scene of its history? Feature cosine of each generated frame to the history's mean "
-        "(MobileNetV2), and the PSNR of its 8×8 layout (cell means) to the closest history frame's, over the whole "
+        f"(MobileNetV2), and the PSNR of its {LAYOUT_GRID}×{LAYOUT_GRID} layout (cell means) to the closest history "
+        "frame's, over the whole "
         "continuation and its first and last seconds (a frozen picture also keeps its layout: look at the frames, "
         "`continuation.png` and `continuation_none.png`).",
         "",
